@@ -1,0 +1,154 @@
+//! What differs per CPU, and nothing else.
+//!
+//! The tracer talks about registers with logical names (pc, sp, argument n, return
+//! value, where the return address lives at a function's entry) and asks this crate
+//! for the bytes to plant (breakpoint, syscall) and for one instruction relocated so it
+//! can run out of line. This crate never sees a pid or a syscall and has no `unsafe`.
+//!
+//! Every architecture's file is compiled on every host (so its tests run anywhere);
+//! only the [`Native`] alias depends on `cfg`. Adding aarch64 is one new file and one
+//! `cfg` line below.
+
+pub mod x86_64;
+
+#[cfg(target_arch = "x86_64")]
+pub type Native = x86_64::X86_64;
+
+/// The widest general-purpose register set of any supported architecture, in words.
+/// (aarch64's `user_pt_regs` is 34 words; x86_64's `user_regs_struct` is 27.)
+pub const MAX_REG_WORDS: usize = 34;
+
+/// A thread's general-purpose registers exactly as the kernel lays them out for the
+/// `NT_PRSTATUS` register set, as plain words. Only the first `A::REGSET_WORDS` are used.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Regs {
+    pub words: [u64; MAX_REG_WORDS],
+}
+
+impl Default for Regs {
+    fn default() -> Self {
+        Regs {
+            words: [0; MAX_REG_WORDS],
+        }
+    }
+}
+
+impl std::fmt::Debug for Regs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.words.iter().map(|w| format!("{w:#x}")))
+            .finish()
+    }
+}
+
+/// Where a function's return address is at the moment its first instruction is about
+/// to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReturnSlot {
+    /// In memory at this address (x86_64: the word at the stack pointer).
+    Stack(u64),
+    /// In the link register (aarch64's x30).
+    LinkRegister,
+}
+
+/// One instruction, copied so it runs at another address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Relocated {
+    /// The code to place at the new address: the relocated instruction, then a jump
+    /// back to the instruction that followed the original.
+    pub code: Vec<u8>,
+    /// Length of the original instruction.
+    pub original_len: usize,
+}
+
+/// One decoded instruction, for display.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Insn {
+    pub address: u64,
+    pub len: usize,
+    pub bytes: Vec<u8>,
+    pub text: String,
+    /// Target of a direct call or jump, where the instruction has one.
+    pub branch_target: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syntax {
+    Intel,
+    Att,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelocError {
+    /// The bytes do not decode to a valid instruction.
+    Invalid { address: u64 },
+    /// The instruction cannot run elsewhere (for example a RIP-relative operand whose
+    /// target would be more than 2 GiB away from the new address).
+    CannotRelocate { address: u64, reason: String },
+}
+
+impl std::fmt::Display for RelocError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelocError::Invalid { address } => {
+                write!(f, "no valid instruction at {address:#x}")
+            }
+            RelocError::CannotRelocate { address, reason } => {
+                write!(
+                    f,
+                    "instruction at {address:#x} cannot run out of line: {reason}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for RelocError {}
+
+/// The per-CPU operations the tracer needs.
+pub trait Arch {
+    const NAME: &'static str;
+    /// Number of words of the `NT_PRSTATUS` register set.
+    const REGSET_WORDS: usize;
+    /// The software breakpoint instruction.
+    const BREAKPOINT: &'static [u8];
+    /// After a breakpoint trap, the reported pc minus this is the breakpoint's address.
+    const TRAP_PC_ADJUST: u64;
+    /// The instruction that makes a system call, followed by a breakpoint, so that an
+    /// injected system call stops the thread right after it returns.
+    const SYSCALL_THEN_BREAK: &'static [u8];
+    /// Longest code [`Arch::relocate`] can return (size of an out-of-line slot).
+    const MAX_RELOCATED_LEN: usize;
+    /// System call numbers the tracer injects.
+    const SYS_MMAP: u64;
+    const SYS_MUNMAP: u64;
+
+    fn pc(r: &Regs) -> u64;
+    fn set_pc(r: &mut Regs, pc: u64);
+    fn sp(r: &Regs) -> u64;
+    /// The n-th integer argument (0-based) at a function's entry, per the C ABI.
+    fn arg(r: &Regs, n: usize) -> u64;
+    /// The integer return value, at a function's return.
+    fn return_value(r: &Regs) -> u64;
+    /// Where the return address is at a function's entry.
+    fn return_slot(r: &Regs) -> ReturnSlot;
+    fn link_register(r: &Regs) -> u64;
+    fn set_link_register(r: &mut Regs, v: u64);
+    /// The stack pointer right after a function entered with stack pointer `sp_at_entry`
+    /// has returned.
+    fn sp_after_return(sp_at_entry: u64) -> u64;
+    /// Sets up a system call `nr` with `args`, to be run by [`Arch::SYSCALL_THEN_BREAK`].
+    fn set_syscall(r: &mut Regs, nr: u64, args: [u64; 6]);
+    /// The result of a system call that has just returned (negative errno on failure).
+    fn syscall_result(r: &Regs) -> i64;
+
+    /// Relocates the one instruction at the start of `code` (read from address `from`)
+    /// so that it runs at `to`, followed by a jump back to the next original instruction.
+    fn relocate(code: &[u8], from: u64, to: u64) -> Result<Relocated, RelocError>;
+    /// Length of the instruction at the start of `code`.
+    fn insn_len(code: &[u8], address: u64) -> Option<usize>;
+    /// Decodes up to `count` instructions.
+    fn disassemble(code: &[u8], address: u64, count: usize, syntax: Syntax) -> Vec<Insn>;
+    /// Register names and values, in the order a debugger shows them.
+    fn named_registers(r: &Regs) -> Vec<(&'static str, u64)>;
+}

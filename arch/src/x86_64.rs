@@ -1,0 +1,302 @@
+//! x86_64 (System V ABI, Linux `user_regs_struct`).
+
+use crate::{Arch, Insn, Regs, RelocError, Relocated, ReturnSlot, Syntax};
+use iced_x86::{
+    BlockEncoder, BlockEncoderOptions, Decoder, DecoderOptions, FlowControl, Formatter,
+    GasFormatter, Instruction, InstructionBlock, IntelFormatter,
+};
+
+pub struct X86_64;
+
+// Word indices in `struct user_regs_struct` (the NT_PRSTATUS register set).
+const R15: usize = 0;
+const R14: usize = 1;
+const R13: usize = 2;
+const R12: usize = 3;
+const RBP: usize = 4;
+const RBX: usize = 5;
+const R11: usize = 6;
+const R10: usize = 7;
+const R9: usize = 8;
+const R8: usize = 9;
+const RAX: usize = 10;
+const RCX: usize = 11;
+const RDX: usize = 12;
+const RSI: usize = 13;
+const RDI: usize = 14;
+const ORIG_RAX: usize = 15;
+const RIP: usize = 16;
+const EFLAGS: usize = 18;
+const RSP: usize = 19;
+
+const ARG_REGS: [usize; 6] = [RDI, RSI, RDX, RCX, R8, R9];
+/// `jmp qword ptr [rip+0]` followed by the 8-byte absolute target.
+const JMP_ABS_LEN: usize = 14;
+
+fn jump_abs(to: u64) -> [u8; JMP_ABS_LEN] {
+    let mut b = [0u8; JMP_ABS_LEN];
+    b[0] = 0xff;
+    b[1] = 0x25;
+    b[6..].copy_from_slice(&to.to_le_bytes());
+    b
+}
+
+fn decode_one(code: &[u8], address: u64) -> Option<Instruction> {
+    let mut d = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    if !d.can_decode() {
+        return None;
+    }
+    let insn = d.decode();
+    if insn.is_invalid() {
+        None
+    } else {
+        Some(insn)
+    }
+}
+
+impl Arch for X86_64 {
+    const NAME: &'static str = "x86_64";
+    const REGSET_WORDS: usize = 27;
+    const BREAKPOINT: &'static [u8] = &[0xcc];
+    const TRAP_PC_ADJUST: u64 = 1;
+    const SYSCALL_THEN_BREAK: &'static [u8] = &[0x0f, 0x05, 0xcc];
+    // Longest instruction (15) grown by relocation (a short branch becomes an indirect
+    // one with an 8-byte target, ~16), plus the jump back.
+    const MAX_RELOCATED_LEN: usize = 48;
+    const SYS_MMAP: u64 = 9;
+    const SYS_MUNMAP: u64 = 11;
+
+    fn pc(r: &Regs) -> u64 {
+        r.words[RIP]
+    }
+    fn set_pc(r: &mut Regs, pc: u64) {
+        r.words[RIP] = pc;
+    }
+    fn sp(r: &Regs) -> u64 {
+        r.words[RSP]
+    }
+    fn arg(r: &Regs, n: usize) -> u64 {
+        ARG_REGS.get(n).map(|&i| r.words[i]).unwrap_or(0)
+    }
+    fn return_value(r: &Regs) -> u64 {
+        r.words[RAX]
+    }
+    fn return_slot(r: &Regs) -> ReturnSlot {
+        ReturnSlot::Stack(r.words[RSP])
+    }
+    fn link_register(_r: &Regs) -> u64 {
+        0
+    }
+    fn set_link_register(_r: &mut Regs, _v: u64) {}
+    fn sp_after_return(sp_at_entry: u64) -> u64 {
+        sp_at_entry.wrapping_add(8)
+    }
+    fn set_syscall(r: &mut Regs, nr: u64, args: [u64; 6]) {
+        r.words[RAX] = nr;
+        // -1 in orig_rax: the thread is not inside a system call, so the kernel must not
+        // apply its restart logic when it resumes.
+        r.words[ORIG_RAX] = u64::MAX;
+        for (reg, v) in [RDI, RSI, RDX, R10, R8, R9].into_iter().zip(args) {
+            r.words[reg] = v;
+        }
+    }
+    fn syscall_result(r: &Regs) -> i64 {
+        r.words[RAX] as i64
+    }
+
+    fn relocate(code: &[u8], from: u64, to: u64) -> Result<Relocated, RelocError> {
+        let insn = decode_one(code, from).ok_or(RelocError::Invalid { address: from })?;
+        let len = insn.len();
+        let block = InstructionBlock::new(std::slice::from_ref(&insn), to);
+        let encoded = BlockEncoder::encode(64, block, BlockEncoderOptions::NONE).map_err(|e| {
+            RelocError::CannotRelocate {
+                address: from,
+                reason: e.to_string(),
+            }
+        })?;
+        let mut out = encoded.code_buffer;
+        out.extend_from_slice(&jump_abs(from + len as u64));
+        if out.len() > Self::MAX_RELOCATED_LEN {
+            return Err(RelocError::CannotRelocate {
+                address: from,
+                reason: format!("relocated code is {} bytes", out.len()),
+            });
+        }
+        Ok(Relocated {
+            code: out,
+            original_len: len,
+        })
+    }
+
+    fn insn_len(code: &[u8], address: u64) -> Option<usize> {
+        decode_one(code, address).map(|i| i.len())
+    }
+
+    fn disassemble(code: &[u8], address: u64, count: usize, syntax: Syntax) -> Vec<Insn> {
+        let mut d = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+        let mut intel = IntelFormatter::new();
+        let mut gas = GasFormatter::new();
+        let mut out = Vec::new();
+        while d.can_decode() && out.len() < count {
+            let insn = d.decode();
+            if insn.is_invalid() {
+                break;
+            }
+            let mut text = String::new();
+            match syntax {
+                Syntax::Intel => intel.format(&insn, &mut text),
+                Syntax::Att => gas.format(&insn, &mut text),
+            }
+            let start = (insn.ip() - address) as usize;
+            let branch_target = match insn.flow_control() {
+                FlowControl::Call
+                | FlowControl::UnconditionalBranch
+                | FlowControl::ConditionalBranch
+                    if insn.near_branch_target() != 0 =>
+                {
+                    Some(insn.near_branch_target())
+                }
+                _ => None,
+            };
+            out.push(Insn {
+                address: insn.ip(),
+                len: insn.len(),
+                bytes: code[start..start + insn.len()].to_vec(),
+                text,
+                branch_target,
+            });
+        }
+        out
+    }
+
+    fn named_registers(r: &Regs) -> Vec<(&'static str, u64)> {
+        [
+            ("rax", RAX),
+            ("rbx", RBX),
+            ("rcx", RCX),
+            ("rdx", RDX),
+            ("rsi", RSI),
+            ("rdi", RDI),
+            ("rbp", RBP),
+            ("rsp", RSP),
+            ("r8", R8),
+            ("r9", R9),
+            ("r10", R10),
+            ("r11", R11),
+            ("r12", R12),
+            ("r13", R13),
+            ("r14", R14),
+            ("r15", R15),
+            ("rip", RIP),
+            ("eflags", EFLAGS),
+        ]
+        .into_iter()
+        .map(|(n, i)| (n, r.words[i]))
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail_target(code: &[u8]) -> u64 {
+        let n = code.len();
+        assert_eq!(&code[n - 14..n - 8], &[0xff, 0x25, 0, 0, 0, 0]);
+        u64::from_le_bytes(code[n - 8..].try_into().unwrap())
+    }
+
+    #[test]
+    fn position_independent_prologues_copy_unchanged() {
+        // glibc 2.36 entries: malloc `push r12`, free `test rdi,rdi`, calloc `push r13`.
+        for (bytes, len) in [
+            (&[0x41u8, 0x54, 0x90][..], 2),
+            (&[0x48, 0x85, 0xff, 0x90][..], 3),
+            (&[0x41, 0x55][..], 2),
+            (&[0xf3, 0x0f, 0x1e, 0xfa, 0x55][..], 4),
+        ] {
+            let r = X86_64::relocate(bytes, 0x7f00_0000_1000, 0x7f00_1000_0000).unwrap();
+            assert_eq!(r.original_len, len);
+            assert_eq!(&r.code[..len], &bytes[..len]);
+            assert_eq!(tail_target(&r.code), 0x7f00_0000_1000 + len as u64);
+        }
+    }
+
+    #[test]
+    fn rip_relative_operand_is_rewritten_to_the_same_target() {
+        // mov rax, [rip+0x100] at 0x1000: reads 0x1107.
+        let code = [0x48, 0x8b, 0x05, 0x00, 0x01, 0x00, 0x00];
+        let r = X86_64::relocate(&code, 0x1000, 0x9000).unwrap();
+        let insn = decode_one(&r.code, 0x9000).unwrap();
+        assert_eq!(insn.memory_displacement64(), 0x1107);
+        assert_eq!(tail_target(&r.code), 0x1007);
+    }
+
+    #[test]
+    fn relative_jump_keeps_its_target() {
+        // jmp rel32 +0x20 at 0x5000 -> 0x5025 (tail calls such as operator delete).
+        let code = [0xe9, 0x20, 0x00, 0x00, 0x00];
+        let r = X86_64::relocate(&code, 0x5000, 0x7000_0000).unwrap();
+        let insn = decode_one(&r.code, 0x7000_0000).unwrap();
+        assert_eq!(insn.flow_control(), FlowControl::UnconditionalBranch);
+        // Far away: iced turns it into an indirect jump through a stored target.
+        let target = if insn.near_branch_target() != 0 {
+            insn.near_branch_target()
+        } else {
+            let at = (insn.memory_displacement64() - 0x7000_0000) as usize;
+            u64::from_le_bytes(r.code[at..at + 8].try_into().unwrap())
+        };
+        assert_eq!(target, 0x5025);
+    }
+
+    #[test]
+    fn rip_relative_too_far_is_refused() {
+        let code = [0x48, 0x8b, 0x05, 0x00, 0x01, 0x00, 0x00];
+        // The target (0x7f00_0000_1107) is neither within 2 GiB of the new address nor
+        // expressible as a 32-bit absolute address.
+        let e = X86_64::relocate(&code, 0x7f00_0000_1000, 0x1000_0000).unwrap_err();
+        assert!(matches!(e, RelocError::CannotRelocate { .. }), "{e}");
+    }
+
+    #[test]
+    fn garbage_is_invalid() {
+        assert!(matches!(
+            X86_64::relocate(&[0x0f, 0xff], 0x10, 0x20),
+            Err(RelocError::Invalid { .. })
+        ));
+        assert!(X86_64::relocate(&[], 0x10, 0x20).is_err());
+    }
+
+    #[test]
+    fn disassembly_in_both_syntaxes() {
+        let code = [0x41, 0x54, 0x48, 0x85, 0xff, 0xe8, 0x00, 0x00, 0x00, 0x00];
+        let intel = X86_64::disassemble(&code, 0x1000, 10, Syntax::Intel);
+        assert_eq!(intel.len(), 3);
+        assert_eq!(intel[0].text, "push r12");
+        assert_eq!(intel[1].text, "test rdi,rdi");
+        assert_eq!(intel[2].branch_target, Some(0x100a));
+        let att = X86_64::disassemble(&code, 0x1000, 2, Syntax::Att);
+        assert_eq!(att[0].text, "push %r12");
+        assert_eq!(X86_64::insn_len(&code[2..], 0x1002), Some(3));
+    }
+
+    #[test]
+    fn logical_registers() {
+        let mut r = Regs::default();
+        r.words[RDI] = 10;
+        r.words[RSI] = 20;
+        r.words[RSP] = 0x7ffc_0000;
+        r.words[RAX] = 0xdead;
+        assert_eq!(X86_64::arg(&r, 0), 10);
+        assert_eq!(X86_64::arg(&r, 1), 20);
+        assert_eq!(X86_64::return_value(&r), 0xdead);
+        assert_eq!(X86_64::return_slot(&r), ReturnSlot::Stack(0x7ffc_0000));
+        assert_eq!(X86_64::sp_after_return(0x7ffc_0000), 0x7ffc_0008);
+        X86_64::set_pc(&mut r, 0x4000);
+        assert_eq!(X86_64::pc(&r), 0x4000);
+        X86_64::set_syscall(&mut r, 9, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(r.words[RAX], 9);
+        assert_eq!(r.words[R10], 4);
+        assert_eq!(r.words[ORIG_RAX], u64::MAX);
+    }
+}

@@ -1,0 +1,88 @@
+//! The command line (see the contract: `memtrace launch [OPTIONS] [--] PROGRAM [ARGS...]`).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "memtrace",
+    version,
+    about = "Find memory leaks in a running Linux program, from the outside, with ptrace",
+    long_about = "Find memory leaks in a Linux program without recompiling it or preloading \
+                  anything: memtrace plants breakpoints on the allocator (malloc, calloc, \
+                  realloc, the memalign family, free, C++ operator new/delete), keeps a table \
+                  of every live block, and reports what is still allocated at the end, \
+                  grouped by allocation site."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start PROGRAM under trace and follow it to its end.
+    Launch(LaunchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct Common {
+    /// No live terminal UI, even on a terminal (the text report goes to stderr).
+    #[arg(long)]
+    pub no_tui: bool,
+    /// Write the final report as JSON (schema memtrace-report/1) to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Exit with N when the report has a leak of kind definite or unclassified, or any
+    /// heap error.
+    #[arg(long, value_name = "N")]
+    pub error_exitcode: Option<i32>,
+    /// Stack frames kept per allocation.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub depth: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct LaunchArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The program to run, then its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PROGRAM"
+    )]
+    pub command: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_takes_the_program_and_its_own_flags() {
+        let cli = Cli::try_parse_from([
+            "memtrace", "launch", "--no-tui", "--json", "r.json", "--", "./app", "-x", "--y",
+        ])
+        .unwrap();
+        let Command::Launch(a) = cli.command;
+        assert!(a.common.no_tui);
+        assert_eq!(a.common.json, Some(PathBuf::from("r.json")));
+        assert_eq!(a.common.depth, 32);
+        assert_eq!(a.command, ["./app", "-x", "--y"]);
+    }
+
+    #[test]
+    fn program_flags_are_not_ours_even_without_double_dash() {
+        let cli = Cli::try_parse_from(["memtrace", "launch", "./app", "--json", "x"]).unwrap();
+        let Command::Launch(a) = cli.command;
+        assert_eq!(a.common.json, None);
+        assert_eq!(a.command, ["./app", "--json", "x"]);
+    }
+
+    #[test]
+    fn depth_zero_is_refused() {
+        assert!(Cli::try_parse_from(["memtrace", "launch", "--depth", "0", "x"]).is_err());
+    }
+}

@@ -1,0 +1,161 @@
+//! The one seam between tracing and analysis: allocation events.
+//!
+//! The tracer turns breakpoint hits into [`Event`]s; the heap model, reports and (later)
+//! the TUI consume them and never see a pid. Stacks are interned: an event carries a
+//! [`StackId`], and the raw return addresses live once in the [`StackTable`].
+
+use std::collections::HashMap;
+
+/// A kernel thread id in the target.
+pub type Tid = i32;
+
+/// Which family allocated a block, so that the matching deallocator can be checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AllocKind {
+    /// malloc, calloc, realloc, the memalign family.
+    Malloc,
+    /// C++ `operator new`.
+    New,
+    /// C++ `operator new[]`.
+    NewArray,
+}
+
+/// Which deallocator freed a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FreeKind {
+    /// free (and realloc to size 0).
+    Free,
+    /// C++ `operator delete`.
+    Delete,
+    /// C++ `operator delete[]`.
+    DeleteArray,
+}
+
+impl FreeKind {
+    /// The allocation family this deallocator belongs to.
+    pub fn matches(self) -> AllocKind {
+        match self {
+            FreeKind::Free => AllocKind::Malloc,
+            FreeKind::Delete => AllocKind::New,
+            FreeKind::DeleteArray => AllocKind::NewArray,
+        }
+    }
+}
+
+/// Interned call stack: index into a [`StackTable`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackId(pub u32);
+
+/// One allocator call as the program made it (the outermost call only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A successful allocation returned `ptr` for `size` requested bytes.
+    Alloc {
+        tid: Tid,
+        kind: AllocKind,
+        ptr: u64,
+        size: u64,
+        stack: StackId,
+    },
+    /// A deallocation of a non-null pointer, seen at the call's entry (before the
+    /// allocator runs, so before the address can be handed out again).
+    Free {
+        tid: Tid,
+        kind: FreeKind,
+        ptr: u64,
+        stack: StackId,
+        /// The call came from the allocator's own object (glibc emptying a thread's cache
+        /// at thread exit, for instance), not from the program.
+        internal: bool,
+    },
+    /// realloc/reallocarray of a non-null `old` pointer has started: from now on the
+    /// block may be released by the allocator, so it leaves the live table until the
+    /// call returns (another thread may be handed the same address meanwhile).
+    ReallocStart { tid: Tid, old: u64 },
+    /// The realloc started on `tid` has returned `new` (0 on failure or on size 0).
+    ReallocEnd {
+        tid: Tid,
+        old: u64,
+        new: u64,
+        size: u64,
+        stack: StackId,
+    },
+    /// The process executed a new image: the old heap is gone.
+    Exec,
+}
+
+/// Every distinct stack seen, stored once. A stack is a list of return addresses,
+/// innermost (the allocator's caller) first.
+#[derive(Default, Debug)]
+pub struct StackTable {
+    stacks: Vec<Box<[u64]>>,
+    index: HashMap<Box<[u64]>, StackId>,
+    /// How many interned stacks were cut short (depth limit or failed unwind).
+    truncated: Vec<bool>,
+}
+
+impl StackTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn intern(&mut self, frames: &[u64], truncated: bool) -> StackId {
+        if let Some(&id) = self.index.get(frames) {
+            return id;
+        }
+        let id = StackId(self.stacks.len() as u32);
+        let boxed: Box<[u64]> = frames.into();
+        self.stacks.push(boxed.clone());
+        self.truncated.push(truncated);
+        self.index.insert(boxed, id);
+        id
+    }
+
+    pub fn get(&self, id: StackId) -> &[u64] {
+        self.stacks
+            .get(id.0 as usize)
+            .map(|b| &b[..])
+            .unwrap_or(&[])
+    }
+
+    pub fn is_truncated(&self, id: StackId) -> bool {
+        self.truncated.get(id.0 as usize).copied().unwrap_or(false)
+    }
+
+    pub fn len(&self) -> usize {
+        self.stacks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stacks.is_empty()
+    }
+
+    /// Every distinct return address, for symbolizing once per address.
+    pub fn addresses(&self) -> impl Iterator<Item = u64> + '_ {
+        self.stacks.iter().flat_map(|s| s.iter().copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_stacks_share_an_id() {
+        let mut t = StackTable::new();
+        let a = t.intern(&[1, 2, 3], false);
+        let b = t.intern(&[1, 2, 4], false);
+        let c = t.intern(&[1, 2, 3], false);
+        assert_eq!(a, c);
+        assert_ne!(a, b);
+        assert_eq!(t.get(b), &[1, 2, 4]);
+        assert_eq!(t.len(), 2);
+        assert!(t.get(StackId(99)).is_empty());
+    }
+
+    #[test]
+    fn deallocators_know_their_family() {
+        assert_eq!(FreeKind::Free.matches(), AllocKind::Malloc);
+        assert_eq!(FreeKind::DeleteArray.matches(), AllocKind::NewArray);
+    }
+}

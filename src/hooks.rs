@@ -1,0 +1,281 @@
+//! The allocator functions memtrace hooks, and how a call turns into an [`Event`].
+//!
+//! Pure logic: given a function, its arguments at entry and its return value, say what
+//! happened. The tracer supplies registers and memory; this module never sees a pid.
+
+use crate::event::{AllocKind, Event, FreeKind, StackId, Tid};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HookFn {
+    Malloc,
+    Calloc,
+    Realloc,
+    Reallocarray,
+    PosixMemalign,
+    /// memalign and aligned_alloc: (alignment, size). glibc gives both one address.
+    Memalign,
+    Valloc,
+    Pvalloc,
+    Free,
+    /// Every `operator new` / `new[]` variant: the size is the first argument.
+    New {
+        array: bool,
+    },
+    /// Every `operator delete` / `delete[]` variant: the pointer is the first argument.
+    Delete {
+        array: bool,
+    },
+}
+
+/// The C allocator, as exported by glibc's libc.so.6 (and linked into static binaries).
+pub const LIBC_FUNCTIONS: &[(&str, HookFn)] = &[
+    ("malloc", HookFn::Malloc),
+    ("calloc", HookFn::Calloc),
+    ("realloc", HookFn::Realloc),
+    ("reallocarray", HookFn::Reallocarray),
+    ("free", HookFn::Free),
+    ("posix_memalign", HookFn::PosixMemalign),
+    ("aligned_alloc", HookFn::Memalign),
+    ("memalign", HookFn::Memalign),
+    ("valloc", HookFn::Valloc),
+    ("pvalloc", HookFn::Pvalloc),
+];
+
+/// C++ operator new/delete, as exported by libstdc++ (mangled names, 64-bit size_t).
+pub const CXX_FUNCTIONS: &[(&str, HookFn)] = &[
+    ("_Znwm", HookFn::New { array: false }),
+    ("_ZnwmRKSt9nothrow_t", HookFn::New { array: false }),
+    ("_ZnwmSt11align_val_t", HookFn::New { array: false }),
+    (
+        "_ZnwmSt11align_val_tRKSt9nothrow_t",
+        HookFn::New { array: false },
+    ),
+    ("_Znam", HookFn::New { array: true }),
+    ("_ZnamRKSt9nothrow_t", HookFn::New { array: true }),
+    ("_ZnamSt11align_val_t", HookFn::New { array: true }),
+    (
+        "_ZnamSt11align_val_tRKSt9nothrow_t",
+        HookFn::New { array: true },
+    ),
+    ("_ZdlPv", HookFn::Delete { array: false }),
+    ("_ZdlPvm", HookFn::Delete { array: false }),
+    ("_ZdlPvRKSt9nothrow_t", HookFn::Delete { array: false }),
+    ("_ZdlPvSt11align_val_t", HookFn::Delete { array: false }),
+    ("_ZdlPvmSt11align_val_t", HookFn::Delete { array: false }),
+    (
+        "_ZdlPvSt11align_val_tRKSt9nothrow_t",
+        HookFn::Delete { array: false },
+    ),
+    ("_ZdaPv", HookFn::Delete { array: true }),
+    ("_ZdaPvm", HookFn::Delete { array: true }),
+    ("_ZdaPvRKSt9nothrow_t", HookFn::Delete { array: true }),
+    ("_ZdaPvSt11align_val_t", HookFn::Delete { array: true }),
+    ("_ZdaPvmSt11align_val_t", HookFn::Delete { array: true }),
+    (
+        "_ZdaPvSt11align_val_tRKSt9nothrow_t",
+        HookFn::Delete { array: true },
+    ),
+];
+
+/// What the tracer must do at a hooked function's entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Recorded now (frees are seen before the allocator can reuse the address).
+    pub event: Option<Event>,
+    /// Whether the return must be caught: for the return value, and so that calls the
+    /// function makes to other hooked functions are known to be nested.
+    pub hook_return: bool,
+}
+
+impl HookFn {
+    pub fn name(self) -> &'static str {
+        LIBC_FUNCTIONS
+            .iter()
+            .chain(CXX_FUNCTIONS)
+            .find(|(_, f)| *f == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
+    }
+
+    /// The call's entry. `args` are the first three integer arguments; `internal` says
+    /// the caller is the allocator's own object.
+    pub fn entry(self, tid: Tid, args: [u64; 3], stack: StackId, internal: bool) -> Entry {
+        let free = |kind| Event::Free {
+            tid,
+            kind,
+            ptr: args[0],
+            stack,
+            internal,
+        };
+        match self {
+            // free needs no return hook: it returns nothing, and glibc's free calls no
+            // other hooked function. This keeps it at one stop per call.
+            HookFn::Free => Entry {
+                event: (args[0] != 0).then(|| free(FreeKind::Free)),
+                hook_return: false,
+            },
+            // delete tail-calls free: its return is hooked so that free is seen nested.
+            HookFn::Delete { array } => Entry {
+                event: (args[0] != 0).then(|| {
+                    free(if array {
+                        FreeKind::DeleteArray
+                    } else {
+                        FreeKind::Delete
+                    })
+                }),
+                hook_return: true,
+            },
+            HookFn::Realloc | HookFn::Reallocarray => Entry {
+                event: (args[0] != 0).then_some(Event::ReallocStart { tid, old: args[0] }),
+                hook_return: true,
+            },
+            _ => Entry {
+                event: None,
+                hook_return: true,
+            },
+        }
+    }
+
+    /// The call's return. `ret` is the return value; `out_ptr` is the pointer that
+    /// posix_memalign wrote through its first argument (read by the tracer).
+    pub fn exit(
+        self,
+        tid: Tid,
+        args: [u64; 3],
+        ret: u64,
+        out_ptr: Option<u64>,
+        stack: StackId,
+    ) -> Option<Event> {
+        let alloc = |kind, ptr, size| {
+            (ptr != 0).then_some(Event::Alloc {
+                tid,
+                kind,
+                ptr,
+                size,
+                stack,
+            })
+        };
+        match self {
+            HookFn::Malloc | HookFn::Valloc | HookFn::Pvalloc => {
+                alloc(AllocKind::Malloc, ret, args[0])
+            }
+            HookFn::Calloc => alloc(AllocKind::Malloc, ret, args[0].saturating_mul(args[1])),
+            HookFn::Memalign => alloc(AllocKind::Malloc, ret, args[1]),
+            HookFn::PosixMemalign => {
+                // Returns 0 on success, an error number otherwise.
+                if ret as u32 == 0 {
+                    alloc(AllocKind::Malloc, out_ptr.unwrap_or(0), args[2])
+                } else {
+                    None
+                }
+            }
+            HookFn::New { array } => alloc(
+                if array {
+                    AllocKind::NewArray
+                } else {
+                    AllocKind::New
+                },
+                ret,
+                args[0],
+            ),
+            HookFn::Realloc => Some(Event::ReallocEnd {
+                tid,
+                old: args[0],
+                new: ret,
+                size: args[1],
+                stack,
+            }),
+            HookFn::Reallocarray => Some(Event::ReallocEnd {
+                tid,
+                old: args[0],
+                new: ret,
+                size: args[1].saturating_mul(args[2]),
+                stack,
+            }),
+            HookFn::Free | HookFn::Delete { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    const S: StackId = StackId(7);
+
+    #[test]
+    fn sizes_come_from_the_right_arguments() {
+        let ev = |f: HookFn, args, ret| f.exit(1, args, ret, None, S);
+        let size = |e: Option<Event>| match e {
+            Some(Event::Alloc { size, .. }) => size,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(size(ev(HookFn::Malloc, [30, 0, 0], 0x10)), 30);
+        assert_eq!(size(ev(HookFn::Calloc, [4, 8, 0], 0x10)), 32);
+        assert_eq!(size(ev(HookFn::Memalign, [64, 100, 0], 0x40)), 100);
+        assert_eq!(size(ev(HookFn::Valloc, [10, 0, 0], 0x1000)), 10);
+        assert_eq!(ev(HookFn::Malloc, [30, 0, 0], 0), None);
+    }
+
+    #[test]
+    fn posix_memalign_reports_the_written_pointer() {
+        let f = HookFn::PosixMemalign;
+        let ok = f.exit(1, [0x7ff0, 64, 100], 0, Some(0x4000), S);
+        assert!(matches!(
+            ok,
+            Some(Event::Alloc {
+                ptr: 0x4000,
+                size: 100,
+                ..
+            })
+        ));
+        // ENOMEM (12): nothing allocated, whatever is in *memptr.
+        assert_eq!(f.exit(1, [0x7ff0, 64, 100], 12, Some(0x4000), S), None);
+    }
+
+    #[test]
+    fn frees_are_seen_at_entry_and_only_delete_hooks_its_return() {
+        let e = HookFn::Free.entry(3, [0x10, 0, 0], S, false);
+        assert!(!e.hook_return);
+        assert!(matches!(
+            e.event,
+            Some(Event::Free {
+                kind: FreeKind::Free,
+                ptr: 0x10,
+                ..
+            })
+        ));
+        assert_eq!(HookFn::Free.entry(3, [0, 0, 0], S, false).event, None);
+        let d = HookFn::Delete { array: true }.entry(3, [0x10, 0, 0], S, false);
+        assert!(d.hook_return);
+        assert!(matches!(
+            d.event,
+            Some(Event::Free {
+                kind: FreeKind::DeleteArray,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn realloc_brackets_the_call() {
+        let e = HookFn::Realloc.entry(2, [0x10, 50, 0], S, false);
+        assert_eq!(e.event, Some(Event::ReallocStart { tid: 2, old: 0x10 }));
+        assert_eq!(HookFn::Realloc.entry(2, [0, 50, 0], S, false).event, None);
+        let x = HookFn::Reallocarray.exit(2, [0x10, 5, 10], 0x20, None, S);
+        assert!(matches!(
+            x,
+            Some(Event::ReallocEnd {
+                old: 0x10,
+                new: 0x20,
+                size: 50,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(HookFn::Malloc.name(), "malloc");
+        assert_eq!(HookFn::New { array: true }.name(), "_Znam");
+    }
+}

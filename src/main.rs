@@ -1,0 +1,109 @@
+//! The `memtrace` command: parse, trace, report, exit with the right status.
+
+use clap::Parser;
+use memtrace::cli::{Cli, Command, LaunchArgs};
+use memtrace::event::Event;
+use memtrace::heap::Heap;
+use memtrace::maps::Module;
+use memtrace::report::{self, End, Target};
+use memtrace::symbols::Symbolizer;
+use memtrace::tracer::{self, Sink, Tracer};
+use memtrace::{elf, ptrace};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+
+/// Feeds the heap model and keeps the symbolizer aware of every loaded object.
+struct Collector {
+    heap: Heap,
+    /// Made when the first objects are known (files are opened through /proc/PID/root).
+    sym: Option<Symbolizer>,
+}
+
+impl Sink for Collector {
+    fn event(&mut self, ev: Event) {
+        self.heap.apply(&ev);
+    }
+    fn modules(&mut self, pid: i32, modules: &[Module]) {
+        self.sym
+            .get_or_insert_with(|| Symbolizer::new(pid))
+            .add_modules(modules);
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Launch(args) => launch(args),
+    };
+    std::process::exit(code);
+}
+
+fn launch(args: LaunchArgs) -> i32 {
+    let name = &args.command[0];
+    let program = match elf::check_program(name) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("memtrace: {e}");
+            return e.exit_code();
+        }
+    };
+    let Some(cargs) = c_strings(&args.command) else {
+        eprintln!("memtrace: an argument contains a NUL byte");
+        return 2;
+    };
+    let Ok(path) = CString::new(program.path.as_os_str().as_bytes()) else {
+        eprintln!("memtrace: the program path contains a NUL byte");
+        return 2;
+    };
+    // Ctrl-C goes to the program (same process group); memtrace stays to report.
+    ptrace::survive_terminal_signals();
+
+    let mut collector = Collector {
+        heap: Heap::new(),
+        sym: None,
+    };
+    let (pid, end, stacks) = {
+        let mut t = match Tracer::launch(&path, &cargs, &mut collector) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("memtrace: {name}: {e}");
+                return 1;
+            }
+        };
+        let pid = t.pid();
+        let end = t.run();
+        (pid, end, std::mem::take(&mut t.stacks))
+    };
+    let end = match end {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("memtrace: {name}: {e}");
+            return 1;
+        }
+    };
+    let (report_end, status) = match end {
+        tracer::End::Exited(code) => (End::exited(code), code),
+        tracer::End::Signaled(sig) => (End::signaled(sig), 128 + sig),
+    };
+    let target = Target {
+        pid,
+        argv: args.command.clone(),
+        mode: "launch".into(),
+    };
+    let sym = collector.sym.get_or_insert_with(|| Symbolizer::new(pid));
+    let report = report::build(target, report_end, &collector.heap, &stacks, sym);
+    eprint!("{}", report::text::render_text(&report));
+    if let Some(path) = &args.common.json {
+        if let Err(e) = report::json::write_json(&report, path) {
+            eprintln!("memtrace: cannot write {}: {e}", path.display());
+            return 1;
+        }
+    }
+    report::exit_code(&report, status, args.common.error_exitcode)
+}
+
+fn c_strings(args: &[String]) -> Option<Vec<CString>> {
+    args.iter()
+        .map(|a| CString::new(a.as_bytes()).ok())
+        .collect()
+}

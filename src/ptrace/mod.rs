@@ -1,0 +1,373 @@
+//! The only place with `unsafe`, ptrace, wait and raw system calls.
+//!
+//! It moves bytes and registers and reports why a thread stopped; it never interprets
+//! what it moves. Everything above it is safe Rust.
+//!
+//! Signals are plain `i32` here, not `nix::sys::signal::Signal`: a target may receive
+//! real-time signals (glibc itself uses 32 and 33 for thread cancellation and setxid),
+//! which that enum cannot represent.
+
+mod spawn;
+
+pub use spawn::{spawn_seized, SpawnError};
+
+use memtrace_arch::{Arch, Native, Regs};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+pub type Tid = i32;
+
+/// Why `waitpid` returned for one thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The thread (or, for the thread-group leader, the process) exited with `code`.
+    Exited { tid: Tid, code: i32 },
+    /// Killed by `signal`.
+    Killed { tid: Tid, signal: i32 },
+    /// A signal is about to be delivered (a breakpoint trap is SIGTRAP here).
+    Signal { tid: Tid, signal: i32 },
+    /// A ptrace event stop (`PTRACE_EVENT_*`), with the stop signal.
+    Event {
+        tid: Tid,
+        event: PtraceEvent,
+        signal: i32,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PtraceEvent {
+    Clone,
+    Fork,
+    Vfork,
+    VforkDone,
+    Exec,
+    Exit,
+    /// Group stop, the first stop of a new seized thread, or PTRACE_INTERRUPT.
+    Stop,
+    Other(i32),
+}
+
+impl PtraceEvent {
+    fn from_raw(e: i32) -> Self {
+        match e {
+            libc::PTRACE_EVENT_CLONE => PtraceEvent::Clone,
+            libc::PTRACE_EVENT_FORK => PtraceEvent::Fork,
+            libc::PTRACE_EVENT_VFORK => PtraceEvent::Vfork,
+            libc::PTRACE_EVENT_VFORK_DONE => PtraceEvent::VforkDone,
+            libc::PTRACE_EVENT_EXEC => PtraceEvent::Exec,
+            libc::PTRACE_EVENT_EXIT => PtraceEvent::Exit,
+            libc::PTRACE_EVENT_STOP => PtraceEvent::Stop,
+            other => PtraceEvent::Other(other),
+        }
+    }
+}
+
+/// The options every traced process gets: follow threads, see forks (to clean the
+/// child's copy of our breakpoints) and execs, and never let a launched target outlive
+/// memtrace with breakpoints planted.
+pub const TRACE_OPTIONS: i32 = libc::PTRACE_O_TRACECLONE
+    | libc::PTRACE_O_TRACEFORK
+    | libc::PTRACE_O_TRACEVFORK
+    | libc::PTRACE_O_TRACEEXEC
+    | libc::PTRACE_O_TRACESYSGOOD
+    | libc::PTRACE_O_EXITKILL;
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Waits for any traced thread (`waitpid(-1, __WALL)`), retrying on EINTR.
+pub fn wait_any() -> io::Result<Stop> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only to `status`, a valid local.
+        let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
+        if tid == -1 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if let Some(stop) = decode(tid, status) {
+            return Ok(stop);
+        }
+    }
+}
+
+fn decode(tid: Tid, status: i32) -> Option<Stop> {
+    if libc::WIFEXITED(status) {
+        return Some(Stop::Exited {
+            tid,
+            code: libc::WEXITSTATUS(status),
+        });
+    }
+    if libc::WIFSIGNALED(status) {
+        return Some(Stop::Killed {
+            tid,
+            signal: libc::WTERMSIG(status),
+        });
+    }
+    if libc::WIFSTOPPED(status) {
+        let signal = libc::WSTOPSIG(status);
+        let event = status >> 16;
+        return Some(if event != 0 {
+            Stop::Event {
+                tid,
+                event: PtraceEvent::from_raw(event),
+                signal,
+            }
+        } else {
+            Stop::Signal { tid, signal }
+        });
+    }
+    None
+}
+
+/// Resumes a stopped thread, delivering `signal` (0 for none).
+pub fn cont(tid: Tid, signal: i32) -> io::Result<()> {
+    // SAFETY: PTRACE_CONT takes no pointers; `data` is the signal number.
+    check(unsafe { libc::ptrace(libc::PTRACE_CONT, tid, 0usize, signal as usize) }).map(|_| ())
+}
+
+/// Keeps a thread in group-stop while still getting its events (PTRACE_SEIZE only).
+pub fn listen(tid: Tid) -> io::Result<()> {
+    // SAFETY: no pointers.
+    check(unsafe { libc::ptrace(libc::PTRACE_LISTEN, tid, 0usize, 0usize) }).map(|_| ())
+}
+
+pub fn detach(tid: Tid, signal: i32) -> io::Result<()> {
+    // SAFETY: no pointers.
+    check(unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0usize, signal as usize) }).map(|_| ())
+}
+
+pub fn interrupt(tid: Tid) -> io::Result<()> {
+    // SAFETY: no pointers.
+    check(unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0usize, 0usize) }).map(|_| ())
+}
+
+/// Runs one instruction.
+pub fn single_step(tid: Tid, signal: i32) -> io::Result<()> {
+    // SAFETY: no pointers.
+    check(unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, tid, 0usize, signal as usize) })
+        .map(|_| ())
+}
+
+/// The message of the last ptrace event (new thread id, exit status, ...).
+pub fn event_msg(tid: Tid) -> io::Result<u64> {
+    let mut msg: libc::c_ulong = 0;
+    // SAFETY: the kernel writes one c_ulong to `msg`.
+    check(unsafe { libc::ptrace(libc::PTRACE_GETEVENTMSG, tid, 0usize, &mut msg) })?;
+    Ok(msg as u64)
+}
+
+/// The signal's `si_code`, to tell a breakpoint trap (SI_KERNEL) from a sent SIGTRAP.
+pub fn siginfo_code(tid: Tid) -> io::Result<i32> {
+    // SAFETY: siginfo_t is plain data; the kernel fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes one siginfo_t to `info`.
+    check(unsafe { libc::ptrace(libc::PTRACE_GETSIGINFO, tid, 0usize, &mut info) })?;
+    Ok(info.si_code)
+}
+
+/// Reads the general-purpose registers (the `NT_PRSTATUS` set, architecture-neutral).
+pub fn get_regs(tid: Tid) -> io::Result<Regs> {
+    let mut regs = Regs::default();
+    let mut iov = libc::iovec {
+        iov_base: regs.words.as_mut_ptr().cast(),
+        iov_len: Native::REGSET_WORDS * 8,
+    };
+    // SAFETY: the iovec points at `regs.words`, which holds at least REGSET_WORDS words;
+    // the kernel writes at most iov_len bytes.
+    check(unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETREGSET,
+            tid,
+            libc::NT_PRSTATUS as usize,
+            &mut iov,
+        )
+    })?;
+    Ok(regs)
+}
+
+pub fn set_regs(tid: Tid, regs: &Regs) -> io::Result<()> {
+    let mut words = regs.words;
+    let mut iov = libc::iovec {
+        iov_base: words.as_mut_ptr().cast(),
+        iov_len: Native::REGSET_WORDS * 8,
+    };
+    // SAFETY: the kernel reads iov_len bytes from `words`, which is large enough.
+    check(unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETREGSET,
+            tid,
+            libc::NT_PRSTATUS as usize,
+            &mut iov,
+        )
+    })
+    .map(|_| ())
+}
+
+/// Sends `signal` to one thread of `pid`.
+pub fn tgkill(pid: i32, tid: Tid, signal: i32) -> io::Result<()> {
+    // SAFETY: plain system call with integer arguments.
+    check(unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, signal) }).map(|_| ())
+}
+
+pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: plain system call with integer arguments.
+    check(unsafe { libc::kill(pid, signal) } as libc::c_long).map(|_| ())
+}
+
+/// A process's memory, through `/proc/PID/mem`: reads and writes of any length in one
+/// system call, and writes that ignore page protections (so breakpoints can be planted
+/// in read-only code) the way PTRACE_POKEDATA does. Valid until the process execs.
+pub struct Memory {
+    file: File,
+}
+
+impl Memory {
+    pub fn open(pid: i32) -> io::Result<Memory> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))?;
+        Ok(Memory { file })
+    }
+
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, addr)
+    }
+
+    /// Reads as much as can be read from `addr` (stops at an unmapped page).
+    pub fn read_partial(&self, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read_at(buf, addr)
+    }
+
+    pub fn read_u64(&self, addr: u64) -> io::Result<u64> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    pub fn write(&self, addr: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(bytes, addr)
+    }
+
+    pub fn write_u64(&self, addr: u64, v: u64) -> io::Result<()> {
+        self.write(addr, &v.to_le_bytes())
+    }
+}
+
+/// Installs a handler for SIGINT and SIGQUIT that does nothing, so that Ctrl-C on the
+/// terminal reaches the launched program (same process group) without killing
+/// memtrace before it can write the report. A handler, unlike SIG_IGN, is reset by
+/// exec, so the program starts with default dispositions.
+pub fn survive_terminal_signals() {
+    extern "C" fn nothing(_: libc::c_int) {}
+    for sig in [libc::SIGINT, libc::SIGQUIT] {
+        // SAFETY: sigaction with a zeroed struct and a valid extern "C" handler that
+        // touches nothing.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = nothing as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The name of a signal (`"SIGSEGV"`), or `"SIG<n>"` for one without a name.
+pub fn signal_name(sig: i32) -> String {
+    let known = [
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGQUIT, "SIGQUIT"),
+        (libc::SIGILL, "SIGILL"),
+        (libc::SIGTRAP, "SIGTRAP"),
+        (libc::SIGABRT, "SIGABRT"),
+        (libc::SIGBUS, "SIGBUS"),
+        (libc::SIGFPE, "SIGFPE"),
+        (libc::SIGKILL, "SIGKILL"),
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGSEGV, "SIGSEGV"),
+        (libc::SIGUSR2, "SIGUSR2"),
+        (libc::SIGPIPE, "SIGPIPE"),
+        (libc::SIGALRM, "SIGALRM"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGCHLD, "SIGCHLD"),
+        (libc::SIGCONT, "SIGCONT"),
+        (libc::SIGSTOP, "SIGSTOP"),
+        (libc::SIGTSTP, "SIGTSTP"),
+        (libc::SIGTTIN, "SIGTTIN"),
+        (libc::SIGTTOU, "SIGTTOU"),
+        (libc::SIGXCPU, "SIGXCPU"),
+        (libc::SIGXFSZ, "SIGXFSZ"),
+        (libc::SIGSYS, "SIGSYS"),
+    ];
+    known
+        .iter()
+        .find(|(n, _)| *n == sig)
+        .map(|(_, s)| s.to_string())
+        .unwrap_or_else(|| format!("SIG{sig}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_wait_statuses() {
+        assert_eq!(decode(5, 3 << 8), Some(Stop::Exited { tid: 5, code: 3 }));
+        assert_eq!(decode(5, 11), Some(Stop::Killed { tid: 5, signal: 11 }));
+        assert_eq!(
+            decode(5, (5 << 8) | 0x7f),
+            Some(Stop::Signal { tid: 5, signal: 5 })
+        );
+        // Real-time signal 34: representable here (not with nix's Signal).
+        assert_eq!(
+            decode(5, (34 << 8) | 0x7f),
+            Some(Stop::Signal { tid: 5, signal: 34 })
+        );
+        let clone = (libc::PTRACE_EVENT_CLONE << 16) | (libc::SIGTRAP << 8) | 0x7f;
+        assert_eq!(
+            decode(5, clone),
+            Some(Stop::Event {
+                tid: 5,
+                event: PtraceEvent::Clone,
+                signal: libc::SIGTRAP
+            })
+        );
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(libc::SIGSEGV), "SIGSEGV");
+        assert_eq!(signal_name(40), "SIG40");
+    }
+}
+
+/// Waits for one specific thread (used while a system call is injected into it).
+pub fn wait_tid(tid: Tid) -> io::Result<Stop> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only to `status`, a valid local.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        if r == -1 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if let Some(stop) = decode(r, status) {
+            return Ok(stop);
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The report as text, in valgrind memcheck's layout, so that people (and their grep
+//! habits) read it without learning a new format.
+
+use super::{HeapError, JsonFrame, Leak, Report};
+use std::fmt::Write;
+
+/// Leak kinds in valgrind's order, with its words for them.
+const KINDS: [(&str, &str); 5] = [
+    ("definite", "definitely lost"),
+    ("indirect", "indirectly lost"),
+    ("possible", "possibly lost"),
+    ("reachable", "still reachable"),
+    ("unclassified", "unclassified"),
+];
+
+/// Renders the whole report; every line starts with `==PID== `.
+pub fn render_text(report: &Report) -> String {
+    let mut out = Lines {
+        prefix: format!("=={}== ", report.target.pid),
+        text: String::new(),
+    };
+    for e in &report.errors {
+        render_error(&mut out, e);
+    }
+    render_summary(&mut out, report);
+    for (i, leak) in report.leaks.iter().enumerate() {
+        render_leak(&mut out, leak, i + 1, report.leaks.len());
+    }
+    render_leak_summary(&mut out, &report.leaks);
+    render_footer(&mut out, report);
+    out.text
+}
+
+/// Accumulates prefixed lines.
+struct Lines {
+    prefix: String,
+    text: String,
+}
+
+impl Lines {
+    fn line(&mut self, s: &str) {
+        self.text.push_str(&self.prefix);
+        self.text.push_str(s);
+        self.text.push('\n');
+    }
+
+    fn stack(&mut self, frames: &[JsonFrame]) {
+        if frames.is_empty() {
+            self.line("   (no stack)");
+        }
+        for (i, f) in frames.iter().enumerate() {
+            let word = if i == 0 { "at" } else { "by" };
+            self.line(&format!(
+                "   {word} {}: {}",
+                upper_hex(&f.address),
+                frame_text(f)
+            ));
+        }
+    }
+}
+
+fn render_error(out: &mut Lines, e: &HeapError) {
+    let title = match e.kind.as_str() {
+        "double_free" => "Invalid free() / delete / delete[] (double free)",
+        "invalid_free" => "Invalid free() / delete / delete[]",
+        "mismatched_free" => "Mismatched free() / delete / delete []",
+        other => other,
+    };
+    out.line(title);
+    out.stack(&e.stack);
+    out.line(&format!(" Address {}", e.address));
+    if !e.first_free_stack.is_empty() {
+        out.line(" Block was first freed at");
+        out.stack(&e.first_free_stack);
+    }
+    if !e.alloc_stack.is_empty() {
+        out.line(" Block was alloc'd at");
+        out.stack(&e.alloc_stack);
+    }
+    out.line("");
+}
+
+fn render_summary(out: &mut Lines, r: &Report) {
+    let t = &r.totals;
+    out.line("HEAP SUMMARY:");
+    out.line(&format!(
+        "{:>18}: {} bytes in {} blocks",
+        "in use at exit",
+        thousands(t.live_bytes),
+        thousands(t.live_blocks)
+    ));
+    out.line(&format!(
+        "{:>18}: {} allocs, {} frees, {} bytes allocated",
+        "total heap usage",
+        thousands(t.allocs),
+        thousands(t.frees),
+        thousands(t.bytes_allocated)
+    ));
+    out.line("");
+}
+
+fn render_leak(out: &mut Lines, leak: &Leak, n: usize, of: usize) {
+    out.line(&format!(
+        "{} bytes in {} blocks are {} in loss record {} of {}",
+        thousands(leak.bytes),
+        thousands(leak.blocks),
+        kind_words(&leak.kind),
+        thousands(n as u64),
+        thousands(of as u64)
+    ));
+    out.stack(&leak.stack);
+    out.line("");
+}
+
+fn render_leak_summary(out: &mut Lines, leaks: &[Leak]) {
+    if leaks.is_empty() {
+        out.line("All heap blocks were freed -- no leaks are possible");
+        out.line("");
+        return;
+    }
+    out.line("LEAK SUMMARY:");
+    // Known kinds in valgrind's order, then any kind this version does not know.
+    let mut kinds: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
+    for l in leaks {
+        if !kinds.contains(&l.kind.as_str()) {
+            kinds.push(&l.kind);
+        }
+    }
+    for kind in kinds {
+        if !leaks.iter().any(|l| l.kind == kind) {
+            continue;
+        }
+        let of_kind = leaks.iter().filter(|l| l.kind == kind);
+        let (blocks, bytes) = of_kind.fold((0, 0), |(n, b), l| (n + l.blocks, b + l.bytes));
+        out.line(&format!(
+            "{:>18}: {} bytes in {} blocks",
+            kind_words(kind),
+            thousands(bytes),
+            thousands(blocks)
+        ));
+    }
+    out.line("");
+}
+
+fn render_footer(out: &mut Lines, r: &Report) {
+    if !r.errors.is_empty() {
+        out.line(&format!(
+            "ERROR SUMMARY: {} errors",
+            thousands(r.errors.len() as u64)
+        ));
+    }
+    if r.stats.truncated_stacks > 0 {
+        out.line(&format!(
+            "{} of {} distinct stacks are cut short (--depth limit or failed unwind)",
+            thousands(r.stats.truncated_stacks),
+            thousands(r.stats.distinct_stacks)
+        ));
+    }
+    let end = match (r.end.how.as_str(), r.end.code, &r.end.signal) {
+        ("exited", Some(code), _) => format!("program exited with status {code}"),
+        ("signaled", _, Some(sig)) => format!("program killed by {sig}"),
+        ("detached", _, _) => "detached; the program runs on".to_string(),
+        (how, _, _) => format!("program {how}"),
+    };
+    out.line(&format!("memtrace: {end}"));
+}
+
+fn kind_words(kind: &str) -> &str {
+    KINDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, words)| *words)
+        .unwrap_or(kind)
+}
+
+/// `make_leak (leak.c:12)`, `malloc+0x1c (in /lib/libc.so.6)`, `??? (in /lib/x.so)`.
+fn frame_text(f: &JsonFrame) -> String {
+    let mut s = match (&f.function, f.symbol_offset) {
+        (Some(func), Some(off)) if f.file.is_none() && off > 0 => format!("{func}+{off:#x}"),
+        (Some(func), _) => func.clone(),
+        (None, _) => "???".to_string(),
+    };
+    // Like valgrind: the file's base name; the JSON keeps the full path.
+    let base = f.file.as_deref().map(|p| p.rsplit('/').next().unwrap_or(p));
+    match (base, f.line, &f.object) {
+        (Some(file), Some(line), _) => write!(s, " ({file}:{line})"),
+        (Some(file), None, _) => write!(s, " ({file})"),
+        (None, _, Some(obj)) => write!(s, " (in {obj})"),
+        (None, _, None) => Ok(()),
+    }
+    .unwrap_or(());
+    s
+}
+
+/// `0x55d0c0a01182` as valgrind prints addresses: `0x55D0C0A01182`.
+fn upper_hex(address: &str) -> String {
+    match address.strip_prefix("0x") {
+        Some(digits) => format!("0x{}", digits.to_ascii_uppercase()),
+        None => address.to_string(),
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{check_golden, sample, End};
+
+    #[test]
+    fn golden_text() {
+        check_golden("report.txt", &render_text(&sample()));
+    }
+
+    #[test]
+    fn golden_text_no_leaks() {
+        let mut r = sample();
+        r.leaks.clear();
+        r.totals.live_blocks = 0;
+        r.totals.live_bytes = 0;
+        r.errors.clear();
+        r.stats.truncated_stacks = 0;
+        r.end = End::exited(0);
+        check_golden("report-clean.txt", &render_text(&r));
+    }
+
+    #[test]
+    fn numbers_have_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(u64::MAX), "18,446,744,073,709,551,615");
+    }
+
+    #[test]
+    fn frames_render_with_what_is_known() {
+        let f = |function: Option<&str>, file: Option<&str>, line, object: Option<&str>, off| {
+            frame_text(&JsonFrame {
+                address: "0x1".into(),
+                function: function.map(String::from),
+                file: file.map(String::from),
+                line,
+                object: object.map(String::from),
+                symbol_offset: off,
+            })
+        };
+        assert_eq!(
+            f(Some("main"), Some("/s/a.c"), Some(3), Some("/a"), None),
+            "main (a.c:3)"
+        );
+        assert_eq!(
+            f(Some("g"), None, None, Some("/l.so"), Some(0x1c)),
+            "g+0x1c (in /l.so)"
+        );
+        assert_eq!(
+            f(Some("g"), None, None, Some("/l.so"), None),
+            "g (in /l.so)"
+        );
+        assert_eq!(f(None, None, None, Some("/l.so"), None), "??? (in /l.so)");
+        assert_eq!(f(None, None, None, None, None), "???");
+        assert_eq!(upper_hex("0x55d0c0a0116e"), "0x55D0C0A0116E");
+    }
+
+    #[test]
+    fn end_lines() {
+        let mut r = sample();
+        r.end = End::exited(3);
+        assert!(render_text(&r).ends_with("==1234== memtrace: program exited with status 3\n"));
+        r.end = End::detached();
+        assert!(render_text(&r).ends_with("==1234== memtrace: detached; the program runs on\n"));
+    }
+}

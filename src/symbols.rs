@@ -1,0 +1,591 @@
+//! Symbolization: return addresses to function, file, line and object, off the hot path.
+//!
+//! The tracer records raw return addresses; this module turns them into [`Frame`]s when a
+//! report or the TUI needs them. Per module it computes the load bias once, finds the
+//! DWARF (in the object itself, or in a separate debug file found by build id or
+//! `.gnu_debuglink`, as `libc6-dbg` installs them), and falls back to the nearest ELF
+//! symbol when there is no line information. Results are cached per address.
+//!
+//! Modules are remembered for the whole trace, so addresses recorded while a library was
+//! mapped still resolve after `dlclose`. When a new module is later mapped over (part of)
+//! the range of an old one, the newest module wins for addresses not yet in the cache:
+//! an address recorded in the old library and first symbolized after the new one was
+//! mapped there is attributed to the new one. Callers that need exactness symbolize a
+//! library's addresses before they report it gone.
+
+use crate::maps::{target_path, Module};
+use addr2line::Loader;
+use object::{Object, ObjectKind, ObjectSection, ObjectSegment, ReadCache};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Where separate debug files live (the `libc6-dbg` layout).
+const DEBUG_DIR: &str = "/usr/lib/debug";
+/// Mappings start on page boundaries: the first PT_LOAD is mapped at its vaddr rounded
+/// down to a page.
+const PAGE: u64 = 0x1000;
+
+/// One source-level frame at a return address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frame {
+    /// The return address as recorded (not the `address - 1` that was looked up).
+    pub address: u64,
+    /// Demangled function name, from DWARF or else the nearest ELF symbol.
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// Path of the module that holds the address, as the target sees it.
+    pub object: Option<String>,
+    /// This frame was inlined into the next one (same address).
+    pub inlined: bool,
+    /// `address` minus the symbol's start, set only when `function` comes from the
+    /// symbol table (no line information), for the `name+0x1c` form of the text report.
+    pub symbol_offset: Option<u64>,
+}
+
+impl Frame {
+    fn unknown(address: u64, object: Option<String>) -> Self {
+        Frame {
+            address,
+            object,
+            ..Frame::default()
+        }
+    }
+}
+
+/// A module as first seen, with what is needed to read it later.
+struct Entry {
+    module: Module,
+    /// Opened when the module was first seen: by the time we symbolize, the target may
+    /// have exited (its `/proc/PID/root` gone with it) or the file may have been replaced.
+    file: Option<File>,
+    /// Parsed on first lookup; `Some(None)` when the object could not be read.
+    loaded: Option<Option<Loaded>>,
+}
+
+struct Loaded {
+    /// Runtime address minus file address.
+    bias: u64,
+    /// DWARF and symbols: the separate debug file when there is one, else the object.
+    primary: Loader,
+    /// The object itself when `primary` is a separate debug file: its `.dynsym` answers
+    /// when the debug file has no symbol table.
+    secondary: Option<Loader>,
+}
+
+pub struct Symbolizer {
+    /// None when module paths are host paths (tests, replays).
+    pid: Option<i32>,
+    /// Every module ever added, oldest first.
+    entries: Vec<Entry>,
+    cache: HashMap<u64, Vec<Frame>>,
+}
+
+impl Symbolizer {
+    /// A symbolizer for process `pid`: module paths are opened through `/proc/PID/root`.
+    pub fn new(pid: i32) -> Self {
+        Symbolizer {
+            pid: Some(pid),
+            entries: Vec::new(),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// A symbolizer whose module paths are opened as they are, with no process behind
+    /// them (tests, recorded traces).
+    pub fn for_files(modules: &[Module]) -> Self {
+        let mut s = Symbolizer {
+            pid: None,
+            entries: Vec::new(),
+            cache: HashMap::new(),
+        };
+        s.add_modules(modules);
+        s
+    }
+
+    /// Path through which a file the target names is opened.
+    fn host_path(&self, path: &str) -> PathBuf {
+        match self.pid {
+            Some(pid) => target_path(pid, path),
+            None => PathBuf::from(path),
+        }
+    }
+
+    /// Records the target's current modules. Call whenever the module list changes;
+    /// modules that have disappeared since are kept (see the module documentation).
+    pub fn add_modules(&mut self, modules: &[Module]) {
+        for m in modules {
+            let same = self.entries.iter_mut().find(|e| {
+                e.module.path == m.path && e.module.inode == m.inode && e.module.base == m.base
+            });
+            if let Some(e) = same {
+                // ld.so maps an object in steps: a list read mid-way has a shorter range.
+                e.module.start = e.module.start.min(m.start);
+                e.module.end = e.module.end.max(m.end);
+                continue;
+            }
+            let file = File::open(self.host_path(&m.path)).ok();
+            self.entries.push(Entry {
+                module: m.clone(),
+                file,
+                loaded: None,
+            });
+        }
+    }
+
+    /// The frames at return address `address`, innermost first: inlined frames have
+    /// `inlined: true`, the last one is the real function.
+    pub fn symbolize(&mut self, address: u64) -> Vec<Frame> {
+        if let Some(frames) = self.cache.get(&address) {
+            return frames.clone();
+        }
+        // Newest module first: it replaces older ones mapped at the same range.
+        let Some(idx) = self
+            .entries
+            .iter()
+            .rposition(|e| e.module.contains(address))
+        else {
+            // Not cached: the module may be added later.
+            return vec![Frame::unknown(address, None)];
+        };
+        let frames = self.lookup(idx, address);
+        self.cache.insert(address, frames.clone());
+        frames
+    }
+
+    fn lookup(&mut self, idx: usize, address: u64) -> Vec<Frame> {
+        let pid = self.pid;
+        let entry = &mut self.entries[idx];
+        let object = Some(entry.module.path.clone());
+        if entry.loaded.is_none() {
+            entry.loaded = Some(load(pid, &entry.module, entry.file.as_ref()));
+        }
+        let Some(Some(loaded)) = &entry.loaded else {
+            return vec![Frame::unknown(address, object)];
+        };
+        // A return address points after the call; the call itself is one byte before.
+        let probe = address.wrapping_sub(1).wrapping_sub(loaded.bias);
+        let mut frames = dwarf_frames(&loaded.primary, probe, address);
+        let symbol = loaded.symbol(probe);
+        match frames.last_mut() {
+            Some(outer) if outer.function.is_none() => {
+                outer.function = symbol.map(|(name, _)| name);
+            }
+            Some(_) => {}
+            None => {
+                let mut f = Frame::unknown(address, None);
+                if let Some((name, start)) = symbol {
+                    f.function = Some(name);
+                    f.symbol_offset = Some(address.wrapping_sub(start.wrapping_add(loaded.bias)));
+                }
+                frames.push(f);
+            }
+        }
+        for f in &mut frames {
+            f.object = object.clone();
+        }
+        frames
+    }
+}
+
+impl Loaded {
+    /// Nearest symbol containing `probe` (a file address): demangled name and start.
+    fn symbol(&self, probe: u64) -> Option<(String, u64)> {
+        let from = |l: &Loader| {
+            l.find_symbol_info(probe)
+                .map(|s| (demangle(s.name()), s.address()))
+        };
+        from(&self.primary).or_else(|| self.secondary.as_ref().and_then(from))
+    }
+}
+
+/// Every frame addr2line knows at `probe`, innermost first; empty without DWARF there.
+fn dwarf_frames(loader: &Loader, probe: u64, address: u64) -> Vec<Frame> {
+    let mut out = Vec::new();
+    let Ok(mut iter) = loader.find_frames(probe) else {
+        return out;
+    };
+    while let Ok(Some(f)) = iter.next() {
+        let function = f
+            .function
+            .as_ref()
+            .and_then(|n| n.raw_name().ok())
+            .map(|n| demangle(&n));
+        let (file, line) = match f.location {
+            Some(l) => (l.file.map(String::from), l.line),
+            None => (None, None),
+        };
+        if function.is_none() && file.is_none() {
+            continue;
+        }
+        out.push(Frame {
+            address,
+            function,
+            file,
+            line,
+            inlined: true,
+            ..Frame::default()
+        });
+    }
+    if let Some(outer) = out.last_mut() {
+        outer.inlined = false;
+    }
+    out
+}
+
+/// Parses a module once: load bias, debug file, loaders. None when unreadable.
+fn load(pid: Option<i32>, module: &Module, file: Option<&File>) -> Option<Loaded> {
+    let file = file?;
+    let cache = ReadCache::new(file);
+    let obj = object::File::parse(&cache).ok()?;
+    let bias = load_bias(&obj, module.base);
+    // Reopening our own descriptor reads the very file the target mapped, even if it
+    // has since been deleted or replaced, or the target's root is gone.
+    let self_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let resolve = |p: &str| match pid {
+        Some(pid) => target_path(pid, p),
+        None => PathBuf::from(p),
+    };
+    let debug = if has_dwarf(&obj) {
+        None
+    } else {
+        find_debug_file(&obj, &module.path, &resolve).and_then(|p| open_debug(&p, &resolve))
+    };
+    match debug {
+        Some(primary) => Some(Loaded {
+            bias,
+            primary,
+            secondary: Loader::new(&self_path).ok(),
+        }),
+        None => Some(Loaded {
+            bias,
+            primary: Loader::new(&self_path).ok()?,
+            secondary: None,
+        }),
+    }
+}
+
+/// Runtime minus file address. ET_EXEC is loaded where it was linked; ET_DYN anywhere,
+/// with its lowest PT_LOAD (rounded down to a page) at the module's base.
+fn load_bias<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, base: u64) -> u64 {
+    if obj.kind() != ObjectKind::Dynamic {
+        return 0;
+    }
+    let lowest = obj.segments().map(|s| s.address()).min().unwrap_or(0);
+    base.wrapping_sub(lowest & !(PAGE - 1))
+}
+
+fn has_dwarf<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> bool {
+    obj.section_by_name(".debug_info")
+        .is_some_and(|s| s.size() > 0)
+}
+
+/// `/usr/lib/debug/.build-id/xx/yyyy.debug` for build id `xxyyyy`.
+fn build_id_path(id: &[u8]) -> Option<String> {
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    if hex.len() < 3 {
+        return None;
+    }
+    Some(format!(
+        "{DEBUG_DIR}/.build-id/{}/{}.debug",
+        &hex[..2],
+        &hex[2..]
+    ))
+}
+
+/// The separate debug file of `obj` (mapped from `path` in the target), as gdb looks for
+/// it: by build id, then by `.gnu_debuglink` next to the object, in its `.debug/`, and
+/// under /usr/lib/debug. A candidate whose build id differs is someone else's.
+fn find_debug_file<'d, R: object::ReadRef<'d>>(
+    obj: &object::File<'d, R>,
+    path: &str,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Option<PathBuf> {
+    let id = obj.build_id().ok().flatten();
+    let mut candidates = Vec::new();
+    if let Some(p) = id.and_then(build_id_path) {
+        candidates.push(resolve(&p));
+    }
+    if let Some((name, _crc)) = obj.gnu_debuglink().ok().flatten() {
+        let name = String::from_utf8_lossy(name);
+        let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+        let dir = dir.to_string_lossy();
+        for c in [
+            format!("{dir}/{name}"),
+            format!("{dir}/.debug/{name}"),
+            format!("{DEBUG_DIR}{dir}/{name}"),
+        ] {
+            candidates.push(resolve(&c));
+        }
+    }
+    // A debuglink naming the object's own file would otherwise match itself.
+    let itself = resolve(path);
+    candidates
+        .into_iter()
+        .find(|c| *c != itself && debug_file_matches(c, id))
+}
+
+fn debug_file_matches(path: &Path, id: Option<&[u8]>) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let cache = ReadCache::new(&file);
+    let Ok(obj) = object::File::parse(&cache) else {
+        return false;
+    };
+    match (id, obj.build_id().ok().flatten()) {
+        (Some(a), Some(b)) => a == b,
+        _ => has_dwarf(&obj),
+    }
+}
+
+/// A loader for a debug file, with the dwz supplementary file it points to if any
+/// (Debian's debug packages share common DWARF in one such file).
+fn open_debug(path: &Path, resolve: &dyn Fn(&str) -> PathBuf) -> Option<Loader> {
+    let sup = (|| {
+        let file = File::open(path).ok()?;
+        let cache = ReadCache::new(&file);
+        let obj = object::File::parse(&cache).ok()?;
+        let (name, id) = obj.gnu_debugaltlink().ok().flatten()?;
+        let name = String::from_utf8_lossy(name).into_owned();
+        let near = match path.parent() {
+            Some(dir) if !name.starts_with('/') => dir.join(&name),
+            _ => resolve(&name),
+        };
+        let by_id = build_id_path(id).map(|p| resolve(&p));
+        [Some(near), by_id]
+            .into_iter()
+            .flatten()
+            .find(|p| p.exists())
+    })();
+    match sup {
+        Some(sup) => Loader::new_with_sup(path, Some(sup)).ok(),
+        None => Loader::new(path).ok(),
+    }
+}
+
+/// Demangles a Rust or C++ symbol; other names come back unchanged.
+pub fn demangle(name: &str) -> String {
+    if let Ok(d) = rustc_demangle::try_demangle(name) {
+        // `{:#}` drops the hash suffix of legacy Rust symbols.
+        return format!("{d:#}");
+    }
+    if name.starts_with("_Z") {
+        let cpp = cpp_demangle::Symbol::new(name).ok();
+        if let Some(d) = cpp.and_then(|s| s.demangle().ok()) {
+            return d;
+        }
+    }
+    name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    const SRC: &str = r#"#include <stdlib.h>
+static inline __attribute__((always_inline)) int twice(int x) {
+    return x * 2; // INLINE
+}
+__attribute__((noinline)) void *make(int n) {
+    return malloc(n);
+}
+int main(int argc, char **argv) { // MAIN
+    void *p = make(twice(argc)); // CALL
+    return p != 0;
+}
+"#;
+
+    /// 1-based line of the source line holding `marker`.
+    fn line_of(marker: &str) -> u32 {
+        let i = SRC.lines().position(|l| l.contains(marker));
+        i.map(|i| i as u32 + 1).unwrap_or(0)
+    }
+
+    /// Compiles SRC with `flags`; None (the test is skipped) when there is no C compiler.
+    fn compile(dir: &Path, name: &str, flags: &[&str]) -> Option<PathBuf> {
+        let src = dir.join("t.c");
+        std::fs::write(&src, SRC).ok()?;
+        let out = dir.join(name);
+        let status = Command::new("cc")
+            .args(flags)
+            .arg("-o")
+            .arg(&out)
+            .arg(&src)
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(out),
+            _ => {
+                eprintln!("skipped: cc {flags:?} failed");
+                None
+            }
+        }
+    }
+
+    /// File address and size of symbol `name`.
+    fn symbol(path: &Path, name: &str) -> (u64, u64) {
+        use object::ObjectSymbol;
+        let data = std::fs::read(path).expect("read test binary");
+        let obj = object::File::parse(&*data).expect("parse test binary");
+        let sym = obj.symbols().find(|s| s.name() == Ok(name));
+        let sym = sym.expect("symbol in test binary");
+        (sym.address(), sym.size())
+    }
+
+    fn module(path: &Path, base: u64) -> Module {
+        Module {
+            path: path.to_string_lossy().into_owned(),
+            start: base,
+            end: base + 0x10_0000,
+            base,
+            inode: 1,
+        }
+    }
+
+    #[test]
+    fn dwarf_gives_function_file_line_and_inlined_frames() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some(bin) = compile(dir.path(), "g", &["-g", "-O0", "-no-pie"]) else {
+            return;
+        };
+        let (main, size) = symbol(&bin, "main");
+        let mut s = Symbolizer::for_files(&[module(&bin, 0x40_0000)]);
+        let f = s.symbolize(main + 1);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].function.as_deref(), Some("main"));
+        assert!(f[0].file.as_deref().is_some_and(|p| p.ends_with("t.c")));
+        assert_eq!(f[0].line, Some(line_of("// MAIN")));
+        assert_eq!(f[0].object.as_deref(), Some(&*bin.to_string_lossy()));
+        assert_eq!(
+            (f[0].address, f[0].inlined, f[0].symbol_offset),
+            (main + 1, false, None)
+        );
+
+        // Somewhere in main, `twice` is inlined at the CALL line.
+        let inlined = (main..main + size)
+            .map(|a| s.symbolize(a + 1))
+            .find(|f| f.len() == 2);
+        let f = inlined.expect("an address inside the inlined call");
+        assert_eq!(f[0].function.as_deref(), Some("twice"));
+        assert_eq!(
+            (f[0].line, f[0].inlined),
+            (Some(line_of("// INLINE")), true)
+        );
+        assert_eq!(f[1].function.as_deref(), Some("main"));
+        assert_eq!((f[1].line, f[1].inlined), (Some(line_of("// CALL")), false));
+        assert_eq!(f[0].address, f[1].address);
+    }
+
+    #[test]
+    fn pie_addresses_are_rebased() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some(bin) = compile(dir.path(), "pie", &["-g", "-O0", "-fPIE", "-pie"]) else {
+            return;
+        };
+        let (main, _) = symbol(&bin, "main");
+        let base = 0x5555_5555_4000;
+        let mut s = Symbolizer::for_files(&[module(&bin, base)]);
+        let f = s.symbolize(base + main + 1);
+        assert_eq!(f[0].function.as_deref(), Some("main"));
+        assert_eq!(f[0].line, Some(line_of("// MAIN")));
+    }
+
+    #[test]
+    fn without_dwarf_the_symbol_table_names_the_function() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let flags = ["-O0", "-no-pie"];
+        let Some(bin) = compile(dir.path(), "nog", &flags) else {
+            return;
+        };
+        let (main, _) = symbol(&bin, "main");
+        let mut s = Symbolizer::for_files(&[module(&bin, 0x40_0000)]);
+        let f = s.symbolize(main + 5);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].function.as_deref(), Some("main"));
+        assert_eq!((f[0].file.as_deref(), f[0].line), (None, None));
+        assert_eq!(f[0].symbol_offset, Some(5));
+
+        // Stripped, same code layout: only the object is known.
+        let Some(stripped) = compile(dir.path(), "s", &["-O0", "-no-pie", "-s"]) else {
+            return;
+        };
+        let mut s = Symbolizer::for_files(&[module(&stripped, 0x40_0000)]);
+        let f = s.symbolize(main + 5);
+        assert_eq!(f[0].function, None);
+        assert_eq!(f[0].object.as_deref(), Some(&*stripped.to_string_lossy()));
+    }
+
+    #[test]
+    fn unknown_and_unreadable_addresses_degrade_to_nulls() {
+        let mut s = Symbolizer::for_files(&[module(Path::new("/nonexistent/lib.so"), 0x1000)]);
+        assert_eq!(s.symbolize(0x10), vec![Frame::unknown(0x10, None)]);
+        let f = s.symbolize(0x1100);
+        assert_eq!(
+            f,
+            vec![Frame::unknown(0x1100, Some("/nonexistent/lib.so".into()))]
+        );
+    }
+
+    #[test]
+    fn modules_stay_resolvable_after_they_disappear() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some(bin) = compile(dir.path(), "g", &["-g", "-O0", "-no-pie"]) else {
+            return;
+        };
+        let (main, _) = symbol(&bin, "main");
+        let mut s = Symbolizer::new(std::process::id() as i32);
+        s.add_modules(&[module(&bin, 0x40_0000)]);
+        // dlclose: the next list no longer has it; the file is even gone.
+        s.add_modules(&[]);
+        std::fs::remove_file(&bin).expect("remove test binary");
+        let f = s.symbolize(main + 1);
+        assert_eq!(f[0].function.as_deref(), Some("main"));
+    }
+
+    #[test]
+    fn libc_malloc_resolves() {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("read own maps");
+        let mods = crate::maps::modules(&crate::maps::parse_maps(&maps));
+        let mut s = Symbolizer::new(std::process::id() as i32);
+        s.add_modules(&mods);
+        let addr = libc::malloc as *const () as usize as u64;
+        let f = s.symbolize(addr + 1);
+        let outer = f.last().expect("at least one frame");
+        assert!(
+            outer
+                .function
+                .as_deref()
+                .is_some_and(|n| n.contains("malloc")),
+            "{f:?}"
+        );
+        assert!(
+            outer
+                .object
+                .as_deref()
+                .is_some_and(|o| o.contains("libc.so")),
+            "{f:?}"
+        );
+        if Path::new("/usr/lib/debug/.build-id").is_dir() {
+            assert!(
+                outer.file.as_deref().is_some_and(|p| p.ends_with(".c")),
+                "{f:?}"
+            );
+            assert!(outer.line.is_some());
+        }
+    }
+
+    #[test]
+    fn demangles_cpp_and_rust() {
+        assert_eq!(demangle("_ZN3foo3barEi"), "foo::bar(int)");
+        assert_eq!(
+            demangle("_ZN4core3fmt5write17h0123456789abcdefE"),
+            "core::fmt::write"
+        );
+        assert_eq!(demangle("_RNvCs1234_7mycrate3foo"), "mycrate::foo");
+        assert_eq!(demangle("main"), "main");
+        assert_eq!(demangle("_Znot_really"), "_Znot_really");
+    }
+}

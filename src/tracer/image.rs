@@ -1,0 +1,238 @@
+//! One process image: which objects are loaded, which of them get hooks, and the
+//! dynamic loader's rendezvous that tells us when that changes.
+//!
+//! At exec the loader has not run yet. We plant a breakpoint on its
+//! `_dl_debug_state`, the function it calls (as it does for debuggers) each time the
+//! list of loaded objects changes: once all startup libraries are mapped (before any
+//! constructor or `main`), and on every dlopen/dlclose. At each hit the maps are read
+//! again; libc and libstdc++ get their hooks the moment they appear. A static binary
+//! has no loader: its own symbol table is hooked at exec.
+
+use super::scratch::{BpKind, Breakpoint, Scratch};
+use super::{TraceError, Tracer};
+use crate::elf::ObjectInfo;
+use crate::event::Tid;
+use crate::hooks::{HookFn, CXX_FUNCTIONS, LIBC_FUNCTIONS};
+use crate::maps::{self, Module};
+use memtrace_arch::{Arch, Native};
+
+#[derive(Debug, Default)]
+pub struct Image {
+    /// Entry point of the program (AT_ENTRY), to recognise the executable's module.
+    entry: u64,
+    is_static: bool,
+    modules: Vec<Module>,
+    /// Code ranges whose frees are the allocator's own bookkeeping, not the program's.
+    internal: Vec<(u64, u64)>,
+}
+
+impl Image {
+    pub fn is_internal(&self, addr: u64) -> bool {
+        self.internal.iter().any(|&(s, e)| s <= addr && addr < e)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Libc,
+    Cxx,
+    /// A static executable: it carries its allocator.
+    StaticExe,
+}
+
+const AT_ENTRY: u64 = 9;
+const AT_BASE: u64 = 7;
+
+/// Functions of a static glibc that free on the allocator's own behalf at thread exit.
+const STATIC_INTERNAL_FREERS: &[&str] = &[
+    "tcache_thread_shutdown",
+    "__malloc_arena_thread_freeres",
+    "__libc_thread_freeres",
+];
+
+fn read_auxv(pid: i32) -> Vec<(u64, u64)> {
+    let Ok(data) = std::fs::read(format!("/proc/{pid}/auxv")) else {
+        return Vec::new();
+    };
+    data.chunks_exact(16)
+        .map(|c| {
+            let k = u64::from_le_bytes(c[..8].try_into().unwrap_or_default());
+            let v = u64::from_le_bytes(c[8..].try_into().unwrap_or_default());
+            (k, v)
+        })
+        .collect()
+}
+
+fn role_of(m: &Module, image: &Image) -> Option<Role> {
+    let name = m.file_name();
+    if image.is_static && m.contains(image.entry) {
+        Some(Role::StaticExe)
+    } else if name.starts_with("libc.so") || name.starts_with("libc-2.") {
+        Some(Role::Libc)
+    } else if name.starts_with("libstdc++.so") {
+        Some(Role::Cxx)
+    } else {
+        None
+    }
+}
+
+impl Tracer<'_> {
+    fn read_modules(&self) -> Vec<Module> {
+        match std::fs::read_to_string(format!("/proc/{}/maps", self.pid)) {
+            Ok(text) => maps::modules(&maps::parse_maps(&text)),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn object_info(&self, m: &Module) -> Option<ObjectInfo> {
+        let data = std::fs::read(maps::target_path(self.pid, &m.path)).ok()?;
+        ObjectInfo::parse(&data)
+    }
+
+    /// Prepares a freshly exec'd image (one thread, stopped at the exec event).
+    pub(super) fn setup_image(&mut self, tid: Tid) -> Result<(), TraceError> {
+        self.settle_after_exec(tid)?;
+        self.map_scratch(tid, 0)?;
+        let auxv = read_auxv(self.pid);
+        let get = |k| auxv.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+        self.image.entry = get(AT_ENTRY).unwrap_or(0);
+        let loader_base = get(AT_BASE).unwrap_or(0);
+        self.image.is_static = loader_base == 0;
+        if loader_base != 0 {
+            let modules = self.read_modules();
+            let ld = modules
+                .iter()
+                .find(|m| m.base == loader_base)
+                .ok_or_else(|| TraceError::Setup("the dynamic loader is not mapped".into()))?;
+            let info = self
+                .object_info(ld)
+                .ok_or_else(|| TraceError::Setup(format!("cannot read {}", ld.path)))?;
+            let sym = info.function("_dl_debug_state").ok_or_else(|| {
+                TraceError::Setup(format!(
+                    "{} has no _dl_debug_state: cannot follow library loading",
+                    ld.path
+                ))
+            })?;
+            let addr = ld.base - info.first_vaddr + sym.address;
+            let base = ld.base;
+            self.plant(tid, addr, BpKind::Loader, base)
+                .map_err(TraceError::Setup)?;
+        }
+        self.rescan(tid);
+        Ok(())
+    }
+
+    /// The loaded objects may have changed: hook the new allocator objects, forget the
+    /// breakpoints of unloaded ones, and tell the sink.
+    pub(super) fn rescan(&mut self, tid: Tid) {
+        let now = self.read_modules();
+        let same = |a: &Module, b: &Module| a.base == b.base && a.path == b.path;
+        let gone: Vec<Module> = self
+            .image
+            .modules
+            .iter()
+            .filter(|old| !now.iter().any(|m| same(m, old)))
+            .cloned()
+            .collect();
+        for m in &gone {
+            self.bps.forget_module(m.base);
+            self.image.internal.retain(|&(s, _)| !m.contains(s));
+        }
+        let new: Vec<Module> = now
+            .iter()
+            .filter(|m| !self.image.modules.iter().any(|old| same(m, old)))
+            .cloned()
+            .collect();
+        for m in &new {
+            if let Some(role) = role_of(m, &self.image) {
+                self.hook_module(tid, m, role);
+            }
+        }
+        if !gone.is_empty() || !new.is_empty() {
+            self.sink.modules(self.pid, &now);
+        }
+        self.image.modules = now;
+    }
+
+    fn hook_module(&mut self, tid: Tid, m: &Module, role: Role) {
+        let Some(info) = self.object_info(m) else {
+            eprintln!(
+                "memtrace: warning: cannot read {}: its allocator calls are not traced",
+                m.path
+            );
+            return;
+        };
+        let bias = m.base.wrapping_sub(info.first_vaddr);
+        let table: Vec<(&str, HookFn)> = match role {
+            Role::Libc => LIBC_FUNCTIONS.to_vec(),
+            Role::Cxx => CXX_FUNCTIONS.to_vec(),
+            Role::StaticExe => LIBC_FUNCTIONS
+                .iter()
+                .chain(CXX_FUNCTIONS)
+                .copied()
+                .collect(),
+        };
+        for (name, func) in table {
+            let Some(sym) = info.function(name) else {
+                continue;
+            };
+            let addr = bias.wrapping_add(sym.address);
+            if self.bps.contains(addr) {
+                continue; // another name for the same code (memalign = aligned_alloc)
+            }
+            if let Err(e) = self.plant(tid, addr, BpKind::Hook(func), m.base) {
+                eprintln!("memtrace: warning: cannot hook {name} in {}: {e}", m.path);
+            }
+        }
+        match role {
+            Role::Libc => self.image.internal.push((m.start, m.end)),
+            Role::StaticExe => {
+                for name in STATIC_INTERNAL_FREERS {
+                    if let Some(s) = info.function(name) {
+                        let start = bias.wrapping_add(s.address);
+                        self.image.internal.push((start, start + s.size.max(1)));
+                    }
+                }
+            }
+            Role::Cxx => {}
+        }
+    }
+
+    /// Plants a breakpoint at `addr`, its displaced instruction relocated into a
+    /// scratch slot within reach.
+    fn plant(&mut self, tid: Tid, addr: u64, kind: BpKind, module_base: u64) -> Result<(), String> {
+        let mut code = [0u8; 16];
+        let n = self
+            .mem
+            .read_partial(addr, &mut code)
+            .map_err(|e| format!("reading code at {addr:#x}: {e}"))?;
+        let slot = match self.scratch.take_slot(addr) {
+            Some(s) => s,
+            None => {
+                self.map_scratch(tid, Scratch::hint_near(addr))
+                    .map_err(|e| e.to_string())?;
+                self.scratch
+                    .take_slot(addr)
+                    .ok_or("no scratch page within reach of the code")?
+            }
+        };
+        let relocated = Native::relocate(&code[..n], addr, slot).map_err(|e| e.to_string())?;
+        self.mem
+            .write(slot, &relocated.code)
+            .map_err(|e| format!("writing the scratch page: {e}"))?;
+        let original = code[..Native::BREAKPOINT.len()].to_vec();
+        self.mem
+            .write(addr, Native::BREAKPOINT)
+            .map_err(|e| format!("writing the breakpoint at {addr:#x}: {e}"))?;
+        self.bps.insert(
+            addr,
+            Breakpoint {
+                kind,
+                ool: slot,
+                original,
+                module_base,
+            },
+        );
+        Ok(())
+    }
+}

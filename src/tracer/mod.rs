@@ -1,0 +1,475 @@
+//! The tracer: one thread that owns the traced process and turns its stops into events.
+//!
+//! See `lib.rs` for the path one malloc takes. This module holds the event loop; the
+//! process image (loader rendezvous, which objects get hooks, scratch pages, planting)
+//! is in `image.rs`, injected system calls in `inject.rs`.
+
+mod image;
+mod inject;
+pub mod scratch;
+
+use crate::event::{Event, StackTable, Tid};
+use crate::hooks::HookFn;
+use crate::maps::Module;
+use crate::ptrace::{self, Memory, PtraceEvent, Stop};
+use memtrace_arch::{Arch, Native, Regs, ReturnSlot};
+use scratch::{BpKind, Breakpoints, Scratch};
+use std::collections::{HashMap, HashSet};
+use std::io;
+
+/// Where the tracer's output goes: allocation events and changes of the module list.
+pub trait Sink {
+    fn event(&mut self, ev: Event);
+    /// The loaded objects of process `pid` changed (start, dlopen, dlclose, exec).
+    /// Called before an unloaded object's addresses can be reused.
+    fn modules(&mut self, pid: i32, modules: &[Module]);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    Exited(i32),
+    Signaled(i32),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("waiting for the target failed: {0}")]
+    Wait(io::Error),
+    #[error("cannot set up tracing of the new program image: {0}")]
+    Setup(String),
+    #[error("the program did not start under trace: {0}")]
+    Start(String),
+}
+
+/// Counters about the trace itself (not the heap).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct TraceStats {
+    pub breakpoint_hits: u64,
+    pub return_hits: u64,
+    pub nested_calls: u64,
+    pub threads_seen: u64,
+    pub forks_cleaned: u64,
+    pub execs: u64,
+    /// Pending return hooks dropped because their frame was unwound some other way
+    /// (longjmp, exception).
+    pub abandoned_frames: u64,
+}
+
+/// A hooked call that has not returned yet.
+#[derive(Clone, Copy, Debug)]
+struct Frame {
+    func: HookFn,
+    args: [u64; 3],
+    /// Stack pointer at the function's entry.
+    entry_sp: u64,
+    real_ret: u64,
+    stack: crate::event::StackId,
+}
+
+#[derive(Debug, Default)]
+struct Thread {
+    frames: Vec<Frame>,
+    /// Has had its first (PTRACE_EVENT_STOP) stop: later stop events are group-stops.
+    started: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Child {
+    /// A forked child that has not yet had its initial stop: clean it then.
+    ForkPending,
+    /// A vfork child: it shares our target's memory (breakpoints included) until it
+    /// execs or exits, so it stays traced and its hits just run out of line.
+    Vfork,
+}
+
+pub struct Tracer<'s> {
+    pid: i32,
+    sink: &'s mut dyn Sink,
+    mem: Memory,
+    scratch: Scratch,
+    bps: Breakpoints,
+    threads: HashMap<Tid, Thread>,
+    children: HashMap<Tid, Child>,
+    /// Stopped processes that are not our threads, whose fork event has not come yet.
+    early_children: HashSet<Tid>,
+    /// Signals that arrived while a system call was being injected, to deliver later.
+    held_signals: HashMap<Tid, i32>,
+    image: image::Image,
+    pub stacks: StackTable,
+    pub stats: TraceStats,
+}
+
+impl<'s> Tracer<'s> {
+    /// Launches `path` under trace and prepares its image; the program has not run a
+    /// single instruction of its own when this returns.
+    pub fn launch(
+        path: &std::ffi::CString,
+        argv: &[std::ffi::CString],
+        sink: &'s mut dyn Sink,
+    ) -> Result<Tracer<'s>, TraceError> {
+        let pid = ptrace::spawn_seized(path, argv).map_err(|e| TraceError::Start(e.to_string()))?;
+        match ptrace::wait_tid(pid).map_err(TraceError::Wait)? {
+            Stop::Event {
+                event: PtraceEvent::Exec,
+                ..
+            } => {}
+            other => {
+                return Err(TraceError::Start(format!(
+                    "unexpected first stop {other:?}"
+                )))
+            }
+        }
+        let mem = Memory::open(pid).map_err(|e| TraceError::Setup(e.to_string()))?;
+        let mut t = Tracer {
+            pid,
+            sink,
+            mem,
+            scratch: Scratch::default(),
+            bps: Breakpoints::default(),
+            threads: HashMap::new(),
+            children: HashMap::new(),
+            early_children: HashSet::new(),
+            held_signals: HashMap::new(),
+            image: image::Image::default(),
+            stacks: StackTable::new(),
+            stats: TraceStats::default(),
+        };
+        t.threads.insert(
+            pid,
+            Thread {
+                started: true,
+                ..Thread::default()
+            },
+        );
+        t.stats.threads_seen = 1;
+        t.setup_image(pid)?;
+        Ok(t)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Runs the target to its end.
+    pub fn run(&mut self) -> Result<End, TraceError> {
+        self.resume(self.pid);
+        loop {
+            let stop = match ptrace::wait_any() {
+                Ok(s) => s,
+                Err(e) => return Err(TraceError::Wait(e)),
+            };
+            if let Some(end) = self.handle(stop)? {
+                return Ok(end);
+            }
+        }
+    }
+
+    fn handle(&mut self, stop: Stop) -> Result<Option<End>, TraceError> {
+        match stop {
+            Stop::Exited { tid, code } => {
+                if tid == self.pid {
+                    return Ok(Some(End::Exited(code)));
+                }
+                self.gone(tid);
+            }
+            Stop::Killed { tid, signal } => {
+                if tid == self.pid {
+                    return Ok(Some(End::Signaled(signal)));
+                }
+                self.gone(tid);
+            }
+            Stop::Signal { tid, signal } => {
+                if signal == libc::SIGTRAP {
+                    self.on_trap(tid);
+                } else {
+                    // Not ours: delivered to the target unchanged.
+                    let _ = ptrace::cont(tid, signal);
+                }
+            }
+            Stop::Event { tid, event, signal } => self.on_event(tid, event, signal)?,
+        }
+        Ok(None)
+    }
+
+    fn gone(&mut self, tid: Tid) {
+        self.threads.remove(&tid);
+        self.children.remove(&tid);
+        self.early_children.remove(&tid);
+        self.held_signals.remove(&tid);
+    }
+
+    /// Resumes a thread, delivering a signal held back during an injection.
+    fn resume(&mut self, tid: Tid) {
+        let sig = self.held_signals.remove(&tid).unwrap_or(0);
+        // ESRCH: the thread was killed meanwhile (exit_group); its exit is reported next.
+        let _ = ptrace::cont(tid, sig);
+    }
+
+    fn on_event(&mut self, tid: Tid, event: PtraceEvent, signal: i32) -> Result<(), TraceError> {
+        match event {
+            PtraceEvent::Clone => {
+                if let Ok(new) = ptrace::event_msg(tid) {
+                    self.stats.threads_seen += 1;
+                    // If its first stop came before this event, it is known and running
+                    // already; otherwise that stop is still to come.
+                    self.threads.entry(new as Tid).or_default();
+                }
+                self.resume(tid);
+            }
+            PtraceEvent::Fork | PtraceEvent::Vfork => {
+                if let Ok(child) = ptrace::event_msg(tid) {
+                    let child = child as Tid;
+                    let kind = if event == PtraceEvent::Fork {
+                        Child::ForkPending
+                    } else {
+                        Child::Vfork
+                    };
+                    if self.early_children.remove(&child) {
+                        self.child_started(tid, child, kind);
+                    } else {
+                        self.children.insert(child, kind);
+                    }
+                }
+                self.resume(tid);
+            }
+            PtraceEvent::Exec => {
+                if self.children.remove(&tid).is_some() {
+                    // A vfork child became a new program: it no longer shares our memory.
+                    let _ = ptrace::detach(tid, 0);
+                } else {
+                    self.on_exec()?;
+                    self.resume(self.pid);
+                }
+            }
+            PtraceEvent::Stop => self.on_stop_event(tid, signal),
+            _ => self.resume(tid),
+        }
+        Ok(())
+    }
+
+    /// PTRACE_EVENT_STOP: a new thread's or child's first stop, or a group-stop.
+    fn on_stop_event(&mut self, tid: Tid, signal: i32) {
+        if let Some(&kind) = self.children.get(&tid) {
+            self.children.remove(&tid);
+            // The parent is the thread that forked; any of ours will do for frames.
+            self.child_started(self.pid, tid, kind);
+            return;
+        }
+        match self.threads.get_mut(&tid) {
+            Some(t) if !t.started => {
+                t.started = true;
+                self.resume(tid);
+            }
+            Some(_) => {
+                if matches!(
+                    signal,
+                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                ) {
+                    // Group-stop: stay stopped (job control works) but keep reporting.
+                    let _ = ptrace::listen(tid);
+                } else {
+                    self.resume(tid);
+                }
+            }
+            None => {
+                if thread_group_of(tid) == Some(self.pid) {
+                    // A new thread whose clone event is still queued.
+                    self.threads.insert(
+                        tid,
+                        Thread {
+                            started: true,
+                            ..Thread::default()
+                        },
+                    );
+                    self.resume(tid);
+                } else {
+                    // A fork child whose fork event is still queued: hold it.
+                    self.early_children.insert(tid);
+                }
+            }
+        }
+    }
+
+    /// A fork or vfork child had its first stop.
+    fn child_started(&mut self, parent: Tid, child: Tid, kind: Child) {
+        match kind {
+            Child::ForkPending => {
+                self.clean_fork_child(parent, child);
+                self.stats.forks_cleaned += 1;
+                let _ = ptrace::detach(child, 0);
+            }
+            Child::Vfork => {
+                self.children.insert(child, Child::Vfork);
+                self.resume(child);
+            }
+        }
+    }
+
+    /// The forked child has a copy of our breakpoints and return hooks: put the
+    /// original bytes and return addresses back in its copy, then let it go.
+    fn clean_fork_child(&mut self, parent: Tid, child: Tid) {
+        let Ok(mem) = Memory::open(child) else { return };
+        for (addr, bp) in self.bps.iter() {
+            let _ = mem.write(addr, &bp.original);
+        }
+        if let Some(t) = self.threads.get(&parent) {
+            for f in &t.frames {
+                let _ = mem.write_u64(f.entry_sp, f.real_ret);
+            }
+        }
+    }
+
+    fn on_exec(&mut self) -> Result<(), TraceError> {
+        self.stats.execs += 1;
+        // Every other thread is gone; the image, its breakpoints and scratch pages too.
+        self.threads.clear();
+        self.threads.insert(
+            self.pid,
+            Thread {
+                started: true,
+                ..Thread::default()
+            },
+        );
+        self.held_signals.clear();
+        self.scratch = Scratch::default();
+        self.bps = Breakpoints::default();
+        self.image = image::Image::default();
+        self.mem = Memory::open(self.pid).map_err(|e| TraceError::Setup(e.to_string()))?;
+        self.sink.event(Event::Exec);
+        self.setup_image(self.pid)
+    }
+
+    fn on_trap(&mut self, tid: Tid) {
+        let Ok(mut regs) = ptrace::get_regs(tid) else {
+            return;
+        };
+        let at = Native::pc(&regs).wrapping_sub(Native::TRAP_PC_ADJUST);
+        if self.scratch.is_trampoline(at) {
+            self.on_return(tid, regs);
+            return;
+        }
+        let Some(bp) = self.bps.get(at) else {
+            // A SIGTRAP that is not ours (the program's own int3 or raise).
+            let _ = ptrace::cont(tid, libc::SIGTRAP);
+            return;
+        };
+        self.stats.breakpoint_hits += 1;
+        let (kind, ool) = (bp.kind, bp.ool);
+        match kind {
+            BpKind::Loader => self.rescan(tid),
+            BpKind::Hook(f) => self.on_entry(tid, f, &mut regs),
+        }
+        Native::set_pc(&mut regs, ool);
+        let _ = ptrace::set_regs(tid, &regs);
+        self.resume(tid);
+    }
+
+    fn on_entry(&mut self, tid: Tid, func: HookFn, regs: &mut Regs) {
+        if self.children.contains_key(&tid) {
+            return; // a vfork child: not the target's heap
+        }
+        let sp = Native::sp(regs);
+        let thread = self.threads.entry(tid).or_default();
+        // A pending frame whose stack slot is above the current stack pointer was
+        // unwound without returning through us (longjmp): forget it.
+        while thread.frames.last().is_some_and(|f| f.entry_sp < sp) {
+            thread.frames.pop();
+            self.stats.abandoned_frames += 1;
+        }
+        if !thread.frames.is_empty() {
+            // Called by another hooked function (operator new -> malloc): the outer
+            // call is the program's, this one is the allocator's business.
+            self.stats.nested_calls += 1;
+            return;
+        }
+        let slot = Native::return_slot(regs);
+        let ret_addr = match slot {
+            ReturnSlot::Stack(a) => match self.mem.read_u64(a) {
+                Ok(v) => v,
+                Err(_) => return,
+            },
+            ReturnSlot::LinkRegister => Native::link_register(regs),
+        };
+        if Some(ret_addr) == self.scratch.trampoline() {
+            // Tail-called from a hooked function whose return we hold.
+            self.stats.nested_calls += 1;
+            return;
+        }
+        let stack = self.stacks.intern(&[ret_addr], false);
+        let internal = self.image.is_internal(ret_addr);
+        let args = [
+            Native::arg(regs, 0),
+            Native::arg(regs, 1),
+            Native::arg(regs, 2),
+        ];
+        let entry = func.entry(tid, args, stack, internal);
+        if let Some(ev) = entry.event {
+            self.sink.event(ev);
+        }
+        if !entry.hook_return {
+            return;
+        }
+        let Some(tramp) = self.scratch.trampoline() else {
+            return;
+        };
+        let hooked = match slot {
+            ReturnSlot::Stack(a) => self.mem.write_u64(a, tramp).is_ok(),
+            ReturnSlot::LinkRegister => {
+                Native::set_link_register(regs, tramp);
+                true
+            }
+        };
+        if hooked {
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.frames.push(Frame {
+                    func,
+                    args,
+                    entry_sp: sp,
+                    real_ret: ret_addr,
+                    stack,
+                });
+            }
+        }
+    }
+
+    fn on_return(&mut self, tid: Tid, mut regs: Regs) {
+        self.stats.return_hits += 1;
+        let sp = Native::sp(&regs);
+        let frame = self.threads.get_mut(&tid).and_then(|t| {
+            let i = t
+                .frames
+                .iter()
+                .rposition(|f| Native::sp_after_return(f.entry_sp) == sp)?;
+            let f = t.frames[i];
+            t.frames.truncate(i);
+            Some(f)
+        });
+        let Some(f) = frame else {
+            // No frame for this return: we cannot know where to go. This is a bug in
+            // memtrace; say so rather than guess.
+            eprintln!("memtrace: internal error: thread {tid} returned to the trampoline with no pending call (sp {sp:#x})");
+            let _ = ptrace::cont(tid, libc::SIGSEGV);
+            return;
+        };
+        let ret = Native::return_value(&regs);
+        let out_ptr = if f.func == HookFn::PosixMemalign && ret as u32 == 0 {
+            self.mem.read_u64(f.args[0]).ok()
+        } else {
+            None
+        };
+        if let Some(ev) = f.func.exit(tid, f.args, ret, out_ptr, f.stack) {
+            self.sink.event(ev);
+        }
+        Native::set_pc(&mut regs, f.real_ret);
+        let _ = ptrace::set_regs(tid, &regs);
+        self.resume(tid);
+    }
+}
+
+/// The thread group (process) a thread belongs to, from `/proc/TID/status`.
+fn thread_group_of(tid: Tid) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}

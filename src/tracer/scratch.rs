@@ -1,0 +1,187 @@
+//! memtrace's scratch pages inside the target, and the breakpoints that use them.
+//!
+//! A breakpoint is never lifted while the target runs: the instruction it displaced is
+//! relocated into a slot of a scratch page, followed by a jump back, and a thread that
+//! hits the breakpoint is simply moved to that slot. Every thread sees the int3 at all
+//! times, so none can slip past unseen.
+//!
+//! Page layout: the return trampoline (one breakpoint) at offset 0, a
+//! `syscall; int3` stub at offset 8 (for injecting system calls without touching code
+//! that other threads may run), then out-of-line slots.
+
+use crate::hooks::HookFn;
+use memtrace_arch::{Arch, Native};
+use std::collections::HashMap;
+
+pub const REGION_SIZE: u64 = 16 * 1024;
+const TRAMPOLINE_OFFSET: u64 = 0;
+const SYSCALL_OFFSET: u64 = 8;
+const FIRST_SLOT: u64 = 64;
+/// How far (in either direction) a RIP-relative operand reaches.
+const REACH: u64 = 0x7000_0000;
+
+/// The bytes a new region starts with.
+pub fn region_header() -> Vec<u8> {
+    let mut page = vec![Native::BREAKPOINT[0]; FIRST_SLOT as usize];
+    let tramp = TRAMPOLINE_OFFSET as usize;
+    page[tramp..tramp + Native::BREAKPOINT.len()].copy_from_slice(Native::BREAKPOINT);
+    let sys = SYSCALL_OFFSET as usize;
+    page[sys..sys + Native::SYSCALL_THEN_BREAK.len()].copy_from_slice(Native::SYSCALL_THEN_BREAK);
+    page
+}
+
+#[derive(Debug)]
+struct Region {
+    start: u64,
+    next: u64,
+}
+
+/// The scratch regions mapped in one process image.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    regions: Vec<Region>,
+}
+
+impl Scratch {
+    pub fn add_region(&mut self, start: u64) {
+        self.regions.push(Region {
+            start,
+            next: start + FIRST_SLOT,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.regions.is_empty()
+    }
+
+    /// The return trampoline: a hooked function returns here, into a breakpoint.
+    pub fn trampoline(&self) -> Option<u64> {
+        self.regions.first().map(|r| r.start + TRAMPOLINE_OFFSET)
+    }
+
+    pub fn is_trampoline(&self, addr: u64) -> bool {
+        self.regions
+            .iter()
+            .any(|r| r.start + TRAMPOLINE_OFFSET == addr)
+    }
+
+    pub fn syscall_stub(&self) -> Option<u64> {
+        self.regions.first().map(|r| r.start + SYSCALL_OFFSET)
+    }
+
+    /// Whether `addr` is inside any scratch region.
+    pub fn contains(&self, addr: u64) -> bool {
+        self.regions
+            .iter()
+            .any(|r| r.start <= addr && addr < r.start + REGION_SIZE)
+    }
+
+    /// A free slot within RIP-relative reach of `near`, if a region has one.
+    pub fn take_slot(&mut self, near: u64) -> Option<u64> {
+        let size = Native::MAX_RELOCATED_LEN as u64;
+        let r = self
+            .regions
+            .iter_mut()
+            .find(|r| r.next + size <= r.start + REGION_SIZE && r.start.abs_diff(near) < REACH)?;
+        let slot = r.next;
+        r.next += size.next_multiple_of(16);
+        Some(slot)
+    }
+
+    /// A hint for mapping a new region near `addr`: below it, page aligned.
+    pub fn hint_near(addr: u64) -> u64 {
+        addr.saturating_sub(0x1000_0000) & !0xfff
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BpKind {
+    /// The dynamic loader's `_dl_debug_state`: the set of loaded objects changed.
+    Loader,
+    Hook(HookFn),
+}
+
+#[derive(Clone, Debug)]
+pub struct Breakpoint {
+    pub kind: BpKind,
+    /// Where the displaced instruction runs.
+    pub ool: u64,
+    /// The original bytes under the breakpoint.
+    pub original: Vec<u8>,
+    /// The module (by base address) the breakpoint lives in.
+    pub module_base: u64,
+}
+
+/// Planted breakpoints by address. One breakpoint per address, however many names the
+/// symbol table gives that address.
+#[derive(Debug, Default)]
+pub struct Breakpoints {
+    by_addr: HashMap<u64, Breakpoint>,
+}
+
+impl Breakpoints {
+    pub fn get(&self, addr: u64) -> Option<&Breakpoint> {
+        self.by_addr.get(&addr)
+    }
+
+    pub fn contains(&self, addr: u64) -> bool {
+        self.by_addr.contains_key(&addr)
+    }
+
+    pub fn insert(&mut self, addr: u64, bp: Breakpoint) {
+        self.by_addr.insert(addr, bp);
+    }
+
+    /// Forgets the breakpoints of a module that was unmapped (its bytes are gone).
+    pub fn forget_module(&mut self, base: u64) {
+        self.by_addr.retain(|_, bp| bp.module_base != base);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Breakpoint)> {
+        self.by_addr.iter().map(|(&a, b)| (a, b))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_addr.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_addr.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_stay_within_reach_and_region() {
+        let mut s = Scratch::default();
+        assert_eq!(s.take_slot(0x7f00_0000_0000), None);
+        s.add_region(0x7f00_0000_0000);
+        assert_eq!(s.trampoline(), Some(0x7f00_0000_0000));
+        assert!(s.is_trampoline(0x7f00_0000_0000));
+        let a = s.take_slot(0x7f00_1000_0000).unwrap();
+        let b = s.take_slot(0x7f00_1000_0000).unwrap();
+        assert!(a >= 0x7f00_0000_0000 + FIRST_SLOT && b > a);
+        assert!(s.contains(b));
+        // Too far for a 32-bit displacement: no slot.
+        assert_eq!(s.take_slot(0x5555_0000_0000), None);
+        // The region fills up.
+        let n = (0..1000)
+            .filter_map(|_| s.take_slot(0x7f00_0000_0000))
+            .count();
+        assert!(n < 1000 && n > 100);
+    }
+
+    #[test]
+    fn header_has_trampoline_and_syscall_stub() {
+        let h = region_header();
+        assert_eq!(&h[..1], Native::BREAKPOINT);
+        let s = SYSCALL_OFFSET as usize;
+        assert_eq!(
+            &h[s..s + Native::SYSCALL_THEN_BREAK.len()],
+            Native::SYSCALL_THEN_BREAK
+        );
+    }
+}
