@@ -168,17 +168,18 @@ impl Symbolizer {
         // A return address points after the call; the call itself is one byte before.
         let probe = address.wrapping_sub(1).wrapping_sub(loaded.bias);
         let mut frames = dwarf_frames(&loaded.primary, probe, address);
-        let symbol = loaded.symbol(probe);
         match frames.last_mut() {
+            // Line information without a function entry (assembly, for one).
             Some(outer) if outer.function.is_none() => {
-                outer.function = symbol.map(|(name, _)| name);
+                outer.function = loaded.symbol(probe).map(|(name, _)| name);
             }
             Some(_) => {}
             None => {
                 let mut f = Frame::unknown(address, None);
-                if let Some((name, start)) = symbol {
+                if let Some((name, start)) = loaded.symbol(probe) {
                     f.function = Some(name);
-                    f.symbol_offset = Some(address.wrapping_sub(start.wrapping_add(loaded.bias)));
+                    let start = start.wrapping_add(loaded.bias);
+                    f.symbol_offset = Some(address.wrapping_sub(start));
                 }
                 frames.push(f);
             }
@@ -575,6 +576,29 @@ int main(int argc, char **argv) { // MAIN
             );
             assert!(outer.line.is_some());
         }
+    }
+
+    #[test]
+    fn own_rust_functions_resolve_demangled() {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("read own maps");
+        let mods = crate::maps::modules(&crate::maps::parse_maps(&maps));
+        let mut s = Symbolizer::new(std::process::id() as i32);
+        s.add_modules(&mods);
+        let addr = demangle as fn(&str) -> String as *const () as usize as u64;
+        let f = s.symbolize(addr + 1);
+        let outer = f.last().expect("at least one frame");
+        assert_eq!(
+            outer.function.as_deref(),
+            Some("memtrace::symbols::demangle"),
+            "{f:?}"
+        );
+        assert!(
+            outer
+                .file
+                .as_deref()
+                .is_some_and(|p| p.ends_with("symbols.rs")),
+            "{f:?}"
+        );
     }
 
     #[test]

@@ -318,6 +318,25 @@ pub fn signal_name(sig: i32) -> String {
         .unwrap_or_else(|| format!("SIG{sig}"))
 }
 
+/// Waits for one specific thread (used while a system call is injected into it).
+pub fn wait_tid(tid: Tid) -> io::Result<Stop> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only to `status`, a valid local.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        if r == -1 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if let Some(stop) = decode(r, status) {
+            return Ok(stop);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,24 +369,5 @@ mod tests {
     fn signal_names() {
         assert_eq!(signal_name(libc::SIGSEGV), "SIGSEGV");
         assert_eq!(signal_name(40), "SIG40");
-    }
-}
-
-/// Waits for one specific thread (used while a system call is injected into it).
-pub fn wait_tid(tid: Tid) -> io::Result<Stop> {
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes only to `status`, a valid local.
-        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
-        if r == -1 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(e);
-        }
-        if let Some(stop) = decode(r, status) {
-            return Ok(stop);
-        }
     }
 }

@@ -88,9 +88,16 @@ impl Scratch {
         Some(slot)
     }
 
-    /// A hint for mapping a new region near `addr`: below it, page aligned.
+    /// A hint for mapping a new region within reach of `addr`: 256 MiB below it, or,
+    /// for code mapped low (a non-PIE executable at 0x400000), 1 GiB above it, clear of
+    /// its heap's first growth.
     pub fn hint_near(addr: u64) -> u64 {
-        addr.saturating_sub(0x1000_0000) & !0xfff
+        let hint = if addr > 0x1_0000_0000 {
+            addr - 0x1000_0000
+        } else {
+            addr + 0x4000_0000
+        };
+        hint & !0xfff
     }
 }
 
@@ -165,6 +172,8 @@ mod tests {
         let b = s.take_slot(0x7f00_1000_0000).unwrap();
         assert!(a >= 0x7f00_0000_0000 + FIRST_SLOT && b > a);
         assert!(s.contains(b));
+        assert_eq!(Scratch::hint_near(0x40_1234), 0x4040_1000);
+        assert!(Scratch::hint_near(0x7f00_1000_0000).abs_diff(0x7f00_1000_0000) < REACH);
         // Too far for a 32-bit displacement: no slot.
         assert_eq!(s.take_slot(0x5555_0000_0000), None);
         // The region fills up.
