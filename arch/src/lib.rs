@@ -132,6 +132,9 @@ pub trait Arch {
     fn return_value(r: &Regs) -> u64;
     /// Where the return address is at a function's entry.
     fn return_slot(r: &Regs) -> ReturnSlot;
+    /// Where the return address of a call that entered with stack pointer
+    /// `sp_at_entry` is kept (for a call still pending).
+    fn return_slot_at(sp_at_entry: u64) -> ReturnSlot;
     fn link_register(r: &Regs) -> u64;
     fn set_link_register(r: &mut Regs, v: u64);
     /// The stack pointer right after a function entered with stack pointer `sp_at_entry`

@@ -84,6 +84,9 @@ impl Arch for X86_64 {
     fn return_slot(r: &Regs) -> ReturnSlot {
         ReturnSlot::Stack(r.words[RSP])
     }
+    fn return_slot_at(sp_at_entry: u64) -> ReturnSlot {
+        ReturnSlot::Stack(sp_at_entry)
+    }
     fn link_register(_r: &Regs) -> u64 {
         0
     }

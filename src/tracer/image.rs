@@ -36,12 +36,19 @@ impl Image {
 enum Role {
     Libc,
     Cxx,
+    /// libgcc_s, the unwinder C++ exceptions and thread cancellation go through.
+    Unwinder,
     /// A static executable: it carries its allocator.
     StaticExe,
 }
 
 const AT_ENTRY: u64 = 9;
 const AT_BASE: u64 = 7;
+
+/// Where an unwind of a thread's stack starts. An exception thrown by operator new
+/// (std::bad_alloc) unwinds through the frame whose return address we replaced by the
+/// trampoline, which has no unwind information: the program would terminate.
+const UNWIND_FUNCTIONS: &[&str] = &["_Unwind_RaiseException", "_Unwind_ForcedUnwind"];
 
 /// Functions of a static glibc that free on the allocator's own behalf at thread exit.
 const STATIC_INTERNAL_FREERS: &[&str] = &[
@@ -71,6 +78,8 @@ fn role_of(m: &Module, image: &Image) -> Option<Role> {
         Some(Role::Libc)
     } else if name.starts_with("libstdc++.so") {
         Some(Role::Cxx)
+    } else if name.starts_with("libgcc_s.so") {
+        Some(Role::Unwinder)
     } else {
         None
     }
@@ -163,16 +172,20 @@ impl Tracer<'_> {
             return;
         };
         let bias = m.base.wrapping_sub(info.first_vaddr);
-        let table: Vec<(&str, HookFn)> = match role {
-            Role::Libc => LIBC_FUNCTIONS.to_vec(),
-            Role::Cxx => CXX_FUNCTIONS.to_vec(),
-            Role::StaticExe => LIBC_FUNCTIONS
-                .iter()
-                .chain(CXX_FUNCTIONS)
-                .copied()
-                .collect(),
+        let hooks = |t: &[(&'static str, HookFn)]| -> Vec<(&'static str, BpKind)> {
+            t.iter().map(|&(n, f)| (n, BpKind::Hook(f))).collect()
         };
-        for (name, func) in table {
+        let unwind: Vec<(&str, BpKind)> = UNWIND_FUNCTIONS
+            .iter()
+            .map(|&n| (n, BpKind::Unwind))
+            .collect();
+        let table: Vec<(&str, BpKind)> = match role {
+            Role::Libc => hooks(LIBC_FUNCTIONS),
+            Role::Cxx => hooks(CXX_FUNCTIONS),
+            Role::Unwinder => unwind,
+            Role::StaticExe => [hooks(LIBC_FUNCTIONS), hooks(CXX_FUNCTIONS), unwind].concat(),
+        };
+        for (name, kind) in table {
             let Some(sym) = info.function(name) else {
                 continue;
             };
@@ -180,7 +193,7 @@ impl Tracer<'_> {
             if self.bps.contains(addr) {
                 continue; // another name for the same code (memalign = aligned_alloc)
             }
-            if let Err(e) = self.plant(tid, addr, BpKind::Hook(func), m.base) {
+            if let Err(e) = self.plant(tid, addr, kind, m.base) {
                 eprintln!("memtrace: warning: cannot hook {name} in {}: {e}", m.path);
             }
         }
@@ -194,7 +207,7 @@ impl Tracer<'_> {
                     }
                 }
             }
-            Role::Cxx => {}
+            Role::Cxx | Role::Unwinder => {}
         }
     }
 

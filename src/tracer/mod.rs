@@ -357,6 +357,7 @@ impl<'s> Tracer<'s> {
         let (kind, ool) = (bp.kind, bp.ool);
         match kind {
             BpKind::Loader => self.rescan(tid),
+            BpKind::Unwind => self.unhook_returns(tid, &mut regs),
             BpKind::Hook(f) => self.on_entry(tid, f, &mut regs),
         }
         Native::set_pc(&mut regs, ool);
@@ -428,6 +429,24 @@ impl<'s> Tracer<'s> {
                     real_ret: ret_addr,
                     stack,
                 });
+            }
+        }
+    }
+
+    /// Puts the real return addresses of every pending hooked call of `tid` back where
+    /// they were and forgets those calls: the thread is about to unwind its stack
+    /// (an exception thrown by operator new, say), and those calls will not return.
+    fn unhook_returns(&mut self, tid: Tid, regs: &mut Regs) {
+        let Some(t) = self.threads.get_mut(&tid) else {
+            return;
+        };
+        for f in t.frames.drain(..).rev() {
+            self.stats.abandoned_frames += 1;
+            match Native::return_slot_at(f.entry_sp) {
+                ReturnSlot::Stack(a) => {
+                    let _ = self.mem.write_u64(a, f.real_ret);
+                }
+                ReturnSlot::LinkRegister => Native::set_link_register(regs, f.real_ret),
             }
         }
     }

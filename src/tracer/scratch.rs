@@ -105,6 +105,9 @@ impl Scratch {
 pub enum BpKind {
     /// The dynamic loader's `_dl_debug_state`: the set of loaded objects changed.
     Loader,
+    /// The C++/C unwinder starts unwinding this thread's stack (an exception, thread
+    /// cancellation): return addresses we swapped must be real again before it reads them.
+    Unwind,
     Hook(HookFn),
 }
 
