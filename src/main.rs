@@ -62,7 +62,7 @@ fn launch(args: LaunchArgs) -> i32 {
         heap: Heap::new(),
         sym: None,
     };
-    let (pid, end, stacks) = {
+    let (pid, end, stacks, trace) = {
         let mut t = match Tracer::launch(&path, &cargs, &mut collector) {
             Ok(t) => t,
             Err(e) => {
@@ -72,7 +72,7 @@ fn launch(args: LaunchArgs) -> i32 {
         };
         let pid = t.pid();
         let end = t.run();
-        (pid, end, std::mem::take(&mut t.stacks))
+        (pid, end, std::mem::take(&mut t.stacks), t.stats)
     };
     let end = match end {
         Ok(e) => e,
@@ -91,7 +91,8 @@ fn launch(args: LaunchArgs) -> i32 {
         mode: "launch".into(),
     };
     let sym = collector.sym.get_or_insert_with(|| Symbolizer::new(pid));
-    let report = report::build(target, report_end, &collector.heap, &stacks, sym);
+    let mut report = report::build(target, report_end, &collector.heap, &stacks, sym);
+    report.trace = Some(trace);
     eprint!("{}", report::text::render_text(&report));
     if let Some(path) = &args.common.json {
         if let Err(e) = report::json::write_json(&report, path) {

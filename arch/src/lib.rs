@@ -105,6 +105,18 @@ impl std::fmt::Display for RelocError {
 
 impl std::error::Error for RelocError {}
 
+/// Return stubs: per-call code through which a hooked function returns without a
+/// ptrace stop. A stub's code (read-only, executable) stores the return value and sets
+/// a done flag in the stub's data (writable, at a fixed distance from the code), then
+/// jumps to the real return address kept in that data. The tracer reads the data at its
+/// next stop.
+pub const STUB_CODE_SIZE: u64 = 32;
+/// Size of one stub's data: done flag, real return address, return value (u64 each).
+pub const STUB_DATA_SIZE: u64 = 32;
+pub const STUB_DONE: u64 = 0;
+pub const STUB_RET: u64 = 8;
+pub const STUB_VALUE: u64 = 16;
+
 /// The per-CPU operations the tracer needs.
 pub trait Arch {
     const NAME: &'static str;
@@ -122,6 +134,7 @@ pub trait Arch {
     /// System call numbers the tracer injects.
     const SYS_MMAP: u64;
     const SYS_MUNMAP: u64;
+    const SYS_MPROTECT: u64;
 
     fn pc(r: &Regs) -> u64;
     fn set_pc(r: &mut Regs, pc: u64);
@@ -148,6 +161,10 @@ pub trait Arch {
     /// Relocates the one instruction at the start of `code` (read from address `from`)
     /// so that it runs at `to`, followed by a jump back to the next original instruction.
     fn relocate(code: &[u8], from: u64, to: u64) -> Result<Relocated, RelocError>;
+    /// The code of one return stub whose data lies `data_minus_code` bytes after its
+    /// code (see [`STUB_CODE_SIZE`]). Position independent: every stub of a region with
+    /// the same distance has the same bytes.
+    fn return_stub(data_minus_code: i64) -> Vec<u8>;
     /// Length of the instruction at the start of `code`.
     fn insn_len(code: &[u8], address: u64) -> Option<usize>;
     /// Decodes up to `count` instructions.

@@ -65,6 +65,7 @@ impl Arch for X86_64 {
     const MAX_RELOCATED_LEN: usize = 48;
     const SYS_MMAP: u64 = 9;
     const SYS_MUNMAP: u64 = 11;
+    const SYS_MPROTECT: u64 = 10;
 
     fn pc(r: &Regs) -> u64 {
         r.words[RIP]
@@ -129,6 +130,27 @@ impl Arch for X86_64 {
             code: out,
             original_len: len,
         })
+    }
+
+    fn return_stub(data_minus_code: i64) -> Vec<u8> {
+        use crate::{STUB_CODE_SIZE, STUB_DONE, STUB_RET, STUB_VALUE};
+        // Each displacement is relative to the end of its own instruction.
+        let disp = |field: u64, insn_end: i64| -> [u8; 4] {
+            ((data_minus_code + field as i64 - insn_end) as i32).to_le_bytes()
+        };
+        let mut c = Vec::with_capacity(STUB_CODE_SIZE as usize);
+        // mov [rip+value], rax
+        c.extend_from_slice(&[0x48, 0x89, 0x05]);
+        c.extend_from_slice(&disp(STUB_VALUE, 7));
+        // mov byte [rip+done], 1 (after the value: a reader that sees done sees the value)
+        c.extend_from_slice(&[0xc6, 0x05]);
+        c.extend_from_slice(&disp(STUB_DONE, 14));
+        c.push(1);
+        // jmp [rip+ret]
+        c.extend_from_slice(&[0xff, 0x25]);
+        c.extend_from_slice(&disp(STUB_RET, 20));
+        c.resize(STUB_CODE_SIZE as usize, 0xcc);
+        c
     }
 
     fn insn_len(code: &[u8], address: u64) -> Option<usize> {
@@ -259,6 +281,23 @@ mod tests {
         // expressible as a 32-bit absolute address.
         let e = X86_64::relocate(&code, 0x7f00_0000_1000, 0x1000_0000).unwrap_err();
         assert!(matches!(e, RelocError::CannotRelocate { .. }), "{e}");
+    }
+
+    #[test]
+    fn return_stub_writes_value_and_done_then_jumps_through_ret() {
+        let (code, data) = (0x7000_0000u64, 0x7000_8000u64);
+        let stub = X86_64::return_stub((data - code) as i64);
+        assert_eq!(stub.len() as u64, crate::STUB_CODE_SIZE);
+        let insns: Vec<Instruction> = {
+            let mut d = Decoder::with_ip(64, &stub, code, DecoderOptions::NONE);
+            (0..3).map(|_| d.decode()).collect()
+        };
+        assert_eq!(insns[0].memory_displacement64(), data + crate::STUB_VALUE);
+        assert_eq!(insns[0].op1_register(), iced_x86::Register::RAX);
+        assert_eq!(insns[1].memory_displacement64(), data + crate::STUB_DONE);
+        assert_eq!(insns[1].immediate8(), 1);
+        assert_eq!(insns[2].flow_control(), FlowControl::IndirectBranch);
+        assert_eq!(insns[2].memory_displacement64(), data + crate::STUB_RET);
     }
 
     #[test]

@@ -64,13 +64,15 @@ impl PtraceEvent {
 }
 
 /// The options every traced process gets: follow threads, see forks (to clean the
-/// child's copy of our breakpoints) and execs, and never let a launched target outlive
-/// memtrace with breakpoints planted.
+/// child's copy of our breakpoints) and execs, stop threads before they exit (while
+/// their memory can still be read), and never let a launched target outlive memtrace
+/// with breakpoints planted.
 pub const TRACE_OPTIONS: i32 = libc::PTRACE_O_TRACECLONE
     | libc::PTRACE_O_TRACEFORK
     | libc::PTRACE_O_TRACEVFORK
     | libc::PTRACE_O_TRACEEXEC
     | libc::PTRACE_O_TRACESYSGOOD
+    | libc::PTRACE_O_TRACEEXIT
     | libc::PTRACE_O_EXITKILL;
 
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
@@ -227,8 +229,13 @@ pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
 /// A process's memory, through `/proc/PID/mem`: reads and writes of any length in one
 /// system call, and writes that ignore page protections (so breakpoints can be planted
 /// in read-only code) the way PTRACE_POKEDATA does. Valid until the process execs.
+///
+/// Writable memory (stacks, memtrace's stub data) also goes through
+/// `process_vm_readv`/`process_vm_writev`, which move several ranges in one system call
+/// without touching the file position machinery.
 pub struct Memory {
     file: File,
+    pid: i32,
 }
 
 impl Memory {
@@ -237,7 +244,65 @@ impl Memory {
             .read(true)
             .write(true)
             .open(format!("/proc/{pid}/mem"))?;
-        Ok(Memory { file })
+        Ok(Memory { file, pid })
+    }
+
+    /// Writes several ranges of writable memory at once (page protections apply).
+    pub fn write_vectored(&self, parts: &[(u64, &[u8])]) -> io::Result<()> {
+        let local: Vec<libc::iovec> = parts
+            .iter()
+            .map(|(_, b)| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let remote: Vec<libc::iovec> = parts
+            .iter()
+            .map(|(a, b)| libc::iovec {
+                iov_base: *a as usize as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let total: usize = parts.iter().map(|(_, b)| b.len()).sum();
+        // SAFETY: the local iovecs point into the borrowed slices, valid for the call;
+        // the kernel only reads from them. Remote addresses are checked by the kernel.
+        let n = unsafe {
+            libc::process_vm_writev(
+                self.pid,
+                local.as_ptr(),
+                local.len() as libc::c_ulong,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        match n {
+            -1 => Err(io::Error::last_os_error()),
+            n if n as usize == total => Ok(()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "partial write",
+            )),
+        }
+    }
+
+    /// Reads readable memory with `process_vm_readv`.
+    pub fn read_vm(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as usize as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` covers `buf`, which the kernel may fill entirely.
+        let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
+        match n {
+            -1 => Err(io::Error::last_os_error()),
+            n if n as usize == buf.len() => Ok(()),
+            _ => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "partial read")),
+        }
     }
 
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {

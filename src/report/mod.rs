@@ -22,6 +22,9 @@ pub struct Report {
     pub errors: Vec<HeapError>,
     /// Extension: how much of the trace could not be accounted for exactly.
     pub stats: Stats,
+    /// Extension: what the tracer did (breakpoint hits, returns caught, threads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::tracer::TraceStats>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -166,6 +169,7 @@ pub fn build(
         totals: heap.totals(),
         leaks,
         errors: Vec::new(),
+        trace: None,
         stats: Stats {
             frees_not_live: uncounted.frees_not_live,
             internal_frees: uncounted.internal_frees,
@@ -289,6 +293,7 @@ pub(crate) fn sample() -> Report {
             alloc_stack: vec![main.clone()],
             first_free_stack: vec![main],
         }],
+        trace: None,
         stats: Stats {
             frees_not_live: 1,
             internal_frees: 2,

@@ -102,6 +102,7 @@ impl Tracer<'_> {
     pub(super) fn setup_image(&mut self, tid: Tid) -> Result<(), TraceError> {
         self.settle_after_exec(tid)?;
         self.map_scratch(tid, 0)?;
+        self.map_stubs(tid)?;
         let auxv = read_auxv(self.pid);
         let get = |k| auxv.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
         self.image.entry = get(AT_ENTRY).unwrap_or(0);

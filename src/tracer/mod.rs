@@ -7,6 +7,7 @@
 mod image;
 mod inject;
 pub mod scratch;
+mod stubs;
 
 use crate::event::{Event, StackTable, Tid};
 use crate::hooks::HookFn;
@@ -16,6 +17,7 @@ use memtrace_arch::{Arch, Native, Regs, ReturnSlot};
 use scratch::{BpKind, Breakpoints, Scratch};
 use std::collections::{HashMap, HashSet};
 use std::io;
+use stubs::Stubs;
 
 /// Where the tracer's output goes: allocation events and changes of the module list.
 pub trait Sink {
@@ -42,10 +44,13 @@ pub enum TraceError {
 }
 
 /// Counters about the trace itself (not the heap).
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TraceStats {
     pub breakpoint_hits: u64,
+    /// Returns caught by a stop at the trampoline.
     pub return_hits: u64,
+    /// Returns caught without a stop, through a return stub.
+    pub stub_returns: u64,
     pub nested_calls: u64,
     pub threads_seen: u64,
     pub forks_cleaned: u64,
@@ -64,6 +69,8 @@ struct Frame {
     entry_sp: u64,
     real_ret: u64,
     stack: crate::event::StackId,
+    /// The return stub the call returns through; None: the trampoline.
+    stub: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +94,9 @@ pub struct Tracer<'s> {
     sink: &'s mut dyn Sink,
     mem: Memory,
     scratch: Scratch,
+    stubs: Stubs,
+    /// Reused buffer for reading stub data.
+    stub_data: Vec<u8>,
     bps: Breakpoints,
     threads: HashMap<Tid, Thread>,
     children: HashMap<Tid, Child>,
@@ -125,6 +135,8 @@ impl<'s> Tracer<'s> {
             sink,
             mem,
             scratch: Scratch::default(),
+            stubs: Stubs::default(),
+            stub_data: Vec::new(),
             bps: Breakpoints::default(),
             threads: HashMap::new(),
             children: HashMap::new(),
@@ -192,7 +204,13 @@ impl<'s> Tracer<'s> {
     }
 
     fn gone(&mut self, tid: Tid) {
-        self.threads.remove(&tid);
+        if let Some(t) = self.threads.remove(&tid) {
+            for f in t.frames {
+                if let Some(k) = f.stub {
+                    self.stubs.release(k);
+                }
+            }
+        }
         self.children.remove(&tid);
         self.early_children.remove(&tid);
         self.held_signals.remove(&tid);
@@ -242,6 +260,12 @@ impl<'s> Tracer<'s> {
                 }
             }
             PtraceEvent::Stop => self.on_stop_event(tid, signal),
+            PtraceEvent::Exit => {
+                // The thread is about to exit and its memory is still there: collect
+                // the calls that returned through stubs since the last stop.
+                self.harvest();
+                self.resume(tid);
+            }
             _ => self.resume(tid),
         }
         Ok(())
@@ -332,6 +356,7 @@ impl<'s> Tracer<'s> {
         );
         self.held_signals.clear();
         self.scratch = Scratch::default();
+        self.stubs = Stubs::default();
         self.bps = Breakpoints::default();
         self.image = image::Image::default();
         self.mem = Memory::open(self.pid).map_err(|e| TraceError::Setup(e.to_string()))?;
@@ -340,6 +365,7 @@ impl<'s> Tracer<'s> {
     }
 
     fn on_trap(&mut self, tid: Tid) {
+        self.harvest();
         let Ok(mut regs) = ptrace::get_regs(tid) else {
             return;
         };
@@ -374,7 +400,9 @@ impl<'s> Tracer<'s> {
         // A pending frame whose stack slot is above the current stack pointer was
         // unwound without returning through us (longjmp): forget it.
         while thread.frames.last().is_some_and(|f| f.entry_sp < sp) {
-            thread.frames.pop();
+            if let Some(k) = thread.frames.pop().and_then(|f| f.stub) {
+                self.stubs.release(k);
+            }
             self.stats.abandoned_frames += 1;
         }
         if !thread.frames.is_empty() {
@@ -391,7 +419,7 @@ impl<'s> Tracer<'s> {
             },
             ReturnSlot::LinkRegister => Native::link_register(regs),
         };
-        if Some(ret_addr) == self.scratch.trampoline() {
+        if Some(ret_addr) == self.scratch.trampoline() || self.stubs.is_stub_code(ret_addr) {
             // Tail-called from a hooked function whose return we hold.
             self.stats.nested_calls += 1;
             return;
@@ -410,25 +438,90 @@ impl<'s> Tracer<'s> {
         if !entry.hook_return {
             return;
         }
-        let Some(tramp) = self.scratch.trampoline() else {
-            return;
+        let stub = if func == HookFn::PosixMemalign {
+            // Its result is read through a pointer, which must happen at the return
+            // itself: the program may change the pointed-to word right after.
+            None
+        } else {
+            self.stubs.alloc(tid)
         };
+        let (ret_to, data) = match stub {
+            Some(k) => {
+                let mut d = [0u8; 16];
+                d[8..].copy_from_slice(&ret_addr.to_le_bytes());
+                (self.stubs.code_addr(k), Some((self.stubs.data_addr(k), d)))
+            }
+            None => match self.scratch.trampoline() {
+                Some(t) => (t, None),
+                None => return,
+            },
+        };
+        let ret_bytes = ret_to.to_le_bytes();
         let hooked = match slot {
-            ReturnSlot::Stack(a) => self.mem.write_u64(a, tramp).is_ok(),
+            ReturnSlot::Stack(a) => match data {
+                // One system call writes the stub's data (done = 0, real return
+                // address) and the swapped return address.
+                Some((at, d)) => self
+                    .mem
+                    .write_vectored(&[(at, &d), (a, &ret_bytes)])
+                    .is_ok(),
+                None => self.mem.write_u64(a, ret_to).is_ok(),
+            },
             ReturnSlot::LinkRegister => {
-                Native::set_link_register(regs, tramp);
-                true
+                let ok = data.is_none_or(|(at, d)| self.mem.write_vectored(&[(at, &d)]).is_ok());
+                if ok {
+                    Native::set_link_register(regs, ret_to);
+                }
+                ok
             }
         };
-        if hooked {
-            if let Some(t) = self.threads.get_mut(&tid) {
-                t.frames.push(Frame {
-                    func,
-                    args,
-                    entry_sp: sp,
-                    real_ret: ret_addr,
-                    stack,
-                });
+        if !hooked {
+            if let Some(k) = stub {
+                self.stubs.release(k);
+            }
+            return;
+        }
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.frames.push(Frame {
+                func,
+                args,
+                entry_sp: sp,
+                real_ret: ret_addr,
+                stack,
+                stub,
+            });
+        }
+    }
+
+    /// Turns every call that has returned through its stub since the last stop into
+    /// its event, and frees the stubs.
+    fn harvest(&mut self) {
+        let Some((addr, len)) = self.stubs.range_in_use() else {
+            return;
+        };
+        self.stub_data.resize(len, 0);
+        if self.mem.read_vm(addr, &mut self.stub_data).is_err() {
+            return;
+        }
+        for done in self.stubs.finished(&self.stub_data) {
+            self.stubs.release(done.stub);
+            let frame = self.threads.get_mut(&done.tid).and_then(|t| {
+                let i = t.frames.iter().position(|f| f.stub == Some(done.stub))?;
+                let f = t.frames[i];
+                // Anything deeper was left without returning (cannot happen for calls
+                // that return in order; kept consistent all the same).
+                for deeper in t.frames.drain(i..).skip(1) {
+                    if let Some(k) = deeper.stub {
+                        self.stubs.release(k);
+                    }
+                }
+                Some(f)
+            });
+            if let Some(f) = frame {
+                self.stats.stub_returns += 1;
+                if let Some(ev) = f.func.exit(done.tid, f.args, done.value, None, f.stack) {
+                    self.sink.event(ev);
+                }
             }
         }
     }
@@ -442,6 +535,9 @@ impl<'s> Tracer<'s> {
         };
         for f in t.frames.drain(..).rev() {
             self.stats.abandoned_frames += 1;
+            if let Some(k) = f.stub {
+                self.stubs.release(k);
+            }
             match Native::return_slot_at(f.entry_sp) {
                 ReturnSlot::Stack(a) => {
                     let _ = self.mem.write_u64(a, f.real_ret);
