@@ -1,0 +1,399 @@
+//! The deterministic fixture runs, and the checks made on them.
+//!
+//! A [`Case`] is a fixture built with some flags and run with some arguments. Two
+//! checks run on each: [`check_fixture`] (the fixture itself: its native exit status
+//! and valgrind's loss records agree with its markers; needs no memtrace) and
+//! [`check_memtrace`] (memtrace's report agrees with valgrind and with the markers).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use nix::sys::signal::Signal;
+
+use super::basename;
+use super::build::{build_fixture, build_shared, fixture_source, DEBUG, OPTIMIZED};
+use super::markers::{markers, Marker};
+use super::process::{run_memtrace, run_native, Exit, Run, Target};
+use super::report::{self, Leak};
+use super::valgrind::{run_valgrind_with, Valgrind};
+
+/// A fixture, its build flags, its arguments, and the sources whose markers apply.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub fixture: &'static str,
+    pub flags: &'static [&'static str],
+    pub args: Vec<OsString>,
+    /// Sources whose `LEAK:` markers are expected, and whose every leak must be marked.
+    pub sources: Vec<PathBuf>,
+    /// Extra valgrind options (`--trace-children=yes` to follow an exec).
+    pub valgrind_extra: Vec<&'static str>,
+}
+
+impl Case {
+    pub fn new(fixture: &'static str, flags: &'static [&'static str]) -> Case {
+        Case {
+            fixture,
+            flags,
+            args: Vec::new(),
+            sources: vec![fixture_source(fixture)],
+            valgrind_extra: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Case {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Another fixture source (a library's) whose markers apply to this run.
+    pub fn source(mut self, name: &str) -> Case {
+        self.sources.push(fixture_source(name));
+        self
+    }
+
+    pub fn valgrind_arg(mut self, arg: &'static str) -> Case {
+        self.valgrind_extra.push(arg);
+        self
+    }
+
+    /// Builds the fixture and returns what to run.
+    pub fn target(&self) -> Target {
+        let mut target = Target::new(build_fixture(self.fixture, self.flags));
+        target.args.extend(self.args.iter().cloned());
+        target
+    }
+
+    pub fn markers(&self) -> Vec<Marker> {
+        self.sources.iter().flat_map(|s| markers(s)).collect()
+    }
+
+    fn source_names(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .map(|s| {
+                s.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    pub fn valgrind(&self) -> Valgrind {
+        run_valgrind_with(&self.valgrind_extra, &self.target())
+    }
+}
+
+// The cases. Each is a function so that a test names exactly what it runs.
+
+pub fn leak() -> Case {
+    Case::new("leak", DEBUG)
+}
+pub fn noleak() -> Case {
+    Case::new("noleak", DEBUG)
+}
+/// A clean program that exits 5.
+pub fn noleak_status5() -> Case {
+    Case::new("noleak", DEBUG).arg("5")
+}
+pub fn alloc_family() -> Case {
+    Case::new("alloc_family", DEBUG)
+}
+pub fn realloc_chain() -> Case {
+    Case::new("realloc_chain", DEBUG)
+}
+pub fn cxx_new() -> Case {
+    Case::new("cxx_new", DEBUG)
+}
+pub fn threads() -> Case {
+    Case::new("threads", DEBUG)
+}
+/// 4 churning threads: glibc's thread-exit cache frees must not count.
+pub fn churn_threads() -> Case {
+    Case::new("churn", DEBUG).arg("20000").arg("4")
+}
+pub fn dlopen() -> Case {
+    dlopen_with(DEBUG)
+}
+fn dlopen_with(flags: &'static [&'static str]) -> Case {
+    Case::new("dlopen_main", flags)
+        .arg(build_shared("plugin", flags))
+        .arg(build_shared("plugin_cxx", flags))
+        .source("plugin")
+        .source("plugin_cxx")
+}
+pub fn ctor() -> Case {
+    Case::new("ctor_main", DEBUG).source("ctor_lib")
+}
+pub fn fork() -> Case {
+    Case::new("fork", DEBUG)
+}
+/// exec.c leaks, then execs the leak fixture: only leak.c's markers may show, and
+/// valgrind follows the exec to report on the new image.
+pub fn exec() -> Case {
+    Case::new("exec", DEBUG)
+        .arg(build_fixture("leak", DEBUG))
+        .source("leak")
+        .valgrind_arg("--trace-children=yes")
+}
+pub fn signal_segv() -> Case {
+    Case::new("signal", DEBUG).arg("segv")
+}
+pub fn signal_raise() -> Case {
+    Case::new("signal", DEBUG).arg("raise")
+}
+pub fn signal_term() -> Case {
+    Case::new("signal", DEBUG).arg("term")
+}
+pub fn signal_abort() -> Case {
+    Case::new("signal", DEBUG).arg("abort")
+}
+pub fn exit3() -> Case {
+    Case::new("exit3", DEBUG)
+}
+pub fn many_leaks() -> Case {
+    Case::new("many_leaks", DEBUG)
+}
+pub fn kinds() -> Case {
+    Case::new("kinds", DEBUG)
+}
+pub fn leak_o2() -> Case {
+    Case::new("leak", OPTIMIZED)
+}
+pub fn alloc_family_o2() -> Case {
+    Case::new("alloc_family", OPTIMIZED)
+}
+pub fn realloc_chain_o2() -> Case {
+    Case::new("realloc_chain", OPTIMIZED)
+}
+pub fn cxx_new_o2() -> Case {
+    Case::new("cxx_new", OPTIMIZED)
+}
+pub fn threads_o2() -> Case {
+    Case::new("threads", OPTIMIZED)
+}
+pub fn many_leaks_o2() -> Case {
+    Case::new("many_leaks", OPTIMIZED)
+}
+pub fn dlopen_o2() -> Case {
+    dlopen_with(OPTIMIZED)
+}
+
+/// Blocks live at exit attributed to one source line: a valgrind loss record or a
+/// memtrace leak entry, reduced to what markers speak of.
+#[derive(Clone, Debug)]
+pub struct Site {
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub kind: String,
+    pub blocks: u64,
+    pub bytes: u64,
+    /// The first frame, for messages.
+    pub describe: String,
+}
+
+/// valgrind's loss records as sites, at the allocator's caller.
+pub fn valgrind_sites(valgrind: &Valgrind) -> Vec<Site> {
+    valgrind
+        .records
+        .iter()
+        .map(|record| {
+            let caller = record.caller();
+            Site {
+                file: caller
+                    .and_then(|f| f.file.as_deref())
+                    .map(|f| basename(f).to_string()),
+                line: caller.and_then(|f| f.line),
+                kind: record.kind.clone(),
+                blocks: record.blocks,
+                bytes: record.bytes,
+                describe: caller
+                    .map(|f| format!("{f:?}"))
+                    .unwrap_or_else(|| "no frame".into()),
+            }
+        })
+        .collect()
+}
+
+/// memtrace's leak entries as sites, at their first frame.
+pub fn report_sites(leaks: &[Leak]) -> Vec<Site> {
+    leaks
+        .iter()
+        .map(|leak| {
+            let first = leak.stack.first();
+            Site {
+                file: first
+                    .and_then(|f| f.file.as_deref())
+                    .map(|f| basename(f).to_string()),
+                line: first
+                    .and_then(|f| f.line)
+                    .and_then(|l| u32::try_from(l).ok()),
+                kind: leak.kind.clone(),
+                blocks: leak.blocks,
+                bytes: leak.bytes,
+                describe: first
+                    .map(|f| f.short())
+                    .unwrap_or_else(|| "empty stack".into()),
+            }
+        })
+        .collect()
+}
+
+/// Every marker is matched exactly (the sites at its line add up to its blocks and
+/// bytes, and have its kind where both say one), and every site in one of `sources`
+/// is at a marker.
+pub fn check_sites(sites: &[Site], markers: &[Marker], sources: &[String]) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for marker in markers {
+        let at: Vec<&Site> = sites
+            .iter()
+            .filter(|s| {
+                s.file.as_deref() == Some(marker.file.as_str()) && s.line == Some(marker.line)
+            })
+            .collect();
+        let blocks: u64 = at.iter().map(|s| s.blocks).sum();
+        let bytes: u64 = at.iter().map(|s| s.bytes).sum();
+        if (blocks, bytes) != (marker.blocks, marker.bytes) {
+            problems.push(format!(
+                "{}:{}: marker says {} blocks, {} bytes; found {blocks} blocks, {bytes} bytes",
+                marker.file, marker.line, marker.blocks, marker.bytes
+            ));
+        }
+        if let Some(kind) = &marker.kind {
+            for site in at
+                .iter()
+                .filter(|s| s.kind != "unclassified" && &s.kind != kind)
+            {
+                problems.push(format!(
+                    "{}:{}: marker says {kind}, found {}",
+                    marker.file, marker.line, site.kind
+                ));
+            }
+        }
+    }
+    for site in sites {
+        let in_sources = site.file.as_ref().is_some_and(|f| sources.contains(f));
+        let marked = markers
+            .iter()
+            .any(|m| site.file.as_deref() == Some(m.file.as_str()) && site.line == Some(m.line));
+        if in_sources && !marked {
+            problems.push(format!(
+                "an unmarked leak of {} blocks, {} bytes at {}",
+                site.blocks, site.bytes, site.describe
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+/// The signal's name, as the report spells it ("SIGSEGV").
+pub fn signal_name(number: i32) -> String {
+    Signal::try_from(number)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {number}"))
+}
+
+/// The fixture alone: it builds, its native exit equals valgrind's, and valgrind's
+/// loss records match its markers. Needs no memtrace.
+pub fn check_fixture(case: &Case) {
+    let target = case.target();
+    let native = run_native(&target);
+    let valgrind = case.valgrind();
+    assert_eq!(
+        Some(native.exit),
+        valgrind.exit,
+        "{}: native and valgrind runs end differently; native stderr:\n{}",
+        target.display(),
+        native.stderr
+    );
+    let lost = [
+        valgrind.definite,
+        valgrind.indirect,
+        valgrind.possible,
+        valgrind.reachable,
+    ];
+    assert_eq!(
+        (valgrind.live_blocks, valgrind.live_bytes),
+        (
+            lost.iter().map(|l| l.blocks).sum(),
+            lost.iter().map(|l| l.bytes).sum()
+        ),
+        "{}: valgrind's LEAK SUMMARY does not add up to its live blocks",
+        target.display()
+    );
+    if let Err(problems) = check_sites(
+        &valgrind_sites(&valgrind),
+        &case.markers(),
+        &case.source_names(),
+    ) {
+        panic!(
+            "{}: the markers disagree with valgrind:\n{problems}\n\nvalgrind log:\n{}",
+            target.display(),
+            valgrind.log
+        );
+    }
+}
+
+/// memtrace on the case: its exit status is the program's, its report has the
+/// contract's shape, its totals equal valgrind's HEAP SUMMARY, and its leak sites
+/// match the markers. Returns the run for further checks.
+pub fn check_memtrace(case: &Case) -> Run {
+    let target = case.target();
+    let native = run_native(&target);
+    let valgrind = case.valgrind();
+    let run = run_memtrace(&target);
+    check_run(case, &run, native.exit);
+    let report = run.report();
+    assert_eq!(
+        report::totals(report),
+        valgrind.totals(),
+        "{}: memtrace's totals (left) differ from valgrind's HEAP SUMMARY (right)\nmemtrace stderr:\n{}",
+        target.display(),
+        run.stderr
+    );
+    run
+}
+
+/// The checks that need no oracle: exit status, shape, end, markers.
+pub fn check_run(case: &Case, run: &Run, native: Exit) {
+    let target = case.target();
+    assert_eq!(
+        run.status,
+        native.shell_code(),
+        "{}: memtrace's exit status is not the program's; stderr:\n{}",
+        target.display(),
+        run.stderr
+    );
+    let report = run.report();
+    report::check_shape(report);
+    let (how, code, signal) = report::end(report);
+    match native {
+        Exit::Code(expected) => {
+            assert_eq!(
+                (how.as_str(), code),
+                ("exited", Some(i64::from(expected))),
+                "end of {}",
+                target.display()
+            )
+        }
+        Exit::Signal(number) => assert_eq!(
+            (how.as_str(), signal),
+            ("signaled", Some(signal_name(number))),
+            "end of {}",
+            target.display()
+        ),
+    }
+    let leaks = report::leaks(report);
+    if let Err(problems) = check_sites(&report_sites(&leaks), &case.markers(), &case.source_names())
+    {
+        panic!(
+            "{}: memtrace's leaks disagree with the markers:\n{problems}\n\nleaks:\n{}",
+            target.display(),
+            serde_json::to_string_pretty(&report["leaks"]).unwrap_or_default()
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! Expectations written in the fixture sources.
+//!
+//! `LEAK: <blocks> <size> [kind]` on the line of an allocating call: that call site
+//! leaves `blocks` blocks of `size` bytes each live at exit; `kind` (optional) is
+//! valgrind's classification. `EXPECT-TOTALS: allocs=.. frees=.. ...` gives the
+//! totals of a fixture that valgrind cannot run.
+
+use std::fs;
+use std::path::Path;
+
+use super::report::Totals;
+
+/// One `LEAK:` marker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Marker {
+    /// The source file's name, without directories (valgrind prints no directories).
+    pub file: String,
+    /// 1-based line of the allocating call.
+    pub line: u32,
+    /// Blocks left live at exit by this call site.
+    pub blocks: u64,
+    /// Total bytes of those blocks (`blocks` times the size in the marker).
+    pub bytes: u64,
+    /// `definite`, `indirect`, `possible` or `reachable`, when the marker says.
+    pub kind: Option<String>,
+}
+
+const KINDS: [&str; 4] = ["definite", "indirect", "possible", "reachable"];
+
+/// Parses the markers of one source text. `file` is the name they are reported under.
+pub fn parse_markers(file: &str, text: &str) -> Result<Vec<Marker>, String> {
+    let mut found = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let Some(at) = line.find("LEAK:") else {
+            continue;
+        };
+        let where_ = format!("{file}:{}", index + 1);
+        let rest = &line[at + "LEAK:".len()..];
+        let rest = rest.split("*/").next().unwrap_or(rest);
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let number = |i: usize, what: &str| -> Result<u64, String> {
+            let word = words
+                .get(i)
+                .ok_or_else(|| format!("{where_}: LEAK marker without {what}"))?;
+            word.replace(',', "")
+                .parse()
+                .map_err(|_| format!("{where_}: LEAK marker: {what} {word:?} is not a number"))
+        };
+        let blocks = number(0, "a block count")?;
+        let size = number(1, "a block size")?;
+        let kind = match words.get(2) {
+            None => None,
+            Some(kind) if KINDS.contains(kind) => Some(kind.to_string()),
+            Some(other) => return Err(format!("{where_}: LEAK marker: unknown kind {other:?}")),
+        };
+        if words.len() > 3 {
+            return Err(format!(
+                "{where_}: LEAK marker: unexpected {:?}",
+                &words[3..]
+            ));
+        }
+        found.push(Marker {
+            file: file.to_string(),
+            line: u32::try_from(index + 1).map_err(|_| format!("{where_}: line too far"))?,
+            blocks,
+            bytes: blocks * size,
+            kind,
+        });
+    }
+    Ok(found)
+}
+
+/// The markers of a source file.
+pub fn markers(source: &Path) -> Vec<Marker> {
+    let text = fs::read_to_string(source)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", source.display()));
+    let name = source
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    parse_markers(name, &text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Parses an `EXPECT-TOTALS:` line, if the text has one.
+pub fn parse_expected_totals(text: &str) -> Result<Option<Totals>, String> {
+    let Some(line) = text.lines().find(|l| l.contains("EXPECT-TOTALS:")) else {
+        return Ok(None);
+    };
+    let rest = &line[line.find("EXPECT-TOTALS:").unwrap_or(0) + "EXPECT-TOTALS:".len()..];
+    let rest = rest.split("*/").next().unwrap_or(rest);
+    let mut totals = Totals::default();
+    let mut seen = 0;
+    for pair in rest.split_whitespace() {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("EXPECT-TOTALS: bad {pair:?}"))?;
+        let value: u64 = value
+            .parse()
+            .map_err(|_| format!("EXPECT-TOTALS: bad number in {pair:?}"))?;
+        let slot = match key {
+            "allocs" => &mut totals.allocs,
+            "frees" => &mut totals.frees,
+            "bytes_allocated" => &mut totals.bytes_allocated,
+            "live_blocks" => &mut totals.live_blocks,
+            "live_bytes" => &mut totals.live_bytes,
+            _ => return Err(format!("EXPECT-TOTALS: unknown {key:?}")),
+        };
+        *slot = value;
+        seen += 1;
+    }
+    if seen != 5 {
+        return Err(
+            "EXPECT-TOTALS: give all of allocs, frees, bytes_allocated, live_blocks, live_bytes"
+                .into(),
+        );
+    }
+    Ok(Some(totals))
+}
+
+/// The `EXPECT-TOTALS:` of a source file, if it has one.
+pub fn expected_totals(source: &Path) -> Option<Totals> {
+    let text = fs::read_to_string(source)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", source.display()));
+    parse_expected_totals(&text).unwrap_or_else(|e| panic!("{}: {e}", source.display()))
+}

@@ -1,0 +1,242 @@
+//! Running programs: natively, under memtrace, under valgrind. Every run has a
+//! watchdog: a run that outlives its limit is killed with its whole process group and
+//! the test fails, so a hang never blocks CI.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use super::run_dir;
+
+/// How long memtrace may take on one fixture before the test fails.
+pub const MEMTRACE_LIMIT: Duration = Duration::from_secs(60);
+/// How long valgrind or a native run may take.
+pub const OTHER_LIMIT: Duration = Duration::from_secs(180);
+
+/// How a process ended, comparable across native runs, memtrace and valgrind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    pub fn from_status(status: ExitStatus) -> Exit {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Exit::Code(code),
+            (None, Some(signal)) => Exit::Signal(signal),
+            (None, None) => panic!("a process ended neither by exit nor by signal: {status:?}"),
+        }
+    }
+
+    /// The status a shell (and memtrace) reports for this end: 128+N for signal N.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            Exit::Code(code) => code,
+            Exit::Signal(signal) => 128 + signal,
+        }
+    }
+}
+
+/// A program and its arguments, by absolute path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+impl Target {
+    pub fn new(program: impl Into<PathBuf>) -> Target {
+        Target {
+            program: program.into(),
+            args: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Target {
+        self.args.push(arg.as_ref().to_os_string());
+        self
+    }
+
+    /// For messages: the command line.
+    pub fn display(&self) -> String {
+        let mut line = self.program.display().to_string();
+        for arg in &self.args {
+            line.push(' ');
+            line.push_str(&arg.to_string_lossy());
+        }
+        line
+    }
+}
+
+/// What a run left behind.
+#[derive(Debug)]
+pub struct Output {
+    pub exit: Exit,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs `command` in [`run_dir`] with stdin and stdout on /dev/null and stderr
+/// captured, in a process group of its own; kills the group and panics after `limit`.
+pub fn run_with_watchdog(mut command: Command, limit: Duration, what: &str) -> Output {
+    let mut stderr_file =
+        tempfile::tempfile().unwrap_or_else(|e| panic!("cannot create a temporary file: {e}"));
+    let stderr_for_child = stderr_file
+        .try_clone()
+        .unwrap_or_else(|e| panic!("cannot duplicate a file descriptor: {e}"));
+    command
+        .current_dir(run_dir())
+        .stdin(Stdio::null())
+        // The same on every side: glibc sizes stdout's buffer by what stdout is.
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr_for_child))
+        .process_group(0);
+    let started = Instant::now();
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let group = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+
+    let (done, finished) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || match finished.recv_timeout(limit) {
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            // The whole group: memtrace and the program it traces.
+            let _ = killpg(group, Signal::SIGKILL);
+            true
+        }
+        _ => false,
+    });
+    let status = child
+        .wait()
+        .unwrap_or_else(|e| panic!("cannot wait for {what}: {e}"));
+    let _ = done.send(());
+    let timed_out = watchdog.join().unwrap_or(false);
+    let elapsed = started.elapsed();
+
+    let mut stderr = String::new();
+    let _ = stderr_file.seek(SeekFrom::Start(0));
+    let mut bytes = Vec::new();
+    let _ = stderr_file.read_to_end(&mut bytes);
+    stderr.push_str(&String::from_utf8_lossy(&bytes));
+    if timed_out {
+        panic!("{what} did not finish within {limit:?} and was killed; stderr so far:\n{stderr}");
+    }
+    Output {
+        exit: Exit::from_status(status),
+        stderr,
+        elapsed,
+    }
+}
+
+/// Runs the target natively, as the tests run it under memtrace and valgrind.
+pub fn run_native(target: &Target) -> Output {
+    let mut command = Command::new(&target.program);
+    command.args(&target.args);
+    run_with_watchdog(
+        command,
+        OTHER_LIMIT,
+        &format!("native {}", target.display()),
+    )
+}
+
+/// One memtrace run.
+#[derive(Debug)]
+pub struct Run {
+    pub exit: Exit,
+    /// memtrace's exit status as a shell sees it.
+    pub status: i32,
+    pub stderr: String,
+    /// The JSON report; `Value::Null` when memtrace wrote none.
+    pub json: Value,
+    /// Why `json` is null: no file, or a file that is not JSON.
+    pub json_error: Option<String>,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// The non-empty lines memtrace printed on stderr.
+    pub fn stderr_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    }
+
+    /// The JSON report, or a panic saying why there is none.
+    pub fn report(&self) -> &Value {
+        if let Some(error) = &self.json_error {
+            panic!(
+                "memtrace wrote no usable JSON report ({error}); exit {:?}; stderr:\n{}",
+                self.exit, self.stderr
+            );
+        }
+        &self.json
+    }
+}
+
+/// The memtrace binary under test.
+pub fn memtrace_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_memtrace"))
+}
+
+/// `memtrace launch --no-tui --json <tmp> -- PROGRAM ARGS...`
+pub fn run_memtrace(target: &Target) -> Run {
+    run_memtrace_opts(&[], target)
+}
+
+/// `memtrace launch --no-tui --json <tmp> OPTIONS -- PROGRAM ARGS...`
+pub fn run_memtrace_opts(options: &[&str], target: &Target) -> Run {
+    let dir =
+        tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
+    let json_path = dir.path().join("report.json");
+    let mut command = Command::new(memtrace_binary());
+    command
+        .arg("launch")
+        .arg("--no-tui")
+        .arg("--json")
+        .arg(&json_path)
+        .args(options)
+        .arg("--")
+        .arg(&target.program)
+        .args(&target.args);
+    let output = run_with_watchdog(
+        command,
+        MEMTRACE_LIMIT,
+        &format!("memtrace on {}", target.display()),
+    );
+    let (json, json_error) = match std::fs::read_to_string(&json_path) {
+        Err(e) => (
+            Value::Null,
+            Some(format!("cannot read {}: {e}", json_path.display())),
+        ),
+        Ok(text) => match serde_json::from_str(&text) {
+            Ok(value) => (value, None),
+            Err(e) => (Value::Null, Some(format!("not JSON: {e}"))),
+        },
+    };
+    Run {
+        exit: output.exit,
+        status: output.exit.shell_code(),
+        stderr: output.stderr,
+        json,
+        json_error,
+        elapsed: output.elapsed,
+    }
+}
+
+/// Reads a file that a run may not have written.
+pub fn read_optional(path: &Path) -> Option<String> {
+    let mut text = String::new();
+    File::open(path).ok()?.read_to_string(&mut text).ok()?;
+    Some(text)
+}

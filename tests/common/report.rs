@@ -1,0 +1,176 @@
+//! Reading memtrace's JSON report (`memtrace-report/1`, see CONTRACT.md).
+
+use serde_json::Value;
+
+use super::basename;
+
+/// The `totals` that must equal valgrind's HEAP SUMMARY (peak excluded: valgrind has none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub allocs: u64,
+    pub frees: u64,
+    pub bytes_allocated: u64,
+    pub live_blocks: u64,
+    pub live_bytes: u64,
+}
+
+/// One stack frame of a report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub address: String,
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u64>,
+    pub object: Option<String>,
+}
+
+impl Frame {
+    /// `file:line` with the file's directories dropped, `?` where unknown.
+    pub fn short(&self) -> String {
+        format!(
+            "{} ({}:{}) in {}",
+            self.function.as_deref().unwrap_or("?"),
+            self.file.as_deref().map(basename).unwrap_or("?"),
+            self.line
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "?".into()),
+            self.object.as_deref().unwrap_or("?"),
+        )
+    }
+}
+
+/// One `leaks[]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leak {
+    pub kind: String,
+    pub blocks: u64,
+    pub bytes: u64,
+    pub stack: Vec<Frame>,
+}
+
+fn field<'a>(value: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(value, |v, key| &v[key])
+}
+
+fn u64_field(value: &Value, path: &str) -> u64 {
+    field(value, path)
+        .as_u64()
+        .unwrap_or_else(|| panic!("field {path} is not an unsigned integer in {value}"))
+}
+
+fn optional_string(value: &Value, key: &str) -> Option<String> {
+    value.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+/// The report's `totals`.
+pub fn totals(report: &Value) -> Totals {
+    Totals {
+        allocs: u64_field(report, "totals.allocs"),
+        frees: u64_field(report, "totals.frees"),
+        bytes_allocated: u64_field(report, "totals.bytes_allocated"),
+        live_blocks: u64_field(report, "totals.live_blocks"),
+        live_bytes: u64_field(report, "totals.live_bytes"),
+    }
+}
+
+fn frame(value: &Value) -> Frame {
+    Frame {
+        address: optional_string(value, "address")
+            .unwrap_or_else(|| panic!("a frame without an address: {value}")),
+        function: optional_string(value, "function"),
+        file: optional_string(value, "file"),
+        line: value.get("line").and_then(Value::as_u64),
+        object: optional_string(value, "object"),
+    }
+}
+
+/// A stack (`stack`, `alloc_stack`, ...) as frames.
+pub fn stack(value: &Value) -> Vec<Frame> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("a stack that is not an array: {value}"))
+        .iter()
+        .map(frame)
+        .collect()
+}
+
+/// The report's `leaks`.
+pub fn leaks(report: &Value) -> Vec<Leak> {
+    field(report, "leaks")
+        .as_array()
+        .unwrap_or_else(|| panic!("report leaks is not an array"))
+        .iter()
+        .map(|leak| Leak {
+            kind: optional_string(leak, "kind")
+                .unwrap_or_else(|| panic!("a leak without kind: {leak}")),
+            blocks: u64_field(leak, "blocks"),
+            bytes: u64_field(leak, "bytes"),
+            stack: stack(&leak["stack"]),
+        })
+        .collect()
+}
+
+/// `end.how`, `end.code`, `end.signal`.
+pub fn end(report: &Value) -> (String, Option<i64>, Option<String>) {
+    let end = &report["end"];
+    (
+        end["how"]
+            .as_str()
+            .unwrap_or_else(|| panic!("report has no end.how: {report}"))
+            .to_string(),
+        end["code"].as_i64(),
+        end["signal"].as_str().map(str::to_string),
+    )
+}
+
+/// The contract's shape, checked on every report a test reads.
+pub fn check_shape(report: &Value) {
+    assert_eq!(report["schema"], "memtrace-report/1", "schema of {report}");
+    assert!(report["target"]["pid"].is_u64(), "target.pid");
+    assert!(report["target"]["argv"].is_array(), "target.argv");
+    let (how, code, signal) = end(report);
+    match how.as_str() {
+        "exited" => assert!(
+            code.is_some() && signal.is_none(),
+            "end of an exit: {}",
+            report["end"]
+        ),
+        "signaled" => assert!(
+            code.is_none() && signal.is_some(),
+            "end of a signal: {}",
+            report["end"]
+        ),
+        "detached" => {}
+        other => panic!("end.how {other:?} is none of exited, signaled, detached"),
+    }
+    let totals = totals(report);
+    let leaks = leaks(report);
+    let kinds = [
+        "definite",
+        "indirect",
+        "possible",
+        "reachable",
+        "unclassified",
+    ];
+    for leak in &leaks {
+        assert!(
+            kinds.contains(&leak.kind.as_str()),
+            "leak kind {:?}",
+            leak.kind
+        );
+        assert!(leak.blocks > 0, "a leak entry of no blocks: {leak:?}");
+    }
+    let bytes: Vec<u64> = leaks.iter().map(|l| l.bytes).collect();
+    assert!(
+        bytes.windows(2).all(|w| w[0] >= w[1]),
+        "leaks are not largest first: {bytes:?}"
+    );
+    let blocks: u64 = leaks.iter().map(|l| l.blocks).sum();
+    let sum: u64 = bytes.iter().sum();
+    assert_eq!(
+        (blocks, sum),
+        (totals.live_blocks, totals.live_bytes),
+        "the leaks do not add up to the live totals"
+    );
+    assert!(report["errors"].is_array(), "errors is not an array");
+}

@@ -1,0 +1,385 @@
+//! Tests of the test harness itself: the valgrind parser on captured real valgrind
+//! 3.19 output (tests/data/valgrind/), the marker parser, the crafted files. None of
+//! these needs memtrace or valgrind to run.
+
+#[macro_use]
+mod common;
+
+use common::cases::{check_sites, valgrind_sites};
+use common::markers::parse_expected_totals;
+use common::valgrind::{Lost, VgFrame};
+use common::{parse_markers, parse_valgrind, Marker, Totals};
+
+fn log(name: &str) -> String {
+    let path = common::manifest_dir()
+        .join("tests/data/valgrind")
+        .join(format!("{name}.log"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+#[test]
+fn valgrind_simple_leak() {
+    let v = parse_valgrind(&log("leak")).expect("parses");
+    assert_eq!(v.pid, 14795);
+    assert_eq!(
+        v.totals(),
+        Totals {
+            allocs: 2,
+            frees: 1,
+            bytes_allocated: 130,
+            live_blocks: 1,
+            live_bytes: 30
+        }
+    );
+    assert_eq!(
+        v.definite,
+        Lost {
+            blocks: 1,
+            bytes: 30
+        }
+    );
+    assert_eq!(v.reachable, Lost::default());
+    assert_eq!(v.records.len(), 1);
+    let record = &v.records[0];
+    assert_eq!(
+        (record.kind.as_str(), record.blocks, record.bytes),
+        ("definite", 1, 30)
+    );
+    assert_eq!(record.frames.len(), 2);
+    assert!(record.frames[0].is_valgrind_allocator());
+    assert_eq!(
+        record.caller(),
+        Some(&VgFrame {
+            function: "main".into(),
+            file: Some("leak.c".into()),
+            line: Some(12),
+            object: None
+        })
+    );
+}
+
+#[test]
+fn valgrind_all_blocks_freed() {
+    let v = parse_valgrind(&log("noleak")).expect("parses");
+    assert_eq!(
+        v.totals(),
+        Totals {
+            allocs: 3,
+            frees: 3,
+            bytes_allocated: 364,
+            live_blocks: 0,
+            live_bytes: 0
+        }
+    );
+    assert_eq!((v.live_blocks, v.live_bytes), (0, 0));
+    assert!(v.records.is_empty());
+    assert_eq!(v.definite, Lost::default());
+}
+
+#[test]
+fn valgrind_thousands_separators_and_cxx_names() {
+    let v = parse_valgrind(&log("cxx_new")).expect("parses");
+    assert_eq!(
+        v.totals(),
+        Totals {
+            allocs: 20,
+            frees: 17,
+            bytes_allocated: 74_036,
+            live_blocks: 3,
+            live_bytes: 72_944
+        }
+    );
+    assert_eq!(
+        v.reachable,
+        Lost {
+            blocks: 1,
+            bytes: 72_704
+        }
+    );
+    assert_eq!(
+        v.definite,
+        Lost {
+            blocks: 2,
+            bytes: 240
+        }
+    );
+    let first = &v.records[0].frames[0];
+    assert_eq!(first.function, "operator new(unsigned long)");
+    assert!(first.is_valgrind_allocator());
+    assert_eq!(
+        v.records[1].frames[0].function,
+        "operator new[](unsigned long)"
+    );
+    // The emergency pool's caller has no name and no file, only an object.
+    let pool = &v.records[2];
+    assert_eq!(pool.bytes, 72_704);
+    let caller = pool.caller().expect("a caller");
+    assert_eq!(caller.function, "???");
+    assert_eq!(caller.file, None);
+    assert_eq!(
+        caller.object.as_deref(),
+        Some("/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30")
+    );
+    assert_eq!(pool.frames.len(), 6);
+}
+
+#[test]
+fn valgrind_direct_and_indirect() {
+    let v = parse_valgrind(&log("kinds")).expect("parses");
+    assert_eq!(
+        v.definite,
+        Lost {
+            blocks: 1,
+            bytes: 32
+        }
+    );
+    assert_eq!(
+        v.indirect,
+        Lost {
+            blocks: 2,
+            bytes: 64
+        }
+    );
+    assert_eq!(
+        v.possible,
+        Lost {
+            blocks: 1,
+            bytes: 40
+        }
+    );
+    assert_eq!(
+        v.reachable,
+        Lost {
+            blocks: 1,
+            bytes: 20
+        }
+    );
+    let head = v
+        .records
+        .iter()
+        .find(|r| r.kind == "definite")
+        .expect("a definite record");
+    assert_eq!((head.blocks, head.bytes, head.indirect_bytes), (1, 32, 64));
+    let kinds: Vec<&str> = v.records.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["reachable", "indirect", "indirect", "possible", "definite"]
+    );
+}
+
+#[test]
+fn valgrind_threads_possibly_lost() {
+    let v = parse_valgrind(&log("threads")).expect("parses");
+    assert_eq!(
+        v.totals(),
+        Totals {
+            allocs: 14_012,
+            frees: 14_004,
+            bytes_allocated: 1_453_480,
+            live_blocks: 8,
+            live_bytes: 1_280
+        }
+    );
+    assert_eq!(
+        v.possible,
+        Lost {
+            blocks: 4,
+            bytes: 1_088
+        }
+    );
+    let dtv = &v.records[1];
+    // Inlined frames share an address; the caller is glibc's inline calloc wrapper.
+    assert_eq!(dtv.caller().map(|f| f.function.as_str()), Some("calloc"));
+    assert_eq!(
+        dtv.caller().and_then(|f| f.file.as_deref()),
+        Some("rtld-malloc.h")
+    );
+    assert_eq!(dtv.frames.last().map(|f| f.function.as_str()), Some("main"));
+    assert_eq!(
+        dtv.frames[5].function, "pthread_create@@GLIBC_2.34",
+        "a versioned symbol keeps its version"
+    );
+}
+
+#[test]
+fn valgrind_fork_keeps_the_parent() {
+    // The child's summary comes first in the log; the parent's pid is the first seen.
+    let v = parse_valgrind(&log("fork")).expect("parses");
+    assert_eq!(v.pid, 15113);
+    assert_eq!(
+        v.totals(),
+        Totals {
+            allocs: 2,
+            frees: 1,
+            bytes_allocated: 192,
+            live_blocks: 1,
+            live_bytes: 64
+        }
+    );
+    assert_eq!(v.records.len(), 1);
+}
+
+#[test]
+fn valgrind_exec_log_is_the_new_image() {
+    let v = parse_valgrind(&log("exec")).expect("parses");
+    assert_eq!(
+        v.totals(),
+        Totals {
+            allocs: 2,
+            frees: 1,
+            bytes_allocated: 130,
+            live_blocks: 1,
+            live_bytes: 30
+        }
+    );
+}
+
+#[test]
+fn valgrind_signal_death_with_error_frames() {
+    let v = parse_valgrind(&log("signal_segv")).expect("parses");
+    assert_eq!(
+        v.totals(),
+        Totals {
+            allocs: 1,
+            frees: 0,
+            bytes_allocated: 42,
+            live_blocks: 1,
+            live_bytes: 42
+        }
+    );
+    // The invalid write's frames are not a loss record.
+    assert_eq!(v.records.len(), 1);
+    assert_eq!(v.records[0].caller().and_then(|f| f.line), Some(21));
+}
+
+#[test]
+fn valgrind_two_summaries_for_one_pid_keep_the_last() {
+    let first = log("leak").replace("==14795==", "==7==");
+    let second = log("kinds").replace("==15067==", "==7==");
+    let v = parse_valgrind(&format!("{first}{second}")).expect("parses");
+    assert_eq!(v.totals().allocs, 5);
+    assert_eq!(v.records.len(), 5);
+}
+
+#[test]
+fn valgrind_rejects_a_log_without_summary() {
+    assert!(parse_valgrind("").is_err());
+    assert!(
+        parse_valgrind("==1== Memcheck, a memory error detector\n==1== Command: ./x\n").is_err()
+    );
+    let broken = log("leak").replace("2 allocs, 1 frees", "two allocs, 1 frees");
+    assert!(parse_valgrind(&broken).is_err());
+}
+
+#[test]
+fn markers_parse() {
+    let text = "int x;\n\
+                p = malloc(30); /* LEAK: 1 30 */\n\
+                q = calloc(1, 32); /* LEAK: 1 32 definite */\n\
+                for (;;) r = malloc(16); // LEAK: 100,000 16\n\
+                s = malloc(1); /* GONE: not a marker */\n";
+    let found = parse_markers("x.c", text).expect("parses");
+    assert_eq!(
+        found,
+        vec![
+            Marker {
+                file: "x.c".into(),
+                line: 2,
+                blocks: 1,
+                bytes: 30,
+                kind: None
+            },
+            Marker {
+                file: "x.c".into(),
+                line: 3,
+                blocks: 1,
+                bytes: 32,
+                kind: Some("definite".into())
+            },
+            Marker {
+                file: "x.c".into(),
+                line: 4,
+                blocks: 100_000,
+                bytes: 1_600_000,
+                kind: None
+            },
+        ]
+    );
+}
+
+#[test]
+fn markers_reject_mistakes() {
+    assert!(parse_markers("x.c", "p = malloc(1); /* LEAK: 1 */").is_err());
+    assert!(parse_markers("x.c", "p = malloc(1); /* LEAK: one 1 */").is_err());
+    assert!(parse_markers("x.c", "p = malloc(1); /* LEAK: 1 1 lost */").is_err());
+    assert!(parse_markers("x.c", "p = malloc(1); /* LEAK: 1 1 definite extra */").is_err());
+}
+
+#[test]
+fn every_fixture_marker_parses() {
+    let mut total = 0;
+    for entry in std::fs::read_dir(common::fixtures_dir()).expect("fixtures/") {
+        let path = entry.expect("an entry").path();
+        if matches!(path.extension().and_then(|e| e.to_str()), Some("c" | "cc")) {
+            total += common::markers(&path).len();
+        }
+    }
+    assert!(total > 20, "only {total} markers in fixtures/");
+}
+
+#[test]
+fn expected_totals_parse() {
+    let text =
+        "/* EXPECT-TOTALS: allocs=2 frees=1 bytes_allocated=8192 live_blocks=1 live_bytes=4096 */";
+    assert_eq!(
+        parse_expected_totals(text),
+        Ok(Some(Totals {
+            allocs: 2,
+            frees: 1,
+            bytes_allocated: 8192,
+            live_blocks: 1,
+            live_bytes: 4096
+        }))
+    );
+    assert_eq!(parse_expected_totals("nothing"), Ok(None));
+    assert!(parse_expected_totals("EXPECT-TOTALS: allocs=2").is_err());
+}
+
+#[test]
+fn sites_against_markers() {
+    let v = parse_valgrind(&log("kinds")).expect("parses");
+    let sites = valgrind_sites(&v);
+    let sources = vec!["kinds.c".to_string()];
+    let text = std::fs::read_to_string(common::fixtures_dir().join("kinds.c")).expect("kinds.c");
+    let markers = parse_markers("kinds.c", &text).expect("parses");
+    // The captured log matches the source's markers only while kinds.c keeps its line
+    // numbers; a moved line shows here first.
+    check_sites(&sites, &markers, &sources).expect("the captured kinds log matches kinds.c");
+
+    let mut wrong = markers.clone();
+    wrong[0].bytes += 1;
+    assert!(
+        check_sites(&sites, &wrong, &sources).is_err(),
+        "a wrong size is seen"
+    );
+    let fewer = &markers[1..];
+    assert!(
+        check_sites(&sites, fewer, &sources).is_err(),
+        "an unmarked leak is seen"
+    );
+    let mut wrong_kind = markers.clone();
+    wrong_kind[0].kind = Some("reachable".into());
+    assert!(
+        check_sites(&sites, &wrong_kind, &sources).is_err(),
+        "a wrong kind is seen"
+    );
+}
+
+#[test]
+fn crafted_elf32_is_a_32_bit_elf() {
+    let path = common::crafted(common::Crafted::Elf32);
+    let bytes = std::fs::read(&path).expect("written");
+    assert_eq!(&bytes[..5], b"\x7fELF\x01");
+    let not_elf = std::fs::read(common::crafted(common::Crafted::NotElf)).expect("written");
+    assert!(!not_elf.starts_with(b"\x7fELF") && !not_elf.starts_with(b"#!"));
+}

@@ -1,0 +1,181 @@
+//! `memtrace launch` on real processes, checked against valgrind memcheck and the
+//! `LEAK:` markers in the fixture sources.
+//!
+//! `fixture::*` checks the fixtures themselves (native exit = valgrind's, valgrind's
+//! loss records = the markers) and needs no memtrace; `memtrace::*` checks memtrace's
+//! exit status, report shape, totals (= valgrind's HEAP SUMMARY) and leak sites (=
+//! the markers) on the same runs. valgrind runs once per case and test process.
+
+#[macro_use]
+mod common;
+
+use common::cases::{self, check_memtrace, check_run, Case};
+use common::markers::expected_totals;
+use common::{basename, build_fixture, report, run_memtrace, run_native, Exit, DEBUG};
+
+mod fixture {
+    use crate::common::cases::check_fixture;
+    case_tests!(check_fixture);
+}
+
+mod memtrace {
+    use crate::common::cases::check_memtrace;
+    case_tests!(check_memtrace);
+}
+
+/// The dlopen'ed libraries' leaks are named in their own objects, like a native module
+/// loaded by a Python or .NET process.
+#[test]
+fn dlopen_leaks_are_in_the_plugin_objects() {
+    let run = check_memtrace(&cases::dlopen());
+    let leaks = report::leaks(run.report());
+    for (source, object) in [
+        ("plugin.c", "plugin.so"),
+        ("plugin_cxx.cc", "plugin_cxx.so"),
+    ] {
+        let leak = leaks
+            .iter()
+            .find(|l| {
+                l.stack
+                    .first()
+                    .and_then(|f| f.file.as_deref())
+                    .map(basename)
+                    == Some(source)
+            })
+            .unwrap_or_else(|| panic!("no leak whose first frame is in {source}: {leaks:#?}"));
+        let first = &leak.stack[0];
+        assert_eq!(
+            first.function.as_deref(),
+            Some("plugin_leak"),
+            "{}",
+            first.short()
+        );
+        assert_eq!(
+            first.object.as_deref().map(basename),
+            Some(object),
+            "the first frame's object: {}",
+            first.short()
+        );
+    }
+}
+
+/// The forked child runs untraced and unharmed: the parent exits non-zero if the child
+/// died (e.g. of an inherited breakpoint).
+#[test]
+fn fork_child_survives() {
+    let run = check_memtrace(&cases::fork());
+    assert_eq!(run.exit, Exit::Code(0), "stderr:\n{}", run.stderr);
+    assert!(
+        !run.stderr.contains("fork: the child"),
+        "stderr:\n{}",
+        run.stderr
+    );
+}
+
+/// After exec the report covers the new image only: nothing of exec.c's heap is left.
+#[test]
+fn exec_reports_only_the_new_image() {
+    let run = check_memtrace(&cases::exec());
+    for leak in report::leaks(run.report()) {
+        for frame in &leak.stack {
+            assert_ne!(
+                frame.file.as_deref().map(basename),
+                Some("exec.c"),
+                "a frame of the old image: {}",
+                frame.short()
+            );
+        }
+    }
+}
+
+/// Death by signal: `end.how` is "signaled" with the signal's name, and memtrace exits
+/// 128+N like a shell.
+#[test]
+fn death_by_signal_is_reported() {
+    for (case, signal, name) in [
+        (cases::signal_segv(), libc::SIGSEGV, "SIGSEGV"),
+        (cases::signal_term(), libc::SIGTERM, "SIGTERM"),
+        (cases::signal_abort(), libc::SIGABRT, "SIGABRT"),
+    ] {
+        let target = case.target();
+        let run = run_memtrace(&target);
+        assert_eq!(
+            run.status,
+            128 + signal,
+            "{}: stderr:\n{}",
+            target.display(),
+            run.stderr
+        );
+        let (how, code, reported) = report::end(run.report());
+        assert_eq!(
+            (how.as_str(), code, reported.as_deref()),
+            ("signaled", None, Some(name))
+        );
+    }
+}
+
+/// `_exit(3)`: no return from main, no atexit handlers, and exit status 3.
+#[test]
+fn underscore_exit_status() {
+    let target = cases::exit3().target();
+    assert_eq!(
+        run_native(&target).exit,
+        Exit::Code(3),
+        "the fixture itself"
+    );
+    let run = run_memtrace(&target);
+    assert_eq!(run.status, 3, "stderr:\n{}", run.stderr);
+    assert_eq!(report::end(run.report()).0, "exited");
+}
+
+/// pvalloc: valgrind 3.19 aborts on it, so its totals are written in its source.
+#[test]
+fn pvalloc_matches_its_written_totals() {
+    let case = Case::new("pvalloc", DEBUG);
+    let target = case.target();
+    let native = run_native(&target);
+    assert_eq!(
+        native.exit,
+        Exit::Code(0),
+        "the fixture itself: {}",
+        native.stderr
+    );
+    let run = run_memtrace(&target);
+    check_run(&case, &run, native.exit);
+    let expected = expected_totals(&case.sources[0]).expect("pvalloc.c has EXPECT-TOTALS");
+    assert_eq!(report::totals(run.report()), expected);
+}
+
+/// A static binary with symbols is traced through the allocator symbols in its own
+/// symbol table. valgrind cannot intercept malloc in a static binary (it reports 0
+/// allocs), so only the markers and the report's own consistency are checked.
+#[test]
+fn static_binary_with_symbols_is_traced() {
+    let flags: &'static [&'static str] = &["-g", "-O0", "-static"];
+    let case = Case::new("leak", flags);
+    let target = case.target();
+    let native = run_native(&target);
+    let run = run_memtrace(&target);
+    check_run(&case, &run, native.exit);
+    let totals = report::totals(run.report());
+    assert_eq!(
+        totals.allocs - totals.frees,
+        totals.live_blocks,
+        "{totals:?}"
+    );
+    let markers = case.markers();
+    assert!(
+        totals.live_blocks >= markers.iter().map(|m| m.blocks).sum(),
+        "{totals:?}"
+    );
+    assert!(totals.frees >= 1, "leak.c frees one block: {totals:?}");
+}
+
+/// The fixture build used by several tests exists and is executable.
+#[test]
+fn fixtures_build() {
+    for name in ["leak", "noleak", "exit3"] {
+        let path = build_fixture(name, DEBUG);
+        assert!(path.is_absolute() && path.exists(), "{}", path.display());
+    }
+}

@@ -1,0 +1,54 @@
+//! Options of `memtrace launch`: `--error-exitcode`, `--depth`.
+
+mod common;
+
+use common::cases::{self, check_sites, report_sites};
+use common::{report, run_memtrace_opts, run_native, Exit};
+
+#[test]
+fn error_exitcode_on_a_leak() {
+    let target = cases::leak().target();
+    let run = run_memtrace_opts(&["--error-exitcode", "9"], &target);
+    assert_eq!(run.status, 9, "stderr:\n{}", run.stderr);
+}
+
+#[test]
+fn error_exitcode_on_a_clean_program_keeps_its_status() {
+    for case in [cases::noleak(), cases::noleak_status5()] {
+        let target = case.target();
+        let native = run_native(&target).exit;
+        assert!(matches!(native, Exit::Code(_)), "{native:?}");
+        let run = run_memtrace_opts(&["--error-exitcode", "9"], &target);
+        assert_eq!(
+            run.status,
+            native.shell_code(),
+            "{}: stderr:\n{}",
+            target.display(),
+            run.stderr
+        );
+        assert_eq!(report::totals(run.report()).live_blocks, 0);
+    }
+}
+
+/// `--depth N` keeps at most N frames, and the first frame is still the caller.
+#[test]
+fn depth_limits_stacks() {
+    for depth in [1usize, 2] {
+        let case = cases::kinds();
+        let target = case.target();
+        let run = run_memtrace_opts(&["--depth", &depth.to_string()], &target);
+        assert_eq!(run.status, 0, "stderr:\n{}", run.stderr);
+        let leaks = report::leaks(run.report());
+        assert!(!leaks.is_empty());
+        for leak in &leaks {
+            assert!(
+                !leak.stack.is_empty() && leak.stack.len() <= depth,
+                "--depth {depth}: a stack of {} frames",
+                leak.stack.len()
+            );
+        }
+        let sources = vec!["kinds.c".to_string()];
+        check_sites(&report_sites(&leaks), &case.markers(), &sources)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
