@@ -142,6 +142,10 @@ for threads in $THREAD_VARIANTS; do
     measure native "$NATIVE_ITERATIONS" "$threads"
     measure memtrace "$MEMTRACE_ITERATIONS" "$threads" \
         "$MEMTRACE" launch --no-tui --json "$OUT/memtrace-$threads.json" --
+    # The tracer sleeping in waitpid between stops (no polling window): every stop
+    # must wake it, often on the other CPU.
+    measure "memtrace --poll-us 0" "$MEMTRACE_ITERATIONS" "$threads" \
+        "$MEMTRACE" launch --no-tui --poll-us 0 --
     # Tracer and target on one CPU: a ptrace stop need not wake the other CPU.
     if command -v taskset >/dev/null 2>&1; then
         measure "memtrace (taskset -c 0)" "$MEMTRACE_ITERATIONS" "$threads" \

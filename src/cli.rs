@@ -40,6 +40,11 @@ pub struct Common {
     /// Stack frames kept per allocation.
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub depth: u32,
+    /// Microseconds the tracer polls for the target's next stop before sleeping. A
+    /// sleeping tracer must be woken for every stop, which costs tens of microseconds
+    /// on a VM; polling costs CPU while the program runs without allocating. 0: sleep.
+    #[arg(long, value_name = "US", default_value_t = 200)]
+    pub poll_us: u64,
 }
 
 #[derive(Args, Debug)]

@@ -71,6 +71,7 @@ fn launch(args: LaunchArgs) -> i32 {
             }
         };
         let pid = t.pid();
+        t.set_poll(std::time::Duration::from_micros(args.common.poll_us));
         let end = t.run();
         (pid, end, std::mem::take(&mut t.stacks), t.stats)
     };

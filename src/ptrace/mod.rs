@@ -84,11 +84,29 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
 }
 
 /// Waits for any traced thread (`waitpid(-1, __WALL)`), retrying on EINTR.
-pub fn wait_any() -> io::Result<Stop> {
+///
+/// For `spin` it polls (WNOHANG) before sleeping. A traced program that allocates
+/// stops again within microseconds; a tracer asleep in waitpid must then be woken,
+/// which on a VM costs an inter-processor interrupt into an idle (halted) vCPU: tens of
+/// microseconds per stop. Polling for a short window avoids that, and bounds the CPU
+/// memtrace burns when the program computes instead of allocating.
+pub fn wait_any(spin: std::time::Duration) -> io::Result<Stop> {
+    let until = std::time::Instant::now() + spin;
+    let mut polling = !spin.is_zero();
     loop {
         let mut status = 0;
+        let flags = if polling {
+            libc::__WALL | libc::WNOHANG
+        } else {
+            libc::__WALL
+        };
         // SAFETY: waitpid writes only to `status`, a valid local.
-        let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
+        let tid = unsafe { libc::waitpid(-1, &mut status, flags) };
+        if tid == 0 {
+            polling = std::time::Instant::now() < until;
+            std::hint::spin_loop();
+            continue;
+        }
         if tid == -1 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EINTR) {
@@ -213,6 +231,16 @@ pub fn set_regs(tid: Tid, regs: &Regs) -> io::Result<()> {
         )
     })
     .map(|_| ())
+}
+
+/// How many CPUs this process may run on.
+pub fn cpus_allowed() -> usize {
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .count(),
+        Err(_) => 1,
+    }
 }
 
 /// Sends `signal` to one thread of `pid`.

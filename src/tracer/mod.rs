@@ -107,6 +107,8 @@ pub struct Tracer<'s> {
     image: image::Image,
     pub stacks: StackTable,
     pub stats: TraceStats,
+    /// How long to poll for the next stop before sleeping (see `ptrace::wait_any`).
+    spin: std::time::Duration,
 }
 
 impl<'s> Tracer<'s> {
@@ -145,6 +147,7 @@ impl<'s> Tracer<'s> {
             image: image::Image::default(),
             stacks: StackTable::new(),
             stats: TraceStats::default(),
+            spin: std::time::Duration::ZERO,
         };
         t.threads.insert(
             pid,
@@ -162,11 +165,22 @@ impl<'s> Tracer<'s> {
         self.pid
     }
 
+    /// Polls for the next stop for `spin` before sleeping. Ignored (no polling) when
+    /// memtrace may run on one CPU only: polling there would take the CPU from the
+    /// very program whose stop it waits for.
+    pub fn set_poll(&mut self, spin: std::time::Duration) {
+        self.spin = if ptrace::cpus_allowed() > 1 {
+            spin
+        } else {
+            std::time::Duration::ZERO
+        };
+    }
+
     /// Runs the target to its end.
     pub fn run(&mut self) -> Result<End, TraceError> {
         self.resume(self.pid);
         loop {
-            let stop = match ptrace::wait_any() {
+            let stop = match ptrace::wait_any(self.spin) {
                 Ok(s) => s,
                 Err(e) => return Err(TraceError::Wait(e)),
             };
