@@ -179,3 +179,16 @@ fn fixtures_build() {
         assert!(path.is_absolute() && path.exists(), "{}", path.display());
     }
 }
+
+/// std::bad_alloc thrown by operator new is caught as it is natively: the unwinder must
+/// not meet memtrace's swapped return address. valgrind cannot be the oracle (its
+/// operator new aborts instead of throwing): native exit status and markers are.
+#[test]
+fn exceptions_from_operator_new_are_caught() {
+    let case = Case::new("bad_alloc", DEBUG);
+    let target = case.target();
+    let native = run_native(&target);
+    assert_eq!(native.exit, Exit::Code(0), "the fixture itself");
+    let run = run_memtrace(&target);
+    check_run(&case, &run, native.exit);
+}

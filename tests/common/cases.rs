@@ -157,6 +157,9 @@ pub fn many_leaks() -> Case {
 pub fn kinds() -> Case {
     Case::new("kinds", DEBUG)
 }
+pub fn signals_handled() -> Case {
+    Case::new("signals_handled", DEBUG)
+}
 pub fn leak_o2() -> Case {
     Case::new("leak", OPTIMIZED)
 }
