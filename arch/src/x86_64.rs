@@ -139,16 +139,22 @@ impl Arch for X86_64 {
             ((data_minus_code + field as i64 - insn_end) as i32).to_le_bytes()
         };
         let mut c = Vec::with_capacity(STUB_CODE_SIZE as usize);
+        // mov r11, [rip+ret]: the real return address is read first. Once `done` is
+        // set the tracer may hand this stub to another call, which rewrites `ret`, so
+        // nothing of the stub's data may be read after that store. r11 is free at a
+        // return: caller-saved and never a return value.
+        c.extend_from_slice(&[0x4c, 0x8b, 0x1d]);
+        c.extend_from_slice(&disp(STUB_RET, 7));
         // mov [rip+value], rax
         c.extend_from_slice(&[0x48, 0x89, 0x05]);
-        c.extend_from_slice(&disp(STUB_VALUE, 7));
-        // mov byte [rip+done], 1 (after the value: a reader that sees done sees the value)
+        c.extend_from_slice(&disp(STUB_VALUE, 14));
+        // mov byte [rip+done], 1 (after the value: a reader that sees done sees the
+        // value, x86 stores being seen in order)
         c.extend_from_slice(&[0xc6, 0x05]);
-        c.extend_from_slice(&disp(STUB_DONE, 14));
+        c.extend_from_slice(&disp(STUB_DONE, 21));
         c.push(1);
-        // jmp [rip+ret]
-        c.extend_from_slice(&[0xff, 0x25]);
-        c.extend_from_slice(&disp(STUB_RET, 20));
+        // jmp r11
+        c.extend_from_slice(&[0x41, 0xff, 0xe3]);
         c.resize(STUB_CODE_SIZE as usize, 0xcc);
         c
     }
@@ -290,14 +296,20 @@ mod tests {
         assert_eq!(stub.len() as u64, crate::STUB_CODE_SIZE);
         let insns: Vec<Instruction> = {
             let mut d = Decoder::with_ip(64, &stub, code, DecoderOptions::NONE);
-            (0..3).map(|_| d.decode()).collect()
+            (0..4).map(|_| d.decode()).collect()
         };
-        assert_eq!(insns[0].memory_displacement64(), data + crate::STUB_VALUE);
-        assert_eq!(insns[0].op1_register(), iced_x86::Register::RAX);
-        assert_eq!(insns[1].memory_displacement64(), data + crate::STUB_DONE);
-        assert_eq!(insns[1].immediate8(), 1);
-        assert_eq!(insns[2].flow_control(), FlowControl::IndirectBranch);
-        assert_eq!(insns[2].memory_displacement64(), data + crate::STUB_RET);
+        use iced_x86::Register::{R11, RAX};
+        // The return address is loaded before anything else...
+        assert_eq!(insns[0].op0_register(), R11);
+        assert_eq!(insns[0].memory_displacement64(), data + crate::STUB_RET);
+        assert_eq!(insns[1].memory_displacement64(), data + crate::STUB_VALUE);
+        assert_eq!(insns[1].op1_register(), RAX);
+        // ...so that after `done` is set, no stub data is read again.
+        assert_eq!(insns[2].memory_displacement64(), data + crate::STUB_DONE);
+        assert_eq!(insns[2].immediate8(), 1);
+        assert_eq!(insns[3].flow_control(), FlowControl::IndirectBranch);
+        assert_eq!(insns[3].op0_register(), R11);
+        assert!(!insns[3].op0_kind().eq(&iced_x86::OpKind::Memory));
     }
 
     #[test]

@@ -517,7 +517,20 @@ impl<'s> Tracer<'s> {
         if self.mem.read_vm(addr, &mut self.stub_data).is_err() {
             return;
         }
-        for done in self.stubs.finished(&self.stub_data) {
+        let mut finished = self.stubs.finished(&self.stub_data);
+        if finished.is_empty() {
+            return;
+        }
+        // Read the values again, after the done flags were seen: the kernel's copy
+        // need not load in address order, so a value read in the same copy as its
+        // flag could predate the flag. A finished stub's value no longer changes.
+        if self.mem.read_vm(addr, &mut self.stub_data).is_err() {
+            return;
+        }
+        for f in &mut finished {
+            f.value = self.stubs.value(&self.stub_data, f.stub);
+        }
+        for done in finished {
             self.stubs.release(done.stub);
             let frame = self.threads.get_mut(&done.tid).and_then(|t| {
                 let i = t.frames.iter().position(|f| f.stub == Some(done.stub))?;

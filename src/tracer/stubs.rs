@@ -90,6 +90,15 @@ impl Stubs {
         Some((self.data, (high * STUB_DATA_SIZE) as usize))
     }
 
+    /// The return value stored in stub `k`, from data read at `range_in_use`.
+    pub fn value(&self, data: &[u8], k: u32) -> u64 {
+        let at = k as usize * STUB_DATA_SIZE as usize + STUB_VALUE as usize;
+        data.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0)
+    }
+
     /// The finished stubs, from the data read at `range_in_use`. Does not release them.
     pub fn finished(&self, data: &[u8]) -> Vec<Finished> {
         let word = |k: usize, off: u64| {
@@ -154,6 +163,8 @@ mod tests {
                 value: 0xabcd
             }]
         );
+        assert_eq!(s.value(&data, 1), 0xabcd);
+        assert_eq!(s.value(&data, 99), 0);
     }
 
     #[test]
