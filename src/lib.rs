@@ -11,15 +11,19 @@
 //!    gets an int3 on the first byte of each allocator function. The displaced
 //!    instruction is relocated into the scratch page ([`memtrace_arch::Arch::relocate`]),
 //!    followed by a jump back; the int3 is never lifted.
-//! 3. The program calls malloc(30) and traps. The tracer reads the registers, takes
-//!    the size from the first argument and the caller from the return address, interns
-//!    the stack, swaps the return address on the stack for the scratch page's return
-//!    trampoline (keeping the real one in the thread's pending frames) and moves the
-//!    thread to the relocated instruction. One stop.
-//! 4. malloc returns into the trampoline's int3: the tracer reads the returned pointer,
-//!    emits [`event::Event::Alloc`], and sends the thread to the real return address.
-//!    A second stop. Calls made while a frame is pending (operator new -> malloc) are
-//!    nested and not recorded; free is recorded at its entry, one stop.
+//! 3. The program calls malloc(30) and traps: the one stop of this call. The tracer
+//!    first harvests the calls that finished since the last stop (4.), then reads the
+//!    registers, takes the size from the first argument and the caller from the
+//!    return address, interns the stack, swaps the return address on the stack for
+//!    a return stub of this call's own (keeping the real one in the stub's data and
+//!    in the thread's pending frames) and moves the thread to the relocated
+//!    instruction.
+//! 4. malloc returns into its stub, which stores the returned pointer, sets a done
+//!    flag and jumps to the real return address: no stop. At the next stop of any
+//!    thread the tracer reads the finished stubs and emits [`event::Event::Alloc`]
+//!    before anything else, so no free of that block can be seen first. Calls made
+//!    while a frame is pending (operator new -> malloc) are nested and not recorded;
+//!    free is recorded at its entry.
 //! 5. The events feed the [`heap::Heap`] (live blocks, valgrind-style totals). When
 //!    the program ends, live blocks are grouped by stack, symbolized, and written as
 //!    the text and JSON reports ([`report`]).
