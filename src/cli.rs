@@ -37,7 +37,8 @@ pub struct Common {
     /// heap error.
     #[arg(long, value_name = "N")]
     pub error_exitcode: Option<i32>,
-    /// Stack frames kept per allocation.
+    /// Stack frames kept per allocation. (Only the caller frame is recorded for now;
+    /// full stacks come with unwinding.)
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub depth: u32,
     /// Microseconds the tracer polls for the target's next stop before sleeping. A

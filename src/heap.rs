@@ -123,16 +123,16 @@ impl Heap {
                 let block = if started { block } else { self.take(old) };
                 if new != 0 {
                     // Success: the old block (if we knew it) is freed, the new one allocated.
-                    if let Some(b) = block {
-                        self.count_free(b);
+                    if block.is_some() {
+                        self.totals.frees += 1;
                     } else if old != 0 {
                         self.uncounted.frees_not_live += 1;
                     }
                     self.alloc(tid, AllocKind::Malloc, new, size, stack);
                 } else if size == 0 && old != 0 {
                     // glibc's realloc(p, 0) frees p and returns NULL.
-                    if let Some(b) = block {
-                        self.count_free(b);
+                    if block.is_some() {
+                        self.totals.frees += 1;
                     }
                 } else if let Some(b) = block {
                     // Failure: the old block is untouched and still live.
@@ -147,12 +147,9 @@ impl Heap {
         if ptr == 0 {
             return;
         }
-        if let Some(old) = self.take(ptr) {
-            // The allocator handed out an address we still had as live: we missed its
-            // free (made by code we do not hook). Forget the stale block.
-            self.count_free(old);
-            self.totals.frees -= 1;
-        }
+        // The allocator handed out an address we still had as live: its free was made
+        // by code we do not hook. Forget the stale block; it was no free of ours.
+        self.take(ptr);
         let t = &mut self.totals;
         t.allocs += 1;
         t.bytes_allocated += size;
@@ -186,19 +183,13 @@ impl Heap {
         self.live.insert(ptr, b);
     }
 
-    fn count_free(&mut self, _b: Block) {
-        self.totals.frees += 1;
-    }
-
     /// Frees a live block; false when `ptr` was not live.
     fn release(&mut self, ptr: u64) -> bool {
-        match self.take(ptr) {
-            Some(b) => {
-                self.count_free(b);
-                true
-            }
-            None => false,
+        let live = self.take(ptr).is_some();
+        if live {
+            self.totals.frees += 1;
         }
+        live
     }
 
     /// Live blocks grouped by allocation stack, largest bytes first (ties: more blocks,

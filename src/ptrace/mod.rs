@@ -376,41 +376,6 @@ pub fn survive_terminal_signals() {
     }
 }
 
-/// The name of a signal (`"SIGSEGV"`), or `"SIG<n>"` for one without a name.
-pub fn signal_name(sig: i32) -> String {
-    let known = [
-        (libc::SIGHUP, "SIGHUP"),
-        (libc::SIGINT, "SIGINT"),
-        (libc::SIGQUIT, "SIGQUIT"),
-        (libc::SIGILL, "SIGILL"),
-        (libc::SIGTRAP, "SIGTRAP"),
-        (libc::SIGABRT, "SIGABRT"),
-        (libc::SIGBUS, "SIGBUS"),
-        (libc::SIGFPE, "SIGFPE"),
-        (libc::SIGKILL, "SIGKILL"),
-        (libc::SIGUSR1, "SIGUSR1"),
-        (libc::SIGSEGV, "SIGSEGV"),
-        (libc::SIGUSR2, "SIGUSR2"),
-        (libc::SIGPIPE, "SIGPIPE"),
-        (libc::SIGALRM, "SIGALRM"),
-        (libc::SIGTERM, "SIGTERM"),
-        (libc::SIGCHLD, "SIGCHLD"),
-        (libc::SIGCONT, "SIGCONT"),
-        (libc::SIGSTOP, "SIGSTOP"),
-        (libc::SIGTSTP, "SIGTSTP"),
-        (libc::SIGTTIN, "SIGTTIN"),
-        (libc::SIGTTOU, "SIGTTOU"),
-        (libc::SIGXCPU, "SIGXCPU"),
-        (libc::SIGXFSZ, "SIGXFSZ"),
-        (libc::SIGSYS, "SIGSYS"),
-    ];
-    known
-        .iter()
-        .find(|(n, _)| *n == sig)
-        .map(|(_, s)| s.to_string())
-        .unwrap_or_else(|| format!("SIG{sig}"))
-}
-
 /// Waits for one specific thread (used while a system call is injected into it).
 pub fn wait_tid(tid: Tid) -> io::Result<Stop> {
     loop {
@@ -456,11 +421,5 @@ mod tests {
                 signal: libc::SIGTRAP
             })
         );
-    }
-
-    #[test]
-    fn signal_names() {
-        assert_eq!(signal_name(libc::SIGSEGV), "SIGSEGV");
-        assert_eq!(signal_name(40), "SIG40");
     }
 }

@@ -107,8 +107,11 @@ impl Stubs {
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_le_bytes)
         };
+        // Only the stubs `data` covers: the range read was cut at the highest in use.
+        let covered = data.len() / STUB_DATA_SIZE as usize;
         self.owner
             .iter()
+            .take(covered)
             .enumerate()
             .filter_map(|(k, o)| {
                 let tid = (*o)?;
