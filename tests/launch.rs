@@ -192,3 +192,27 @@ fn exceptions_from_operator_new_are_caught() {
     let run = run_memtrace(&target);
     check_run(&case, &run, native.exit);
 }
+
+/// At thread exit glibc frees the chunks of the thread's cache, which the program freed
+/// already. Those calls are glibc's own: counted apart (`stats.internal_frees`), never
+/// as frees of the program nor as frees of pointers that are not live (the future
+/// double frees).
+#[test]
+fn glibc_thread_exit_frees_are_its_own() {
+    let run = check_memtrace(&cases::threads());
+    let stats = &run.report()["stats"];
+    let internal = stats["internal_frees"]
+        .as_u64()
+        .expect("stats.internal_frees");
+    let not_live = stats["frees_not_live"]
+        .as_u64()
+        .expect("stats.frees_not_live");
+    assert!(
+        internal > 0,
+        "threads.c: no thread-exit frees seen: {stats}"
+    );
+    assert_eq!(
+        not_live, 0,
+        "glibc's own frees counted as the program's: {stats}"
+    );
+}

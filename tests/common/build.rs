@@ -123,6 +123,16 @@ fn linked_library(source: &Path) -> Option<String> {
     })
 }
 
+/// The compiler for `source`, then `flags`, then `extra`.
+fn compiler_args(source: &Path, flags: &[&str], extra: &[&str]) -> Vec<String> {
+    compiler_for(source)
+        .iter()
+        .chain(flags)
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+}
+
 /// Builds the executable `fixtures/NAME.c` (or `.cc`) with `flags` and returns its
 /// absolute path. A fixture whose source says `LINK: lib` is linked against
 /// `lib.so`, built alongside and found at run time through an `$ORIGIN` rpath.
@@ -132,12 +142,7 @@ pub fn build_fixture(name: &str, flags: &[&str]) -> PathBuf {
     let key = format!("exe {}", output.display());
     once(key, || {
         let source = fixture_source(name);
-        let mut args: Vec<String> = compiler_for(&source)
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(flags.iter().map(|s| s.to_string()));
-        args.extend(["-Wall", "-Wextra", "-pthread"].map(String::from));
+        let mut args = compiler_args(&source, flags, &["-Wall", "-Wextra", "-pthread"]);
         args.push(source.display().to_string());
         if let Some(library) = linked_library(&source) {
             let shared = build_shared(&library, flags);
@@ -159,12 +164,7 @@ pub fn build_shared(name: &str, flags: &[&str]) -> PathBuf {
     let key = format!("so {}", output.display());
     once(key, || {
         let source = fixture_source(name);
-        let mut args: Vec<String> = compiler_for(&source)
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(flags.iter().map(|s| s.to_string()));
-        args.extend(["-Wall", "-Wextra", "-shared", "-fPIC"].map(String::from));
+        let mut args = compiler_args(&source, &flags, &["-Wall", "-Wextra", "-shared", "-fPIC"]);
         args.push(format!("-Wl,-soname,{name}.so"));
         args.push(source.display().to_string());
         compile(&output, &args);
