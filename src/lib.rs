@@ -37,3 +37,4 @@ pub mod ptrace;
 pub mod report;
 pub mod symbols;
 pub mod tracer;
+pub mod unwind;

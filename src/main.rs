@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use memtrace::cli::{Cli, Command, LaunchArgs};
-use memtrace::event::Event;
+use memtrace::event::{Event, StackTable};
 use memtrace::heap::Heap;
 use memtrace::maps::Module;
 use memtrace::report::{self, End, Target};
@@ -21,12 +21,17 @@ struct Collector {
 
 impl Sink for Collector {
     fn event(&mut self, ev: Event) {
+        if ev == Event::Exec {
+            if let Some(sym) = &mut self.sym {
+                sym.reset();
+            }
+        }
         self.heap.apply(&ev);
     }
-    fn modules(&mut self, pid: i32, modules: &[Module]) {
+    fn modules(&mut self, pid: i32, modules: &[Module], stacks: &StackTable) {
         self.sym
             .get_or_insert_with(|| Symbolizer::new(pid))
-            .add_modules(modules);
+            .update_modules(modules, stacks.addresses());
     }
 }
 
@@ -72,6 +77,7 @@ fn launch(args: LaunchArgs) -> i32 {
         };
         let pid = t.pid();
         t.set_poll(std::time::Duration::from_micros(args.common.poll_us));
+        t.set_depth(args.common.depth as usize);
         let end = t.run();
         (pid, end, std::mem::take(&mut t.stacks), t.stats)
     };

@@ -7,11 +7,10 @@
 //! symbol when there is no line information. Results are cached per address.
 //!
 //! Modules are remembered for the whole trace, so addresses recorded while a library was
-//! mapped still resolve after `dlclose`. When a new module is later mapped over (part of)
-//! the range of an old one, the newest module wins for addresses not yet in the cache:
-//! an address recorded in the old library and first symbolized after the new one was
-//! mapped there is attributed to the new one. Callers that need exactness symbolize a
-//! library's addresses before they report it gone.
+//! mapped still resolve after `dlclose`. When a library goes, [`Symbolizer::update_modules`]
+//! resolves the recorded addresses inside it at once, before another library can be
+//! mapped at the same addresses; later lookups of a range that two modules have held
+//! go to the newest one. An exec starts over ([`Symbolizer::reset`]).
 
 use crate::maps::{target_path, Module};
 use addr2line::Loader;
@@ -63,6 +62,8 @@ struct Entry {
     file: Option<File>,
     /// Parsed on first lookup; `Some(None)` when the object could not be read.
     loaded: Option<Option<Loaded>>,
+    /// Still in the target's module list.
+    mapped: bool,
 }
 
 struct Loaded {
@@ -113,17 +114,53 @@ impl Symbolizer {
         }
     }
 
-    /// Records the target's current modules. Call whenever the module list changes;
-    /// modules that have disappeared since are kept (see the module documentation).
+    /// The target's module list changed to `modules`. Every address of `recorded` that
+    /// lies in a module no longer listed is resolved now, against that module, so that
+    /// a library mapped later at the same place cannot take its frames.
+    pub fn update_modules(&mut self, modules: &[Module], recorded: impl Iterator<Item = u64>) {
+        let gone: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| {
+                let e = &self.entries[i];
+                e.mapped && !modules.iter().any(|m| same_object(&e.module, m))
+            })
+            .collect();
+        if !gone.is_empty() {
+            for address in recorded {
+                if self.cache.contains_key(&address) {
+                    continue;
+                }
+                if let Some(&i) = gone
+                    .iter()
+                    .rev()
+                    .find(|&&i| self.entries[i].module.contains(address))
+                {
+                    let frames = self.lookup(i, address);
+                    self.cache.insert(address, frames);
+                }
+            }
+            for i in gone {
+                self.entries[i].mapped = false;
+            }
+        }
+        self.add_modules(modules);
+    }
+
+    /// The target executed a new program: no earlier module or address means anything.
+    pub fn reset(&mut self) {
+        self.entries.clear();
+        self.cache.clear();
+    }
+
+    /// Records the target's current modules. Modules that have disappeared since are
+    /// kept (see the module documentation).
     pub fn add_modules(&mut self, modules: &[Module]) {
         for m in modules {
-            let same = self.entries.iter_mut().find(|e| {
-                e.module.path == m.path && e.module.inode == m.inode && e.module.base == m.base
-            });
+            let same = self.entries.iter_mut().find(|e| same_object(&e.module, m));
             if let Some(e) = same {
                 // ld.so maps an object in steps: a list read mid-way has a shorter range.
                 e.module.start = e.module.start.min(m.start);
                 e.module.end = e.module.end.max(m.end);
+                e.mapped = true;
                 continue;
             }
             let file = File::open(self.host_path(&m.path)).ok();
@@ -131,6 +168,7 @@ impl Symbolizer {
                 module: m.clone(),
                 file,
                 loaded: None,
+                mapped: true,
             });
         }
     }
@@ -189,6 +227,11 @@ impl Symbolizer {
         }
         frames
     }
+}
+
+/// The same object at the same place (its range may grow while the loader maps it).
+fn same_object(a: &Module, b: &Module) -> bool {
+    a.path == b.path && a.inode == b.inode && a.base == b.base
 }
 
 impl Loaded {
@@ -408,8 +451,23 @@ int main(int argc, char **argv) { // MAIN
 
     /// Compiles SRC with `flags`; None (the test is skipped) when there is no C compiler.
     fn compile(dir: &Path, name: &str, flags: &[&str]) -> Option<PathBuf> {
-        let src = dir.join("t.c");
-        std::fs::write(&src, SRC).ok()?;
+        compile_file(dir, name, "t.c", SRC, flags)
+    }
+
+    /// Compiles `text` as `NAME.c`.
+    fn compile_source(dir: &Path, name: &str, text: &str, flags: &[&str]) -> Option<PathBuf> {
+        compile_file(dir, name, &format!("{name}.c"), text, flags)
+    }
+
+    fn compile_file(
+        dir: &Path,
+        name: &str,
+        file: &str,
+        text: &str,
+        flags: &[&str],
+    ) -> Option<PathBuf> {
+        let src = dir.join(file);
+        std::fs::write(&src, text).ok()?;
         let out = dir.join(name);
         let status = Command::new("cc")
             .args(flags)
@@ -544,6 +602,47 @@ int main(int argc, char **argv) { // MAIN
         std::fs::remove_file(&bin).expect("remove test binary");
         let f = s.symbolize(main + 1);
         assert_eq!(f[0].function.as_deref(), Some("main"));
+    }
+
+    #[test]
+    fn a_library_mapped_where_another_was_does_not_take_its_frames() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (Some(a), Some(b)) = (
+            compile_source(dir.path(), "a", SRC, &["-g", "-O0", "-no-pie"]),
+            compile_source(
+                dir.path(),
+                "b",
+                "int other(void){return 1;}\nint main(void){return other();}\n",
+                &["-g", "-O0", "-no-pie"],
+            ),
+        ) else {
+            return;
+        };
+        let (main_a, _) = symbol(&a, "main");
+        let mut s = Symbolizer::new(std::process::id() as i32);
+        s.update_modules(&[module(&a, 0x40_0000)], std::iter::empty());
+        // `a` goes; `b` comes at the same place. The address recorded in `a` is
+        // resolved as `a` went.
+        s.update_modules(&[], [main_a + 1].into_iter());
+        s.update_modules(&[module(&b, 0x40_0000)], std::iter::empty());
+        let f = s.symbolize(main_a + 1);
+        assert_eq!(
+            f.last()
+                .and_then(|f| f.file.as_deref())
+                .map(|p| p.ends_with("a.c")),
+            Some(true),
+            "{f:?}"
+        );
+        // Without the recorded address, the newest module answers.
+        let mut s = Symbolizer::new(std::process::id() as i32);
+        s.update_modules(&[module(&a, 0x40_0000)], std::iter::empty());
+        s.update_modules(&[], std::iter::empty());
+        s.update_modules(&[module(&b, 0x40_0000)], std::iter::empty());
+        let f = s.symbolize(main_a + 1);
+        assert_eq!(
+            f.last().and_then(|f| f.object.clone()),
+            Some(b.to_string_lossy().into_owned())
+        );
     }
 
     #[test]

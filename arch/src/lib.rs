@@ -139,6 +139,9 @@ pub trait Arch {
     fn pc(r: &Regs) -> u64;
     fn set_pc(r: &mut Regs, pc: u64);
     fn sp(r: &Regs) -> u64;
+    /// The frame pointer register (rbp, x29): where a frame-pointer walk starts when
+    /// no unwind information covers a pc.
+    fn frame_pointer(r: &Regs) -> u64;
     /// The n-th integer argument (0-based) at a function's entry, per the C ABI.
     fn arg(r: &Regs, n: usize) -> u64;
     /// The integer return value, at a function's return.

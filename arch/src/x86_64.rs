@@ -73,6 +73,9 @@ impl Arch for X86_64 {
     fn set_pc(r: &mut Regs, pc: u64) {
         r.words[RIP] = pc;
     }
+    fn frame_pointer(r: &Regs) -> u64 {
+        r.words[RBP]
+    }
     fn sp(r: &Regs) -> u64 {
         r.words[RSP]
     }

@@ -333,6 +333,52 @@ impl Memory {
         }
     }
 
+    /// Reads as much of `buf` as is mapped from `addr` on, with `process_vm_readv`:
+    /// the count stops at the first page that cannot be read (a stack's end). The
+    /// remote range is split at page boundaries because a partial transfer never
+    /// splits an iovec element.
+    pub fn read_vm_partial(&self, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+        const PAGE: u64 = 4096;
+        // IOV_MAX is 1024: reads longer than that many pages are cut there.
+        const MAX_PARTS: usize = 1024;
+        let mut remote = Vec::with_capacity(buf.len() / PAGE as usize + 2);
+        let (mut at, end) = (addr, addr.saturating_add(buf.len() as u64));
+        while at < end && remote.len() < MAX_PARTS {
+            let next = ((at / PAGE) + 1).saturating_mul(PAGE).min(end);
+            remote.push(libc::iovec {
+                iov_base: at as usize as *mut libc::c_void,
+                iov_len: (next - at) as usize,
+            });
+            at = next;
+        }
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: (at - addr) as usize,
+        };
+        // SAFETY: `local` covers at most `buf`, which the kernel may fill; the remote
+        // iovecs describe the target's memory and are checked by the kernel.
+        let n = unsafe {
+            libc::process_vm_readv(
+                self.pid,
+                &local,
+                1,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        if n == -1 {
+            let e = io::Error::last_os_error();
+            // EFAULT: not even the first page is mapped.
+            return if e.raw_os_error() == Some(libc::EFAULT) {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(n as usize)
+    }
+
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, addr)
     }

@@ -3,9 +3,10 @@
 //! when a thread unwinds past them.
 
 use super::{Frame, Tracer};
-use crate::event::Tid;
+use crate::event::{StackId, Tid};
 use crate::hooks::HookFn;
 use crate::ptrace;
+use crate::unwind::Start;
 use memtrace_arch::{Arch, Native, Regs, ReturnSlot};
 
 impl Tracer<'_> {
@@ -42,7 +43,7 @@ impl Tracer<'_> {
             self.stats.nested_calls += 1;
             return;
         }
-        let stack = self.stacks.intern(&[ret_addr], false);
+        let stack = self.capture_stack(regs, ret_addr);
         let internal = self.image.is_internal(ret_addr);
         let args = [
             Native::arg(regs, 0),
@@ -109,6 +110,24 @@ impl Tracer<'_> {
                 stub,
             });
         }
+    }
+
+    /// Unwinds the calling thread's stack from the allocator's entry and interns it.
+    /// The first frame is `ret_addr`, whatever the unwinder makes of the rest.
+    fn capture_stack(&mut self, regs: &Regs, ret_addr: u64) -> StackId {
+        let start = Start {
+            return_address: ret_addr,
+            sp: Native::sp_after_return(Native::sp(regs)),
+            frame_pointer: Native::frame_pointer(regs),
+        };
+        let mem = &self.mem;
+        let ending = self.walker.walk(
+            start,
+            &mut |addr, buf| mem.read_vm_partial(addr, buf).unwrap_or(0),
+            self.depth,
+            &mut self.frame_buf,
+        );
+        self.stacks.intern(&self.frame_buf, ending.truncated())
     }
 
     /// Turns every call that has returned through its stub since the last stop into

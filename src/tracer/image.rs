@@ -158,8 +158,14 @@ impl Tracer<'_> {
                 self.hook_module(tid, m, role);
             }
         }
+        if now != self.image.modules {
+            let pid = self.pid;
+            self.walker.sync(&now, &mut |m: &Module| {
+                std::fs::read(maps::target_path(pid, &m.path)).ok()
+            });
+        }
         if !gone.is_empty() || !new.is_empty() {
-            self.sink.modules(self.pid, &now);
+            self.sink.modules(self.pid, &now, &self.stacks);
         }
         self.image.modules = now;
     }

@@ -17,18 +17,23 @@ use crate::event::{Event, StackTable, Tid};
 use crate::hooks::HookFn;
 use crate::maps::Module;
 use crate::ptrace::{self, Memory, PtraceEvent, Stop};
+use crate::unwind::StackWalker;
 use memtrace_arch::{Arch, Native};
 use scratch::{BpKind, Breakpoints, Scratch};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use stubs::Stubs;
 
+/// Frames kept per stack unless told otherwise (the contract's `--depth` default).
+pub const DEFAULT_DEPTH: usize = 32;
+
 /// Where the tracer's output goes: allocation events and changes of the module list.
 pub trait Sink {
     fn event(&mut self, ev: Event);
     /// The loaded objects of process `pid` changed (start, dlopen, dlclose, exec).
-    /// Called before an unloaded object's addresses can be reused.
-    fn modules(&mut self, pid: i32, modules: &[Module]);
+    /// Called before an unloaded object's addresses can be reused, with every stack
+    /// recorded so far (to resolve the frames of an object that has gone).
+    fn modules(&mut self, pid: i32, modules: &[Module], stacks: &StackTable);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +114,11 @@ pub struct Tracer<'s> {
     /// Signals that arrived while a system call was being injected, to deliver later.
     held_signals: HashMap<Tid, i32>,
     image: image::Image,
+    walker: StackWalker,
+    /// Frames kept per stack (`--depth`).
+    depth: usize,
+    /// Reused buffer for one stack's return addresses.
+    frame_buf: Vec<u64>,
     pub stacks: StackTable,
     pub stats: TraceStats,
     /// How long to poll for the next stop before sleeping (see `ptrace::wait_any`).
@@ -149,6 +159,9 @@ impl<'s> Tracer<'s> {
             early_children: HashSet::new(),
             held_signals: HashMap::new(),
             image: image::Image::default(),
+            walker: StackWalker::new(),
+            depth: DEFAULT_DEPTH,
+            frame_buf: Vec::new(),
             stacks: StackTable::new(),
             stats: TraceStats::default(),
             spin: std::time::Duration::ZERO,
@@ -167,6 +180,11 @@ impl<'s> Tracer<'s> {
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Keeps at most `depth` frames per stack (at least one: the allocator's caller).
+    pub fn set_depth(&mut self, depth: usize) {
+        self.depth = depth.max(1);
     }
 
     /// Polls for the next stop for `spin` before sleeping. Ignored (no polling) when
@@ -377,6 +395,7 @@ impl<'s> Tracer<'s> {
         self.stubs = Stubs::default();
         self.bps = Breakpoints::default();
         self.image = image::Image::default();
+        self.walker = StackWalker::new();
         self.mem = Memory::open(self.pid).map_err(|e| TraceError::Setup(e.to_string()))?;
         self.sink.event(Event::Exec);
         self.setup_image(self.pid)

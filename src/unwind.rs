@@ -1,0 +1,397 @@
+//! Unwinding a stopped thread's stack from the outside, with DWARF CFI.
+//!
+//! At an allocator's entry the tracer knows three things: the return address (the
+//! allocator's caller, always the first frame), the stack pointer the caller will have
+//! after the return, and the frame pointer. From there [`StackWalker::walk`] unwinds
+//! with framehop against a copy of the stack: one read of the first few KiB from the
+//! stack pointer up, extended (doubling) only when the unwinder asks for a word beyond
+//! it, so a typical stack costs one `process_vm_readv`. framehop uses `.eh_frame` (by
+//! `.eh_frame_hdr`), or `.debug_frame` in an object without `.eh_frame`, and falls back
+//! to the frame-pointer chain only at a pc that no unwind information covers.
+//!
+//! This module reads no process: the tracer hands it the object files' bytes and a
+//! function that reads the target's memory, so it can be tested on a made-up stack.
+
+use crate::maps::Module;
+use framehop::{
+    CacheNative, ExplicitModuleSectionInfo, FrameAddress, MayAllocateDuringUnwind,
+    UnwindRegsNative, Unwinder, UnwinderNative,
+};
+use object::{Object, ObjectSection, ObjectSegment};
+
+/// The first read of a stack: enough for a few dozen ordinary frames.
+const FIRST_READ: usize = 8 << 10;
+/// Never copy more than this (the default stack size limit).
+const MAX_COPY: usize = 8 << 20;
+
+/// Reads target memory at an address into the buffer; returns how many bytes were
+/// readable from the start (fewer at the end of a mapping).
+pub type ReadMemory<'a> = dyn FnMut(u64, &mut [u8]) -> usize + 'a;
+
+/// Where a walk starts: the state of the caller right after the allocator returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Start {
+    /// The allocator's return address: the first frame.
+    pub return_address: u64,
+    /// The stack pointer once the allocator has returned.
+    pub sp: u64,
+    pub frame_pointer: u64,
+}
+
+/// How a walk ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// The unwind information said this is the outermost frame (`_start`, a thread's
+    /// `clone3`), or the frame-pointer chain ended with a zero.
+    Complete,
+    /// `depth` frames were taken and there were more.
+    DepthLimit,
+    /// The unwinder could go no further (an unreadable word, no rule that advances).
+    Failed,
+}
+
+impl Ending {
+    pub fn truncated(self) -> bool {
+        self != Ending::Complete
+    }
+}
+
+/// A module framehop knows, to recognise it in the next module list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Known {
+    path: String,
+    base: u64,
+    start: u64,
+    end: u64,
+}
+
+impl Known {
+    fn of(m: &Module) -> Known {
+        Known {
+            path: m.path.clone(),
+            base: m.base,
+            start: m.start,
+            end: m.end,
+        }
+    }
+}
+
+pub struct StackWalker {
+    unwinder: UnwinderNative<Vec<u8>, MayAllocateDuringUnwind>,
+    cache: CacheNative<MayAllocateDuringUnwind>,
+    known: Vec<Known>,
+    copy: StackCopy,
+}
+
+impl Default for StackWalker {
+    fn default() -> Self {
+        StackWalker {
+            unwinder: UnwinderNative::new(),
+            cache: CacheNative::new(),
+            known: Vec::new(),
+            copy: StackCopy::default(),
+        }
+    }
+}
+
+impl StackWalker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Brings the unwinder's modules in line with the target's current list:
+    /// unloaded ones are removed, new ones added with the unwind sections of the file
+    /// `read_file` returns for them. A module whose file cannot be read or parsed is
+    /// still added (without unwind data), so its pcs use the frame-pointer chain.
+    pub fn sync(&mut self, now: &[Module], read_file: &mut dyn FnMut(&Module) -> Option<Vec<u8>>) {
+        let current: Vec<Known> = now.iter().map(Known::of).collect();
+        let (keep, gone): (Vec<Known>, Vec<Known>) = std::mem::take(&mut self.known)
+            .into_iter()
+            .partition(|k| current.contains(k));
+        for k in gone {
+            self.unwinder.remove_module(k.start);
+        }
+        self.known = keep;
+        for (m, k) in now.iter().zip(current) {
+            if self.known.contains(&k) {
+                continue;
+            }
+            let data = read_file(m);
+            self.unwinder
+                .add_module(framehop_module(m, data.as_deref().unwrap_or(&[])));
+            self.known.push(k);
+        }
+    }
+
+    /// Unwinds from `start`: the return addresses of at most `depth` frames, innermost
+    /// (the allocator's caller) first, into `out`.
+    pub fn walk(
+        &mut self,
+        start: Start,
+        read: &mut ReadMemory<'_>,
+        depth: usize,
+        out: &mut Vec<u64>,
+    ) -> Ending {
+        out.clear();
+        let Some(mut frame) = FrameAddress::from_return_address(start.return_address) else {
+            return Ending::Failed;
+        };
+        let StackWalker {
+            unwinder,
+            cache,
+            copy,
+            ..
+        } = self;
+        copy.start(start.sp, read);
+        let mut read_stack = |addr: u64| copy.word(addr, read);
+        let mut regs = unwind_regs(start);
+        loop {
+            if out.len() == depth {
+                return Ending::DepthLimit;
+            }
+            out.push(frame.address());
+            match unwinder.unwind_frame(frame, &mut regs, cache, &mut read_stack) {
+                Ok(Some(ra)) => match FrameAddress::from_return_address(ra) {
+                    Some(next) => frame = next,
+                    None => return Ending::Complete,
+                },
+                Ok(None) => return Ending::Complete,
+                Err(_) => return Ending::Failed,
+            }
+        }
+    }
+
+    /// Bytes of stack read by the last walk (for the benchmark's notes and tests).
+    pub fn last_copy_len(&self) -> usize {
+        self.copy.len
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn unwind_regs(s: Start) -> UnwindRegsNative {
+    UnwindRegsNative::new(s.return_address, s.sp, s.frame_pointer)
+}
+
+#[cfg(target_arch = "aarch64")]
+fn unwind_regs(s: Start) -> UnwindRegsNative {
+    // The caller made a call, so its return address is not in lr any more: framehop
+    // only reads lr for a leaf frame.
+    UnwindRegsNative::new(s.return_address, s.sp, s.frame_pointer)
+}
+
+/// The framehop module for `m`, from its file's bytes: `.eh_frame` and its index,
+/// `.debug_frame` when there is no `.eh_frame`.
+fn framehop_module(m: &Module, data: &[u8]) -> framehop::Module<Vec<u8>> {
+    let mut info = ExplicitModuleSectionInfo::<Vec<u8>>::default();
+    let mut bias = m.base;
+    if let Ok(obj) = object::File::parse(data) {
+        let lowest = obj.segments().map(|s| s.address()).min().unwrap_or(0);
+        // As the hooks compute it: the mapping of file offset 0 holds the lowest
+        // PT_LOAD, rounded down to a page (zero for a non-PIE executable).
+        bias = m.base.wrapping_sub(lowest & !0xfff);
+        let section = |name: &str| {
+            let s = obj.section_by_name(name)?;
+            let bytes = s.data().ok()?.to_vec();
+            Some((s.address()..s.address() + s.size(), bytes))
+        };
+        let range = |name: &str| {
+            obj.section_by_name(name)
+                .map(|s| s.address()..s.address() + s.size())
+        };
+        if let Some((svma, bytes)) = section(".eh_frame") {
+            info.eh_frame_svma = Some(svma);
+            info.eh_frame = Some(bytes);
+            if let Some((svma, bytes)) = section(".eh_frame_hdr") {
+                info.eh_frame_hdr_svma = Some(svma);
+                info.eh_frame_hdr = Some(bytes);
+            }
+        } else if let Some((_, bytes)) = section(".debug_frame") {
+            info.debug_frame = Some(bytes);
+        }
+        info.text_svma = range(".text");
+        info.got_svma = range(".got");
+    }
+    framehop::Module::new(m.path.clone(), m.start..m.end, bias, info)
+}
+
+/// The copy of a stack a walk reads from.
+#[derive(Default)]
+struct StackCopy {
+    /// Target address of `bytes[0]`.
+    base: u64,
+    bytes: Vec<u8>,
+    /// How many bytes of `bytes` hold stack.
+    len: usize,
+    /// The last read stopped short: there is no more stack to read.
+    exhausted: bool,
+}
+
+impl StackCopy {
+    fn start(&mut self, sp: u64, read: &mut ReadMemory<'_>) {
+        self.base = sp;
+        self.len = 0;
+        self.exhausted = false;
+        self.extend_to(FIRST_READ, read);
+    }
+
+    fn extend_to(&mut self, want: usize, read: &mut ReadMemory<'_>) {
+        let want = want.min(MAX_COPY);
+        if want <= self.len || self.exhausted {
+            return;
+        }
+        if self.bytes.len() < want {
+            self.bytes.resize(want, 0);
+        }
+        let at = self.base.wrapping_add(self.len as u64);
+        let n = read(at, &mut self.bytes[self.len..want]);
+        self.len += n.min(want - self.len);
+        if self.len < want {
+            self.exhausted = true;
+        }
+    }
+
+    /// The stack word at `addr`; reads further up the stack when needed.
+    fn word(&mut self, addr: u64, read: &mut ReadMemory<'_>) -> Result<u64, ()> {
+        let off = addr.checked_sub(self.base).ok_or(())? as usize;
+        let end = off.checked_add(8).ok_or(())?;
+        if end > self.len {
+            self.extend_to(end.max(self.len * 2), read);
+        }
+        let b = self
+            .bytes
+            .get(off..end)
+            .filter(|_| end <= self.len)
+            .ok_or(())?;
+        Ok(u64::from_le_bytes(b.try_into().map_err(|_| ())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A made-up stack of 8-byte words at `base`; counts the reads made of it.
+    struct Fake {
+        base: u64,
+        words: Vec<u64>,
+        reads: usize,
+    }
+
+    impl Fake {
+        fn read(&mut self, addr: u64, buf: &mut [u8]) -> usize {
+            self.reads += 1;
+            let bytes: Vec<u8> = self.words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let Some(off) = addr.checked_sub(self.base) else {
+                return 0;
+            };
+            let avail = bytes.len().saturating_sub(off as usize);
+            let n = avail.min(buf.len());
+            buf[..n].copy_from_slice(&bytes[off as usize..off as usize + n]);
+            n
+        }
+    }
+
+    /// A frame-pointer chain with no modules known: framehop falls back to it.
+    /// sp = 0x1000; frame records at 0x1010 and 0x1030, the last saved rbp is 0.
+    fn chain() -> Fake {
+        let mut words = vec![0u64; 8];
+        words[2] = 0x1030; // [0x1010] caller's rbp
+        words[3] = 0x6000; // [0x1018] return address
+        words[6] = 0; // [0x1030] outermost: rbp 0
+        words[7] = 0x7000; // [0x1038]
+        Fake {
+            base: 0x1000,
+            words,
+            reads: 0,
+        }
+    }
+
+    fn start() -> Start {
+        Start {
+            return_address: 0x5000,
+            sp: 0x1000,
+            frame_pointer: 0x1010,
+        }
+    }
+
+    #[test]
+    fn the_caller_is_the_first_frame_and_the_chain_follows() {
+        let mut w = StackWalker::new();
+        let mut fake = chain();
+        let mut out = Vec::new();
+        let end = w.walk(start(), &mut |a, b| fake.read(a, b), 32, &mut out);
+        assert_eq!(out, vec![0x5000, 0x6000, 0x7000]);
+        assert_eq!(end, Ending::Complete);
+        assert_eq!(fake.reads, 1, "a small stack is read once");
+    }
+
+    #[test]
+    fn depth_cuts_and_says_so() {
+        let mut w = StackWalker::new();
+        let mut fake = chain();
+        let mut out = Vec::new();
+        let end = w.walk(start(), &mut |a, b| fake.read(a, b), 2, &mut out);
+        assert_eq!(out, vec![0x5000, 0x6000]);
+        assert_eq!(end, Ending::DepthLimit);
+        // Exactly as deep as the stack: not cut.
+        let end = w.walk(start(), &mut |a, b| fake.read(a, b), 3, &mut out);
+        assert_eq!((out.len(), end), (3, Ending::Complete));
+    }
+
+    #[test]
+    fn an_unreadable_stack_keeps_the_caller() {
+        let mut w = StackWalker::new();
+        let mut out = Vec::new();
+        let end = w.walk(start(), &mut |_, _| 0, 32, &mut out);
+        assert_eq!(out, vec![0x5000]);
+        assert_eq!(end, Ending::Failed);
+    }
+
+    #[test]
+    fn the_copy_grows_only_when_asked_past_its_end() {
+        // A frame record far above the first read.
+        let far = FIRST_READ as u64 * 3;
+        let mut words = vec![0u64; (far as usize + 0x40) / 8];
+        words[(far / 8) as usize] = 0; // outermost rbp
+        words[(far / 8) as usize + 1] = 0x9000;
+        let mut fake = Fake {
+            base: 0x10000,
+            words,
+            reads: 0,
+        };
+        let s = Start {
+            return_address: 0x5000,
+            sp: 0x10000,
+            frame_pointer: 0x10000 + far,
+        };
+        let mut w = StackWalker::new();
+        let mut out = Vec::new();
+        let end = w.walk(s, &mut |a, b| fake.read(a, b), 32, &mut out);
+        assert_eq!(out, vec![0x5000, 0x9000]);
+        assert_eq!(end, Ending::Complete);
+        assert!(fake.reads > 1 && fake.reads <= 3, "{} reads", fake.reads);
+        assert!(w.last_copy_len() >= far as usize + 16);
+    }
+
+    #[test]
+    fn modules_come_and_go() {
+        let m = |path: &str, start: u64| Module {
+            path: path.into(),
+            start,
+            end: start + 0x1000,
+            base: start,
+            inode: 1,
+        };
+        let mut w = StackWalker::new();
+        let mut reads = Vec::new();
+        let mut read_file = |m: &Module| {
+            reads.push(m.path.clone());
+            None
+        };
+        w.sync(&[m("/a", 0x1000), m("/b", 0x3000)], &mut read_file);
+        w.sync(&[m("/b", 0x3000), m("/c", 0x5000)], &mut read_file);
+        assert_eq!(reads, ["/a", "/b", "/c"]);
+        assert_eq!(w.known.len(), 2);
+        assert!(w.known.iter().all(|k| k.path != "/a"));
+    }
+}
