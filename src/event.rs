@@ -85,13 +85,18 @@ pub enum Event {
 }
 
 /// Every distinct stack seen, stored once. A stack is a list of return addresses,
-/// innermost (the allocator's caller) first.
+/// innermost (the allocator's caller) first, and the module generation it was taken
+/// in: the same addresses before and after a library was unloaded and another mapped
+/// in its place are different stacks.
 #[derive(Default, Debug)]
 pub struct StackTable {
+    /// Each stack as `[generation, frames...]`: one allocation, and the interning key.
     stacks: Vec<Box<[u64]>>,
     index: HashMap<Box<[u64]>, StackId>,
-    /// How many interned stacks were cut short (depth limit or failed unwind).
+    /// Which interned stacks were cut short (depth limit or failed unwind).
     truncated: Vec<bool>,
+    /// Reused buffer for building a key.
+    key: Vec<u64>,
 }
 
 impl StackTable {
@@ -99,12 +104,17 @@ impl StackTable {
         Self::default()
     }
 
-    pub fn intern(&mut self, frames: &[u64], truncated: bool) -> StackId {
-        if let Some(&id) = self.index.get(frames) {
+    /// The id of `frames` taken in module generation `generation` (see
+    /// [`crate::symbols::Symbolizer::update_modules`]).
+    pub fn intern(&mut self, frames: &[u64], truncated: bool, generation: u32) -> StackId {
+        self.key.clear();
+        self.key.push(u64::from(generation));
+        self.key.extend_from_slice(frames);
+        if let Some(&id) = self.index.get(&self.key[..]) {
             return id;
         }
         let id = StackId(self.stacks.len() as u32);
-        let boxed: Box<[u64]> = frames.into();
+        let boxed: Box<[u64]> = self.key[..].into();
         self.stacks.push(boxed.clone());
         self.truncated.push(truncated);
         self.index.insert(boxed, id);
@@ -114,8 +124,16 @@ impl StackTable {
     pub fn get(&self, id: StackId) -> &[u64] {
         self.stacks
             .get(id.0 as usize)
-            .map(|b| &b[..])
+            .map(|b| &b[1..])
             .unwrap_or(&[])
+    }
+
+    /// The module generation the stack was taken in.
+    pub fn generation(&self, id: StackId) -> u32 {
+        self.stacks
+            .get(id.0 as usize)
+            .map(|b| b[0] as u32)
+            .unwrap_or(0)
     }
 
     pub fn is_truncated(&self, id: StackId) -> bool {
@@ -129,11 +147,6 @@ impl StackTable {
     pub fn is_empty(&self) -> bool {
         self.stacks.is_empty()
     }
-
-    /// Every distinct return address, for symbolizing once per address.
-    pub fn addresses(&self) -> impl Iterator<Item = u64> + '_ {
-        self.stacks.iter().flat_map(|s| s.iter().copied())
-    }
 }
 
 #[cfg(test)]
@@ -143,14 +156,19 @@ mod tests {
     #[test]
     fn identical_stacks_share_an_id() {
         let mut t = StackTable::new();
-        let a = t.intern(&[1, 2, 3], false);
-        let b = t.intern(&[1, 2, 4], false);
-        let c = t.intern(&[1, 2, 3], false);
+        let a = t.intern(&[1, 2, 3], false, 0);
+        let b = t.intern(&[1, 2, 4], false, 0);
+        let c = t.intern(&[1, 2, 3], false, 0);
         assert_eq!(a, c);
         assert_ne!(a, b);
         assert_eq!(t.get(b), &[1, 2, 4]);
         assert_eq!(t.len(), 2);
         assert!(t.get(StackId(99)).is_empty());
+        // The same addresses after a library came and went are another stack.
+        let later = t.intern(&[1, 2, 3], false, 1);
+        assert_ne!(later, a);
+        assert_eq!((t.generation(a), t.generation(later)), (0, 1));
+        assert_eq!(t.get(later), t.get(a));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use memtrace::cli::{Cli, Command, LaunchArgs};
-use memtrace::event::{Event, StackTable};
+use memtrace::event::Event;
 use memtrace::heap::Heap;
 use memtrace::maps::Module;
 use memtrace::report::{self, End, Target};
@@ -28,10 +28,10 @@ impl Sink for Collector {
         }
         self.heap.apply(&ev);
     }
-    fn modules(&mut self, pid: i32, modules: &[Module], stacks: &StackTable) {
+    fn modules(&mut self, pid: i32, modules: &[Module], generation: u32) {
         self.sym
             .get_or_insert_with(|| Symbolizer::new(pid))
-            .update_modules(modules, stacks.addresses());
+            .update_modules(modules, generation);
     }
 }
 

@@ -81,13 +81,16 @@ impl Module {
 }
 
 /// Groups file mappings into modules: consecutive mappings of one file (by path and
-/// inode) form one module, starting at its offset-0 mapping.
+/// inode) form one module, starting at its offset-0 mapping. Only files with code
+/// mapped are modules: `/etc/ld.so.cache` or a locale archive mapped for reading is
+/// data, and its coming and going means nothing to stacks.
 pub fn modules(maps: &[Mapping]) -> Vec<Module> {
-    let mut out: Vec<Module> = Vec::new();
+    let mut out: Vec<(Module, bool)> = Vec::new();
     for m in maps.iter().filter(|m| m.is_file()) {
         match out.last_mut() {
-            Some(last) if last.path == m.path && last.inode == m.inode && m.offset != 0 => {
+            Some((last, code)) if last.path == m.path && last.inode == m.inode && m.offset != 0 => {
                 last.end = last.end.max(m.end);
+                *code |= m.exec;
             }
             _ => {
                 if m.offset != 0 {
@@ -95,17 +98,21 @@ pub fn modules(maps: &[Mapping]) -> Vec<Module> {
                     // at an offset): not a loaded object.
                     continue;
                 }
-                out.push(Module {
+                let module = Module {
                     path: m.path.clone(),
                     start: m.start,
                     end: m.end,
                     base: m.start,
                     inode: m.inode,
-                });
+                };
+                out.push((module, m.exec));
             }
         }
     }
-    out
+    out.into_iter()
+        .filter(|(_, code)| *code)
+        .map(|(m, _)| m)
+        .collect()
 }
 
 /// The path through which memtrace opens a file the target has mapped: through
@@ -152,6 +159,18 @@ garbage line
         assert_eq!(mods[1].file_name(), "libc.so.6");
         assert!(mods[1].contains(0x7f1c2a100000));
         assert!(!mods[1].contains(0x7f1c2a300000));
+    }
+
+    #[test]
+    fn data_files_are_not_modules() {
+        let maps = parse_maps(
+            "1000-9000 r--p 00000000 fe:01 5 /etc/ld.so.cache\n\
+             a000-b000 r--p 00000000 fe:01 6 /lib/x.so\n\
+             b000-c000 r-xp 00001000 fe:01 6 /lib/x.so\n",
+        );
+        let mods = modules(&maps);
+        assert_eq!(mods.len(), 1);
+        assert_eq!(mods[0].path, "/lib/x.so");
     }
 
     #[test]

@@ -6,11 +6,11 @@
 //! `.gnu_debuglink`, as `libc6-dbg` installs them), and falls back to the nearest ELF
 //! symbol when there is no line information. Results are cached per address.
 //!
-//! Modules are remembered for the whole trace, so addresses recorded while a library was
-//! mapped still resolve after `dlclose`. When a library goes, [`Symbolizer::update_modules`]
-//! resolves the recorded addresses inside it at once, before another library can be
-//! mapped at the same addresses; later lookups of a range that two modules have held
-//! go to the newest one. An exec starts over ([`Symbolizer::reset`]).
+//! Modules are remembered for the whole trace, files held open, so addresses recorded
+//! while a library was mapped still resolve after `dlclose`. Each module has a
+//! lifetime in module generations (the tracer starts a new generation whenever an
+//! object is unloaded), and a stack is symbolized in the generation it was taken in:
+//! a library mapped where an unloaded one was cannot take the old one's frames.
 
 use crate::maps::{target_path, Module};
 use addr2line::Loader;
@@ -62,8 +62,16 @@ struct Entry {
     file: Option<File>,
     /// Parsed on first lookup; `Some(None)` when the object could not be read.
     loaded: Option<Option<Loaded>>,
-    /// Still in the target's module list.
-    mapped: bool,
+    /// The first module generation it was mapped in.
+    since: u32,
+    /// The generation in which it was found unloaded; None while mapped.
+    until: Option<u32>,
+}
+
+impl Entry {
+    fn alive_in(&self, generation: u32) -> bool {
+        self.since <= generation && self.until.is_none_or(|u| generation < u)
+    }
 }
 
 struct Loaded {
@@ -81,7 +89,10 @@ pub struct Symbolizer {
     pid: Option<i32>,
     /// Every module ever added, oldest first.
     entries: Vec<Entry>,
-    cache: HashMap<u64, Vec<Frame>>,
+    /// Frames per (entry, address).
+    cache: HashMap<(usize, u64), Vec<Frame>>,
+    /// The generation of the latest module list.
+    generation: u32,
 }
 
 impl Symbolizer {
@@ -91,6 +102,7 @@ impl Symbolizer {
             pid: Some(pid),
             entries: Vec::new(),
             cache: HashMap::new(),
+            generation: 0,
         }
     }
 
@@ -101,6 +113,7 @@ impl Symbolizer {
             pid: None,
             entries: Vec::new(),
             cache: HashMap::new(),
+            generation: 0,
         };
         s.add_modules(modules);
         s
@@ -114,35 +127,35 @@ impl Symbolizer {
         }
     }
 
-    /// The target's module list changed to `modules`. Every address of `recorded` that
-    /// lies in a module no longer listed is resolved now, against that module, so that
-    /// a library mapped later at the same place cannot take its frames.
-    pub fn update_modules(&mut self, modules: &[Module], recorded: impl Iterator<Item = u64>) {
-        let gone: Vec<usize> = (0..self.entries.len())
-            .filter(|&i| {
-                let e = &self.entries[i];
-                e.mapped && !modules.iter().any(|m| same_object(&e.module, m))
-            })
-            .collect();
-        if !gone.is_empty() {
-            for address in recorded {
-                if self.cache.contains_key(&address) {
-                    continue;
-                }
-                if let Some(&i) = gone
-                    .iter()
-                    .rev()
-                    .find(|&&i| self.entries[i].module.contains(address))
-                {
-                    let frames = self.lookup(i, address);
-                    self.cache.insert(address, frames);
-                }
-            }
-            for i in gone {
-                self.entries[i].mapped = false;
+    /// The target's module list is `modules` as of module generation `generation`
+    /// (which never decreases): objects no longer listed end their lifetime there.
+    pub fn update_modules(&mut self, modules: &[Module], generation: u32) {
+        self.generation = self.generation.max(generation);
+        for e in &mut self.entries {
+            if e.until.is_none() && !modules.iter().any(|m| same_object(&e.module, m)) {
+                e.until = Some(self.generation);
             }
         }
-        self.add_modules(modules);
+        for m in modules {
+            let alive = self
+                .entries
+                .iter_mut()
+                .find(|e| e.until.is_none() && same_object(&e.module, m));
+            if let Some(e) = alive {
+                // ld.so maps an object in steps: a list read mid-way has a shorter range.
+                e.module.start = e.module.start.min(m.start);
+                e.module.end = e.module.end.max(m.end);
+                continue;
+            }
+            let file = File::open(self.host_path(&m.path)).ok();
+            self.entries.push(Entry {
+                module: m.clone(),
+                file,
+                loaded: None,
+                since: self.generation,
+                until: None,
+            });
+        }
     }
 
     /// The target executed a new program: no earlier module or address means anything.
@@ -151,45 +164,36 @@ impl Symbolizer {
         self.cache.clear();
     }
 
-    /// Records the target's current modules. Modules that have disappeared since are
-    /// kept (see the module documentation).
+    /// Records the target's current modules: a new generation when one has gone.
     pub fn add_modules(&mut self, modules: &[Module]) {
-        for m in modules {
-            let same = self.entries.iter_mut().find(|e| same_object(&e.module, m));
-            if let Some(e) = same {
-                // ld.so maps an object in steps: a list read mid-way has a shorter range.
-                e.module.start = e.module.start.min(m.start);
-                e.module.end = e.module.end.max(m.end);
-                e.mapped = true;
-                continue;
-            }
-            let file = File::open(self.host_path(&m.path)).ok();
-            self.entries.push(Entry {
-                module: m.clone(),
-                file,
-                loaded: None,
-                mapped: true,
-            });
-        }
+        let gone = self
+            .entries
+            .iter()
+            .any(|e| e.until.is_none() && !modules.iter().any(|m| same_object(&e.module, m)));
+        self.update_modules(modules, self.generation + u32::from(gone));
     }
 
-    /// The frames at return address `address`, innermost first: inlined frames have
-    /// `inlined: true`, the last one is the real function.
+    /// The frames at return address `address` as the latest module list has it,
+    /// innermost first: inlined frames have `inlined: true`, the last one is the real
+    /// function.
     pub fn symbolize(&mut self, address: u64) -> Vec<Frame> {
-        if let Some(frames) = self.cache.get(&address) {
-            return frames.clone();
-        }
-        // Newest module first: it replaces older ones mapped at the same range.
+        self.symbolize_in(address, self.generation)
+    }
+
+    /// The frames at `address` in a stack taken in module generation `generation`.
+    pub fn symbolize_in(&mut self, address: u64, generation: u32) -> Vec<Frame> {
         let Some(idx) = self
             .entries
             .iter()
-            .rposition(|e| e.module.contains(address))
+            .rposition(|e| e.module.contains(address) && e.alive_in(generation))
         else {
-            // Not cached: the module may be added later.
             return vec![Frame::unknown(address, None)];
         };
+        if let Some(frames) = self.cache.get(&(idx, address)) {
+            return frames.clone();
+        }
         let frames = self.lookup(idx, address);
-        self.cache.insert(address, frames.clone());
+        self.cache.insert((idx, address), frames.clone());
         frames
     }
 
@@ -211,7 +215,14 @@ impl Symbolizer {
             Some(outer) if outer.function.is_none() => {
                 outer.function = loaded.symbol(probe).map(|(name, _)| name);
             }
-            Some(_) => {}
+            // A C++ or Rust function: its symbol spells the full signature
+            // (`Widget* make_one<Widget>()`) where DWARF has only `make_one<Widget>`,
+            // and it is what valgrind and gdb print.
+            Some(outer) => {
+                if let Some((raw, _)) = loaded.raw_symbol(probe).filter(|(n, _)| is_mangled(n)) {
+                    outer.function = Some(demangle(&raw));
+                }
+            }
             None => {
                 let mut f = Frame::unknown(address, None);
                 if let Some((name, start)) = loaded.symbol(probe) {
@@ -237,12 +248,22 @@ fn same_object(a: &Module, b: &Module) -> bool {
 impl Loaded {
     /// Nearest symbol containing `probe` (a file address): demangled name and start.
     fn symbol(&self, probe: u64) -> Option<(String, u64)> {
+        self.raw_symbol(probe).map(|(n, a)| (demangle(&n), a))
+    }
+
+    /// The same, with the name as the symbol table spells it.
+    fn raw_symbol(&self, probe: u64) -> Option<(String, u64)> {
         let from = |l: &Loader| {
             l.find_symbol_info(probe)
-                .map(|s| (demangle(s.name()), s.address()))
+                .map(|s| (s.name().to_string(), s.address()))
         };
         from(&self.primary).or_else(|| self.secondary.as_ref().and_then(from))
     }
+}
+
+/// An Itanium C++ (`_Z`) or Rust v0 (`_R`) mangled name.
+fn is_mangled(name: &str) -> bool {
+    name.starts_with("_Z") || name.starts_with("_R")
 }
 
 /// Every frame addr2line knows at `probe`, innermost first; empty without DWARF there.
@@ -596,12 +617,17 @@ int main(int argc, char **argv) { // MAIN
         };
         let (main, _) = symbol(&bin, "main");
         let mut s = Symbolizer::new(std::process::id() as i32);
-        s.add_modules(&[module(&bin, 0x40_0000)]);
+        s.update_modules(&[module(&bin, 0x40_0000)], 0);
         // dlclose: the next list no longer has it; the file is even gone.
-        s.add_modules(&[]);
+        s.update_modules(&[], 1);
         std::fs::remove_file(&bin).expect("remove test binary");
-        let f = s.symbolize(main + 1);
+        let f = s.symbolize_in(main + 1, 0);
         assert_eq!(f[0].function.as_deref(), Some("main"));
+        // A stack taken after it went does not resolve into it.
+        assert_eq!(
+            s.symbolize_in(main + 1, 1),
+            vec![Frame::unknown(main + 1, None)]
+        );
     }
 
     #[test]
@@ -620,12 +646,11 @@ int main(int argc, char **argv) { // MAIN
         };
         let (main_a, _) = symbol(&a, "main");
         let mut s = Symbolizer::new(std::process::id() as i32);
-        s.update_modules(&[module(&a, 0x40_0000)], std::iter::empty());
-        // `a` goes; `b` comes at the same place. The address recorded in `a` is
-        // resolved as `a` went.
-        s.update_modules(&[], [main_a + 1].into_iter());
-        s.update_modules(&[module(&b, 0x40_0000)], std::iter::empty());
-        let f = s.symbolize(main_a + 1);
+        s.update_modules(&[module(&a, 0x40_0000)], 0);
+        // `a` goes (generation 1); `b` comes at the same place.
+        s.update_modules(&[], 1);
+        s.update_modules(&[module(&b, 0x40_0000)], 1);
+        let f = s.symbolize_in(main_a + 1, 0);
         assert_eq!(
             f.last()
                 .and_then(|f| f.file.as_deref())
@@ -633,16 +658,12 @@ int main(int argc, char **argv) { // MAIN
             Some(true),
             "{f:?}"
         );
-        // Without the recorded address, the newest module answers.
-        let mut s = Symbolizer::new(std::process::id() as i32);
-        s.update_modules(&[module(&a, 0x40_0000)], std::iter::empty());
-        s.update_modules(&[], std::iter::empty());
-        s.update_modules(&[module(&b, 0x40_0000)], std::iter::empty());
-        let f = s.symbolize(main_a + 1);
+        let f = s.symbolize_in(main_a + 1, 1);
         assert_eq!(
             f.last().and_then(|f| f.object.clone()),
             Some(b.to_string_lossy().into_owned())
         );
+        assert_eq!(s.symbolize(main_a + 1), f, "the latest generation is b's");
     }
 
     #[test]

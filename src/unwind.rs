@@ -36,13 +36,19 @@ pub struct Start {
     /// The stack pointer once the allocator has returned.
     pub sp: u64,
     pub frame_pointer: u64,
+    /// Where the stack began: for the main thread, the process's first stack pointer
+    /// (the word holding argc); 0 when unknown. See [`Ending::Complete`].
+    pub stack_top: u64,
 }
 
 /// How a walk ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ending {
     /// The unwind information said this is the outermost frame (`_start`, a thread's
-    /// `clone3`), or the frame-pointer chain ended with a zero.
+    /// `clone3`), or the frame-pointer chain ended with a zero, or the walk stopped
+    /// with the stack pointer at the stack's top: the dynamic loader's entry code
+    /// (which runs the constructors of the libraries loaded at start) has no unwind
+    /// information, and nothing lies above it.
     Complete,
     /// `depth` frames were taken and there were more.
     DepthLimit,
@@ -156,6 +162,7 @@ impl StackWalker {
                     None => return Ending::Complete,
                 },
                 Ok(None) => return Ending::Complete,
+                Err(_) if at_top(regs.sp(), start.stack_top) => return Ending::Complete,
                 Err(_) => return Ending::Failed,
             }
         }
@@ -165,6 +172,14 @@ impl StackWalker {
     pub fn last_copy_len(&self) -> usize {
         self.copy.len
     }
+}
+
+/// How close to the top of the stack a frame's stack pointer must be to be the
+/// outermost frame: the loader's entry aligns the stack down before its one call.
+const TOP_SLACK: u64 = 64;
+
+fn at_top(sp: u64, top: u64) -> bool {
+    top != 0 && sp.abs_diff(top) <= TOP_SLACK
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -311,6 +326,7 @@ mod tests {
             return_address: 0x5000,
             sp: 0x1000,
             frame_pointer: 0x1010,
+            stack_top: 0,
         }
     }
 
@@ -339,6 +355,24 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_at_the_stack_top_is_the_end() {
+        // The chain's second record is garbage (it points down the stack), right at
+        // the top of the stack.
+        let mut fake = chain();
+        fake.words[6] = 0x1008;
+        let mut w = StackWalker::new();
+        let mut out = Vec::new();
+        let end = w.walk(start(), &mut |a, b| fake.read(a, b), 32, &mut out);
+        assert_eq!((out.len(), end), (3, Ending::Failed));
+        let top = Start {
+            stack_top: 0x1040,
+            ..start()
+        };
+        let end = w.walk(top, &mut |a, b| fake.read(a, b), 32, &mut out);
+        assert_eq!((out.len(), end), (3, Ending::Complete));
+    }
+
+    #[test]
     fn an_unreadable_stack_keeps_the_caller() {
         let mut w = StackWalker::new();
         let mut out = Vec::new();
@@ -363,6 +397,7 @@ mod tests {
             return_address: 0x5000,
             sp: 0x10000,
             frame_pointer: 0x10000 + far,
+            stack_top: 0,
         };
         let mut w = StackWalker::new();
         let mut out = Vec::new();

@@ -6,9 +6,10 @@
 mod common;
 
 use common::cases::{check_sites, valgrind_sites};
-use common::markers::parse_expected_totals;
+use common::markers::{frame_markers, parse_expected_totals, parse_frame_markers, FrameMarker};
+use common::stacks::compare_stacks;
 use common::valgrind::{Lost, VgFrame};
-use common::{parse_markers, parse_valgrind, Marker, Totals};
+use common::{parse_markers, parse_valgrind, Frame, Leak, Marker, Totals};
 
 fn log(name: &str) -> String {
     let path = common::manifest_dir()
@@ -322,6 +323,7 @@ fn every_fixture_marker_parses() {
         let path = entry.expect("an entry").path();
         if matches!(path.extension().and_then(|e| e.to_str()), Some("c" | "cc")) {
             total += common::markers(&path).len();
+            frame_markers(&path);
         }
     }
     assert!(total > 20, "only {total} markers in fixtures/");
@@ -382,4 +384,105 @@ fn crafted_elf32_is_a_32_bit_elf() {
     assert_eq!(&bytes[..5], b"\x7fELF\x01");
     let not_elf = std::fs::read(common::crafted(common::Crafted::NotElf)).expect("written");
     assert!(!not_elf.starts_with(b"\x7fELF") && !not_elf.starts_with(b"#!"));
+}
+
+/// A valgrind record with whole stacks (`--num-callers=64 --show-below-main=yes`), as
+/// captured on this machine, against leak entries built by hand.
+const WHOLE_STACK_LOG: &str = "\
+==27797== HEAP SUMMARY:
+==27797==     in use at exit: 30 bytes in 1 blocks
+==27797==   total heap usage: 2 allocs, 1 frees, 130 bytes allocated
+==27797== 
+==27797== 30 bytes in 1 blocks are definitely lost in loss record 1 of 1
+==27797==    at 0x48417B4: malloc (in /usr/libexec/valgrind/vgpreload_memcheck-amd64-linux.so)
+==27797==    by 0x109174: main (leak.c:12)
+==27797==    by 0x4882249: __libc_start_call_main (libc_start_call_main.h:58)
+==27797==    by 0x4882304: __libc_start_main@@GLIBC_2.34 (libc-start.c:360)
+==27797==    by 0x109080: _start (in /tmp/t/leak)
+==27797==    by 0x1FFF000797: ???
+==27797==    by 0x37: ???
+==27797== 
+==27797== LEAK SUMMARY:
+==27797==    definitely lost: 30 bytes in 1 blocks
+==27797==    indirectly lost: 0 bytes in 0 blocks
+==27797==      possibly lost: 0 bytes in 0 blocks
+==27797==    still reachable: 0 bytes in 0 blocks
+==27797==         suppressed: 0 bytes in 0 blocks
+";
+
+fn frame(function: Option<&str>, file: Option<&str>, line: Option<u64>, object: &str) -> Frame {
+    Frame {
+        address: "0x1".into(),
+        function: function.map(String::from),
+        file: file.map(String::from),
+        line,
+        object: Some(object.into()),
+    }
+}
+
+#[test]
+fn whole_stacks_against_valgrind() {
+    let v = parse_valgrind(WHOLE_STACK_LOG).expect("parses");
+    let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+    let leak = Leak {
+        kind: "unclassified".into(),
+        blocks: 1,
+        bytes: 30,
+        stack: vec![
+            frame(Some("main"), Some("/src/leak.c"), Some(12), "/tmp/t/leak"),
+            frame(
+                Some("__libc_start_call_main"),
+                Some("libc_start_call_main.h"),
+                Some(58),
+                libc,
+            ),
+            frame(
+                Some("__libc_start_main_impl"),
+                Some("libc-start.c"),
+                Some(360),
+                libc,
+            ),
+            frame(Some("_start"), None, None, "/tmp/t/leak"),
+        ],
+    };
+    compare_stacks(std::slice::from_ref(&leak), &v.records).expect("the same stack");
+
+    let mut short = leak.clone();
+    short.stack.pop();
+    assert!(
+        compare_stacks(&[short], &v.records).is_err(),
+        "a lost frame is seen"
+    );
+    let mut moved = leak.clone();
+    moved.stack[1].line = Some(59);
+    assert!(
+        compare_stacks(&[moved], &v.records).is_err(),
+        "a wrong line is seen"
+    );
+    let mut more = leak.clone();
+    more.blocks = 2;
+    assert!(
+        compare_stacks(&[more], &v.records).is_err(),
+        "a wrong count is seen"
+    );
+    assert!(
+        compare_stacks(&[], &v.records).is_err(),
+        "a missing leak is seen"
+    );
+}
+
+#[test]
+fn frame_markers_parse() {
+    let text = "a\n    x = f(n - 1); /* FRAME: 50 descend */\n";
+    assert_eq!(
+        parse_frame_markers("s.c", text),
+        Ok(vec![FrameMarker {
+            file: "s.c".into(),
+            line: 2,
+            count: 50,
+            function: "descend".into()
+        }])
+    );
+    assert!(parse_frame_markers("s.c", "/* FRAME: many descend */").is_err());
+    assert!(parse_frame_markers("s.c", "/* FRAME: 2 */").is_err());
 }

@@ -1,4 +1,4 @@
-//! Options of `memtrace launch`: `--error-exitcode`, `--depth`.
+//! Options of `memtrace launch`: `--error-exitcode`, `--depth` (see also `stacks.rs`).
 
 mod common;
 
@@ -30,9 +30,8 @@ fn error_exitcode_on_a_clean_program_keeps_its_status() {
     }
 }
 
-/// `--depth N` (a contract option) is accepted and the report stays right. Only the
-/// caller frame is recorded until full stacks exist, so the frame limit itself has
-/// nothing to cut yet; its test comes with unwinding.
+/// `--depth 1` and `2` keep the allocator's caller, so leak sites stay where the
+/// markers say. How `--depth` cuts longer stacks is tested in `stacks.rs`.
 #[test]
 fn depth_is_accepted() {
     for depth in [1usize, 2] {

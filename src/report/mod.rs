@@ -155,7 +155,7 @@ pub fn build(
             kind: "unclassified".into(),
             blocks: g.blocks,
             bytes: g.bytes,
-            stack: symbolize_stack(stacks.get(g.stack), sym),
+            stack: symbolize_stack(stacks, g.stack, sym),
         })
         .collect();
     let uncounted = heap.uncounted();
@@ -180,10 +180,12 @@ pub fn build(
 }
 
 /// One JSON frame per source frame: inlined frames are expanded, sharing the address.
-pub fn symbolize_stack(addresses: &[u64], sym: &mut Symbolizer) -> Vec<JsonFrame> {
-    addresses
+pub fn symbolize_stack(stacks: &StackTable, id: StackId, sym: &mut Symbolizer) -> Vec<JsonFrame> {
+    let generation = stacks.generation(id);
+    stacks
+        .get(id)
         .iter()
-        .flat_map(|&a| sym.symbolize(a))
+        .flat_map(|&a| sym.symbolize_in(a, generation))
         .map(JsonFrame::from)
         .collect()
 }
@@ -345,8 +347,8 @@ mod tests {
     #[test]
     fn build_keeps_totals_and_order() {
         let mut stacks = StackTable::new();
-        let small = stacks.intern(&[0x10, 0x20], false);
-        let big = stacks.intern(&[0x30], true);
+        let small = stacks.intern(&[0x10, 0x20], false, 0);
+        let big = stacks.intern(&[0x30], true, 0);
         let mut heap = Heap::new();
         for ev in [
             alloc(0x100, 8, small),

@@ -43,7 +43,7 @@ impl Tracer<'_> {
             self.stats.nested_calls += 1;
             return;
         }
-        let stack = self.capture_stack(regs, ret_addr);
+        let stack = self.capture_stack(tid, regs, ret_addr);
         let internal = self.image.is_internal(ret_addr);
         let args = [
             Native::arg(regs, 0),
@@ -114,11 +114,16 @@ impl Tracer<'_> {
 
     /// Unwinds the calling thread's stack from the allocator's entry and interns it.
     /// The first frame is `ret_addr`, whatever the unwinder makes of the rest.
-    fn capture_stack(&mut self, regs: &Regs, ret_addr: u64) -> StackId {
+    fn capture_stack(&mut self, tid: Tid, regs: &Regs, ret_addr: u64) -> StackId {
         let start = Start {
             return_address: ret_addr,
             sp: Native::sp_after_return(Native::sp(regs)),
             frame_pointer: Native::frame_pointer(regs),
+            stack_top: if tid == self.pid {
+                self.image.stack_top
+            } else {
+                0
+            },
         };
         let mem = &self.mem;
         let ending = self.walker.walk(
@@ -127,7 +132,8 @@ impl Tracer<'_> {
             self.depth,
             &mut self.frame_buf,
         );
-        self.stacks.intern(&self.frame_buf, ending.truncated())
+        self.stacks
+            .intern(&self.frame_buf, ending.truncated(), self.generation)
     }
 
     /// Turns every call that has returned through its stub since the last stop into

@@ -22,6 +22,8 @@ pub struct Image {
     entry: u64,
     is_static: bool,
     modules: Vec<Module>,
+    /// The main thread's first stack pointer (where argc is): the top of its stack.
+    pub stack_top: u64,
     /// Code ranges whose frees are the allocator's own bookkeeping, not the program's.
     internal: Vec<(u64, u64)>,
 }
@@ -70,6 +72,14 @@ fn read_auxv(pid: i32) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// `startstack` of `/proc/PID/stat`: the main thread's stack pointer at exec.
+fn start_stack(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(28 - 3)?.parse().ok()
+}
+
 fn role_of(m: &Module, image: &Image) -> Option<Role> {
     let name = m.file_name();
     if image.is_static && m.contains(image.entry) {
@@ -106,6 +116,7 @@ impl Tracer<'_> {
         let auxv = read_auxv(self.pid);
         let get = |k| auxv.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
         self.image.entry = get(AT_ENTRY).unwrap_or(0);
+        self.image.stack_top = start_stack(self.pid).unwrap_or(0);
         let loader_base = get(AT_BASE).unwrap_or(0);
         self.image.is_static = loader_base == 0;
         if loader_base != 0 {
@@ -164,8 +175,11 @@ impl Tracer<'_> {
                 std::fs::read(maps::target_path(pid, &m.path)).ok()
             });
         }
+        if !gone.is_empty() {
+            self.generation += 1;
+        }
         if !gone.is_empty() || !new.is_empty() {
-            self.sink.modules(self.pid, &now, &self.stacks);
+            self.sink.modules(self.pid, &now, self.generation);
         }
         self.image.modules = now;
     }

@@ -31,9 +31,10 @@ pub const DEFAULT_DEPTH: usize = 32;
 pub trait Sink {
     fn event(&mut self, ev: Event);
     /// The loaded objects of process `pid` changed (start, dlopen, dlclose, exec).
-    /// Called before an unloaded object's addresses can be reused, with every stack
-    /// recorded so far (to resolve the frames of an object that has gone).
-    fn modules(&mut self, pid: i32, modules: &[Module], stacks: &StackTable);
+    /// `generation` is the module generation from now on: it grows each time an
+    /// object is unloaded, and every stack is interned with the generation it was
+    /// taken in, so that its addresses are read against the objects of that time.
+    fn modules(&mut self, pid: i32, modules: &[Module], generation: u32);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +120,8 @@ pub struct Tracer<'s> {
     depth: usize,
     /// Reused buffer for one stack's return addresses.
     frame_buf: Vec<u64>,
+    /// Module generation: one more each time an object is unloaded (see [`Sink`]).
+    generation: u32,
     pub stacks: StackTable,
     pub stats: TraceStats,
     /// How long to poll for the next stop before sleeping (see `ptrace::wait_any`).
@@ -162,6 +165,7 @@ impl<'s> Tracer<'s> {
             walker: StackWalker::new(),
             depth: DEFAULT_DEPTH,
             frame_buf: Vec::new(),
+            generation: 0,
             stacks: StackTable::new(),
             stats: TraceStats::default(),
             spin: std::time::Duration::ZERO,

@@ -15,6 +15,7 @@ use super::build::{build_fixture, build_shared, fixture_source, DEBUG, OPTIMIZED
 use super::markers::{markers, Marker};
 use super::process::{run_memtrace, run_native, Exit, Run, Target};
 use super::report::{self, Leak};
+use super::stacks::compare_stacks;
 use super::valgrind::{run_valgrind_with, Valgrind};
 
 /// A fixture, its build flags, its arguments, and the sources whose markers apply.
@@ -159,6 +160,20 @@ pub fn kinds() -> Case {
 }
 pub fn signals_handled() -> Case {
     Case::new("signals_handled", DEBUG)
+}
+/// Whole stacks: a 50-deep recursion and an inlined helper (run with `--depth 64`).
+pub fn stacks() -> Case {
+    Case::new("stacks", DEBUG)
+}
+pub fn stacks_o2() -> Case {
+    Case::new("stacks", OPTIMIZED)
+}
+/// C++ names in stacks: a template, a class template's member, a lambda.
+pub fn stacks_cxx() -> Case {
+    Case::new("stacks_cxx", DEBUG)
+}
+pub fn stacks_cxx_o2() -> Case {
+    Case::new("stacks_cxx", OPTIMIZED)
 }
 pub fn leak_o2() -> Case {
     Case::new("leak", OPTIMIZED)
@@ -358,6 +373,12 @@ pub fn check_memtrace(case: &Case) -> Run {
         target.display(),
         run.stderr
     );
+    if let Err(problems) = compare_stacks(&report::leaks(report), &valgrind.records) {
+        panic!(
+            "{}: memtrace's leak stacks differ from valgrind's:\n{problems}",
+            target.display()
+        );
+    }
     run
 }
 

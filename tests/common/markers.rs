@@ -123,3 +123,53 @@ pub fn expected_totals(source: &Path) -> Option<Totals> {
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", source.display()));
     parse_expected_totals(&text).unwrap_or_else(|e| panic!("{}: {e}", source.display()))
 }
+
+/// One `FRAME: <count> <function>` marker: a leak's stack passes through this line
+/// `count` times in a row, in `function` (the function as the report names it,
+/// compared up to its first `(` so that C++ parameters need not be spelled).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameMarker {
+    pub file: String,
+    pub line: u32,
+    pub count: usize,
+    pub function: String,
+}
+
+/// Parses the `FRAME:` markers of one source text.
+pub fn parse_frame_markers(file: &str, text: &str) -> Result<Vec<FrameMarker>, String> {
+    let mut found = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let Some(at) = line.find("FRAME:") else {
+            continue;
+        };
+        let where_ = format!("{file}:{}", index + 1);
+        let rest = &line[at + "FRAME:".len()..];
+        let rest = rest.split("*/").next().unwrap_or(rest);
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let [count, function] = words[..] else {
+            return Err(format!(
+                "{where_}: FRAME marker is not `<count> <function>`"
+            ));
+        };
+        found.push(FrameMarker {
+            file: file.to_string(),
+            line: u32::try_from(index + 1).map_err(|_| format!("{where_}: line too far"))?,
+            count: count
+                .parse()
+                .map_err(|_| format!("{where_}: FRAME count {count:?} is not a number"))?,
+            function: function.to_string(),
+        });
+    }
+    Ok(found)
+}
+
+/// The `FRAME:` markers of a source file.
+pub fn frame_markers(source: &Path) -> Vec<FrameMarker> {
+    let text = fs::read_to_string(source)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", source.display()));
+    let name = source
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    parse_frame_markers(name, &text).unwrap_or_else(|e| panic!("{e}"))
+}

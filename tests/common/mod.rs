@@ -39,6 +39,7 @@ pub mod cases;
 pub mod markers;
 pub mod process;
 pub mod report;
+pub mod stacks;
 pub mod valgrind;
 
 pub use build::{build_fixture, build_shared, build_stripped, crafted, Crafted, DEBUG, OPTIMIZED};

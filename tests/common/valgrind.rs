@@ -325,6 +325,9 @@ fn valgrind_once(extra: &[&str], target: &Target) -> Valgrind {
         // A real process never frees glibc's and libstdc++'s own blocks at exit.
         .arg("--run-libc-freeres=no")
         .arg("--run-cxx-freeres=no")
+        // Whole stacks, named down to _start, to compare with memtrace's.
+        .arg("--num-callers=64")
+        .arg("--show-below-main=yes")
         .arg(format!("--log-file={}", log_path.display()))
         .args(extra)
         .arg(&target.program)
