@@ -6,7 +6,10 @@
 #
 # Builds fixtures/churn.c (-O2) and memtrace (release), then times, side by side in
 # one run: the workload natively, under memtrace, valgrind (memcheck), heaptrack and
-# ltrace, with 1 thread and with 4 threads. Each tool gets an iteration count that
+# ltrace, with 1 thread and with 4 threads. Then the cost of full stacks: the same
+# workload STACK_DEPTH calls deep under memtrace with every frame (the default
+# --depth 32) and with --depth 1 (the caller only), and memtrace's own measure of the
+# time it spent unwinding (trace.unwind_ns in its JSON report). Each tool gets an iteration count that
 # keeps it to a few seconds (ltrace is very slow); results are per allocator call, so
 # the counts do not need to match:
 #
@@ -33,6 +36,8 @@ VALGRIND_ITERATIONS=${VALGRIND_ITERATIONS:-1000000}
 HEAPTRACK_ITERATIONS=${HEAPTRACK_ITERATIONS:-1000000}
 LTRACE_ITERATIONS=${LTRACE_ITERATIONS:-2000}
 THREAD_VARIANTS=${THREAD_VARIANTS:-"1 4"}
+# Extra frames below the allocator calls for the stack-capture comparison.
+STACK_DEPTH=${STACK_DEPTH:-30}
 
 note() { printf '%s\n' "$*" >&2; }
 
@@ -105,13 +110,15 @@ calls_for() { # iterations threads
 
 ROWS=()
 NATIVE_NS=""
+# More arguments for the workload, after ITERATIONS and THREADS.
+CHURN_EXTRA=""
 # measure NAME ITERATIONS THREADS COMMAND... (the workload's arguments are appended)
 measure() {
     local name=$1 iterations=$2 threads=$3
     shift 3
     note "  $name: $iterations iterations ..."
     local seconds calls
-    seconds=$(median_seconds "$@" "$CHURN" "$iterations" "$threads")
+    seconds=$(median_seconds "$@" "$CHURN" "$iterations" "$threads" $CHURN_EXTRA)
     calls=$(calls_for "$iterations" "$threads")
     if [ "$seconds" = failed ]; then
         ROWS+=("$(printf '%-26s %11s %10s %10s %12s %14s %10s' "$name" "$iterations" "$calls" failed - - -)")
@@ -179,6 +186,35 @@ for threads in $THREAD_VARIANTS; do
         SUMMARY+=("$line")
     fi
 done
+
+# --- the cost of full stacks ---------------------------------------------------------
+CHURN_EXTRA=$STACK_DEPTH
+note "churn $STACK_DEPTH calls deep, 1 thread: full stacks against --depth 1"
+ROWS=()
+NATIVE_NS=""
+measure native "$NATIVE_ITERATIONS" 1
+measure "memtrace (full stacks)" "$MEMTRACE_ITERATIONS" 1 \
+    "$MEMTRACE" launch --no-tui --json "$OUT/memtrace-deep.json" --
+measure "memtrace --depth 1" "$MEMTRACE_ITERATIONS" 1 \
+    "$MEMTRACE" launch --no-tui --depth 1 --json "$OUT/memtrace-depth1.json" --
+print_table "churn $STACK_DEPTH calls deep, 1 thread: $RUNS runs each, median"
+unwind_line() { # JSON
+    tr -d ' \n' <"$1" | awk '{
+        n = 0; f = 0; t = 0
+        if (match($0, /"stacks_captured":[0-9]+/)) n = substr($0, RSTART + 18, RLENGTH - 18)
+        if (match($0, /"frames_captured":[0-9]+/)) f = substr($0, RSTART + 18, RLENGTH - 18)
+        if (match($0, /"unwind_ns":[0-9]+/)) t = substr($0, RSTART + 12, RLENGTH - 12)
+        if (n > 0) printf "%d stacks, %.1f frames each, %.2f us unwinding each", n, f / n, t / n / 1000
+    }'
+}
+for variant in deep depth1; do
+    json=$OUT/memtrace-$variant.json
+    [ -f "$json" ] && SUMMARY+=("stacks ($variant, from memtrace's report): $(unwind_line "$json")")
+done
+if [ -n "${NS_memtrace__full_stacks_:-}" ] && [ -n "${NS_memtrace___depth_1:-}" ]; then
+    SUMMARY+=("$(awk -v a="$NS_memtrace__full_stacks_" -v b="$NS_memtrace___depth_1" -v d="$STACK_DEPTH" 'BEGIN {
+        printf "full stacks %d calls deep cost %.2f us per call more than --depth 1 (wall clock)", d, (a - b) / 1000 }')")
+fi
 
 printf '\n'
 printf '%s\n' "${SUMMARY[@]}"

@@ -14,7 +14,9 @@
 //! 3. The program calls malloc(30) and traps: the one stop of this call. The tracer
 //!    first harvests the calls that finished since the last stop (4.), then reads the
 //!    registers, takes the size from the first argument and the caller from the
-//!    return address, interns the stack, swaps the return address on the stack for
+//!    return address, unwinds the rest of the stack with DWARF CFI against one copy
+//!    of it ([`unwind::StackWalker`]), interns the stack ([`event::StackTable`]),
+//!    swaps the return address on the stack for
 //!    a return stub of this call's own (keeping the real one in the stub's data and
 //!    in the thread's pending frames) and moves the thread to the relocated
 //!    instruction.
@@ -25,7 +27,9 @@
 //!    while a frame is pending (operator new -> malloc) are nested and not recorded;
 //!    free is recorded at its entry.
 //! 5. The events feed the [`heap::Heap`] (live blocks, valgrind-style totals). When
-//!    the program ends, live blocks are grouped by stack, symbolized, and written as
+//!    the program ends, live blocks are grouped by stack, symbolized once per
+//!    distinct address ([`symbols::Symbolizer`], in the module generation the stack
+//!    was taken in, so a library unloaded meanwhile still resolves), and written as
 //!    the text and JSON reports ([`report`]).
 pub mod cli;
 pub mod elf;

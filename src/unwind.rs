@@ -3,9 +3,9 @@
 //! At an allocator's entry the tracer knows three things: the return address (the
 //! allocator's caller, always the first frame), the stack pointer the caller will have
 //! after the return, and the frame pointer. From there [`StackWalker::walk`] unwinds
-//! with framehop against a copy of the stack: one read of the first few KiB from the
-//! stack pointer up, extended (doubling) only when the unwinder asks for a word beyond
-//! it, so a typical stack costs one `process_vm_readv`. framehop uses `.eh_frame` (by
+//! with framehop against a copy of the stack: one read from the stack pointer up, as
+//! long as the last walk needed, extended (doubling) only when the unwinder asks for a
+//! word beyond it, so a typical stack costs one `process_vm_readv`. framehop uses `.eh_frame` (by
 //! `.eh_frame_hdr`), or `.debug_frame` in an object without `.eh_frame`, and falls back
 //! to the frame-pointer chain only at a pc that no unwind information covers.
 //!
@@ -19,8 +19,13 @@ use framehop::{
 };
 use object::{Object, ObjectSection, ObjectSegment};
 
-/// The first read of a stack: enough for a few dozen ordinary frames.
+/// The first read of a stack when nothing is known yet: enough for a few dozen
+/// ordinary frames. Later walks first read what the last one used, plus a margin:
+/// a read costs about 2 us whatever its size up to a few KiB, so one read of the
+/// right size is what counts.
 const FIRST_READ: usize = 8 << 10;
+const MIN_READ: usize = 1 << 10;
+const MAX_FIRST_READ: usize = 64 << 10;
 /// Never copy more than this (the default stack size limit).
 const MAX_COPY: usize = 8 << 20;
 
@@ -142,6 +147,11 @@ impl StackWalker {
         let Some(mut frame) = FrameAddress::from_return_address(start.return_address) else {
             return Ending::Failed;
         };
+        if depth <= 1 {
+            // The caller alone: no stack to read. (Every real stack has more.)
+            out.push(frame.address());
+            return Ending::DepthLimit;
+        }
         let StackWalker {
             unwinder,
             cache,
@@ -239,14 +249,21 @@ struct StackCopy {
     len: usize,
     /// The last read stopped short: there is no more stack to read.
     exhausted: bool,
+    /// How far the last walk read into its copy (0: no walk yet).
+    used: usize,
 }
 
 impl StackCopy {
     fn start(&mut self, sp: u64, read: &mut ReadMemory<'_>) {
+        let first = match self.used {
+            0 => FIRST_READ,
+            used => (used + used / 2).clamp(MIN_READ, MAX_FIRST_READ),
+        };
         self.base = sp;
         self.len = 0;
+        self.used = 0;
         self.exhausted = false;
-        self.extend_to(FIRST_READ, read);
+        self.extend_to(first, read);
     }
 
     fn extend_to(&mut self, want: usize, read: &mut ReadMemory<'_>) {
@@ -277,6 +294,7 @@ impl StackCopy {
             .get(off..end)
             .filter(|_| end <= self.len)
             .ok_or(())?;
+        self.used = self.used.max(end);
         Ok(u64::from_le_bytes(b.try_into().map_err(|_| ())?))
     }
 }
@@ -290,11 +308,14 @@ mod tests {
         base: u64,
         words: Vec<u64>,
         reads: usize,
+        /// Length asked for by the last read.
+        asked: usize,
     }
 
     impl Fake {
         fn read(&mut self, addr: u64, buf: &mut [u8]) -> usize {
             self.reads += 1;
+            self.asked = buf.len();
             let bytes: Vec<u8> = self.words.iter().flat_map(|w| w.to_le_bytes()).collect();
             let Some(off) = addr.checked_sub(self.base) else {
                 return 0;
@@ -318,6 +339,7 @@ mod tests {
             base: 0x1000,
             words,
             reads: 0,
+            asked: 0,
         }
     }
 
@@ -339,6 +361,30 @@ mod tests {
         assert_eq!(out, vec![0x5000, 0x6000, 0x7000]);
         assert_eq!(end, Ending::Complete);
         assert_eq!(fake.reads, 1, "a small stack is read once");
+    }
+
+    #[test]
+    fn a_second_walk_reads_about_what_the_first_needed() {
+        let mut w = StackWalker::new();
+        let mut fake = chain();
+        let mut out = Vec::new();
+        w.walk(start(), &mut |a, b| fake.read(a, b), 32, &mut out);
+        assert_eq!(fake.asked, FIRST_READ);
+        w.walk(start(), &mut |a, b| fake.read(a, b), 32, &mut out);
+        assert_eq!((fake.reads, fake.asked), (2, MIN_READ));
+        assert_eq!(out, vec![0x5000, 0x6000, 0x7000]);
+    }
+
+    #[test]
+    fn depth_one_reads_nothing() {
+        let mut w = StackWalker::new();
+        let mut fake = chain();
+        let mut out = Vec::new();
+        let end = w.walk(start(), &mut |a, b| fake.read(a, b), 1, &mut out);
+        assert_eq!(
+            (out, end, fake.reads),
+            (vec![0x5000], Ending::DepthLimit, 0)
+        );
     }
 
     #[test]
@@ -392,6 +438,7 @@ mod tests {
             base: 0x10000,
             words,
             reads: 0,
+            asked: 0,
         };
         let s = Start {
             return_address: 0x5000,

@@ -125,6 +125,7 @@ impl Tracer<'_> {
                 0
             },
         };
+        let started = std::time::Instant::now();
         let mem = &self.mem;
         let ending = self.walker.walk(
             start,
@@ -132,6 +133,9 @@ impl Tracer<'_> {
             self.depth,
             &mut self.frame_buf,
         );
+        self.stats.unwind_ns += started.elapsed().as_nanos() as u64;
+        self.stats.stacks_captured += 1;
+        self.stats.frames_captured += self.frame_buf.len() as u64;
         self.stacks
             .intern(&self.frame_buf, ending.truncated(), self.generation)
     }

@@ -68,6 +68,11 @@ pub struct TraceStats {
     /// Pending return hooks dropped because their frame was unwound some other way
     /// (longjmp, exception).
     pub abandoned_frames: u64,
+    /// Stacks unwound (one per recorded allocator call), the frames they held, and
+    /// the time spent unwinding them (stack copy included): the cost of full stacks.
+    pub stacks_captured: u64,
+    pub frames_captured: u64,
+    pub unwind_ns: u64,
 }
 
 /// A hooked call that has not returned yet.
