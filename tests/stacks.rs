@@ -46,6 +46,28 @@ fn check_whole_stacks(case: &Case, sources: &[&str]) -> Vec<common::Leak> {
     leaks
 }
 
+/// memtrace on a program that is no fixture case: its exit is the program's and its
+/// totals are valgrind's.
+fn run_beside_valgrind(options: &[&str], target: &Target) -> (common::Run, common::Valgrind) {
+    let native = run_native(target);
+    let run = run_memtrace_opts(options, target);
+    assert_eq!(
+        run.status,
+        native.exit.shell_code(),
+        "{}: stderr:\n{}",
+        target.display(),
+        run.stderr
+    );
+    let valgrind = common::run_valgrind(target);
+    assert_eq!(
+        report::totals(run.report()),
+        valgrind.totals(),
+        "{}",
+        target.display()
+    );
+    (run, valgrind)
+}
+
 /// The leak whose first frame is at `file:line` of the marker on that source line.
 fn leak_at<'a>(leaks: &'a [common::Leak], file: &str, line: u32) -> &'a common::Leak {
     leaks
@@ -154,18 +176,8 @@ fn depth_cuts_stacks_and_counts_them() {
 fn stripped_executable_has_addresses_and_objects() {
     let program = build_stripped("stacks", DEBUG);
     let target = Target::new(&program);
-    let native = run_native(&target);
-    let run = run_memtrace_opts(ALL_FRAMES, &target);
-    assert_eq!(
-        run.status,
-        native.exit.shell_code(),
-        "stderr:\n{}",
-        run.stderr
-    );
-    let report = run.report();
-    let valgrind = common::run_valgrind(&target);
-    assert_eq!(report::totals(report), valgrind.totals());
-    let leaks = report::leaks(report);
+    let (run, valgrind) = run_beside_valgrind(ALL_FRAMES, &target);
+    let leaks = report::leaks(run.report());
     compare_stacks(&leaks, &valgrind.records)
         .unwrap_or_else(|e| panic!("stacks against valgrind:\n{e}"));
     let path = program.to_string_lossy();
@@ -199,19 +211,8 @@ fn unloaded_library_keeps_its_frames() {
     let copy = plugin.with_file_name("plugin_copy.so");
     std::fs::copy(&plugin, &copy).expect("copy plugin.so");
     let target = Target::new(&program).arg("--close").arg(&plugin).arg(&copy);
-    let native = run_native(&target);
-    let run = run_memtrace_opts(&[], &target);
-    assert_eq!(
-        run.status,
-        native.exit.shell_code(),
-        "stderr:\n{}",
-        run.stderr
-    );
+    let (run, _) = run_beside_valgrind(&[], &target);
     let report = run.report();
-    assert_eq!(
-        report::totals(report),
-        common::run_valgrind(&target).totals()
-    );
     let marker = common::markers(&common::build::fixture_source("plugin"))
         .into_iter()
         .next()

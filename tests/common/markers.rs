@@ -70,15 +70,20 @@ pub fn parse_markers(file: &str, text: &str) -> Result<Vec<Marker>, String> {
     Ok(found)
 }
 
-/// The markers of a source file.
-pub fn markers(source: &Path) -> Vec<Marker> {
+/// Reads a source file and parses it with `parse` under its file name.
+fn read_markers<T>(source: &Path, parse: fn(&str, &str) -> Result<Vec<T>, String>) -> Vec<T> {
     let text = fs::read_to_string(source)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", source.display()));
     let name = source
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    parse_markers(name, &text).unwrap_or_else(|e| panic!("{e}"))
+    parse(name, &text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The `LEAK:` markers of a source file.
+pub fn markers(source: &Path) -> Vec<Marker> {
+    read_markers(source, parse_markers)
 }
 
 /// Parses an `EXPECT-TOTALS:` line, if the text has one.
@@ -165,11 +170,5 @@ pub fn parse_frame_markers(file: &str, text: &str) -> Result<Vec<FrameMarker>, S
 
 /// The `FRAME:` markers of a source file.
 pub fn frame_markers(source: &Path) -> Vec<FrameMarker> {
-    let text = fs::read_to_string(source)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", source.display()));
-    let name = source
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    parse_frame_markers(name, &text).unwrap_or_else(|e| panic!("{e}"))
+    read_markers(source, parse_frame_markers)
 }
