@@ -71,7 +71,14 @@ pub enum Event {
     /// realloc/reallocarray of a non-null `old` pointer has started: from now on the
     /// block may be released by the allocator, so it leaves the live table until the
     /// call returns (another thread may be handed the same address meanwhile).
-    ReallocStart { tid: Tid, old: u64 },
+    ReallocStart {
+        tid: Tid,
+        old: u64,
+        /// The realloc call's stack, and whether the allocator made it (as for Free):
+        /// a realloc of a pointer that is not live is an invalid free.
+        stack: StackId,
+        internal: bool,
+    },
     /// The realloc started on `tid` has returned `new` (0 on failure or on size 0).
     ReallocEnd {
         tid: Tid,
@@ -80,6 +87,11 @@ pub enum Event {
         size: u64,
         stack: StackId,
     },
+    /// The allocator handed out `ptr` inside another hooked call: malloc under
+    /// operator new (whose own return gives the same pointer), or the C++ runtime's
+    /// exception object made while operator new was failing. Not an allocation of the
+    /// program's, but freeing it later is no error.
+    Nested { ptr: u64 },
     /// The process executed a new image: the old heap is gone.
     Exec,
 }

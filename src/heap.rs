@@ -5,10 +5,74 @@
 //! a free is every release of a live block, a realloc that succeeds on a live block is
 //! one free and one alloc, a failed realloc is neither, and a free of a pointer that is
 //! not live is never a free (it is an error, or the allocator's own bookkeeping).
+//!
+//! Heap errors are found here, at the free's entry (before the allocator sees the
+//! pointer and glibc aborts): a free of a block already freed and not handed out
+//! since (`double_free`, with the first free's stack), of a pointer never handed
+//! out or into the middle of a block (`invalid_free`), or by the wrong family
+//! (`mismatched_free`: `delete` of `malloc` memory and the like). Recently freed
+//! blocks are remembered for this, the oldest forgotten past [`FREED_REMEMBERED`]:
+//! a double free of a block forgotten since is reported as an invalid free, as
+//! valgrind does once a block has left its freed-blocks queue.
 
-use crate::event::{AllocKind, Event, StackId, Tid};
+use crate::event::{AllocKind, Event, FreeKind, StackId, Tid};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// How many freed blocks are remembered for double-free reports.
+pub const FREED_REMEMBERED: usize = 1 << 18;
+
+/// A block freed and not handed out again since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Freed {
+    size: u64,
+    kind: AllocKind,
+    alloc_stack: StackId,
+    free_stack: StackId,
+    /// Sequence number of the free, to match the eviction queue.
+    seq: u64,
+}
+
+/// What went wrong in one bad free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    DoubleFree,
+    InvalidFree,
+    /// The block came from `alloc`'s family and went to `free`'s.
+    MismatchedFree {
+        alloc: AllocKind,
+        free: FreeKind,
+    },
+}
+
+impl ErrorKind {
+    /// The contract's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::DoubleFree => "double_free",
+            ErrorKind::InvalidFree => "invalid_free",
+            ErrorKind::MismatchedFree { .. } => "mismatched_free",
+        }
+    }
+}
+
+/// One heap error, or several alike: same kind and same stacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeapError {
+    pub kind: ErrorKind,
+    /// The pointer passed to the deallocator (the first time, when several).
+    pub ptr: u64,
+    /// The bad call's stack.
+    pub stack: StackId,
+    /// The block concerned, where there is one: its start, size and allocation stack
+    /// (the block freed before, the block pointed into, the mismatched block).
+    pub block: Option<(u64, u64)>,
+    pub alloc_stack: Option<StackId>,
+    /// Where a double-freed block was freed first.
+    pub first_free_stack: Option<StackId>,
+    /// How many times this very error happened.
+    pub count: u64,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Block {
@@ -51,6 +115,12 @@ pub struct LeakGroup {
 #[derive(Default, Debug)]
 pub struct Heap {
     live: HashMap<u64, Block>,
+    /// Blocks freed and not handed out again, and the order they were freed in.
+    freed: HashMap<u64, Freed>,
+    freed_order: VecDeque<(u64, u64)>,
+    /// Blocks handed out inside another hooked call and not (yet) the program's.
+    nested: HashSet<u64>,
+    errors: Vec<HeapError>,
     /// Blocks whose realloc is in flight, by thread.
     in_realloc: HashMap<Tid, (u64, Option<Block>)>,
     totals: Totals,
@@ -71,6 +141,11 @@ impl Heap {
         self.uncounted
     }
 
+    /// Heap errors in the order first seen; alike ones counted together.
+    pub fn errors(&self) -> &[HeapError] {
+        &self.errors
+    }
+
     pub fn get(&self, ptr: u64) -> Option<&Block> {
         self.live.get(&ptr)
     }
@@ -88,17 +163,35 @@ impl Heap {
                 size,
                 stack,
             } => self.alloc(tid, kind, ptr, size, stack),
-            Event::Free { ptr, internal, .. } => {
-                if !self.release(ptr) {
-                    if internal {
-                        self.uncounted.internal_frees += 1;
-                    } else {
-                        self.uncounted.frees_not_live += 1;
-                    }
+            Event::Free {
+                ptr,
+                kind,
+                stack,
+                internal,
+                ..
+            } => {
+                if let Some(&b) = self.live.get(&ptr) {
+                    self.check_family(ptr, &b, kind, stack);
+                    self.release(ptr, stack);
+                } else if internal || self.nested.remove(&ptr) {
+                    self.uncounted.internal_frees += 1;
+                } else {
+                    self.uncounted.frees_not_live += 1;
+                    self.bad_free(ptr, stack);
                 }
             }
-            Event::ReallocStart { tid, old } => {
+            Event::ReallocStart {
+                tid,
+                old,
+                stack,
+                internal,
+            } => {
                 let block = self.take(old);
+                match &block {
+                    Some(b) => self.check_family(old, &b.clone(), FreeKind::Free, stack),
+                    None if !internal && !self.nested.remove(&old) => self.bad_free(old, stack),
+                    None => {}
+                }
                 self.in_realloc.insert(tid, (old, block));
             }
             Event::ReallocEnd {
@@ -123,20 +216,27 @@ impl Heap {
                 let block = if started { block } else { self.take(old) };
                 if new != 0 {
                     // Success: the old block (if we knew it) is freed, the new one allocated.
-                    if block.is_some() {
+                    if let Some(b) = block {
                         self.totals.frees += 1;
+                        self.remember_freed(old, &b, stack);
                     } else if old != 0 {
                         self.uncounted.frees_not_live += 1;
                     }
                     self.alloc(tid, AllocKind::Malloc, new, size, stack);
                 } else if size == 0 && old != 0 {
                     // glibc's realloc(p, 0) frees p and returns NULL.
-                    if block.is_some() {
+                    if let Some(b) = block {
                         self.totals.frees += 1;
+                        self.remember_freed(old, &b, stack);
                     }
                 } else if let Some(b) = block {
                     // Failure: the old block is untouched and still live.
                     self.restore(old, b);
+                }
+            }
+            Event::Nested { ptr } => {
+                if ptr != 0 && !self.live.contains_key(&ptr) {
+                    self.nested.insert(ptr);
                 }
             }
             Event::Exec => *self = Heap::new(),
@@ -150,6 +250,9 @@ impl Heap {
         // The allocator handed out an address we still had as live: its free was made
         // by code we do not hook. Forget the stale block; it was no free of ours.
         self.take(ptr);
+        // Handed out again: freeing it is right from now on.
+        self.freed.remove(&ptr);
+        self.nested.remove(&ptr);
         let t = &mut self.totals;
         t.allocs += 1;
         t.bytes_allocated += size;
@@ -183,13 +286,98 @@ impl Heap {
         self.live.insert(ptr, b);
     }
 
-    /// Frees a live block; false when `ptr` was not live.
-    fn release(&mut self, ptr: u64) -> bool {
-        let live = self.take(ptr).is_some();
-        if live {
+    /// Frees a live block.
+    fn release(&mut self, ptr: u64, stack: StackId) {
+        if let Some(b) = self.take(ptr) {
             self.totals.frees += 1;
+            self.remember_freed(ptr, &b, stack);
         }
-        live
+    }
+
+    fn remember_freed(&mut self, ptr: u64, b: &Block, free_stack: StackId) {
+        self.seq += 1;
+        self.freed.insert(
+            ptr,
+            Freed {
+                size: b.size,
+                kind: b.kind,
+                alloc_stack: b.stack,
+                free_stack,
+                seq: self.seq,
+            },
+        );
+        self.freed_order.push_back((ptr, self.seq));
+        while self.freed_order.len() > FREED_REMEMBERED {
+            if let Some((old, seq)) = self.freed_order.pop_front() {
+                // Only if that entry is still the one queued (not freed again since).
+                if self.freed.get(&old).is_some_and(|f| f.seq == seq) {
+                    self.freed.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// A live block released by the wrong family of deallocator.
+    fn check_family(&mut self, ptr: u64, b: &Block, free: FreeKind, stack: StackId) {
+        if free.matches() != b.kind {
+            self.error(HeapError {
+                kind: ErrorKind::MismatchedFree {
+                    alloc: b.kind,
+                    free,
+                },
+                ptr,
+                stack,
+                block: Some((ptr, b.size)),
+                alloc_stack: Some(b.stack),
+                first_free_stack: None,
+                count: 1,
+            });
+        }
+    }
+
+    /// A free, by the program, of a pointer that is not live.
+    fn bad_free(&mut self, ptr: u64, stack: StackId) {
+        let error = if let Some(f) = self.freed.get(&ptr) {
+            HeapError {
+                kind: ErrorKind::DoubleFree,
+                ptr,
+                stack,
+                block: Some((ptr, f.size)),
+                alloc_stack: Some(f.alloc_stack),
+                first_free_stack: Some(f.free_stack),
+                count: 1,
+            }
+        } else {
+            // Into the middle of a live block? (Rare: a scan is fine.)
+            let inside = self
+                .live
+                .iter()
+                .find(|(&start, b)| start < ptr && ptr < start.saturating_add(b.size.max(1)));
+            HeapError {
+                kind: ErrorKind::InvalidFree,
+                ptr,
+                stack,
+                block: inside.map(|(&start, b)| (start, b.size)),
+                alloc_stack: inside.map(|(_, b)| b.stack),
+                first_free_stack: None,
+                count: 1,
+            }
+        };
+        self.error(error);
+    }
+
+    /// Records an error, counting it with an earlier one of the same kind and stacks.
+    fn error(&mut self, e: HeapError) {
+        let same = self.errors.iter_mut().find(|o| {
+            o.kind == e.kind
+                && o.stack == e.stack
+                && o.alloc_stack == e.alloc_stack
+                && o.first_free_stack == e.first_free_stack
+        });
+        match same {
+            Some(o) => o.count += 1,
+            None => self.errors.push(e),
+        }
     }
 
     /// Live blocks grouped by allocation stack, largest bytes first (ties: more blocks,
@@ -242,7 +430,12 @@ mod tests {
         }
     }
     fn realloc(h: &mut Heap, old: u64, new: u64, size: u64) {
-        h.apply(&Event::ReallocStart { tid: 1, old });
+        h.apply(&Event::ReallocStart {
+            tid: 1,
+            old,
+            stack: S,
+            internal: false,
+        });
         h.apply(&Event::ReallocEnd {
             tid: 1,
             old,
@@ -274,6 +467,171 @@ mod tests {
         h.apply(&free(0x10));
         assert_eq!(h.totals().frees, 1);
         assert_eq!(h.uncounted().frees_not_live, 1);
+    }
+
+    fn free_at(ptr: u64, kind: FreeKind, stack: u32) -> Event {
+        Event::Free {
+            tid: 1,
+            kind,
+            ptr,
+            stack: StackId(stack),
+            internal: false,
+        }
+    }
+
+    #[test]
+    fn double_free_has_both_frees_and_the_allocation() {
+        let mut h = Heap::new();
+        h.apply(&Event::Alloc {
+            tid: 1,
+            kind: AllocKind::Malloc,
+            ptr: 0x10,
+            size: 8,
+            stack: StackId(7),
+        });
+        h.apply(&free_at(0x10, FreeKind::Free, 8));
+        h.apply(&free_at(0x10, FreeKind::Free, 9));
+        let e = h.errors();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].kind, ErrorKind::DoubleFree);
+        assert_eq!(
+            (e[0].stack, e[0].first_free_stack, e[0].alloc_stack),
+            (StackId(9), Some(StackId(8)), Some(StackId(7)))
+        );
+        assert_eq!(e[0].block, Some((0x10, 8)));
+    }
+
+    #[test]
+    fn a_reused_address_is_freed_without_error() {
+        let mut h = Heap::new();
+        for _ in 0..1000 {
+            h.apply(&alloc(0x10, 8));
+            h.apply(&free(0x10));
+        }
+        // And through realloc, in place and moving.
+        h.apply(&alloc(0x10, 8));
+        realloc(&mut h, 0x10, 0x10, 16);
+        realloc(&mut h, 0x10, 0x20, 32);
+        h.apply(&alloc(0x10, 8));
+        h.apply(&free(0x10));
+        h.apply(&free(0x20));
+        assert!(h.errors().is_empty(), "{:?}", h.errors());
+        assert_eq!(h.uncounted().frees_not_live, 0);
+    }
+
+    #[test]
+    fn invalid_frees_say_which_block_they_point_into() {
+        let mut h = Heap::new();
+        h.apply(&alloc(0x100, 48));
+        h.apply(&free(0x108));
+        h.apply(&free(0x7ffd_0000));
+        let e = h.errors();
+        assert_eq!(e.len(), 2);
+        assert_eq!(
+            (e[0].kind, e[0].block, e[0].alloc_stack),
+            (ErrorKind::InvalidFree, Some((0x100, 48)), Some(S))
+        );
+        assert_eq!((e[1].kind, e[1].block), (ErrorKind::InvalidFree, None));
+        // The block is untouched.
+        assert_eq!(h.totals().live_blocks, 1);
+    }
+
+    #[test]
+    fn mismatched_families_are_errors_and_still_frees() {
+        let pairs = [
+            (AllocKind::New, FreeKind::Free),
+            (AllocKind::NewArray, FreeKind::Free),
+            (AllocKind::Malloc, FreeKind::Delete),
+            (AllocKind::Malloc, FreeKind::DeleteArray),
+            (AllocKind::New, FreeKind::DeleteArray),
+            (AllocKind::NewArray, FreeKind::Delete),
+        ];
+        for (alloc, free) in pairs {
+            let mut h = Heap::new();
+            h.apply(&Event::Alloc {
+                tid: 1,
+                kind: alloc,
+                ptr: 0x10,
+                size: 4,
+                stack: S,
+            });
+            h.apply(&free_at(0x10, free, 1));
+            assert_eq!(
+                h.errors().iter().map(|e| e.kind).collect::<Vec<_>>(),
+                vec![ErrorKind::MismatchedFree { alloc, free }]
+            );
+            assert_eq!((h.totals().frees, h.totals().live_blocks), (1, 0));
+        }
+        let mut h = Heap::new();
+        h.apply(&Event::Alloc {
+            tid: 1,
+            kind: AllocKind::NewArray,
+            ptr: 0x10,
+            size: 4,
+            stack: S,
+        });
+        h.apply(&free_at(0x10, FreeKind::DeleteArray, 1));
+        assert!(h.errors().is_empty());
+    }
+
+    #[test]
+    fn alike_errors_are_counted_together() {
+        let mut h = Heap::new();
+        for i in 0..3 {
+            h.apply(&free_at(0x1000 + i * 16, FreeKind::Free, 4));
+        }
+        h.apply(&free_at(0x2000, FreeKind::Free, 5));
+        let counts: Vec<u64> = h.errors().iter().map(|e| e.count).collect();
+        assert_eq!(counts, vec![3, 1]);
+    }
+
+    #[test]
+    fn realloc_of_a_freed_block_is_a_double_free() {
+        let mut h = Heap::new();
+        h.apply(&alloc(0x10, 8));
+        h.apply(&free(0x10));
+        realloc(&mut h, 0x10, 0, 1 << 62);
+        assert_eq!(h.errors()[0].kind, ErrorKind::DoubleFree);
+    }
+
+    #[test]
+    fn the_oldest_freed_blocks_are_forgotten() {
+        let mut h = Heap::new();
+        let n = FREED_REMEMBERED as u64 + 10;
+        for i in 0..n {
+            h.apply(&alloc(0x10 + i * 16, 8));
+            h.apply(&free(0x10 + i * 16));
+        }
+        assert_eq!(h.freed.len(), FREED_REMEMBERED);
+        h.apply(&free(0x10));
+        h.apply(&free(0x10 + (n - 1) * 16));
+        let kinds: Vec<ErrorKind> = h.errors().iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![ErrorKind::InvalidFree, ErrorKind::DoubleFree]);
+    }
+
+    #[test]
+    fn frees_of_nested_blocks_are_no_errors() {
+        let mut h = Heap::new();
+        // The exception object of a failing operator new, freed by the runtime.
+        h.apply(&Event::Nested { ptr: 0x40 });
+        h.apply(&free(0x40));
+        // malloc under operator new: the outer call makes it the program's block.
+        h.apply(&Event::Nested { ptr: 0x50 });
+        h.apply(&Event::Alloc {
+            tid: 1,
+            kind: AllocKind::New,
+            ptr: 0x50,
+            size: 4,
+            stack: S,
+        });
+        h.apply(&free_at(0x50, FreeKind::Delete, 1));
+        h.apply(&free_at(0x50, FreeKind::Delete, 2));
+        assert_eq!(
+            h.errors().iter().map(|e| e.kind).collect::<Vec<_>>(),
+            vec![ErrorKind::DoubleFree]
+        );
+        assert_eq!((h.totals().allocs, h.totals().frees), (1, 1));
+        assert_eq!(h.uncounted().internal_frees, 1);
     }
 
     #[test]
@@ -312,7 +670,12 @@ mod tests {
     fn address_reused_during_realloc_on_another_thread() {
         let mut h = Heap::new();
         h.apply(&alloc(0x10, 8));
-        h.apply(&Event::ReallocStart { tid: 1, old: 0x10 });
+        h.apply(&Event::ReallocStart {
+            tid: 1,
+            old: 0x10,
+            stack: S,
+            internal: false,
+        });
         // Thread 2 is handed 0x10 while thread 1's realloc moves the block.
         h.apply(&Event::Alloc {
             tid: 2,

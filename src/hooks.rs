@@ -126,7 +126,12 @@ impl HookFn {
                 hook_return: true,
             },
             HookFn::Realloc | HookFn::Reallocarray => Entry {
-                event: (args[0] != 0).then_some(Event::ReallocStart { tid, old: args[0] }),
+                event: (args[0] != 0).then_some(Event::ReallocStart {
+                    tid,
+                    old: args[0],
+                    stack,
+                    internal,
+                }),
                 hook_return: true,
             },
             _ => Entry {
@@ -134,6 +139,16 @@ impl HookFn {
                 hook_return: true,
             },
         }
+    }
+
+    /// Whether a call of this function made inside another hooked call has its result
+    /// watched (see [`Event::Nested`]): the plain allocators, whose result is the
+    /// return value.
+    pub fn watched_when_nested(self) -> bool {
+        matches!(
+            self,
+            HookFn::Malloc | HookFn::Calloc | HookFn::Memalign | HookFn::Valloc | HookFn::Pvalloc
+        )
     }
 
     /// The call's return. `ret` is the return value; `out_ptr` is the pointer that
@@ -259,7 +274,15 @@ mod tests {
     #[test]
     fn realloc_brackets_the_call() {
         let e = HookFn::Realloc.entry(2, [0x10, 50, 0], S, false);
-        assert_eq!(e.event, Some(Event::ReallocStart { tid: 2, old: 0x10 }));
+        assert_eq!(
+            e.event,
+            Some(Event::ReallocStart {
+                tid: 2,
+                old: 0x10,
+                stack: S,
+                internal: false
+            })
+        );
         assert_eq!(HookFn::Realloc.entry(2, [0, 50, 0], S, false).event, None);
         let x = HookFn::Reallocarray.exit(2, [0x10, 5, 10], 0x20, None, S);
         assert!(matches!(

@@ -6,7 +6,10 @@
 mod common;
 
 use common::cases::{check_sites, valgrind_sites};
-use common::markers::{frame_markers, parse_expected_totals, parse_frame_markers, FrameMarker};
+use common::markers::{
+    bad_free_markers, frame_markers, parse_bad_free_markers, parse_expected_totals,
+    parse_frame_markers, FrameMarker,
+};
 use common::stacks::compare_stacks;
 use common::valgrind::{Lost, VgFrame};
 use common::{parse_markers, parse_valgrind, Frame, Leak, Marker, Totals};
@@ -324,6 +327,7 @@ fn every_fixture_marker_parses() {
         if matches!(path.extension().and_then(|e| e.to_str()), Some("c" | "cc")) {
             total += common::markers(&path).len();
             frame_markers(&path);
+            bad_free_markers(&path);
         }
     }
     assert!(total > 20, "only {total} markers in fixtures/");
@@ -485,4 +489,13 @@ fn frame_markers_parse() {
     );
     assert!(parse_frame_markers("s.c", "/* FRAME: many descend */").is_err());
     assert!(parse_frame_markers("s.c", "/* FRAME: 2 */").is_err());
+}
+
+#[test]
+fn bad_free_markers_parse() {
+    let found = parse_bad_free_markers("e.c", "x\n free(p); /* BAD-FREE: double_free */\n")
+        .expect("parses");
+    assert_eq!((found[0].line, found[0].kind.as_str()), (2, "double_free"));
+    assert!(parse_bad_free_markers("e.c", "/* BAD-FREE: twice */").is_err());
+    assert!(parse_bad_free_markers("e.c", "/* BAD-FREE: */").is_err());
 }

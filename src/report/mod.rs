@@ -5,8 +5,8 @@
 pub mod json;
 pub mod text;
 
-use crate::event::{StackId, StackTable};
-use crate::heap::{Heap, Totals};
+use crate::event::{AllocKind, FreeKind, StackId, StackTable};
+use crate::heap::{self, ErrorKind, Heap, Totals};
 use crate::symbols::{Frame, Symbolizer};
 use serde::Serialize;
 
@@ -117,15 +117,77 @@ impl From<Frame> for JsonFrame {
     }
 }
 
-/// A double, invalid or mismatched free. Filled by a later stage; the shape is fixed.
+/// A double, invalid or mismatched free.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HeapError {
     /// `double_free`, `invalid_free` or `mismatched_free`.
     pub kind: String,
+    /// The pointer given to the deallocator.
     pub address: String,
+    /// The bad call.
     pub stack: Vec<JsonFrame>,
+    /// Where the block concerned was allocated (empty when there is no block).
     pub alloc_stack: Vec<JsonFrame>,
+    /// Where a double-freed block was freed the first time (else empty).
     pub first_free_stack: Vec<JsonFrame>,
+    /// Extension: where the address lies, in valgrind's words (`is 8 bytes inside a
+    /// block of size 48 alloc'd`).
+    pub description: String,
+    /// Extension: how many times this error happened with these same stacks.
+    pub count: u64,
+}
+
+fn alloc_name(kind: AllocKind) -> &'static str {
+    match kind {
+        AllocKind::Malloc => "malloc",
+        AllocKind::New => "operator new",
+        AllocKind::NewArray => "operator new[]",
+    }
+}
+
+fn free_name(kind: FreeKind) -> &'static str {
+    match kind {
+        FreeKind::Free => "free",
+        FreeKind::Delete => "operator delete",
+        FreeKind::DeleteArray => "operator delete[]",
+    }
+}
+
+/// `is 8 bytes inside a block of size 48 alloc'd`, and the like.
+fn describe(e: &heap::HeapError) -> String {
+    let inside = |verb: &str| match e.block {
+        Some((start, size)) => format!(
+            "is {} bytes inside a block of size {size} {verb}",
+            e.ptr.wrapping_sub(start)
+        ),
+        None => "is not inside any block memtrace saw allocated".to_string(),
+    };
+    match e.kind {
+        ErrorKind::DoubleFree => inside("free'd"),
+        ErrorKind::InvalidFree => inside("alloc'd"),
+        ErrorKind::MismatchedFree { alloc, free } => format!(
+            "{} by {}, released by {}",
+            inside("alloc'd"),
+            alloc_name(alloc),
+            free_name(free)
+        ),
+    }
+}
+
+fn heap_error(e: &heap::HeapError, stacks: &StackTable, sym: &mut Symbolizer) -> HeapError {
+    let mut stack_of = |id: Option<StackId>| {
+        id.map(|id| symbolize_stack(stacks, id, sym))
+            .unwrap_or_default()
+    };
+    HeapError {
+        kind: e.kind.name().into(),
+        address: format!("{:#x}", e.ptr),
+        stack: stack_of(Some(e.stack)),
+        alloc_stack: stack_of(e.alloc_stack),
+        first_free_stack: stack_of(e.first_free_stack),
+        description: describe(e),
+        count: e.count,
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -168,7 +230,11 @@ pub fn build(
         end,
         totals: heap.totals(),
         leaks,
-        errors: Vec::new(),
+        errors: heap
+            .errors()
+            .iter()
+            .map(|e| heap_error(e, stacks, sym))
+            .collect(),
         trace: None,
         stats: Stats {
             frees_not_live: uncounted.frees_not_live,
@@ -294,6 +360,8 @@ pub(crate) fn sample() -> Report {
             stack: vec![main.clone()],
             alloc_stack: vec![main.clone()],
             first_free_stack: vec![main],
+            description: "is 0 bytes inside a block of size 16 free'd".into(),
+            count: 1,
         }],
         trace: None,
         stats: Stats {

@@ -59,23 +59,28 @@ impl Lines {
     }
 }
 
+/// valgrind's layout: the bad call, the address and where it lies, then the stack that
+/// tells (the first free of a double free, else the allocation), then the allocation.
 fn render_error(out: &mut Lines, e: &HeapError) {
     let title = match e.kind.as_str() {
-        "double_free" => "Invalid free() / delete / delete[] (double free)",
-        "invalid_free" => "Invalid free() / delete / delete[]",
+        "double_free" | "invalid_free" => "Invalid free() / delete / delete[] / realloc()",
         "mismatched_free" => "Mismatched free() / delete / delete []",
         other => other,
     };
     out.line(title);
     out.stack(&e.stack);
-    out.line(&format!(" Address {}", e.address));
+    out.line(&format!(" Address {} {}", e.address, e.description));
     if !e.first_free_stack.is_empty() {
-        out.line(" Block was first freed at");
         out.stack(&e.first_free_stack);
-    }
-    if !e.alloc_stack.is_empty() {
-        out.line(" Block was alloc'd at");
+        if !e.alloc_stack.is_empty() {
+            out.line(" Block was alloc'd at");
+            out.stack(&e.alloc_stack);
+        }
+    } else if !e.alloc_stack.is_empty() {
         out.stack(&e.alloc_stack);
+    }
+    if e.count > 1 {
+        out.line(&format!(" (seen {} times)", thousands(e.count)));
     }
     out.line("");
 }
@@ -144,8 +149,10 @@ fn render_leak_summary(out: &mut Lines, leaks: &[Leak]) {
 
 fn render_footer(out: &mut Lines, r: &Report) {
     if !r.errors.is_empty() {
+        let total: u64 = r.errors.iter().map(|e| e.count).sum();
         out.line(&format!(
-            "ERROR SUMMARY: {} errors",
+            "ERROR SUMMARY: {} errors from {} contexts",
+            thousands(total),
             thousands(r.errors.len() as u64)
         ));
     }

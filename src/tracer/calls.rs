@@ -3,11 +3,14 @@
 //! when a thread unwinds past them.
 
 use super::{Frame, Tracer};
-use crate::event::{StackId, Tid};
+use crate::event::{Event, StackId, Tid};
 use crate::hooks::HookFn;
 use crate::ptrace;
 use crate::unwind::Start;
 use memtrace_arch::{Arch, Native, Regs, ReturnSlot};
+
+/// The stack of a nested call's frame: never recorded, never looked at.
+const NO_STACK: StackId = StackId(u32::MAX);
 
 impl Tracer<'_> {
     pub(super) fn on_entry(&mut self, tid: Tid, func: HookFn, regs: &mut Regs) {
@@ -24,11 +27,16 @@ impl Tracer<'_> {
             }
             self.stats.abandoned_frames += 1;
         }
-        if !thread.frames.is_empty() {
+        let nested = !thread.frames.is_empty();
+        if nested {
             // Called by another hooked function (operator new -> malloc): the outer
-            // call is the program's, this one is the allocator's business.
+            // call is the program's, this one is the allocator's business. Only the
+            // pointer a plain allocator hands out is watched, so that its free is
+            // known for no error (the exception object of a failing operator new).
             self.stats.nested_calls += 1;
-            return;
+            if !func.watched_when_nested() {
+                return;
+            }
         }
         let slot = Native::return_slot(regs);
         let ret_addr = match slot {
@@ -40,23 +48,30 @@ impl Tracer<'_> {
         };
         if Some(ret_addr) == self.scratch.trampoline() || self.stubs.is_stub_code(ret_addr) {
             // Tail-called from a hooked function whose return we hold.
-            self.stats.nested_calls += 1;
+            if !nested {
+                self.stats.nested_calls += 1;
+            }
             return;
         }
-        let stack = self.capture_stack(tid, regs, ret_addr);
-        let internal = self.image.is_internal(ret_addr);
         let args = [
             Native::arg(regs, 0),
             Native::arg(regs, 1),
             Native::arg(regs, 2),
         ];
-        let entry = func.entry(tid, args, stack, internal);
-        if let Some(ev) = entry.event {
-            self.sink.event(ev);
-        }
-        if !entry.hook_return {
-            return;
-        }
+        let stack = if nested {
+            NO_STACK
+        } else {
+            let stack = self.capture_stack(tid, regs, ret_addr);
+            let internal = self.image.is_internal(ret_addr);
+            let entry = func.entry(tid, args, stack, internal);
+            if let Some(ev) = entry.event {
+                self.sink.event(ev);
+            }
+            if !entry.hook_return {
+                return;
+            }
+            stack
+        };
         let stub = if func == HookFn::PosixMemalign {
             // Its result is read through a pointer, which must happen at the return
             // itself: the program may change the pointed-to word right after.
@@ -64,6 +79,9 @@ impl Tracer<'_> {
         } else {
             self.stubs.alloc(tid)
         };
+        if nested && stub.is_none() {
+            return; // not worth a stop at the trampoline
+        }
         let (ret_to, data) = match stub {
             Some(k) => {
                 let mut d = [0u8; 16];
@@ -108,6 +126,7 @@ impl Tracer<'_> {
                 real_ret: ret_addr,
                 stack,
                 stub,
+                nested,
             });
         }
     }
@@ -163,6 +182,15 @@ impl Tracer<'_> {
         for f in &mut finished {
             f.value = self.stubs.value(&self.stub_data, f.stub);
         }
+        // A thread's inner calls first: an outer call's return drops the frames above
+        // it, and a nested call that returned must be seen before that.
+        let depth = |f: &super::stubs::Finished| {
+            self.threads
+                .get(&f.tid)
+                .and_then(|t| t.frames.iter().position(|fr| fr.stub == Some(f.stub)))
+                .unwrap_or(0)
+        };
+        finished.sort_by_key(|f| std::cmp::Reverse(depth(f)));
         for done in finished {
             self.stubs.release(done.stub);
             let frame = self.threads.get_mut(&done.tid).and_then(|t| {
@@ -179,7 +207,12 @@ impl Tracer<'_> {
             });
             if let Some(f) = frame {
                 self.stats.stub_returns += 1;
-                if let Some(ev) = f.func.exit(done.tid, f.args, done.value, None, f.stack) {
+                let ev = if f.nested {
+                    Some(Event::Nested { ptr: done.value })
+                } else {
+                    f.func.exit(done.tid, f.args, done.value, None, f.stack)
+                };
+                if let Some(ev) = ev {
                     self.sink.event(ev);
                 }
             }
@@ -227,6 +260,13 @@ impl Tracer<'_> {
             return;
         };
         let ret = Native::return_value(&regs);
+        if f.nested {
+            self.sink.event(Event::Nested { ptr: ret });
+            Native::set_pc(&mut regs, f.real_ret);
+            let _ = ptrace::set_regs(tid, &regs);
+            self.resume(tid);
+            return;
+        }
         let out_ptr = if f.func == HookFn::PosixMemalign && ret as u32 == 0 {
             self.mem.read_u64(f.args[0]).ok()
         } else {

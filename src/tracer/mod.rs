@@ -86,6 +86,8 @@ struct Frame {
     stack: crate::event::StackId,
     /// The return stub the call returns through; None: the trampoline.
     stub: Option<u32>,
+    /// Made inside another hooked call: its result becomes [`Event::Nested`].
+    nested: bool,
 }
 
 #[derive(Debug, Default)]

@@ -12,6 +12,7 @@ use nix::sys::signal::Signal;
 
 use super::basename;
 use super::build::{build_fixture, build_shared, fixture_source, DEBUG, OPTIMIZED};
+use super::errors::compare_errors;
 use super::markers::{markers, Marker};
 use super::process::{run_memtrace, run_native, Exit, Run, Target};
 use super::report::{self, Leak};
@@ -161,6 +162,22 @@ pub fn kinds() -> Case {
 pub fn signals_handled() -> Case {
     Case::new("signals_handled", DEBUG)
 }
+/// Every mismatched allocator/deallocator pair; runs on natively.
+pub fn mismatch() -> Case {
+    Case::new("mismatch", DEBUG)
+}
+pub fn mismatch_o2() -> Case {
+    Case::new("mismatch", OPTIMIZED)
+}
+/// Addresses handed out again and again, and no error.
+pub fn reuse() -> Case {
+    Case::new("reuse", DEBUG)
+}
+/// One bad free (glibc aborts natively): `double`, `stack`, `interior` or `global`.
+pub fn bad_free(which: &str) -> Case {
+    Case::new("heap_errors", DEBUG).arg(which)
+}
+
 /// Whole stacks: a 50-deep recursion and an inlined helper (run with `--depth 64`).
 pub fn stacks() -> Case {
     Case::new("stacks", DEBUG)
@@ -373,6 +390,13 @@ pub fn check_memtrace(case: &Case) -> Run {
         target.display(),
         run.stderr
     );
+    if let Err(problems) = compare_errors(&report::errors(report), &valgrind.errors) {
+        panic!(
+            "{}: memtrace's heap errors differ from valgrind's:\n{problems}\nmemtrace stderr:\n{}",
+            target.display(),
+            run.stderr
+        );
+    }
     if let Err(problems) = compare_stacks(&report::leaks(report), &valgrind.records) {
         panic!(
             "{}: memtrace's leak stacks differ from valgrind's:\n{problems}",

@@ -172,3 +172,42 @@ pub fn parse_frame_markers(file: &str, text: &str) -> Result<Vec<FrameMarker>, S
 pub fn frame_markers(source: &Path) -> Vec<FrameMarker> {
     read_markers(source, parse_frame_markers)
 }
+
+/// One `BAD-FREE: <kind>` marker: the call on this line is a bad free of that kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadFreeMarker {
+    pub file: String,
+    pub line: u32,
+    pub kind: String,
+}
+
+/// Parses the `BAD-FREE:` markers of one source text.
+pub fn parse_bad_free_markers(file: &str, text: &str) -> Result<Vec<BadFreeMarker>, String> {
+    let mut found = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let Some(at) = line.find("BAD-FREE:") else {
+            continue;
+        };
+        let where_ = format!("{file}:{}", index + 1);
+        let rest = &line[at + "BAD-FREE:".len()..];
+        let rest = rest.split("*/").next().unwrap_or(rest);
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let [kind] = words[..] else {
+            return Err(format!("{where_}: BAD-FREE marker is not `<kind>`"));
+        };
+        if !["double_free", "invalid_free", "mismatched_free"].contains(&kind) {
+            return Err(format!("{where_}: BAD-FREE marker: unknown kind {kind:?}"));
+        }
+        found.push(BadFreeMarker {
+            file: file.to_string(),
+            line: u32::try_from(index + 1).map_err(|_| format!("{where_}: line too far"))?,
+            kind: kind.to_string(),
+        });
+    }
+    Ok(found)
+}
+
+/// The `BAD-FREE:` markers of a source file.
+pub fn bad_free_markers(source: &Path) -> Vec<BadFreeMarker> {
+    read_markers(source, parse_bad_free_markers)
+}

@@ -22,7 +22,8 @@ macro_rules! case_tests {
             leak noleak noleak_status5 alloc_family realloc_chain cxx_new threads
             churn_threads dlopen ctor fork exec signal_segv signal_raise signal_term
             signal_abort exit3 many_leaks kinds leak_o2 alloc_family_o2 realloc_chain_o2
-            cxx_new_o2 threads_o2 many_leaks_o2 dlopen_o2 signals_handled);
+            cxx_new_o2 threads_o2 many_leaks_o2 dlopen_o2 signals_handled mismatch
+            mismatch_o2 reuse);
     };
     (@each $check:path; $($case:ident)*) => {
         $(
@@ -36,6 +37,7 @@ macro_rules! case_tests {
 
 pub mod build;
 pub mod cases;
+pub mod errors;
 pub mod markers;
 pub mod process;
 pub mod report;

@@ -174,3 +174,36 @@ pub fn check_shape(report: &Value) {
     );
     assert!(report["errors"].is_array(), "errors is not an array");
 }
+
+/// One `errors[]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeapError {
+    pub kind: String,
+    pub address: String,
+    pub stack: Vec<Frame>,
+    pub alloc_stack: Vec<Frame>,
+    pub first_free_stack: Vec<Frame>,
+    /// Extensions: where the address lies, and how many times it happened.
+    pub description: String,
+    pub count: u64,
+}
+
+/// The report's `errors`.
+pub fn errors(report: &Value) -> Vec<HeapError> {
+    field(report, "errors")
+        .as_array()
+        .unwrap_or_else(|| panic!("report errors is not an array"))
+        .iter()
+        .map(|e| HeapError {
+            kind: optional_string(e, "kind")
+                .unwrap_or_else(|| panic!("an error without kind: {e}")),
+            address: optional_string(e, "address")
+                .unwrap_or_else(|| panic!("an error without address: {e}")),
+            stack: stack(&e["stack"]),
+            alloc_stack: stack(&e["alloc_stack"]),
+            first_free_stack: stack(&e["first_free_stack"]),
+            description: optional_string(e, "description").unwrap_or_default(),
+            count: u64_field(e, "count"),
+        })
+        .collect()
+}

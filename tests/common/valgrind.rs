@@ -55,6 +55,29 @@ impl LossRecord {
     }
 }
 
+/// One bad-free error valgrind printed (an error context: repeats are not printed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VgError {
+    /// `double_free`, `invalid_free` or `mismatched_free`.
+    pub kind: String,
+    /// The bad call.
+    pub stack: Vec<VgFrame>,
+    /// `Address 0x... is 0 bytes inside a block of size 10 free'd`
+    pub address_line: String,
+    /// The stack printed right after the address line: the first free of a double
+    /// free, else the block's allocation.
+    pub told: Vec<VgFrame>,
+    /// After `Block was alloc'd at`.
+    pub alloc: Vec<VgFrame>,
+}
+
+impl VgError {
+    /// The first frame of `frames` that is not valgrind's own.
+    pub fn caller(frames: &[VgFrame]) -> Option<&VgFrame> {
+        frames.iter().find(|f| !f.is_valgrind_allocator())
+    }
+}
+
 /// What valgrind said about one process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Valgrind {
@@ -71,6 +94,8 @@ pub struct Valgrind {
     pub reachable: Lost,
     pub suppressed: Lost,
     pub records: Vec<LossRecord>,
+    /// The bad frees it printed (invalid, double, mismatched), in order.
+    pub errors: Vec<VgError>,
     /// How valgrind (and so the program) ended; `None` for a parsed text.
     pub exit: Option<Exit>,
     /// The log, for failure messages.
@@ -205,6 +230,10 @@ pub fn parse_valgrind(log: &str) -> Result<Valgrind, String> {
     let mut main_pid = None;
     let mut heap_summary_seen = false;
     let mut current: Option<LossRecord> = None;
+    // Errors seen since the last heap summary, and the one being read with the
+    // stack its next frame lines go to (0 call, 1 told, 2 alloc).
+    let mut errors: Vec<VgError> = Vec::new();
+    let mut error: Option<(VgError, usize)> = None;
     let mut lines = Vec::new();
     for line in log.lines() {
         let Some((pid, body)) = split_prefix(line) else {
@@ -221,6 +250,43 @@ pub fn parse_valgrind(log: &str) -> Result<Valgrind, String> {
             if let Some(record) = current.take() {
                 result.records.push(record);
             }
+            if let Some((e, _)) = error.take() {
+                errors.push(e);
+            }
+            continue;
+        }
+        if let Some((e, part)) = error.as_mut() {
+            let trimmed = body.trim();
+            if let Some(frame) = parse_frame(body) {
+                match part {
+                    0 => e.stack.push(frame),
+                    1 => e.told.push(frame),
+                    _ => e.alloc.push(frame),
+                }
+            } else if trimmed.starts_with("Address ") {
+                e.address_line = trimmed.to_string();
+                if e.kind == "invalid_free" && trimmed.ends_with(" free'd") {
+                    e.kind = "double_free".into();
+                }
+                *part = 1;
+            } else if trimmed == "Block was alloc'd at" {
+                *part = 2;
+            }
+            continue;
+        }
+        let error_kind = match body.trim() {
+            "Invalid free() / delete / delete[] / realloc()" => Some("invalid_free"),
+            "Mismatched free() / delete / delete []" => Some("mismatched_free"),
+            _ => None,
+        };
+        if let Some(kind) = error_kind {
+            error = Some((
+                VgError {
+                    kind: kind.into(),
+                    ..VgError::default()
+                },
+                0,
+            ));
             continue;
         }
         if let Some(record) = current.as_mut() {
@@ -239,6 +305,7 @@ pub fn parse_valgrind(log: &str) -> Result<Valgrind, String> {
             result = Valgrind {
                 log,
                 pid,
+                errors: std::mem::take(&mut errors),
                 ..Valgrind::default()
             };
         } else if let Some(rest) = trimmed.strip_prefix("in use at exit:") {
