@@ -26,7 +26,8 @@
 //!    before anything else, so no free of that block can be seen first. Calls made
 //!    while a frame is pending (operator new -> malloc) are nested and not recorded;
 //!    free is recorded at its entry.
-//! 5. The events feed the [`heap::Heap`] (live blocks, valgrind-style totals). When
+//! 5. The events feed the [`heap::Heap`] (live blocks, valgrind-style totals, and
+//!    heap errors: a free is checked at its entry, before glibc sees it). When
 //!    the program ends, live blocks are grouped by stack, symbolized once per
 //!    distinct address ([`symbols::Symbolizer`], in the module generation the stack
 //!    was taken in, so a library unloaded meanwhile still resolves), and written as
