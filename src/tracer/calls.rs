@@ -58,6 +58,9 @@ impl Tracer<'_> {
             Native::arg(regs, 1),
             Native::arg(regs, 2),
         ];
+        if func == HookFn::Free && args[0] == 0 {
+            return; // free(NULL): nothing to record, no stack to take
+        }
         let stack = if nested {
             NO_STACK
         } else {

@@ -27,17 +27,32 @@ pub struct Marker {
 
 const KINDS: [&str; 4] = ["definite", "indirect", "possible", "reachable"];
 
+/// Each line of `text` holding `TAG:`: its 1-based number, a `file:line` for
+/// messages, and the words after the tag up to the comment's end.
+fn tagged_lines<'t>(
+    file: &'t str,
+    text: &'t str,
+    tag: &'t str,
+) -> impl Iterator<Item = Result<(u32, String, Vec<&'t str>), String>> + 't {
+    text.lines().enumerate().filter_map(move |(index, line)| {
+        let at = line.find(tag)?;
+        let where_ = format!("{file}:{}", index + 1);
+        let rest = &line[at + tag.len()..];
+        let rest = rest.split("*/").next().unwrap_or(rest);
+        let words = rest.split_whitespace().collect();
+        Some(
+            u32::try_from(index + 1)
+                .map(|n| (n, where_.clone(), words))
+                .map_err(|_| format!("{where_}: line too far")),
+        )
+    })
+}
+
 /// Parses the markers of one source text. `file` is the name they are reported under.
 pub fn parse_markers(file: &str, text: &str) -> Result<Vec<Marker>, String> {
     let mut found = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let Some(at) = line.find("LEAK:") else {
-            continue;
-        };
-        let where_ = format!("{file}:{}", index + 1);
-        let rest = &line[at + "LEAK:".len()..];
-        let rest = rest.split("*/").next().unwrap_or(rest);
-        let words: Vec<&str> = rest.split_whitespace().collect();
+    for tagged in tagged_lines(file, text, "LEAK:") {
+        let (line, where_, words) = tagged?;
         let number = |i: usize, what: &str| -> Result<u64, String> {
             let word = words
                 .get(i)
@@ -61,7 +76,7 @@ pub fn parse_markers(file: &str, text: &str) -> Result<Vec<Marker>, String> {
         }
         found.push(Marker {
             file: file.to_string(),
-            line: u32::try_from(index + 1).map_err(|_| format!("{where_}: line too far"))?,
+            line,
             blocks,
             bytes: blocks * size,
             kind,
@@ -143,14 +158,8 @@ pub struct FrameMarker {
 /// Parses the `FRAME:` markers of one source text.
 pub fn parse_frame_markers(file: &str, text: &str) -> Result<Vec<FrameMarker>, String> {
     let mut found = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let Some(at) = line.find("FRAME:") else {
-            continue;
-        };
-        let where_ = format!("{file}:{}", index + 1);
-        let rest = &line[at + "FRAME:".len()..];
-        let rest = rest.split("*/").next().unwrap_or(rest);
-        let words: Vec<&str> = rest.split_whitespace().collect();
+    for tagged in tagged_lines(file, text, "FRAME:") {
+        let (line, where_, words) = tagged?;
         let [count, function] = words[..] else {
             return Err(format!(
                 "{where_}: FRAME marker is not `<count> <function>`"
@@ -158,7 +167,7 @@ pub fn parse_frame_markers(file: &str, text: &str) -> Result<Vec<FrameMarker>, S
         };
         found.push(FrameMarker {
             file: file.to_string(),
-            line: u32::try_from(index + 1).map_err(|_| format!("{where_}: line too far"))?,
+            line,
             count: count
                 .parse()
                 .map_err(|_| format!("{where_}: FRAME count {count:?} is not a number"))?,
@@ -184,14 +193,8 @@ pub struct BadFreeMarker {
 /// Parses the `BAD-FREE:` markers of one source text.
 pub fn parse_bad_free_markers(file: &str, text: &str) -> Result<Vec<BadFreeMarker>, String> {
     let mut found = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let Some(at) = line.find("BAD-FREE:") else {
-            continue;
-        };
-        let where_ = format!("{file}:{}", index + 1);
-        let rest = &line[at + "BAD-FREE:".len()..];
-        let rest = rest.split("*/").next().unwrap_or(rest);
-        let words: Vec<&str> = rest.split_whitespace().collect();
+    for tagged in tagged_lines(file, text, "BAD-FREE:") {
+        let (line, where_, words) = tagged?;
         let [kind] = words[..] else {
             return Err(format!("{where_}: BAD-FREE marker is not `<kind>`"));
         };
@@ -200,7 +203,7 @@ pub fn parse_bad_free_markers(file: &str, text: &str) -> Result<Vec<BadFreeMarke
         }
         found.push(BadFreeMarker {
             file: file.to_string(),
-            line: u32::try_from(index + 1).map_err(|_| format!("{where_}: line too far"))?,
+            line,
             kind: kind.to_string(),
         });
     }
