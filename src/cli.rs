@@ -37,9 +37,9 @@ pub struct Common {
     /// heap error.
     #[arg(long, value_name = "N")]
     pub error_exitcode: Option<i32>,
-    /// Stack frames kept per allocation. (Only the caller frame is recorded for now;
-    /// full stacks come with unwinding.)
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// Stack frames (return addresses) kept per allocator call; a deeper stack is cut
+    /// and counted in the report.
+    #[arg(long, value_name = "N", default_value_t = crate::tracer::DEFAULT_DEPTH as u32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub depth: u32,
     /// Microseconds the tracer polls for the target's next stop before sleeping. A
     /// sleeping tracer must be woken for every stop, which costs tens of microseconds

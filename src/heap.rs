@@ -26,7 +26,6 @@ pub const FREED_REMEMBERED: usize = 1 << 18;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Freed {
     size: u64,
-    kind: AllocKind,
     alloc_stack: StackId,
     free_stack: StackId,
     /// Sequence number of the free, to match the eviction queue.
@@ -55,6 +54,9 @@ impl ErrorKind {
         }
     }
 }
+
+/// What makes two errors alike: kind and stacks.
+type ErrorKey = (ErrorKind, StackId, Option<StackId>, Option<StackId>);
 
 /// One heap error, or several alike: same kind and same stacks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +123,8 @@ pub struct Heap {
     /// Blocks handed out inside another hooked call and not (yet) the program's.
     nested: HashSet<u64>,
     errors: Vec<HeapError>,
+    /// Where each kind of error with its stacks is in `errors`.
+    error_index: HashMap<ErrorKey, usize>,
     /// Blocks whose realloc is in flight, by thread.
     in_realloc: HashMap<Tid, (u64, Option<Block>)>,
     totals: Totals,
@@ -187,8 +191,8 @@ impl Heap {
                 internal,
             } => {
                 let block = self.take(old);
-                match &block {
-                    Some(b) => self.check_family(old, &b.clone(), FreeKind::Free, stack),
+                match block {
+                    Some(b) => self.check_family(old, &b, FreeKind::Free, stack),
                     None if !internal && !self.nested.remove(&old) => self.bad_free(old, stack),
                     None => {}
                 }
@@ -300,7 +304,6 @@ impl Heap {
             ptr,
             Freed {
                 size: b.size,
-                kind: b.kind,
                 alloc_stack: b.stack,
                 free_stack,
                 seq: self.seq,
@@ -368,15 +371,13 @@ impl Heap {
 
     /// Records an error, counting it with an earlier one of the same kind and stacks.
     fn error(&mut self, e: HeapError) {
-        let same = self.errors.iter_mut().find(|o| {
-            o.kind == e.kind
-                && o.stack == e.stack
-                && o.alloc_stack == e.alloc_stack
-                && o.first_free_stack == e.first_free_stack
-        });
-        match same {
-            Some(o) => o.count += 1,
-            None => self.errors.push(e),
+        let key = (e.kind, e.stack, e.alloc_stack, e.first_free_stack);
+        match self.error_index.get(&key) {
+            Some(&i) => self.errors[i].count += 1,
+            None => {
+                self.error_index.insert(key, self.errors.len());
+                self.errors.push(e);
+            }
         }
     }
 

@@ -141,6 +141,12 @@ impl HookFn {
         }
     }
 
+    /// Whether the call's events need its stack: not a free or delete of NULL, which
+    /// records nothing (its entry is still needed, for delete's return hook).
+    pub fn needs_stack(self, args: [u64; 3]) -> bool {
+        !(matches!(self, HookFn::Free | HookFn::Delete { .. }) && args[0] == 0)
+    }
+
     /// Whether a call of this function made inside another hooked call has its result
     /// watched (see [`Event::Nested`]): the plain allocators, whose result is the
     /// return value.
@@ -269,6 +275,14 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn only_calls_that_record_something_need_a_stack() {
+        assert!(!HookFn::Free.needs_stack([0, 0, 0]));
+        assert!(!HookFn::Delete { array: true }.needs_stack([0, 0, 0]));
+        assert!(HookFn::Free.needs_stack([0x10, 0, 0]));
+        assert!(HookFn::Malloc.needs_stack([0, 0, 0]), "malloc(0) allocates");
     }
 
     #[test]

@@ -24,8 +24,10 @@
 //!    flag and jumps to the real return address: no stop. At the next stop of any
 //!    thread the tracer reads the finished stubs and emits [`event::Event::Alloc`]
 //!    before anything else, so no free of that block can be seen first. Calls made
-//!    while a frame is pending (operator new -> malloc) are nested and not recorded;
-//!    free is recorded at its entry.
+//!    while a frame is pending (operator new -> malloc) are nested: not the
+//!    program's, only the pointer a nested plain allocator returns is noted
+//!    ([`event::Event::Nested`]), so that its free is no error. A free is recorded at
+//!    its entry.
 //! 5. The events feed the [`heap::Heap`] (live blocks, valgrind-style totals, and
 //!    heap errors: a free is checked at its entry, before glibc sees it). When
 //!    the program ends, live blocks are grouped by stack, symbolized once per

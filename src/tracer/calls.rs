@@ -9,7 +9,8 @@ use crate::ptrace;
 use crate::unwind::Start;
 use memtrace_arch::{Arch, Native, Regs, ReturnSlot};
 
-/// The stack of a nested call's frame: never recorded, never looked at.
+/// The stack of a call that records nothing (a nested call, free(NULL)): never
+/// interned, never looked at.
 const NO_STACK: StackId = StackId(u32::MAX);
 
 impl Tracer<'_> {
@@ -58,13 +59,14 @@ impl Tracer<'_> {
             Native::arg(regs, 1),
             Native::arg(regs, 2),
         ];
-        if func == HookFn::Free && args[0] == 0 {
-            return; // free(NULL): nothing to record, no stack to take
-        }
         let stack = if nested {
             NO_STACK
         } else {
-            let stack = self.capture_stack(tid, regs, ret_addr);
+            let stack = if func.needs_stack(args) {
+                self.capture_stack(tid, regs, ret_addr)
+            } else {
+                NO_STACK
+            };
             let internal = self.image.is_internal(ret_addr);
             let entry = func.entry(tid, args, stack, internal);
             if let Some(ev) = entry.event {

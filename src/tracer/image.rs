@@ -219,10 +219,7 @@ impl Tracer<'_> {
             }
         }
         match role {
-            // The C++ runtime frees its exception objects with free(); those made
-            // while operator new was failing were allocated inside a pending call
-            // (not recorded), so their frees are its business, not the program's.
-            Role::Libc | Role::Cxx => self.image.internal.push((m.start, m.end)),
+            Role::Libc => self.image.internal.push((m.start, m.end)),
             Role::StaticExe => {
                 for name in STATIC_INTERNAL_FREERS {
                     if let Some(s) = info.function(name) {
@@ -231,7 +228,7 @@ impl Tracer<'_> {
                     }
                 }
             }
-            Role::Unwinder => {}
+            Role::Cxx | Role::Unwinder => {}
         }
     }
 
