@@ -106,6 +106,16 @@ pub struct Uncounted {
     pub internal_frees: u64,
 }
 
+/// What one allocation stack (a site) has done so far, kept up to date event by event
+/// so that a live view never has to walk every live block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteCounts {
+    /// Allocations made from this stack over the whole trace.
+    pub allocs: u64,
+    pub live_blocks: u64,
+    pub live_bytes: u64,
+}
+
 /// Live blocks that share one allocation stack.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeakGroup {
@@ -129,6 +139,8 @@ pub struct Heap {
     in_realloc: HashMap<Tid, (u64, Option<Block>)>,
     totals: Totals,
     uncounted: Uncounted,
+    /// Per allocation stack: allocations made, blocks and bytes live.
+    sites: HashMap<StackId, SiteCounts>,
     seq: u64,
 }
 
@@ -152,6 +164,12 @@ impl Heap {
 
     pub fn get(&self, ptr: u64) -> Option<&Block> {
         self.live.get(&ptr)
+    }
+
+    /// Every allocation stack seen, with its counts (sites whose blocks are all freed
+    /// included: their allocation rate still matters to a live view).
+    pub fn sites(&self) -> impl Iterator<Item = (StackId, SiteCounts)> + '_ {
+        self.sites.iter().map(|(&s, &c)| (s, c))
     }
 
     pub fn live_blocks(&self) -> impl Iterator<Item = (u64, &Block)> {
@@ -263,6 +281,10 @@ impl Heap {
         t.live_blocks += 1;
         t.live_bytes += size;
         t.peak_live_bytes = t.peak_live_bytes.max(t.live_bytes);
+        let site = self.sites.entry(stack).or_default();
+        site.allocs += 1;
+        site.live_blocks += 1;
+        site.live_bytes += size;
         self.live.insert(
             ptr,
             Block {
@@ -281,12 +303,19 @@ impl Heap {
         let b = self.live.remove(&ptr)?;
         self.totals.live_blocks -= 1;
         self.totals.live_bytes -= b.size;
+        if let Some(site) = self.sites.get_mut(&b.stack) {
+            site.live_blocks -= 1;
+            site.live_bytes -= b.size;
+        }
         Some(b)
     }
 
     fn restore(&mut self, ptr: u64, b: Block) {
         self.totals.live_blocks += 1;
         self.totals.live_bytes += b.size;
+        let site = self.sites.entry(b.stack).or_default();
+        site.live_blocks += 1;
+        site.live_bytes += b.size;
         self.live.insert(ptr, b);
     }
 
@@ -714,6 +743,16 @@ mod tests {
         }
         let g = h.leak_groups();
         assert_eq!(g.len(), 3);
+        h.apply(&free(0x100));
+        let zero = h.sites().find(|(s, _)| *s == StackId(0)).map(|(_, c)| c);
+        assert_eq!(
+            zero,
+            Some(SiteCounts {
+                allocs: 2,
+                live_blocks: 1,
+                live_bytes: 10
+            })
+        );
         assert_eq!((g[0].stack, g[0].blocks, g[0].bytes), (StackId(1), 1, 100));
         assert_eq!((g[1].stack, g[1].blocks, g[1].bytes), (StackId(0), 2, 20));
     }

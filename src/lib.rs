@@ -44,4 +44,5 @@ pub mod ptrace;
 pub mod report;
 pub mod symbols;
 pub mod tracer;
+pub mod tui;
 pub mod unwind;

@@ -1,0 +1,11 @@
+//! The live terminal view: outstanding blocks by allocation site, as the program runs.
+//!
+//! The tracer side sends [`snapshot::Snapshot`]s a few times a second; [`app::App`]
+//! keeps the view's state and turns keys into [`app::Request`]s for the tracer;
+//! [`view::draw`] draws the state with ratatui and changes nothing. Frames are
+//! symbolized by the UI side as they come into view, so the tracer never waits for it.
+
+pub mod app;
+pub mod sites;
+pub mod snapshot;
+pub mod view;
