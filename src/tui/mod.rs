@@ -6,6 +6,8 @@
 //! symbolized by the UI side as they come into view, so the tracer never waits for it.
 
 pub mod app;
+pub mod feed;
+pub mod run;
 pub mod sites;
 pub mod snapshot;
 pub mod view;

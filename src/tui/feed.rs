@@ -1,0 +1,136 @@
+//! The tracer side of the live view: keeps the heap model and sends the UI a snapshot
+//! at most every [`SNAPSHOT_EVERY`], so the trace pays one clock read per event and
+//! a snapshot a few times a second, whatever the allocation rate.
+
+use super::run::{UiEvent, Update};
+use super::snapshot::{Snapshotter, TargetState};
+use crate::event::{Event, StackTable};
+use crate::heap::Heap;
+use crate::maps::Module;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+pub const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
+/// A snapshot at least this often even when nothing changed.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+pub struct Feed {
+    pub heap: Heap,
+    tx: Sender<UiEvent>,
+    snapshots: Snapshotter,
+    started: Instant,
+    last: Option<Instant>,
+    /// Something changed since the last snapshot.
+    dirty: bool,
+    pub state: TargetState,
+}
+
+impl Feed {
+    pub fn new(tx: Sender<UiEvent>) -> Feed {
+        Feed {
+            heap: Heap::new(),
+            tx,
+            snapshots: Snapshotter::default(),
+            started: Instant::now(),
+            last: None,
+            dirty: true,
+            state: TargetState::Running,
+        }
+    }
+
+    pub fn event(&mut self, ev: &Event) {
+        if *ev == Event::Exec {
+            self.snapshots.reset();
+            self.send(Update::Exec);
+        }
+        self.heap.apply(ev);
+        self.dirty = true;
+    }
+
+    pub fn modules(&mut self, pid: i32, modules: &[Module], generation: u32) {
+        self.send(Update::Modules {
+            pid,
+            modules: modules.to_vec(),
+            generation,
+        });
+    }
+
+    /// Sends a snapshot if one is due (or `force`): call it at every stop and tick.
+    pub fn tick(&mut self, stacks: &StackTable, force: bool) {
+        let now = Instant::now();
+        let send = force
+            || match self.last.map(|t| now - t) {
+                None => true,
+                // Unchanged: still now and then, so that rates fall back to zero.
+                Some(d) => (self.dirty && d >= SNAPSHOT_EVERY) || d >= HEARTBEAT,
+            };
+        if !send {
+            return;
+        }
+        self.last = Some(now);
+        self.dirty = false;
+        let snap = self
+            .snapshots
+            .take(&self.heap, stacks, now - self.started, self.state.clone());
+        self.send(Update::Snapshot(snap));
+    }
+
+    pub fn set_state(&mut self, state: TargetState, stacks: &StackTable) {
+        self.state = state;
+        self.tick(stacks, true);
+    }
+
+    /// The trace is over: a last snapshot, then the end.
+    pub fn ended(&mut self, state: TargetState, stacks: &StackTable) {
+        self.set_state(state.clone(), stacks);
+        self.send(Update::Ended(state));
+    }
+
+    fn send(&self, u: Update) {
+        // A UI that has gone (the user quit) just stops listening.
+        let _ = self.tx.send(UiEvent::Update(u));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::AllocKind;
+
+    #[test]
+    fn snapshots_are_rate_limited_and_forced_at_the_end() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut feed = Feed::new(tx);
+        let mut stacks = StackTable::new();
+        let s = stacks.intern(&[0x10], false, 0);
+        for i in 0..1000u64 {
+            feed.event(&Event::Alloc {
+                tid: 1,
+                kind: AllocKind::Malloc,
+                ptr: 0x1000 + 16 * i,
+                size: 8,
+                stack: s,
+            });
+            feed.tick(&stacks, false);
+        }
+        feed.ended(TargetState::Ended("exited with status 0".into()), &stacks);
+        let updates: Vec<Update> = rx
+            .try_iter()
+            .filter_map(|e| match e {
+                UiEvent::Update(u) => Some(u),
+                UiEvent::Input(_) => None,
+            })
+            .collect();
+        let snaps: Vec<_> = updates
+            .iter()
+            .filter_map(|u| match u {
+                Update::Snapshot(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert!(snaps.len() <= 3, "{} snapshots for a burst", snaps.len());
+        let last = snaps.last().expect("a final snapshot");
+        assert_eq!(last.totals.live_blocks, 1000);
+        assert!(matches!(updates.last(), Some(Update::Ended(_))));
+    }
+}

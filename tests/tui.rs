@@ -1,0 +1,193 @@
+//! The live view, end to end: the real memtrace binary in a real pseudo-terminal
+//! (tmux), against a fixture that leaks steadily. The leaking site's row must show
+//! its `function file:line` (the line taken from the fixture's `LEAK:` marker) and its
+//! block count must grow; `q` then asks whether to kill the launched program, `k`
+//! kills it, the view stays on the final state until `q`, and the report is written.
+//!
+//! Every wait is bounded: a hang fails the test, and the tmux server (with memtrace
+//! and the program under it) is killed whatever happens.
+
+mod common;
+
+use common::{build_fixture, markers, process::memtrace_binary, DEBUG};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A tmux server of the test's own (its own socket), killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(command: &str, width: u16, height: u16) -> Tmux {
+        let socket = format!("memtrace-test-{}", std::process::id());
+        let t = Tmux { socket };
+        let status = t
+            .cmd()
+            .args(["new-session", "-d", "-s", "t", "-x"])
+            .arg(width.to_string())
+            .arg("-y")
+            .arg(height.to_string())
+            .arg(command)
+            .status()
+            .expect("tmux runs (the test needs tmux)");
+        assert!(status.success(), "tmux new-session failed");
+        t
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket, "-f", "/dev/null"]);
+        c
+    }
+
+    fn screen(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", "t"])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &str) {
+        let status = self
+            .cmd()
+            .args(["send-keys", "-t", "t", keys])
+            .status()
+            .expect("tmux send-keys");
+        assert!(status.success());
+    }
+
+    fn alive(&self) -> bool {
+        self.cmd()
+            .args(["has-session", "-t", "t"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// The screen once `ok` holds for it, or a panic with the last screen after `limit`.
+    fn wait_for(&self, what: &str, limit: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let until = Instant::now() + limit;
+        loop {
+            let s = self.screen();
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < until,
+                "waited {limit:?} for {what}; screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").status();
+    }
+}
+
+/// The Blocks column of the row that holds `site`.
+fn blocks_of(screen: &str, site: &str) -> Option<u64> {
+    let line = screen.lines().find(|l| l.contains(site))?;
+    // "│> 3.2 KiB     50   50   ...  leak_slowly tui_leak.c:11": bytes, unit, blocks.
+    let cells: Vec<&str> = line
+        .trim_start_matches(['│', '>', ' '])
+        .split_whitespace()
+        .collect();
+    let at = if cells.get(1).is_some_and(|u| u.ends_with('B')) { 2 } else { 1 };
+    cells.get(at)?.replace(',', "").parse().ok()
+}
+
+#[test]
+fn live_view_shows_the_growing_site_and_quits_cleanly() {
+    let program = build_fixture("tui_leak", DEBUG);
+    let marker = markers(&common::fixtures_dir().join("tui_leak.c"))
+        .into_iter()
+        .next()
+        .expect("tui_leak.c has a LEAK marker");
+    let site = format!("leak_slowly {}:{}", marker.file, marker.line);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let command = format!(
+        "{} launch --json {} -- {} 100000",
+        shell_quote(memtrace_binary()),
+        shell_quote(&json),
+        shell_quote(&program)
+    );
+    let tmux = Tmux::start(&command, 120, 36);
+    let first = tmux.wait_for(&format!("the row of {site}"), Duration::from_secs(30), |s| {
+        blocks_of(s, &site).is_some()
+    });
+    assert!(first.contains("running"), "{first}");
+    let before = blocks_of(&first, &site).unwrap_or(0);
+    let later = tmux.wait_for("the site's count to grow", Duration::from_secs(30), |s| {
+        blocks_of(s, &site).is_some_and(|n| n > before + 5)
+    });
+    assert!(later.contains("pid "), "{later}");
+
+    // The detail pane shows the stack with the fixture's frames.
+    tmux.keys("Enter");
+    tmux.wait_for("the stack pane", Duration::from_secs(10), |s| {
+        s.contains("Stack") && s.contains("main tui_leak.c")
+    });
+    tmux.keys("Escape");
+
+    // q asks, k kills; the view stays on the final state until q.
+    tmux.keys("q");
+    tmux.wait_for("the quit question", Duration::from_secs(10), |s| {
+        s.contains("k kill the program")
+    });
+    tmux.keys("k");
+    let end = tmux.wait_for("the program's end", Duration::from_secs(30), |s| {
+        s.contains("killed by SIGKILL")
+    });
+    assert!(blocks_of(&end, &site).is_some(), "the last state stays:\n{end}");
+    assert!(tmux.alive(), "the view stays until q");
+    tmux.keys("q");
+    let until = Instant::now() + Duration::from_secs(30);
+    while tmux.alive() {
+        assert!(Instant::now() < until, "memtrace did not quit:\n{}", tmux.screen());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&json).expect("the report was written after the view closed"),
+    )
+    .expect("JSON report");
+    assert_eq!(report["end"]["signal"], "SIGKILL", "{report:#}");
+    let leaks = report["leaks"].as_array().expect("leaks");
+    assert!(
+        leaks.iter().any(|l| l["stack"][0]["line"] == marker.line),
+        "the leak site is in the report: {report:#}"
+    );
+}
+
+/// A terminal too small for the view gets a message, and memtrace still works.
+#[test]
+fn tiny_terminal_shows_a_message() {
+    let program = build_fixture("tui_leak", DEBUG);
+    let command = format!(
+        "{} launch -- {} 100000",
+        shell_quote(memtrace_binary()),
+        shell_quote(&program)
+    );
+    let tmux = Tmux::start(&command, 30, 6);
+    tmux.wait_for("the too-small message", Duration::from_secs(30), |s| {
+        s.contains("too small")
+    });
+    let _ = tmux.cmd().args(["resize-window", "-t", "t", "-x", "120", "-y", "36"]).status();
+    tmux.wait_for("the view after a resize", Duration::from_secs(30), |s| {
+        s.contains("sites")
+    });
+    tmux.keys("q");
+    tmux.keys("k");
+    tmux.wait_for("the end", Duration::from_secs(30), |s| s.contains("SIGKILL"));
+}
+
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
