@@ -8,6 +8,7 @@ use memtrace::maps::Module;
 use memtrace::report::{self, End, Target};
 use memtrace::symbols::Symbolizer;
 use memtrace::tracer::{self, Sink, Tracer};
+use memtrace::tui::session::{self, Traced};
 use memtrace::{elf, ptrace};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -62,32 +63,58 @@ fn launch(args: LaunchArgs) -> i32 {
     };
     // Ctrl-C goes to the program (same process group); memtrace stays to report.
     ptrace::survive_terminal_signals();
-
-    let mut collector = Collector {
-        heap: Heap::new(),
-        sym: None,
+    let traced = if use_tui(&args.common) {
+        session::launch(&path, &cargs, &args.command, &args.common)
+    } else {
+        trace_plain(&path, &cargs, &args)
     };
-    let (pid, end, stacks, trace) = {
-        let mut t = match Tracer::launch(&path, &cargs, &mut collector) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("memtrace: {name}: {e}");
-                return 1;
-            }
-        };
-        let pid = t.pid();
-        t.set_poll(std::time::Duration::from_micros(args.common.poll_us));
-        t.set_depth(args.common.depth as usize);
-        let end = t.run();
-        (pid, end, std::mem::take(&mut t.stacks), t.stats)
-    };
-    let end = match end {
-        Ok(e) => e,
+    let traced = match traced {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("memtrace: {name}: {e}");
             return 1;
         }
     };
+    finish(traced, &args)
+}
+
+/// The live view runs when memtrace talks to a person: stdin and stdout terminals.
+fn use_tui(common: &memtrace::cli::Common) -> bool {
+    use std::io::IsTerminal;
+    !common.no_tui && std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
+}
+
+fn trace_plain(path: &CString, argv: &[CString], args: &LaunchArgs) -> Result<Traced, String> {
+    let mut collector = Collector {
+        heap: Heap::new(),
+        sym: None,
+    };
+    let mut t = Tracer::launch(path, argv, &mut collector).map_err(|e| e.to_string())?;
+    let pid = t.pid();
+    t.set_poll(std::time::Duration::from_micros(args.common.poll_us));
+    t.set_depth(args.common.depth as usize);
+    let end = t.run().map_err(|e| e.to_string())?;
+    let (stacks, trace) = (std::mem::take(&mut t.stacks), t.stats);
+    drop(t);
+    Ok(Traced {
+        pid,
+        end,
+        heap: collector.heap,
+        stacks,
+        trace,
+        sym: collector.sym,
+    })
+}
+
+fn finish(traced: Traced, args: &LaunchArgs) -> i32 {
+    let Traced {
+        pid,
+        end,
+        heap,
+        stacks,
+        trace,
+        sym,
+    } = traced;
     let (report_end, status) = match end {
         tracer::End::Exited(code) => (End::exited(code), code),
         tracer::End::Signaled(sig) => (End::signaled(sig), 128 + sig),
@@ -97,8 +124,8 @@ fn launch(args: LaunchArgs) -> i32 {
         argv: args.command.clone(),
         mode: "launch".into(),
     };
-    let sym = collector.sym.get_or_insert_with(|| Symbolizer::new(pid));
-    let mut report = report::build(target, report_end, &collector.heap, &stacks, sym);
+    let mut sym = sym.unwrap_or_else(|| Symbolizer::new(pid));
+    let mut report = report::build(target, report_end, &heap, &stacks, &mut sym);
     report.trace = Some(trace);
     eprint!("{}", report::text::render_text(&report));
     if let Some(path) = &args.common.json {

@@ -99,7 +99,11 @@ fn blocks_of(screen: &str, site: &str) -> Option<u64> {
         .trim_start_matches(['│', '>', ' '])
         .split_whitespace()
         .collect();
-    let at = if cells.get(1).is_some_and(|u| u.ends_with('B')) { 2 } else { 1 };
+    let at = if cells.get(1).is_some_and(|u| u.ends_with('B')) {
+        2
+    } else {
+        1
+    };
     cells.get(at)?.replace(',', "").parse().ok()
 }
 
@@ -120,9 +124,11 @@ fn live_view_shows_the_growing_site_and_quits_cleanly() {
         shell_quote(&program)
     );
     let tmux = Tmux::start(&command, 120, 36);
-    let first = tmux.wait_for(&format!("the row of {site}"), Duration::from_secs(30), |s| {
-        blocks_of(s, &site).is_some()
-    });
+    let first = tmux.wait_for(
+        &format!("the row of {site}"),
+        Duration::from_secs(30),
+        |s| blocks_of(s, &site).is_some(),
+    );
     assert!(first.contains("running"), "{first}");
     let before = blocks_of(&first, &site).unwrap_or(0);
     let later = tmux.wait_for("the site's count to grow", Duration::from_secs(30), |s| {
@@ -146,12 +152,19 @@ fn live_view_shows_the_growing_site_and_quits_cleanly() {
     let end = tmux.wait_for("the program's end", Duration::from_secs(30), |s| {
         s.contains("killed by SIGKILL")
     });
-    assert!(blocks_of(&end, &site).is_some(), "the last state stays:\n{end}");
+    assert!(
+        blocks_of(&end, &site).is_some(),
+        "the last state stays:\n{end}"
+    );
     assert!(tmux.alive(), "the view stays until q");
     tmux.keys("q");
     let until = Instant::now() + Duration::from_secs(30);
     while tmux.alive() {
-        assert!(Instant::now() < until, "memtrace did not quit:\n{}", tmux.screen());
+        assert!(
+            Instant::now() < until,
+            "memtrace did not quit:\n{}",
+            tmux.screen()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let report: serde_json::Value = serde_json::from_str(
@@ -179,13 +192,18 @@ fn tiny_terminal_shows_a_message() {
     tmux.wait_for("the too-small message", Duration::from_secs(30), |s| {
         s.contains("too small")
     });
-    let _ = tmux.cmd().args(["resize-window", "-t", "t", "-x", "120", "-y", "36"]).status();
+    let _ = tmux
+        .cmd()
+        .args(["resize-window", "-t", "t", "-x", "120", "-y", "36"])
+        .status();
     tmux.wait_for("the view after a resize", Duration::from_secs(30), |s| {
         s.contains("sites")
     });
     tmux.keys("q");
     tmux.keys("k");
-    tmux.wait_for("the end", Duration::from_secs(30), |s| s.contains("SIGKILL"));
+    tmux.wait_for("the end", Duration::from_secs(30), |s| {
+        s.contains("SIGKILL")
+    });
 }
 
 fn shell_quote(p: &Path) -> String {

@@ -35,6 +35,9 @@ pub trait Sink {
     /// object is unloaded, and every stack is interned with the generation it was
     /// taken in, so that its addresses are read against the objects of that time.
     fn modules(&mut self, pid: i32, modules: &[Module], generation: u32);
+    /// Called after every stop the tracer handled (and when it wakes without one):
+    /// a live view sends its snapshots from here. `stacks` holds every stack so far.
+    fn tick(&mut self, _stacks: &StackTable) {}
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,7 +220,9 @@ impl<'s> Tracer<'s> {
                 Ok(s) => s,
                 Err(e) => return Err(TraceError::Wait(e)),
             };
-            if let Some(end) = self.handle(stop)? {
+            let end = self.handle(stop)?;
+            self.sink.tick(&self.stacks);
+            if let Some(end) = end {
                 return Ok(end);
             }
         }

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod feed;
 pub mod run;
+pub mod session;
 pub mod sites;
 pub mod snapshot;
 pub mod view;
