@@ -17,12 +17,15 @@ use std::time::{Duration, Instant};
 /// A tmux server of the test's own (its own socket), killed on drop.
 struct Tmux {
     socket: String,
+    _dir: tempfile::TempDir,
 }
 
 impl Tmux {
-    fn start(command: &str, width: u16, height: u16) -> Tmux {
-        let socket = format!("memtrace-test-{}", std::process::id());
-        let t = Tmux { socket };
+    /// `name`: the test's own, so that tests running at once use separate servers.
+    fn start(name: &str, command: &str, width: u16, height: u16) -> Tmux {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join(name).display().to_string();
+        let t = Tmux { socket, _dir: dir };
         let status = t
             .cmd()
             .args(["new-session", "-d", "-s", "t", "-x"])
@@ -38,7 +41,7 @@ impl Tmux {
 
     fn cmd(&self) -> Command {
         let mut c = Command::new("tmux");
-        c.args(["-L", &self.socket, "-f", "/dev/null"]);
+        c.args(["-S", &self.socket, "-f", "/dev/null"]);
         c
     }
 
@@ -66,6 +69,19 @@ impl Tmux {
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false)
+    }
+
+    /// Waits for memtrace (the session's only command) to end.
+    fn wait_gone(&self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while self.alive() {
+            assert!(
+                Instant::now() < until,
+                "memtrace did not end within {limit:?}:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The screen once `ok` holds for it, or a panic with the last screen after `limit`.
@@ -123,7 +139,7 @@ fn live_view_shows_the_growing_site_and_quits_cleanly() {
         shell_quote(&json),
         shell_quote(&program)
     );
-    let tmux = Tmux::start(&command, 120, 36);
+    let tmux = Tmux::start("live", &command, 120, 36);
     let first = tmux.wait_for(
         &format!("the row of {site}"),
         Duration::from_secs(30),
@@ -143,30 +159,13 @@ fn live_view_shows_the_growing_site_and_quits_cleanly() {
     });
     tmux.keys("Escape");
 
-    // q asks, k kills; the view stays on the final state until q.
+    // q asks; k kills the program, and then memtrace ends with its report.
     tmux.keys("q");
     tmux.wait_for("the quit question", Duration::from_secs(10), |s| {
         s.contains("k kill the program")
     });
     tmux.keys("k");
-    let end = tmux.wait_for("the program's end", Duration::from_secs(30), |s| {
-        s.contains("killed by SIGKILL")
-    });
-    assert!(
-        blocks_of(&end, &site).is_some(),
-        "the last state stays:\n{end}"
-    );
-    assert!(tmux.alive(), "the view stays until q");
-    tmux.keys("q");
-    let until = Instant::now() + Duration::from_secs(30);
-    while tmux.alive() {
-        assert!(
-            Instant::now() < until,
-            "memtrace did not quit:\n{}",
-            tmux.screen()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    tmux.wait_gone(Duration::from_secs(30));
     let report: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&json).expect("the report was written after the view closed"),
     )
@@ -179,16 +178,20 @@ fn live_view_shows_the_growing_site_and_quits_cleanly() {
     );
 }
 
-/// A terminal too small for the view gets a message, and memtrace still works.
+/// A terminal too small for the view gets a message, and a resize brings the view.
+/// A program that ends by itself leaves the view on its final state until `q`.
 #[test]
-fn tiny_terminal_shows_a_message() {
+fn tiny_terminal_and_the_end_of_the_program() {
     let program = build_fixture("tui_leak", DEBUG);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
     let command = format!(
-        "{} launch -- {} 100000",
+        "{} launch --json {} -- {} 150",
         shell_quote(memtrace_binary()),
+        shell_quote(&json),
         shell_quote(&program)
     );
-    let tmux = Tmux::start(&command, 30, 6);
+    let tmux = Tmux::start("tiny", &command, 30, 6);
     tmux.wait_for("the too-small message", Duration::from_secs(30), |s| {
         s.contains("too small")
     });
@@ -199,11 +202,26 @@ fn tiny_terminal_shows_a_message() {
     tmux.wait_for("the view after a resize", Duration::from_secs(30), |s| {
         s.contains("sites")
     });
-    tmux.keys("q");
-    tmux.keys("k");
-    tmux.wait_for("the end", Duration::from_secs(30), |s| {
-        s.contains("SIGKILL")
+    let end = tmux.wait_for("the end", Duration::from_secs(30), |s| {
+        s.contains("exited with status 0")
     });
+    let marker = markers(&common::fixtures_dir().join("tui_leak.c"))
+        .into_iter()
+        .next()
+        .expect("tui_leak.c has a LEAK marker");
+    let site = format!("leak_slowly {}:{}", marker.file, marker.line);
+    assert_eq!(
+        blocks_of(&end, &site),
+        Some(150),
+        "every round's block:\n{end}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(tmux.alive(), "the view stays until q");
+    tmux.keys("q");
+    tmux.wait_gone(Duration::from_secs(30));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("JSON");
+    assert_eq!(report["end"]["code"], 0, "{report:#}");
 }
 
 fn shell_quote(p: &Path) -> String {

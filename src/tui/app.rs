@@ -78,6 +78,8 @@ pub struct App {
     pub help: bool,
     /// Rows as of the last change (recomputed by [`App::refresh`]).
     pub rows: Vec<Row>,
+    /// Why the terminal can no longer be read, if it cannot.
+    pub input_error: Option<String>,
     /// Source files by path, as lines; None when the file cannot be read.
     pub sources: HashMap<String, Option<Vec<String>>>,
 }
@@ -106,6 +108,7 @@ impl App {
             detail: None,
             help: false,
             rows: Vec::new(),
+            input_error: None,
             sources: HashMap::new(),
         }
     }
@@ -255,6 +258,10 @@ impl App {
 
     pub fn selected_row(&self) -> Option<&Row> {
         self.rows.get(self.selected)
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended()
     }
 
     fn ended(&self) -> bool {

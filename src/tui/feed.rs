@@ -80,12 +80,6 @@ impl Feed {
         self.tick(stacks, true);
     }
 
-    /// The trace is over: a last snapshot, then the end.
-    pub fn ended(&mut self, state: TargetState, stacks: &StackTable) {
-        self.set_state(state.clone(), stacks);
-        self.send(Update::Ended(state));
-    }
-
     fn send(&self, u: Update) {
         // A UI that has gone (the user quit) just stops listening.
         let _ = self.tx.send(UiEvent::Update(u));
@@ -113,7 +107,7 @@ mod tests {
             });
             feed.tick(&stacks, false);
         }
-        feed.ended(TargetState::Ended("exited with status 0".into()), &stacks);
+        feed.set_state(TargetState::Ended("exited with status 0".into()), &stacks);
         let updates: Vec<Update> = rx
             .try_iter()
             .filter_map(|e| match e {
@@ -131,6 +125,9 @@ mod tests {
         assert!(snaps.len() <= 3, "{} snapshots for a burst", snaps.len());
         let last = snaps.last().expect("a final snapshot");
         assert_eq!(last.totals.live_blocks, 1000);
-        assert!(matches!(updates.last(), Some(Update::Ended(_))));
+        assert_eq!(
+            last.state,
+            TargetState::Ended("exited with status 0".into())
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! channel (keys from an input thread, updates from the tracer side) and sends
 //! [`Request`]s back. The terminal is restored on every way out, a panic included.
 
-use super::app::{App, Request};
+use super::app::{App, Mode, Request};
 use super::snapshot::{Snapshot, TargetState};
 use super::view;
 use crate::maps::Module;
@@ -33,6 +33,8 @@ pub enum Update {
 #[derive(Debug)]
 pub enum UiEvent {
     Input(Event),
+    /// The terminal can no longer be read: no key will come.
+    InputClosed(String),
     Update(Update),
 }
 
@@ -91,6 +93,16 @@ pub fn run(
                     }
                 }
                 UiEvent::Input(_) => {} // resize and the rest: the next draw adapts
+                UiEvent::InputClosed(why) => {
+                    // Nobody can press q any more: attach detaches now, launch lets
+                    // the program run to its end; the view leaves when the trace ends.
+                    app.input_error = Some(why);
+                    if app.mode == Mode::Attach && !app.is_ended() {
+                        requests(Request::Detach);
+                    }
+                    leaving = true;
+                    quit |= app.is_ended();
+                }
                 UiEvent::Update(u) => quit |= on_update(&mut app, &mut sym, u) && leaving,
             }
         }
@@ -149,17 +161,20 @@ fn symbolize_some(app: &mut App, sym: &mut Option<Symbolizer>) {
 fn spawn_input(tx: Sender<UiEvent>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            match event::poll(Duration::from_millis(100)) {
-                Ok(true) => match event::read() {
-                    Ok(ev) => {
-                        if tx.send(UiEvent::Input(ev)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => return,
-                },
-                Ok(false) => {}
-                Err(_) => return,
+            let ev = match event::poll(Duration::from_millis(100)) {
+                Ok(true) => event::read(),
+                Ok(false) => continue,
+                Err(e) => Err(e),
+            };
+            let ev = match ev {
+                Ok(ev) => UiEvent::Input(ev),
+                // A signal (the window resized) interrupted the read: read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => UiEvent::InputClosed(e.to_string()),
+            };
+            let closed = matches!(ev, UiEvent::InputClosed(_));
+            if tx.send(ev).is_err() || closed {
+                return;
             }
         }
     })

@@ -40,6 +40,25 @@ impl Sink for Feed {
     }
 }
 
+/// The tracer thread's work: launch, trace to the end.
+fn trace(
+    path: &CString,
+    argv: &[CString],
+    feed: &mut Feed,
+    pid_tx: &mpsc::Sender<i32>,
+    poll: u64,
+    depth: usize,
+) -> Result<(End, StackTable, TraceStats, i32), String> {
+    let mut t = Tracer::launch(path, argv, feed).map_err(|e| e.to_string())?;
+    let pid = t.pid();
+    let _ = pid_tx.send(pid);
+    t.set_poll(std::time::Duration::from_micros(poll));
+    t.set_depth(depth);
+    let end = t.run().map_err(|e| e.to_string());
+    let (stacks, stats) = (std::mem::take(&mut t.stacks), t.stats);
+    Ok((end?, stacks, stats, pid))
+}
+
 pub fn end_label(end: End) -> String {
     match end {
         End::Exited(code) => format!("exited with status {code}"),
@@ -60,22 +79,31 @@ pub fn launch(
     let (path, argv) = (path.clone(), argv.to_vec());
     let (poll, depth) = (common.poll_us, common.depth as usize);
     let feed_tx = ui_tx.clone();
-    let tracer = std::thread::spawn(
-        move || -> Result<(End, Feed, StackTable, TraceStats, i32), String> {
-            let mut feed = Feed::new(feed_tx);
-            let mut t = Tracer::launch(&path, &argv, &mut feed).map_err(|e| e.to_string())?;
-            let pid = t.pid();
-            let _ = pid_tx.send(pid);
-            t.set_poll(std::time::Duration::from_micros(poll));
-            t.set_depth(depth);
-            let end = t.run().map_err(|e| e.to_string());
-            let (stacks, stats) = (std::mem::take(&mut t.stacks), t.stats);
-            drop(t);
-            let end = end?;
-            feed.ended(TargetState::Ended(end_label(end)), &stacks);
-            Ok((end, feed, stacks, stats, pid))
-        },
-    );
+    let tracer = std::thread::spawn(move || {
+        let mut feed = Feed::new(feed_tx.clone());
+        // Whatever happens to the trace, the view is told it ended (a panic included),
+        // or it would wait for an end that never comes.
+        let traced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            trace(&path, &argv, &mut feed, &pid_tx, poll, depth)
+        }));
+        let (result, state) = match traced {
+            Ok(Ok((end, stacks, stats, pid))) => {
+                let state = TargetState::Ended(end_label(end));
+                feed.set_state(state.clone(), &stacks);
+                (Ok((end, stacks, stats, pid)), state)
+            }
+            Ok(Err(e)) => (
+                Err(e.clone()),
+                TargetState::Ended(format!("trace failed: {e}")),
+            ),
+            Err(_) => {
+                let e = "the tracer thread panicked".to_string();
+                (Err(e.clone()), TargetState::Ended(e))
+            }
+        };
+        let _ = feed_tx.send(UiEvent::Update(run::Update::Ended(state)));
+        result.map(|(end, stacks, stats, pid)| (end, feed, stacks, stats, pid))
+    });
     let Ok(pid) = pid_rx.recv() else {
         // The tracer thread ended before the program started: its error says why.
         return match tracer.join() {
@@ -84,7 +112,13 @@ pub fn launch(
         };
     };
     let app = App::new(pid, command.join(" "), Mode::Launch);
-    let mut requests = |_r: Request| {};
+    let mut requests = |r: Request| {
+        if r == Request::Kill {
+            // Signals need no ptrace: any thread may send them. The tracer sees the
+            // program die and ends the trace as for any other death.
+            let _ = crate::ptrace::kill(pid, libc::SIGKILL);
+        }
+    };
     let sym =
         run::run(app, ui_rx, ui_tx, &mut requests, None).map_err(|e| format!("terminal: {e}"))?;
     let (end, feed, stacks, trace, pid) = tracer

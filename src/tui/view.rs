@@ -237,6 +237,15 @@ fn draw_source(f: &mut Frame, app: &App, frame: Option<&crate::symbols::Frame>, 
 }
 
 fn draw_footer(f: &mut Frame, app: &App, area: Rect) {
+    if let Some(why) = &app.input_error {
+        let text =
+            format!("the terminal cannot be read ({why}): the view closes when the trace ends");
+        f.render_widget(
+            Paragraph::new(text).style(Style::new().fg(Color::Red)),
+            area,
+        );
+        return;
+    }
     let text = match &app.prompt {
         Prompt::Filter(t) => format!("filter (function or file): {t}_   Enter: apply  Esc: clear"),
         Prompt::ConfirmQuit => {
