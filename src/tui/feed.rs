@@ -112,7 +112,7 @@ mod tests {
             .try_iter()
             .filter_map(|e| match e {
                 UiEvent::Update(u) => Some(u),
-                UiEvent::Input(_) => None,
+                _ => None,
             })
             .collect();
         let snaps: Vec<_> = updates
