@@ -23,6 +23,9 @@ pub enum Request {
     Detach,
     /// Kill the launched program.
     Kill,
+    /// Ctrl-C in launch mode: the program gets SIGINT, as it would from the terminal
+    /// without the view (raw mode keeps the terminal from sending it).
+    Interrupt,
     /// Leave the view (the trace is over, or the request to end it was made).
     Quit,
 }
@@ -335,10 +338,10 @@ impl App {
     }
 
     fn quit_request(&self) -> Request {
-        if self.ended() {
-            Request::Quit
-        } else {
-            Request::Detach
+        match (self.ended(), self.mode) {
+            (true, _) => Request::Quit,
+            (false, Mode::Attach) => Request::Detach,
+            (false, Mode::Launch) => Request::Interrupt,
         }
     }
 

@@ -113,10 +113,16 @@ pub fn launch(
     };
     let app = App::new(pid, command.join(" "), Mode::Launch);
     let mut requests = |r: Request| {
-        if r == Request::Kill {
-            // Signals need no ptrace: any thread may send them. The tracer sees the
-            // program die and ends the trace as for any other death.
-            let _ = crate::ptrace::kill(pid, libc::SIGKILL);
+        // Signals need no ptrace: any thread may send them. The tracer sees what
+        // becomes of the program as for any other signal.
+        match r {
+            Request::Kill => {
+                let _ = crate::ptrace::kill(pid, libc::SIGKILL);
+            }
+            Request::Interrupt => {
+                let _ = crate::ptrace::kill(pid, libc::SIGINT);
+            }
+            _ => {}
         }
     };
     let sym =
