@@ -39,6 +39,7 @@ pub mod elf;
 pub mod event;
 pub mod heap;
 pub mod hooks;
+pub mod leakcheck;
 pub mod maps;
 pub mod ptrace;
 pub mod report;
