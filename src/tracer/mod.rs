@@ -10,8 +10,12 @@
 mod calls;
 mod image;
 mod inject;
+mod scan;
 pub mod scratch;
+mod stopall;
 mod stubs;
+
+pub use scan::{Scan, ScanError, ScanStats, ScanWhen};
 
 use crate::event::{Event, StackTable, Tid};
 use crate::hooks::HookFn;
@@ -20,7 +24,7 @@ use crate::ptrace::{self, Memory, PtraceEvent, Stop};
 use crate::unwind::StackWalker;
 use memtrace_arch::{Arch, Native};
 use scratch::{BpKind, Breakpoints, Scratch};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use stubs::Stubs;
 
@@ -35,6 +39,12 @@ pub trait Sink {
     /// object is unloaded, and every stack is interned with the generation it was
     /// taken in, so that its addresses are read against the objects of that time.
     fn modules(&mut self, pid: i32, modules: &[Module], generation: u32);
+    /// The live blocks, as `(start, size)`, for a reachability scan about to be made.
+    fn live_blocks(&mut self) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
+    /// A reachability scan's outcome: a kind for each block `live_blocks` gave.
+    fn classified(&mut self, _scan: &Scan) {}
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +143,21 @@ pub struct Tracer<'s> {
     pub stats: TraceStats,
     /// How long to poll for the next stop before sleeping (see `ptrace::wait_any`).
     spin: std::time::Duration,
+    /// Stops that came while every thread was being stopped, to handle next.
+    deferred: VecDeque<Stop>,
+    scan: ScanState,
+}
+
+/// The reachability scans of one process image.
+#[derive(Debug, Default)]
+struct ScanState {
+    /// A scan was made (at exit or on demand): leaks have kinds.
+    done: bool,
+    /// Why the last scan tried could not be made.
+    error: Option<String>,
+    /// Stack pointers of exited threads at their exit, oldest first: their stacks
+    /// (which glibc keeps for later threads) are stale below that.
+    exit_sps: Vec<u64>,
 }
 
 impl<'s> Tracer<'s> {
@@ -176,6 +201,8 @@ impl<'s> Tracer<'s> {
             stacks: StackTable::new(),
             stats: TraceStats::default(),
             spin: std::time::Duration::ZERO,
+            deferred: VecDeque::new(),
+            scan: ScanState::default(),
         };
         t.threads.insert(
             pid,
@@ -213,9 +240,9 @@ impl<'s> Tracer<'s> {
     pub fn run(&mut self) -> Result<End, TraceError> {
         self.resume(self.pid);
         loop {
-            let stop = match ptrace::wait_any(self.spin) {
-                Ok(s) => s,
-                Err(e) => return Err(TraceError::Wait(e)),
+            let stop = match self.deferred.pop_front() {
+                Some(s) => s,
+                None => ptrace::wait_any(self.spin).map_err(TraceError::Wait)?,
             };
             if let Some(end) = self.handle(stop)? {
                 return Ok(end);
@@ -309,8 +336,10 @@ impl<'s> Tracer<'s> {
             PtraceEvent::Stop => self.on_stop_event(tid, signal),
             PtraceEvent::Exit => {
                 // The thread is about to exit and its memory is still there: collect
-                // the calls that returned through stubs since the last stop.
+                // the calls that returned through stubs since the last stop, and scan
+                // if this is the end of the process.
                 self.harvest();
+                self.on_thread_exit(tid);
                 self.resume(tid);
             }
             _ => self.resume(tid),
@@ -402,6 +431,7 @@ impl<'s> Tracer<'s> {
             },
         );
         self.held_signals.clear();
+        self.scan = ScanState::default();
         self.scratch = Scratch::default();
         self.stubs = Stubs::default();
         self.bps = Breakpoints::default();
@@ -433,6 +463,7 @@ impl<'s> Tracer<'s> {
             BpKind::Loader => self.rescan(tid),
             BpKind::Unwind => self.unhook_returns(tid, &mut regs),
             BpKind::Hook(f) => self.on_entry(tid, f, &mut regs),
+            BpKind::Exit => self.scan_at_exit(tid),
         }
         Native::set_pc(&mut regs, ool);
         let _ = ptrace::set_regs(tid, &regs);
