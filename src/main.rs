@@ -7,7 +7,7 @@ use memtrace::heap::Heap;
 use memtrace::maps::Module;
 use memtrace::report::{self, End, Target};
 use memtrace::symbols::Symbolizer;
-use memtrace::tracer::{self, Sink, Tracer};
+use memtrace::tracer::{self, Scan, ScanStats, Sink, Tracer};
 use memtrace::{elf, ptrace};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -17,6 +17,8 @@ struct Collector {
     heap: Heap,
     /// Made when the first objects are known (files are opened through /proc/PID/root).
     sym: Option<Symbolizer>,
+    /// The last reachability scan.
+    scan: Option<ScanStats>,
 }
 
 impl Sink for Collector {
@@ -25,6 +27,7 @@ impl Sink for Collector {
             if let Some(sym) = &mut self.sym {
                 sym.reset();
             }
+            self.scan = None;
         }
         self.heap.apply(&ev);
     }
@@ -32,6 +35,13 @@ impl Sink for Collector {
         self.sym
             .get_or_insert_with(|| Symbolizer::new(pid))
             .update_modules(modules, generation);
+    }
+    fn live_blocks(&mut self) -> Vec<(u64, u64)> {
+        self.heap.live_blocks().map(|(p, b)| (p, b.size)).collect()
+    }
+    fn classified(&mut self, scan: &Scan) {
+        self.heap.classify(&scan.blocks, &scan.kinds);
+        self.scan = Some(scan.stats);
     }
 }
 
@@ -66,8 +76,9 @@ fn launch(args: LaunchArgs) -> i32 {
     let mut collector = Collector {
         heap: Heap::new(),
         sym: None,
+        scan: None,
     };
-    let (pid, end, stacks, trace) = {
+    let (pid, end, stacks, trace, scan_error) = {
         let mut t = match Tracer::launch(&path, &cargs, &mut collector) {
             Ok(t) => t,
             Err(e) => {
@@ -79,7 +90,8 @@ fn launch(args: LaunchArgs) -> i32 {
         t.set_poll(std::time::Duration::from_micros(args.common.poll_us));
         t.set_depth(args.common.depth as usize);
         let end = t.run();
-        (pid, end, std::mem::take(&mut t.stacks), t.stats)
+        let scan_error = t.scan_error().map(String::from);
+        (pid, end, std::mem::take(&mut t.stacks), t.stats, scan_error)
     };
     let end = match end {
         Ok(e) => e,
@@ -100,6 +112,12 @@ fn launch(args: LaunchArgs) -> i32 {
     let sym = collector.sym.get_or_insert_with(|| Symbolizer::new(pid));
     let mut report = report::build(target, report_end, &collector.heap, &stacks, sym);
     report.trace = Some(trace);
+    report.scan = collector.scan;
+    if report.scan.is_none() && !report.leaks.is_empty() {
+        report.scan_missing = Some(scan_error.unwrap_or_else(|| {
+            "the program ended without an exit stop (killed by SIGKILL?)".into()
+        }));
+    }
     eprint!("{}", report::text::render_text(&report));
     if let Some(path) = &args.common.json {
         if let Err(e) = report::json::write_json(&report, path) {

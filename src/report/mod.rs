@@ -25,6 +25,13 @@ pub struct Report {
     /// Extension: what the tracer did (breakpoint hits, returns caught, threads).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<crate::tracer::TraceStats>,
+    /// Extension: the reachability scan that gave the leaks their kinds (time, bytes
+    /// read), when one was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan: Option<crate::tracer::ScanStats>,
+    /// Extension: why no scan was made, when leaks are `unclassified`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan_missing: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -213,8 +220,7 @@ pub fn build(
         .leak_groups()
         .into_iter()
         .map(|g| Leak {
-            // No reachability scan yet.
-            kind: "unclassified".into(),
+            kind: g.kind.map_or("unclassified", |k| k.name()).into(),
             blocks: g.blocks,
             bytes: g.bytes,
             stack: symbolize_stack(stacks, g.stack, sym),
@@ -236,6 +242,8 @@ pub fn build(
             .map(|e| heap_error(e, stacks, sym))
             .collect(),
         trace: None,
+        scan: None,
+        scan_missing: None,
         stats: Stats {
             frees_not_live: uncounted.frees_not_live,
             internal_frees: uncounted.internal_frees,
@@ -364,6 +372,8 @@ pub(crate) fn sample() -> Report {
             count: 1,
         }],
         trace: None,
+        scan: None,
+        scan_missing: None,
         stats: Stats {
             frees_not_live: 1,
             internal_frees: 2,
