@@ -202,7 +202,7 @@ impl Tracer<'_> {
             .collect();
         // exit() runs the atexit handlers, then `_exit` (also `_Exit`): the place to
         // scan, while every thread still has its registers.
-        let exit = vec![("_exit", BpKind::Exit)];
+        let exit = vec![("exit", BpKind::ExitCall), ("_exit", BpKind::Exit)];
         let table: Vec<(&str, BpKind)> = match role {
             Role::Libc => [hooks(LIBC_FUNCTIONS), exit].concat(),
             Role::Cxx => hooks(CXX_FUNCTIONS),

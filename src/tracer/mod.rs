@@ -158,6 +158,8 @@ struct ScanState {
     /// Stack pointers of exited threads at their exit, oldest first: their stacks
     /// (which glibc keeps for later threads) are stale below that.
     exit_sps: Vec<u64>,
+    /// The stack pointer of each thread that called exit(), at the call.
+    exit_calls: HashMap<Tid, u64>,
 }
 
 impl<'s> Tracer<'s> {
@@ -463,6 +465,7 @@ impl<'s> Tracer<'s> {
             BpKind::Loader => self.rescan(tid),
             BpKind::Unwind => self.unhook_returns(tid, &mut regs),
             BpKind::Hook(f) => self.on_entry(tid, f, &mut regs),
+            BpKind::ExitCall => self.on_exit_call(tid, Native::sp(&regs)),
             BpKind::Exit => self.scan_at_exit(tid),
         }
         Native::set_pc(&mut regs, ool);

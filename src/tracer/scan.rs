@@ -135,6 +135,30 @@ impl Tracer<'_> {
         self.scan.exit_sps.push(Native::sp(&regs));
     }
 
+    /// `tid` calls exit(): the stack below its stack pointer now is about to hold
+    /// exit()'s own frames, laid over the program's old ones.
+    pub(super) fn on_exit_call(&mut self, tid: Tid, sp: u64) {
+        if !self.children.contains_key(&tid) {
+            self.scan.exit_calls.insert(tid, sp);
+        }
+    }
+
+    /// Where the live part of a stopped thread's stack starts: at its stack pointer,
+    /// less the red zone that leaf functions use without moving it. In a thread
+    /// inside exit(), at exit()'s call instead: exit's frames lie over old frames of
+    /// the program (the functions main called), and the slots exit never writes
+    /// still hold their pointers. Natively those are words like any other; valgrind
+    /// sees them undefined (memcheck marks a new stack frame undefined until it is
+    /// written) and skips them. Skipping exit's frames skips only glibc's pointers to
+    /// its own exit handler lists.
+    fn live_stack_start(&self, tid: Tid, sp: u64) -> u64 {
+        const STACK_LIMIT: u64 = 1 << 30;
+        match self.scan.exit_calls.get(&tid) {
+            Some(&at) if at > sp && at - sp < STACK_LIMIT => at,
+            _ => sp.saturating_sub(RED_ZONE),
+        }
+    }
+
     fn scan_done(&mut self, result: Result<ScanStats, ScanError>) {
         match result {
             Ok(_) => self.scan.done = true,
@@ -163,12 +187,16 @@ impl Tracer<'_> {
         let maps = maps::parse_maps(&text);
         let mut blocks = self.sink.live_blocks();
         blocks.sort_unstable();
-        let sps: Vec<u64> = all.regs.iter().map(|(_, r)| Native::sp(r)).collect();
+        let starts: Vec<u64> = all
+            .regs
+            .iter()
+            .map(|(tid, r)| self.live_stack_start(*tid, Native::sp(r)))
+            .collect();
         let own: Vec<(u64, u64)> = self.scratch.ranges().chain(self.stubs.region()).collect();
         let arenas = self.arena_heaps(&maps);
         let layout = Layout {
             blocks: &blocks,
-            sps: &sps,
+            stack_starts: &starts,
             exit_sps: &self.scan.exit_sps,
             own: &own,
             arena_heaps: &arenas,
@@ -260,8 +288,8 @@ fn sigkill_pending(pid: i32, tid: Tid) -> bool {
 struct Layout<'a> {
     /// Live blocks, sorted.
     blocks: &'a [(u64, u64)],
-    /// Stack pointers of the stopped threads.
-    sps: &'a [u64],
+    /// Where the live part of each stopped thread's stack starts.
+    stack_starts: &'a [u64],
     /// Stack pointers of exited threads at their exit, oldest first.
     exit_sps: &'a [u64],
     /// memtrace's own mappings in the target.
@@ -296,21 +324,20 @@ impl Layout<'_> {
             && !self.arena_heaps.contains(&m.start)
     }
 
-    /// A stack is live from its thread's stack pointer (less the red zone) up; an
-    /// exited thread's stack from where its pointer was at the exit. Anything else
-    /// from its start.
+    /// A stack is live from where its stopped thread's live part starts; an exited
+    /// thread's stack from where its pointer was at the exit (less the red zone).
+    /// Anything else from its start.
     fn scan_from(&self, m: &Mapping) -> u64 {
         let inside = |sp: &&u64| m.start <= **sp && **sp <= m.end;
-        let sp = self
-            .sps
-            .iter()
-            .filter(inside)
-            .min()
-            .or_else(|| self.exit_sps.iter().rev().find(inside));
-        match sp {
-            Some(sp) => sp.saturating_sub(RED_ZONE).max(m.start),
-            None => m.start,
-        }
+        let live = self.stack_starts.iter().filter(inside).min().copied();
+        let exited = || {
+            self.exit_sps
+                .iter()
+                .rev()
+                .find(inside)
+                .map(|sp| sp.saturating_sub(RED_ZONE))
+        };
+        live.or_else(exited).map_or(m.start, |s| s.max(m.start))
     }
 }
 
@@ -339,7 +366,7 @@ mod tests {
         let blocks = [(0x555555559010, 32), (0x7f1000000010, 0x80000)];
         let layout = Layout {
             blocks: &blocks,
-            sps: &[0x7fffffffe000, 0x7f2000700008],
+            stack_starts: &[0x7fffffffe000 - RED_ZONE, 0x7f2000700008 - RED_ZONE],
             exit_sps: &[],
             own: &[(0x7f3000000000, 0x7f3000003000)],
             arena_heaps: &[0x7f0000000000],
@@ -354,7 +381,7 @@ mod tests {
         );
         // An exited thread's stack from its last stack pointer; without any, all of it.
         let layout = Layout {
-            sps: &[],
+            stack_starts: &[],
             exit_sps: &[0x7f2000100000, 0x7f2000600000],
             ..layout
         };

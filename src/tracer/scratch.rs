@@ -115,6 +115,8 @@ pub enum BpKind {
     /// The C++/C unwinder starts unwinding this thread's stack (an exception, thread
     /// cancellation): return addresses we swapped must be real again before it reads them.
     Unwind,
+    /// libc's `exit`: where the exiting thread's live stack ends (see `scan.rs`).
+    ExitCall,
     /// libc's `_exit`: the program ends, every thread is still there to be scanned.
     Exit,
     Hook(HookFn),
