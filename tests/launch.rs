@@ -220,3 +220,25 @@ fn glibc_thread_exit_frees_are_its_own() {
         "glibc's own frees counted as the program's: {stats}"
     );
 }
+
+/// The scan is made at `_exit` (every thread stopped) when the program exits, at the
+/// exiting thread's exit stop when it dies of a signal; the report says which, and
+/// what the scan read.
+#[test]
+fn the_scan_says_when_it_was_made() {
+    for (case, when, threads) in [
+        (cases::sleeper(), "exit", 3),
+        (cases::exit3(), "exit", 1),
+        (cases::signal_segv(), "exit_event", 1),
+    ] {
+        let target = case.target();
+        let run = run_memtrace(&target);
+        let scan = &run.report()["scan"];
+        assert_eq!(scan["when"], when, "{}: {scan}", target.display());
+        assert_eq!(scan["threads"], threads, "{}: {scan}", target.display());
+        assert_eq!(scan["threads_missed"], 0, "{}: {scan}", target.display());
+        let read = scan["bytes_scanned"].as_u64().unwrap_or(0);
+        assert!(read > 0, "{}: {scan}", target.display());
+        assert!(run.report().get("scan_missing").is_none());
+    }
+}

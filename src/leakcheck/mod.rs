@@ -18,7 +18,7 @@
 //!
 //! The result does not depend on the order blocks are scanned in (states only rise,
 //! and cliques are led in address order), so each block's contents are read once, in
-//! address order and in large chunks ([`edges`]), and the graph is walked in memory.
+//! address order and in large chunks ([`extract`]), and the graph is walked in memory.
 
 mod classify;
 mod edges;

@@ -372,7 +372,17 @@ pub(crate) fn sample() -> Report {
             count: 1,
         }],
         trace: None,
-        scan: None,
+        scan: Some(crate::tracer::ScanStats {
+            when: crate::tracer::ScanWhen::Exit,
+            ns: 12_345_678,
+            bytes_scanned: 1_100_000,
+            roots_bytes: 100_000,
+            block_bytes: 1_000_000,
+            unreadable_bytes: 0,
+            blocks: 2,
+            threads: 1,
+            threads_missed: 0,
+        }),
         scan_missing: None,
         stats: Stats {
             frees_not_live: 1,

@@ -163,6 +163,24 @@ fn render_footer(out: &mut Lines, r: &Report) {
             thousands(r.stats.distinct_stacks)
         ));
     }
+    if let Some(scan) = &r.scan {
+        let when = match scan.when {
+            crate::tracer::ScanWhen::Exit => "at exit",
+            crate::tracer::ScanWhen::ExitEvent => "at the exiting thread's last stop",
+            crate::tracer::ScanWhen::OnDemand => "on demand",
+        };
+        out.line(&format!(
+            "leak kinds from a reachability scan {when}: {} blocks, {} bytes read in {} ms",
+            thousands(scan.blocks),
+            thousands(scan.bytes_scanned),
+            thousands(scan.ns / 1_000_000)
+        ));
+    }
+    if let Some(why) = &r.scan_missing {
+        out.line(&format!(
+            "leaks are unclassified: no reachability scan ({why})"
+        ));
+    }
     let end = match (r.end.how.as_str(), r.end.code, &r.end.signal) {
         ("exited", Some(code), _) => format!("program exited with status {code}"),
         ("signaled", _, Some(sig)) => format!("program killed by {sig}"),
@@ -238,6 +256,11 @@ mod tests {
         r.totals.live_bytes = 0;
         r.errors.clear();
         r.stats.truncated_stacks = 0;
+        if let Some(scan) = &mut r.scan {
+            scan.blocks = 0;
+            scan.block_bytes = 0;
+            scan.bytes_scanned = scan.roots_bytes;
+        }
         r.end = End::exited(0);
         check_golden("report-clean.txt", &render_text(&r));
     }
@@ -278,6 +301,18 @@ mod tests {
         assert_eq!(f(None, None, None, Some("/l.so"), None), "??? (in /l.so)");
         assert_eq!(f(None, None, None, None, None), "???");
         assert_eq!(upper_hex("0x55d0c0a0116e"), "0x55D0C0A0116E");
+    }
+
+    #[test]
+    fn a_missing_scan_says_why() {
+        let mut r = sample();
+        r.scan = None;
+        r.scan_missing = Some("killed by SIGKILL".into());
+        let text = render_text(&r);
+        assert!(text.contains(
+            "==1234== leaks are unclassified: no reachability scan (killed by SIGKILL)\n"
+        ));
+        assert!(!text.contains("reachability scan at exit"));
     }
 
     #[test]

@@ -151,9 +151,9 @@ pub struct Tracer<'s> {
 /// The reachability scans of one process image.
 #[derive(Debug, Default)]
 struct ScanState {
-    /// A scan was made (at exit or on demand): leaks have kinds.
-    done: bool,
-    /// Why the last scan tried could not be made.
+    /// The scan at the program's end was made (at `_exit` or at the exit stop).
+    at_exit: bool,
+    /// Why the scan at the end could not be made.
     error: Option<String>,
     /// Stack pointers of exited threads at their exit, oldest first: their stacks
     /// (which glibc keeps for later threads) are stale below that.

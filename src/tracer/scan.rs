@@ -86,33 +86,34 @@ pub enum ScanError {
 impl Tracer<'_> {
     /// Scans now: stops every thread, classifies every live block (the sink gets the
     /// result through [`super::Sink::classified`]), resumes every thread. For a
-    /// `--duration` end, a detach or a TUI key. Stops that arrived while the threads
-    /// were being stopped are handled by the next [`Tracer::run`].
+    /// `--duration` end, a detach or a TUI key; the scan at `_exit` is this same path
+    /// with the exiting thread already stopped. Stops that arrived while the threads
+    /// were being stopped are kept for the next [`Tracer::run`] (a detach must handle
+    /// them first: one may be a breakpoint hit still to be moved past).
     pub fn scan_now(&mut self) -> Result<ScanStats, ScanError> {
-        let all = self.stop_all(None);
-        let result = self.scan_stopped(&all, ScanWhen::OnDemand);
-        self.resume_all(all);
-        result
+        self.scan_all(None, ScanWhen::OnDemand)
     }
 
-    /// Whether a scan of this process image was made (at exit, or on demand).
-    pub fn scanned(&self) -> bool {
-        self.scan.done
-    }
-
-    /// Why no scan could be made, when one was tried and failed.
+    /// Why the scan at the program's end could not be made, when it was tried.
     pub fn scan_error(&self) -> Option<&str> {
         self.scan.error.as_deref()
     }
 
+    /// Stops every thread but `stopped` (already stopped by the caller), scans,
+    /// resumes them.
+    fn scan_all(&mut self, stopped: Option<Tid>, when: ScanWhen) -> Result<ScanStats, ScanError> {
+        let all = self.stop_all(stopped);
+        let result = self.scan_stopped(&all, when);
+        self.resume_all(all);
+        result
+    }
+
     /// `tid` is at the entry of `_exit`: scan with every thread stopped.
     pub(super) fn scan_at_exit(&mut self, tid: Tid) {
-        if self.scan.done || self.children.contains_key(&tid) {
+        if self.scan.at_exit || self.children.contains_key(&tid) {
             return; // a vfork child leaving: not our heap
         }
-        let all = self.stop_all(Some(tid));
-        let result = self.scan_stopped(&all, ScanWhen::Exit);
-        self.resume_all(all);
+        let result = self.scan_all(Some(tid), ScanWhen::Exit);
         self.scan_done(result);
     }
 
@@ -123,7 +124,7 @@ impl Tracer<'_> {
         let Ok(regs) = ptrace::get_regs(tid) else {
             return;
         };
-        if !self.scan.done && !self.children.contains_key(&tid) && self.process_ending(tid) {
+        if !self.scan.at_exit && !self.children.contains_key(&tid) && self.process_ending(tid) {
             let all = AllStopped::only(tid, regs);
             let result = self.scan_stopped(&all, ScanWhen::ExitEvent);
             self.scan_done(result);
@@ -161,7 +162,7 @@ impl Tracer<'_> {
 
     fn scan_done(&mut self, result: Result<ScanStats, ScanError>) {
         match result {
-            Ok(_) => self.scan.done = true,
+            Ok(_) => self.scan.at_exit = true,
             Err(e) => self.scan.error = Some(e.to_string()),
         }
     }
