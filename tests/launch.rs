@@ -222,14 +222,16 @@ fn glibc_thread_exit_frees_are_its_own() {
 }
 
 /// The scan is made at `_exit` (every thread stopped) when the program exits, at the
-/// exiting thread's exit stop when it dies of a signal; the report says which, and
-/// what the scan read.
+/// exit stop of the thread that ends the process when it dies of a signal or calls
+/// exit_group itself (the dying threads still stop at their exits on this kernel);
+/// the report says which, and what the scan read.
 #[test]
 fn the_scan_says_when_it_was_made() {
     for (case, when, threads) in [
         (cases::sleeper(), "exit", 3),
         (cases::exit3(), "exit", 1),
         (cases::signal_segv(), "exit_event", 1),
+        (cases::sleeper_exit_group(), "exit_event", 3),
     ] {
         let target = case.target();
         let run = run_memtrace(&target);

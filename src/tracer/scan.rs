@@ -31,6 +31,9 @@ const ARENA_HEAP_ALIGN: u64 = 64 << 20;
 /// The x86-64 red zone below the stack pointer, which leaf functions use without
 /// moving it; memcheck too treats it as live.
 const RED_ZONE: u64 = 128;
+/// How long dying threads are waited for, at the exit stop of the thread that ends
+/// the process.
+const DYING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 /// Exit stack pointers remembered for the stacks of threads that have exited.
 const EXIT_SPS_KEPT: usize = 4096;
 
@@ -87,11 +90,14 @@ impl Tracer<'_> {
     /// Scans now: stops every thread, classifies every live block (the sink gets the
     /// result through [`super::Sink::classified`]), resumes every thread. For a
     /// `--duration` end, a detach or a TUI key; the scan at `_exit` is this same path
-    /// with the exiting thread already stopped. Stops that arrived while the threads
+    /// with the exiting thread already stopped (and no resume). Stops that arrived while the threads
     /// were being stopped are kept for the next [`Tracer::run`] (a detach must handle
     /// them first: one may be a breakpoint hit still to be moved past).
     pub fn scan_now(&mut self) -> Result<ScanStats, ScanError> {
-        self.scan_all(None, ScanWhen::OnDemand)
+        let all = self.stop_all(None);
+        let result = self.scan_stopped(&all, ScanWhen::OnDemand);
+        self.resume_all(all);
+        result
     }
 
     /// Why the scan at the program's end could not be made, when it was tried.
@@ -99,21 +105,16 @@ impl Tracer<'_> {
         self.scan.error.as_deref()
     }
 
-    /// Stops every thread but `stopped` (already stopped by the caller), scans,
-    /// resumes them.
-    fn scan_all(&mut self, stopped: Option<Tid>, when: ScanWhen) -> Result<ScanStats, ScanError> {
-        let all = self.stop_all(stopped);
-        let result = self.scan_stopped(&all, when);
-        self.resume_all(all);
-        result
-    }
-
     /// `tid` is at the entry of `_exit`: scan with every thread stopped.
     pub(super) fn scan_at_exit(&mut self, tid: Tid) {
         if self.scan.at_exit || self.children.contains_key(&tid) {
             return; // a vfork child leaving: not our heap
         }
-        let result = self.scan_all(Some(tid), ScanWhen::Exit);
+        let all = self.stop_all(Some(tid));
+        let result = self.scan_stopped(&all, ScanWhen::Exit);
+        // The other threads stay stopped: the exit_group that `_exit` makes kills
+        // them where they are, and nothing they would still allocate or free can
+        // change the heap the report shows after the scan.
         self.scan_done(result);
     }
 
@@ -124,9 +125,16 @@ impl Tracer<'_> {
         let Ok(regs) = ptrace::get_regs(tid) else {
             return;
         };
-        if !self.scan.at_exit && !self.children.contains_key(&tid) && self.process_ending(tid) {
-            let all = AllStopped::only(tid, regs);
+        if !self.scan.at_exit
+            && !self.children.contains_key(&tid)
+            && self.process_ending(tid, &regs)
+        {
+            // The other threads are being killed. This kernel still stops each at its
+            // exit, registers intact, but not every kernel does (a thread with
+            // SIGKILL pending may exit without stopping): wait for them briefly.
+            let all = self.stop_all_within(Some(tid), DYING_TIMEOUT);
             let result = self.scan_stopped(&all, ScanWhen::ExitEvent);
+            self.resume_all(all);
             self.scan_done(result);
             return;
         }
@@ -167,13 +175,17 @@ impl Tracer<'_> {
         }
     }
 
-    /// Every other thread is gone or being killed (SIGKILL pending: an exit_group
-    /// or a fatal signal is taking the process down).
-    fn process_ending(&self, tid: Tid) -> bool {
-        self.threads
-            .keys()
-            .filter(|&&t| t != tid)
-            .all(|&t| sigkill_pending(self.pid, t))
+    /// Whether the exit `tid` is stopped at ends the process: it is in exit_group, or
+    /// dies of a signal (a fatal signal, SIGKILL included, kills every thread), or
+    /// is the last thread. A thread leaving with SYS_exit leaves the others running.
+    fn process_ending(&self, tid: Tid, regs: &memtrace_arch::Regs) -> bool {
+        let exit_group = Native::syscall_nr(regs) == Some(Native::SYS_EXIT_GROUP);
+        // The exit event's message is the wait status: a signal number in its low bits.
+        let by_signal = ptrace::event_msg(tid).is_ok_and(|status| status & 0x7f != 0);
+        let last = self.threads.keys().all(|&t| {
+            t == tid || !std::path::Path::new(&format!("/proc/{}/task/{t}", self.pid)).exists()
+        });
+        exit_group || by_signal || last
     }
 
     fn scan_stopped(&mut self, all: &AllStopped, when: ScanWhen) -> Result<ScanStats, ScanError> {
@@ -267,22 +279,6 @@ impl Tracer<'_> {
             .map(|(start, _)| *start)
             .collect()
     }
-}
-
-/// Whether thread `tid` of `pid` has SIGKILL pending (or is gone already).
-fn sigkill_pending(pid: i32, tid: Tid) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
-        return true;
-    };
-    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
-    status
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix("SigPnd:")
-                .or_else(|| l.strip_prefix("ShdPnd:"))
-        })
-        .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .any(|mask| mask & SIGKILL_BIT != 0)
 }
 
 /// What decides which mappings are roots, and from where.

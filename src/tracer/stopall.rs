@@ -34,20 +34,19 @@ pub struct AllStopped {
     pub missed: usize,
 }
 
-impl AllStopped {
-    /// Only `tid`, stopped by the caller, with its registers.
-    pub fn only(tid: Tid, regs: Regs) -> AllStopped {
-        AllStopped {
-            regs: vec![(tid, regs)],
-            ..AllStopped::default()
-        }
-    }
-}
-
 impl Tracer<'_> {
     /// Stops every thread except `already` (a thread stopped by the caller, or None),
     /// and reads every stopped thread's registers.
     pub(super) fn stop_all(&mut self, already: Option<Tid>) -> AllStopped {
+        self.stop_all_within(already, STOP_TIMEOUT)
+    }
+
+    /// [`Tracer::stop_all`], giving up on the threads not stopped after `timeout`.
+    pub(super) fn stop_all_within(
+        &mut self,
+        already: Option<Tid>,
+        timeout: Duration,
+    ) -> AllStopped {
         let mut waiting: HashSet<Tid> = HashSet::new();
         for &tid in self.threads.keys() {
             if Some(tid) != already && ptrace::interrupt(tid).is_ok() {
@@ -56,7 +55,7 @@ impl Tracer<'_> {
         }
         let mut all = AllStopped::default();
         let mut stopped: Vec<Tid> = already.into_iter().collect();
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         while !waiting.is_empty() {
             let stop = match ptrace::wait_any_until(deadline) {
                 Ok(Some(stop)) => stop,

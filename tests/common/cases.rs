@@ -185,6 +185,10 @@ pub fn sleeper() -> Case {
 pub fn sleeper_o2() -> Case {
     Case::new("sleeper", OPTIMIZED)
 }
+/// The same, ended by a direct exit_group system call (no exit(), no _exit).
+pub fn sleeper_exit_group() -> Case {
+    Case::new("sleeper", DEBUG).arg("exit_group")
+}
 /// 16 MiB of 4 KiB list nodes: one list held by a global, one whose head is lost.
 pub fn bigheap() -> Case {
     Case::new("bigheap", DEBUG)
