@@ -105,6 +105,8 @@ struct Thread {
     frames: Vec<Frame>,
     /// Has had its first (PTRACE_EVENT_STOP) stop: later stop events are group-stops.
     started: bool,
+    /// In a group-stop (job control), left there with PTRACE_LISTEN until its next stop.
+    listening: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,6 +255,9 @@ impl<'s> Tracer<'s> {
     }
 
     fn handle(&mut self, stop: Stop) -> Result<Option<End>, TraceError> {
+        if let Some(t) = self.threads.get_mut(&stop_tid(&stop)) {
+            t.listening = false;
+        }
         match stop {
             Stop::Exited { tid, code } => {
                 if tid == self.pid {
@@ -368,7 +373,11 @@ impl<'s> Tracer<'s> {
                     libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
                 ) {
                     // Group-stop: stay stopped (job control works) but keep reporting.
-                    let _ = ptrace::listen(tid);
+                    if ptrace::listen(tid).is_ok() {
+                        if let Some(t) = self.threads.get_mut(&tid) {
+                            t.listening = true;
+                        }
+                    }
                 } else {
                     self.resume(tid);
                 }
@@ -471,6 +480,16 @@ impl<'s> Tracer<'s> {
         Native::set_pc(&mut regs, ool);
         let _ = ptrace::set_regs(tid, &regs);
         self.resume(tid);
+    }
+}
+
+/// The thread a stop is about.
+fn stop_tid(stop: &Stop) -> Tid {
+    match *stop {
+        Stop::Exited { tid, .. }
+        | Stop::Killed { tid, .. }
+        | Stop::Signal { tid, .. }
+        | Stop::Event { tid, .. } => tid,
     }
 }
 

@@ -182,10 +182,12 @@ impl Tracer<'_> {
         let exit_group = Native::syscall_nr(regs) == Some(Native::SYS_EXIT_GROUP);
         // The exit event's message is the wait status: a signal number in its low bits.
         let by_signal = ptrace::event_msg(tid).is_ok_and(|status| status & 0x7f != 0);
-        let last = self.threads.keys().all(|&t| {
-            t == tid || !std::path::Path::new(&format!("/proc/{}/task/{t}", self.pid)).exists()
-        });
-        exit_group || by_signal || last
+        let last = || {
+            self.threads.keys().all(|&t| {
+                t == tid || !std::path::Path::new(&format!("/proc/{}/task/{t}", self.pid)).exists()
+            })
+        };
+        exit_group || by_signal || last()
     }
 
     fn scan_stopped(&mut self, all: &AllStopped, when: ScanWhen) -> Result<ScanStats, ScanError> {

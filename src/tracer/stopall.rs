@@ -12,7 +12,7 @@
 //! afterwards. Its interrupt stop then comes later and just resumes it. Stops of
 //! threads not waited for (a new thread's first stop, a fork child) are deferred too.
 
-use super::Tracer;
+use super::{stop_tid, Tracer};
 use crate::event::Tid;
 use crate::ptrace::{self, PtraceEvent, Stop};
 use memtrace_arch::Regs;
@@ -48,7 +48,14 @@ impl Tracer<'_> {
         timeout: Duration,
     ) -> AllStopped {
         let mut waiting: HashSet<Tid> = HashSet::new();
-        for &tid in self.threads.keys() {
+        let mut listening = 0;
+        for (&tid, thread) in &self.threads {
+            // A thread in a job-control stop stays there: interrupting it would end
+            // that stop when it is resumed. Its registers are not known.
+            if thread.listening {
+                listening += 1;
+                continue;
+            }
             if Some(tid) != already && ptrace::interrupt(tid).is_ok() {
                 waiting.insert(tid);
             }
@@ -85,7 +92,7 @@ impl Tracer<'_> {
                 }
             }
         }
-        all.missed = waiting.len();
+        all.missed = waiting.len() + listening;
         all.regs = stopped
             .into_iter()
             .filter_map(|tid| ptrace::get_regs(tid).ok().map(|r| (tid, r)))
@@ -99,14 +106,5 @@ impl Tracer<'_> {
         for tid in all.interrupted {
             self.resume(tid);
         }
-    }
-}
-
-fn stop_tid(stop: &Stop) -> Tid {
-    match *stop {
-        Stop::Exited { tid, .. }
-        | Stop::Killed { tid, .. }
-        | Stop::Signal { tid, .. }
-        | Stop::Event { tid, .. } => tid,
     }
 }
