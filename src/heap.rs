@@ -87,6 +87,8 @@ pub struct Block {
     pub seq: u64,
     /// What the last reachability scan found; None: allocated since, or no scan.
     pub leak: Option<Kind>,
+    /// For a definitely lost block, the bytes of the blocks lost through it.
+    pub indirect_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -117,6 +119,8 @@ pub struct LeakGroup {
     pub kind: Option<Kind>,
     pub blocks: u64,
     pub bytes: u64,
+    /// Bytes lost through these blocks (definite blocks only).
+    pub indirect_bytes: u64,
 }
 
 #[derive(Default, Debug)]
@@ -277,6 +281,7 @@ impl Heap {
                 tid,
                 seq: self.seq,
                 leak: None,
+                indirect_bytes: 0,
             },
         );
         self.seq += 1;
@@ -388,12 +393,13 @@ impl Heap {
     }
 
     /// Gives the live blocks the kinds a reachability scan found: `blocks[i]` (start,
-    /// size) has `kinds[i]`. A block freed, or freed and handed out again, since the
-    /// scan's list was taken keeps no kind.
-    pub fn classify(&mut self, blocks: &[(u64, u64)], kinds: &[Kind]) {
-        for (&(start, size), &kind) in blocks.iter().zip(kinds) {
+    /// size) has `kinds[i]`, and `indirect[i]` bytes lost through it. A block freed, or
+    /// freed and handed out again, since the scan's list was taken keeps no kind.
+    pub fn classify(&mut self, blocks: &[(u64, u64)], kinds: &[Kind], indirect: &[u64]) {
+        for (i, (&(start, size), &kind)) in blocks.iter().zip(kinds).enumerate() {
             if let Some(b) = self.live.get_mut(&start).filter(|b| b.size == size) {
                 b.leak = Some(kind);
+                b.indirect_bytes = indirect.get(i).copied().unwrap_or(0);
             }
         }
     }
@@ -408,9 +414,11 @@ impl Heap {
                 kind: b.leak,
                 blocks: 0,
                 bytes: 0,
+                indirect_bytes: 0,
             });
             g.blocks += 1;
             g.bytes += b.size;
+            g.indirect_bytes += b.indirect_bytes;
         }
         let mut v: Vec<LeakGroup> = groups.into_values().collect();
         v.sort_by(|a, b| {
@@ -746,6 +754,7 @@ mod tests {
         h.classify(
             &[(0x100, 10), (0x200, 10), (0x300, 99)],
             &[Kind::Definite, Kind::Reachable, Kind::Reachable],
+            &[20, 0, 0],
         );
         // Allocated after the scan: not classified.
         h.apply(&alloc(0x400, 10));

@@ -40,7 +40,8 @@ impl Sink for Collector {
         self.heap.live_blocks().map(|(p, b)| (p, b.size)).collect()
     }
     fn classified(&mut self, scan: &Scan) {
-        self.heap.classify(&scan.blocks, &scan.kinds);
+        self.heap
+            .classify(&scan.blocks, &scan.kinds, &scan.indirect_bytes);
         self.scan = Some(scan.stats);
     }
 }

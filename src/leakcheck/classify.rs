@@ -18,18 +18,21 @@ struct Marker<'a> {
     options: Options,
     mem: &'a mut dyn Memory,
     state: Vec<State>,
+    /// For a clique leader: the bytes of the blocks in its clique.
+    indirect: Vec<u64>,
     pending: Vec<bool>,
     stack: Vec<usize>,
 }
 
-/// A kind per block of `blocks` (address order).
+/// A kind per block of `blocks` (address order), and for each definitely lost block
+/// the bytes of the blocks lost with it (its clique: valgrind's "indirect" part).
 pub fn classify_edges(
     blocks: &Blocks,
     edges: &Edges,
     segments: &[Segment],
     options: Options,
     mem: &mut dyn Memory,
-) -> Vec<Kind> {
+) -> (Vec<Kind>, Vec<u64>) {
     let mut m = Marker {
         blocks,
         edges,
@@ -37,6 +40,7 @@ pub fn classify_edges(
         options,
         mem,
         state: vec![State::Unreached; blocks.len()],
+        indirect: vec![0; blocks.len()],
         pending: vec![false; blocks.len()],
         stack: Vec::new(),
     };
@@ -50,7 +54,8 @@ pub fn classify_edges(
             m.process(Some(leader));
         }
     }
-    m.state
+    let kinds = m
+        .state
         .iter()
         .map(|s| match s {
             State::Unreached => Kind::Definite,
@@ -58,7 +63,15 @@ pub fn classify_edges(
             State::Possible => Kind::Possible,
             State::Reachable => Kind::Reachable,
         })
-        .collect()
+        .collect();
+    // A block absorbed into a later clique passed its own on; only leaders keep one.
+    let indirect = m
+        .indirect
+        .iter()
+        .zip(&m.state)
+        .map(|(&n, &s)| if s == State::Unreached { n } else { 0 })
+        .collect();
+    (kinds, indirect)
 }
 
 impl Marker<'_> {
@@ -111,6 +124,8 @@ impl Marker<'_> {
         };
         if self.state[i] == State::Unreached && i != leader {
             self.state[i] = State::Indirect;
+            // A former leader joins with the clique it led.
+            self.indirect[leader] += self.blocks.size(i) + self.indirect[i];
             self.push(i);
         }
     }

@@ -198,6 +198,15 @@ impl Blocks {
     }
 }
 
+/// What a scan found: per block, in the caller's order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Classified {
+    pub kinds: Vec<Kind>,
+    /// For a definitely lost block, the bytes of the blocks lost only through it.
+    pub indirect_bytes: Vec<u64>,
+    pub stats: Stats,
+}
+
 /// Classifies every block of `blocks` (a kind per block, in `blocks`' order), reading
 /// roots and blocks through `mem`.
 pub fn classify(
@@ -206,19 +215,23 @@ pub fn classify(
     segments: &[Segment],
     options: Options,
     mem: &mut dyn Memory,
-) -> (Vec<Kind>, Stats) {
+) -> Classified {
     let index = Blocks::new(blocks, options);
     let edges = extract(&index, roots, mem);
-    let sorted = classify_edges(&index, &edges, segments, options, mem);
+    let (kinds, indirect) = classify_edges(&index, &edges, segments, options, mem);
     // Back to the caller's order.
-    let kinds = blocks
-        .iter()
-        .map(|&(start, _)| {
-            let i = index.starts.partition_point(|&s| s < start);
-            sorted.get(i).copied().unwrap_or(Kind::Definite)
-        })
-        .collect();
-    (kinds, edges.stats)
+    let mut out = Classified {
+        stats: edges.stats,
+        ..Classified::default()
+    };
+    for &(start, _) in blocks {
+        let i = index.starts.partition_point(|&s| s < start);
+        out.kinds
+            .push(kinds.get(i).copied().unwrap_or(Kind::Definite));
+        out.indirect_bytes
+            .push(indirect.get(i).copied().unwrap_or(0));
+    }
+    out
 }
 
 #[cfg(test)]

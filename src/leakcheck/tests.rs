@@ -47,7 +47,7 @@ fn run(blocks: &[(u64, u64)], mem: &mut Fake, words: &[u64]) -> Vec<Kind> {
         regions: vec![(DATA, DATA + 0x1000)],
         words: words.to_vec(),
     };
-    classify(blocks, &roots, &[], Options::default(), mem).0
+    classify(blocks, &roots, &[], Options::default(), mem).kinds
 }
 
 fn heap() -> Fake {
@@ -65,6 +65,15 @@ fn a_lost_list_head_leaks_its_children_indirectly() {
     m.set(a, b).set(b, c);
     let kinds = run(&[(a, 32), (b, 32), (c, 32)], &mut m, &[]);
     assert_eq!(kinds, vec![Definite, Indirect, Indirect]);
+    let roots = Roots::default();
+    let out = classify(
+        &[(a, 32), (b, 32), (c, 24)],
+        &roots,
+        &[],
+        Options::default(),
+        &mut m,
+    );
+    assert_eq!(out.indirect_bytes, vec![56, 0, 0]);
 }
 
 #[test]
@@ -149,7 +158,7 @@ fn the_next_chunk_header_is_the_allocators_pointer() {
         heuristics: true,
     };
     assert_eq!(
-        classify(&[(a, 40)], &roots, &[], plain, &mut m).0,
+        classify(&[(a, 40)], &roots, &[], plain, &mut m).kinds,
         vec![Possible]
     );
 }
@@ -175,7 +184,7 @@ fn new_array_and_length64_heuristics() {
         words: vec![],
     };
     assert_eq!(
-        classify(&[(a, 40)], &roots, &[], no, &mut m).0,
+        classify(&[(a, 40)], &roots, &[], no, &mut m).kinds,
         vec![Possible]
     );
 }
@@ -225,7 +234,7 @@ fn multiple_inheritance_heuristic() {
         regions: vec![(DATA, DATA + 8)],
         words: vec![],
     };
-    let kinds = classify(&[(a, 32)], &roots, &segments, Options::default(), &mut m).0;
+    let kinds = classify(&[(a, 32)], &roots, &segments, Options::default(), &mut m).kinds;
     assert_eq!(kinds, vec![Reachable]);
     // Without code behind the table it is only an interior pointer.
     let kinds = classify(
@@ -235,7 +244,7 @@ fn multiple_inheritance_heuristic() {
         Options::default(),
         &mut m,
     )
-    .0;
+    .kinds;
     assert_eq!(kinds, vec![Possible]);
 }
 
@@ -248,8 +257,15 @@ fn a_possible_block_passes_on_possible_and_cliques_join() {
     // d -> c: c is lower and leads first, then d leads and takes c into its clique
     // (a leader stays unreached), as memcheck does.
     m.set(d, c);
-    let kinds = run(&[(a, 32), (b, 32), (c, 32), (d, 32)], &mut m, &[]);
-    assert_eq!(kinds, vec![Possible, Possible, Indirect, Definite]);
+    let blocks = [(a, 32), (b, 32), (c, 40), (d, 32)];
+    let roots = Roots {
+        regions: vec![(DATA, DATA + 0x1000)],
+        words: vec![],
+    };
+    let out = classify(&blocks, &roots, &[], Options::default(), &mut m);
+    assert_eq!(out.kinds, vec![Possible, Possible, Indirect, Definite]);
+    // c led its own clique first, then joined d's with what it held.
+    assert_eq!(out.indirect_bytes, vec![0, 0, 0, 40]);
 }
 
 #[test]
@@ -266,7 +282,7 @@ fn unreadable_and_large_memory_is_skipped_or_read_in_chunks() {
         regions: vec![(DATA, DATA + 0x3000)],
         words: vec![],
     };
-    let (kinds, stats) = classify(
+    let Classified { kinds, stats, .. } = classify(
         &[(big, size), (child, 16)],
         &roots,
         &[],
@@ -282,7 +298,8 @@ fn unreadable_and_large_memory_is_skipped_or_read_in_chunks() {
 #[test]
 fn no_blocks_nothing_to_do() {
     let mut m = heap();
-    let (kinds, stats) = classify(&[], &Roots::default(), &[], Options::default(), &mut m);
+    let Classified { kinds, stats, .. } =
+        classify(&[], &Roots::default(), &[], Options::default(), &mut m);
     assert!(kinds.is_empty());
     assert_eq!(stats.pointers, 0);
 }

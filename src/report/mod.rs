@@ -94,7 +94,15 @@ pub struct Leak {
     pub kind: String,
     pub blocks: u64,
     pub bytes: u64,
+    /// Extension: for `definite` leaks, the bytes of the `indirect` blocks lost only
+    /// through these (valgrind's "(N direct, M indirect)"); omitted when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub indirect_bytes: u64,
     pub stack: Vec<JsonFrame>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -223,6 +231,7 @@ pub fn build(
             kind: g.kind.map_or("unclassified", |k| k.name()).into(),
             blocks: g.blocks,
             bytes: g.bytes,
+            indirect_bytes: g.indirect_bytes,
             stack: symbolize_stack(stacks, g.stack, sym),
         })
         .collect();
@@ -336,6 +345,7 @@ pub(crate) fn sample() -> Report {
                 kind: "definite".into(),
                 blocks: 1,
                 bytes: 1000,
+                indirect_bytes: 64,
                 stack: vec![
                     frame(
                         "0x55d0c0a0116e",
@@ -359,6 +369,7 @@ pub(crate) fn sample() -> Report {
                 kind: "unclassified".into(),
                 blocks: 2,
                 bytes: 130,
+                indirect_bytes: 0,
                 stack: vec![unknown_in_object, frame("0x1234", None, None, None, None)],
             },
         ],

@@ -105,9 +105,19 @@ fn render_summary(out: &mut Lines, r: &Report) {
 }
 
 fn render_leak(out: &mut Lines, leak: &Leak, n: usize, of: usize) {
+    let bytes = if leak.indirect_bytes > 0 {
+        // valgrind's words for a lost block that took others with it.
+        format!(
+            "{} ({} direct, {} indirect)",
+            thousands(leak.bytes + leak.indirect_bytes),
+            thousands(leak.bytes),
+            thousands(leak.indirect_bytes)
+        )
+    } else {
+        thousands(leak.bytes)
+    };
     out.line(&format!(
-        "{} bytes in {} blocks are {} in loss record {} of {}",
-        thousands(leak.bytes),
+        "{bytes} bytes in {} blocks are {} in loss record {} of {}",
         thousands(leak.blocks),
         kind_words(&leak.kind),
         thousands(n as u64),

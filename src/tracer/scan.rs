@@ -75,6 +75,9 @@ pub struct Scan {
     /// `(start, size)` in address order, as the sink gave them.
     pub blocks: Vec<(u64, u64)>,
     pub kinds: Vec<Kind>,
+    /// For a definitely lost block, the bytes lost only through it (valgrind's
+    /// "indirect" part of its loss record).
+    pub indirect_bytes: Vec<u64>,
     pub stats: ScanStats,
 }
 
@@ -236,8 +239,8 @@ impl Tracer<'_> {
             .collect();
         let mem = &self.mem;
         let mut read = |addr: u64, buf: &mut [u8]| mem.read_vm_partial(addr, buf).unwrap_or(0);
-        let (kinds, s) =
-            leakcheck::classify(&blocks, &roots, &segments, Options::default(), &mut read);
+        let found = leakcheck::classify(&blocks, &roots, &segments, Options::default(), &mut read);
+        let s = found.stats;
         let stats = ScanStats {
             when,
             ns: started.elapsed().as_nanos() as u64,
@@ -251,7 +254,8 @@ impl Tracer<'_> {
         };
         self.sink.classified(&Scan {
             blocks,
-            kinds,
+            kinds: found.kinds,
+            indirect_bytes: found.indirect_bytes,
             stats,
         });
         Ok(stats)

@@ -486,6 +486,24 @@ pub fn compare_kinds(case: &Case, leaks: &[Leak], valgrind: &Valgrind, stderr: &
         case.target().display(),
         valgrind.log
     );
+    // What each definitely lost block took with it: valgrind's "(N direct, M indirect)".
+    let ours: u64 = leaks
+        .iter()
+        .filter(|l| l.kind == "definite")
+        .map(|l| l.indirect_bytes)
+        .sum();
+    let theirs: u64 = valgrind
+        .records
+        .iter()
+        .filter(|r| r.kind == "definite")
+        .map(|r| r.indirect_bytes)
+        .sum();
+    assert_eq!(
+        ours,
+        theirs,
+        "{}: indirect bytes of memtrace's definite leaks (left) differ from valgrind's",
+        case.target().display()
+    );
 }
 
 /// The checks that need no oracle: exit status, shape, end, markers.
