@@ -2,8 +2,9 @@
 # The reachability scan's speed (not a test): how long classifying a large heap
 # takes, from memtrace's own measure (the `scan` field of its JSON report).
 #
-#   bench/scan.sh            # 1024 MiB of live 4 KiB list nodes
-#   MIB=256 bench/scan.sh    # another heap size
+#   bench/scan.sh                  # 1024 MiB of live 4 KiB list nodes
+#   MIB=256 bench/scan.sh          # another heap size
+#   MIB=64 NODE=64 bench/scan.sh   # a heap dense with pointers (1M blocks)
 #
 # Builds fixtures/bigheap.c (-O2) and memtrace (release), runs bigheap MIB under
 # memtrace (tracing the 262,144 mallocs of a GiB takes a few seconds; the scan is
@@ -16,13 +17,14 @@ ROOT=$PWD
 OUT=$ROOT/target/bench
 mkdir -p "$OUT"
 MIB=${MIB:-1024}
+NODE=${NODE:-4096}
 
 cargo build --release --quiet
 cc -O2 -g -Ifixtures -o "$OUT/bigheap" fixtures/bigheap.c
 
 json=$OUT/scan.json
 start=$(date +%s.%N)
-"$ROOT/target/release/memtrace" launch --no-tui --json "$json" -- "$OUT/bigheap" "$MIB" \
+"$ROOT/target/release/memtrace" launch --no-tui --json "$json" -- "$OUT/bigheap" "$MIB" "$NODE" \
     2>"$OUT/scan.stderr" >/dev/null
 end=$(date +%s.%N)
 python3 - "$json" "$start" "$end" <<'PY'
@@ -48,7 +50,7 @@ if [ -z "${SKIP_VALGRIND:-}" ] && command -v valgrind >/dev/null 2>&1; then
     [ -x /usr/bin/valgrind.bin ] && vg=/usr/bin/valgrind.bin
     start=$(date +%s.%N)
     "$vg" --leak-check=full --show-leak-kinds=all --run-libc-freeres=no \
-        --run-cxx-freeres=no "$OUT/bigheap" "$MIB" 2>"$OUT/scan.valgrind" >/dev/null
+        --run-cxx-freeres=no "$OUT/bigheap" "$MIB" "$NODE" 2>"$OUT/scan.valgrind" >/dev/null
     end=$(date +%s.%N)
     echo "valgrind, whole run $(python3 -c "print(f'{$end - $start:.1f}')") s:"
     grep -E "definitely|indirectly|possibly|still reachable" "$OUT/scan.valgrind" | grep -v "loss record" || true
