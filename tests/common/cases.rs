@@ -189,6 +189,14 @@ pub fn sleeper_o2() -> Case {
 pub fn sleeper_exit_group() -> Case {
     Case::new("sleeper", DEBUG).arg("exit_group")
 }
+/// Interior pointers that memcheck's heuristics take for start pointers (new[],
+/// multiple inheritance, length64), and one that no heuristic takes.
+pub fn heuristics() -> Case {
+    Case::new("heuristics", DEBUG)
+}
+pub fn heuristics_o2() -> Case {
+    Case::new("heuristics", OPTIMIZED)
+}
 /// 16 MiB of 4 KiB list nodes: one list held by a global, one whose head is lost.
 pub fn bigheap() -> Case {
     Case::new("bigheap", DEBUG)
