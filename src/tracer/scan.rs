@@ -212,7 +212,9 @@ impl Tracer<'_> {
             .collect();
         let own: Vec<(u64, u64)> = self.scratch.ranges().chain(self.stubs.region()).collect();
         let arenas = self.arena_heaps(&maps);
+        let devices = self.devices(&maps);
         let layout = Layout {
+            devices: &devices,
             blocks: &blocks,
             stack_starts: &starts,
             exit_sps: &self.scan.exit_sps,
@@ -261,6 +263,23 @@ impl Tracer<'_> {
         Ok(stats)
     }
 
+    /// The start addresses of the writable mappings of character or block devices (a
+    /// GPU's memory, a frame buffer): reading them may hang or have effects, and
+    /// memcheck skips them too. `/dev/zero` and files on a tmpfs under /dev/shm are
+    /// memory like any other.
+    fn devices(&self, maps: &[Mapping]) -> Vec<u64> {
+        use std::os::unix::fs::FileTypeExt;
+        maps.iter()
+            .filter(|m| m.write && m.path.starts_with("/dev/") && m.path != "/dev/zero")
+            .filter(|m| {
+                std::fs::metadata(maps::target_path(self.pid, &m.path)).map_or(true, |md| {
+                    md.file_type().is_char_device() || md.file_type().is_block_device()
+                })
+            })
+            .map(|m| m.start)
+            .collect()
+    }
+
     /// The start addresses of the mappings that are heaps of glibc arenas other than
     /// the main one (see [`ARENA_HEAP_ALIGN`]).
     fn arena_heaps(&self, maps: &[Mapping]) -> Vec<u64> {
@@ -297,6 +316,8 @@ struct Layout<'a> {
     exit_sps: &'a [u64],
     /// memtrace's own mappings in the target.
     own: &'a [(u64, u64)],
+    /// Mappings of devices (by start).
+    devices: &'a [u64],
     arena_heaps: &'a [u64],
 }
 
@@ -311,8 +332,6 @@ impl Layout<'_> {
 
     fn is_root(&self, m: &Mapping) -> bool {
         let overlaps = |&(s, e): &(u64, u64)| s < m.end && m.start < e;
-        // Devices may hang or change on reading (memcheck skips them too).
-        let device = m.path.starts_with("/dev/") && m.path != "/dev/zero";
         let anonymous = m.inode == 0;
         let holds_block = || {
             let i = self.blocks.partition_point(|&(s, _)| s < m.start);
@@ -321,7 +340,7 @@ impl Layout<'_> {
         m.read
             && m.write
             && m.path != "[heap]"
-            && !device
+            && !self.devices.contains(&m.start)
             && !self.own.iter().any(overlaps)
             && !(anonymous && holds_block())
             && !self.arena_heaps.contains(&m.start)
@@ -372,6 +391,7 @@ mod tests {
             stack_starts: &[0x7fffffffe000 - RED_ZONE, 0x7f2000700008 - RED_ZONE],
             exit_sps: &[],
             own: &[(0x7f3000000000, 0x7f3000003000)],
+            devices: &[0x7f4000000000],
             arena_heaps: &[0x7f0000000000],
         };
         assert_eq!(
