@@ -119,13 +119,15 @@ fn scan_range(
             each(word(w));
         }
         read += n as u64;
-        if n < len {
-            // Unreadable from at + n: skip that page and go on after it.
-            let skip_to = (at + n as u64 + 1).next_multiple_of(4096).min(end);
-            missed += skip_to - (at + n as u64);
+        if n == 0 {
+            // Unreadable at `at`: skip to the next page and go on from there. (A
+            // short read that is not empty may only be the reader's own limit, such
+            // as a bound on pages per system call: read on from where it stopped.)
+            let skip_to = (at + 1).next_multiple_of(4096).min(end);
+            missed += skip_to - at;
             at = skip_to;
         } else {
-            at += len as u64;
+            at += n as u64;
         }
     }
     (read, missed)

@@ -22,12 +22,17 @@ impl Fake {
     }
 }
 
+/// At most this much per read, like `process_vm_readv` with its 1024 iovecs of one
+/// page each, counted from the first page boundary.
+const READ_LIMIT: u64 = 1024 * 4096;
+
 impl Memory for Fake {
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> usize {
         let Some(&(_, end)) = self.mapped.iter().find(|(s, e)| *s <= addr && addr < *e) else {
             return 0;
         };
-        let n = ((end - addr) as usize).min(buf.len());
+        let limit = (addr & !4095) + READ_LIMIT - addr;
+        let n = ((end - addr) as usize).min(buf.len()).min(limit as usize);
         buf[..n].fill(0);
         for (&a, &v) in self.words.range(addr..addr + n as u64) {
             let off = (a - addr) as usize;
