@@ -5,7 +5,8 @@
 //! hooked call's entry and return are in `calls.rs`; the process image (loader
 //! rendezvous, which objects get hooks, planting) in `image.rs`; scratch pages and
 //! breakpoints in `scratch.rs`; return stubs in `stubs.rs`; injected system calls in
-//! `inject.rs`.
+//! `inject.rs`; stopping every thread at once in `stopall.rs`; the reachability scan
+//! (when, and which memory is a root) in `scan.rs`.
 
 mod calls;
 mod image;
