@@ -169,6 +169,15 @@ fn static_binary_with_symbols_is_traced() {
         "{totals:?}"
     );
     assert!(totals.frees >= 1, "leak.c frees one block: {totals:?}");
+    // Its allocator lives in the executable: the scan at its _exit happens all the same.
+    assert_eq!(
+        run.report()["scan"]["when"],
+        "exit",
+        "stderr:\n{}",
+        run.stderr
+    );
+    let leaks = report::leaks(run.report());
+    assert!(leaks.iter().all(|l| l.kind != "unclassified"), "{leaks:#?}");
 }
 
 /// The fixture build used by several tests exists and is executable.
