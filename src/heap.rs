@@ -16,6 +16,7 @@
 //! valgrind does once a block has left its freed-blocks queue.
 
 use crate::event::{AllocKind, Event, FreeKind, StackId, Tid};
+use crate::leakcheck::Kind;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -84,6 +85,10 @@ pub struct Block {
     pub tid: Tid,
     /// Position of the allocating event in the trace (0-based), for ordering by age.
     pub seq: u64,
+    /// What the last reachability scan found; None: allocated since, or no scan.
+    pub leak: Option<Kind>,
+    /// For a definitely lost block, the bytes of the blocks lost through it.
+    pub indirect_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -116,12 +121,16 @@ pub struct SiteCounts {
     pub live_bytes: u64,
 }
 
-/// Live blocks that share one allocation stack.
+/// Live blocks that share one allocation stack and one kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeakGroup {
     pub stack: StackId,
+    /// None: not classified (no scan, or allocated after it).
+    pub kind: Option<Kind>,
     pub blocks: u64,
     pub bytes: u64,
+    /// Bytes lost through these blocks (definite blocks only).
+    pub indirect_bytes: u64,
 }
 
 #[derive(Default, Debug)]
@@ -293,6 +302,8 @@ impl Heap {
                 kind,
                 tid,
                 seq: self.seq,
+                leak: None,
+                indirect_bytes: 0,
             },
         );
         self.seq += 1;
@@ -410,25 +421,41 @@ impl Heap {
         }
     }
 
-    /// Live blocks grouped by allocation stack, largest bytes first (ties: more blocks,
-    /// then older stack first, so the order is stable).
+    /// Gives the live blocks the kinds a reachability scan found: `blocks[i]` (start,
+    /// size) has `kinds[i]`, and `indirect[i]` bytes lost through it. A block freed, or
+    /// freed and handed out again, since the scan's list was taken keeps no kind.
+    pub fn classify(&mut self, blocks: &[(u64, u64)], kinds: &[Kind], indirect: &[u64]) {
+        for (i, (&(start, size), &kind)) in blocks.iter().zip(kinds).enumerate() {
+            if let Some(b) = self.live.get_mut(&start).filter(|b| b.size == size) {
+                b.leak = Some(kind);
+                b.indirect_bytes = indirect.get(i).copied().unwrap_or(0);
+            }
+        }
+    }
+
+    /// Live blocks grouped by allocation stack and kind, largest bytes first (ties:
+    /// more blocks, then older stack first, then kind, so the order is stable).
     pub fn leak_groups(&self) -> Vec<LeakGroup> {
-        let mut by_stack: HashMap<StackId, LeakGroup> = HashMap::new();
+        let mut groups: HashMap<(StackId, Option<Kind>), LeakGroup> = HashMap::new();
         for b in self.live.values() {
-            let g = by_stack.entry(b.stack).or_insert(LeakGroup {
+            let g = groups.entry((b.stack, b.leak)).or_insert(LeakGroup {
                 stack: b.stack,
+                kind: b.leak,
                 blocks: 0,
                 bytes: 0,
+                indirect_bytes: 0,
             });
             g.blocks += 1;
             g.bytes += b.size;
+            g.indirect_bytes += b.indirect_bytes;
         }
-        let mut v: Vec<LeakGroup> = by_stack.into_values().collect();
+        let mut v: Vec<LeakGroup> = groups.into_values().collect();
         v.sort_by(|a, b| {
             b.bytes
                 .cmp(&a.bytes)
                 .then(b.blocks.cmp(&a.blocks))
                 .then(a.stack.cmp(&b.stack))
+                .then(a.kind.cmp(&b.kind))
         });
         v
     }
@@ -755,6 +782,32 @@ mod tests {
         );
         assert_eq!((g[0].stack, g[0].blocks, g[0].bytes), (StackId(1), 1, 100));
         assert_eq!((g[1].stack, g[1].blocks, g[1].bytes), (StackId(0), 2, 20));
+    }
+
+    #[test]
+    fn one_stack_gives_one_group_per_kind() {
+        let mut h = Heap::new();
+        for ptr in [0x100, 0x200, 0x300] {
+            h.apply(&alloc(ptr, 10));
+        }
+        h.classify(
+            &[(0x100, 10), (0x200, 10), (0x300, 99)],
+            &[Kind::Definite, Kind::Reachable, Kind::Reachable],
+            &[20, 0, 0],
+        );
+        // Allocated after the scan: not classified.
+        h.apply(&alloc(0x400, 10));
+        let g: Vec<(Option<Kind>, u64)> =
+            h.leak_groups().iter().map(|g| (g.kind, g.blocks)).collect();
+        // 0x300's size differs from the scan's: that scan was of another block.
+        assert_eq!(
+            g,
+            vec![
+                (None, 2),
+                (Some(Kind::Definite), 1),
+                (Some(Kind::Reachable), 1)
+            ]
+        );
     }
 
     #[test]

@@ -29,16 +29,23 @@
 //!    ([`event::Event::Nested`]), so that its free is no error. A free is recorded at
 //!    its entry.
 //! 5. The events feed the [`heap::Heap`] (live blocks, valgrind-style totals, and
-//!    heap errors: a free is checked at its entry, before glibc sees it). When
-//!    the program ends, live blocks are grouped by stack, symbolized once per
-//!    distinct address ([`symbols::Symbolizer`], in the module generation the stack
-//!    was taken in, so a library unloaded meanwhile still resolves), and written as
-//!    the text and JSON reports ([`report`]).
+//!    heap errors: a free is checked at its entry, before glibc sees it).
+//! 6. The block is still live when the program calls `_exit`, where a breakpoint
+//!    stops every thread ([`tracer::Tracer::scan_now`] is the same path on demand).
+//!    The tracer gathers the roots (registers, writable mappings that are not the
+//!    heap, stacks from their stack pointer) and asks the sink for the live blocks;
+//!    [`leakcheck`] reads them in large chunks and classifies each with memcheck's
+//!    meanings, and the heap keeps each block's kind. Then live blocks are grouped
+//!    by stack and kind, symbolized once per distinct address
+//!    ([`symbols::Symbolizer`], in the module generation the stack was taken in, so
+//!    a library unloaded meanwhile still resolves), and written as the text and
+//!    JSON reports ([`report`]).
 pub mod cli;
 pub mod elf;
 pub mod event;
 pub mod heap;
 pub mod hooks;
+pub mod leakcheck;
 pub mod maps;
 pub mod ptrace;
 pub mod report;

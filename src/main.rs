@@ -7,7 +7,7 @@ use memtrace::heap::Heap;
 use memtrace::maps::Module;
 use memtrace::report::{self, End, Target};
 use memtrace::symbols::Symbolizer;
-use memtrace::tracer::{self, Sink, Tracer};
+use memtrace::tracer::{self, Scan, ScanStats, Sink, Tracer};
 use memtrace::tui::session::{self, Traced};
 use memtrace::{elf, ptrace};
 use std::ffi::CString;
@@ -18,6 +18,8 @@ struct Collector {
     heap: Heap,
     /// Made when the first objects are known (files are opened through /proc/PID/root).
     sym: Option<Symbolizer>,
+    /// The last reachability scan.
+    scan: Option<ScanStats>,
 }
 
 impl Sink for Collector {
@@ -26,6 +28,7 @@ impl Sink for Collector {
             if let Some(sym) = &mut self.sym {
                 sym.reset();
             }
+            self.scan = None;
         }
         self.heap.apply(&ev);
     }
@@ -33,6 +36,14 @@ impl Sink for Collector {
         self.sym
             .get_or_insert_with(|| Symbolizer::new(pid))
             .update_modules(modules, generation);
+    }
+    fn live_blocks(&mut self) -> Vec<(u64, u64)> {
+        self.heap.live_blocks().map(|(p, b)| (p, b.size)).collect()
+    }
+    fn classified(&mut self, scan: &Scan) {
+        self.heap
+            .classify(&scan.blocks, &scan.kinds, &scan.indirect_bytes);
+        self.scan = Some(scan.stats);
     }
 }
 
@@ -88,12 +99,14 @@ fn trace_plain(path: &CString, argv: &[CString], args: &LaunchArgs) -> Result<Tr
     let mut collector = Collector {
         heap: Heap::new(),
         sym: None,
+        scan: None,
     };
     let mut t = Tracer::launch(path, argv, &mut collector).map_err(|e| e.to_string())?;
     let pid = t.pid();
     t.set_poll(std::time::Duration::from_micros(args.common.poll_us));
     t.set_depth(args.common.depth as usize);
     let end = t.run().map_err(|e| e.to_string())?;
+    let scan_error = t.scan_error().map(String::from);
     let (stacks, trace) = (std::mem::take(&mut t.stacks), t.stats);
     drop(t);
     Ok(Traced {
@@ -103,6 +116,8 @@ fn trace_plain(path: &CString, argv: &[CString], args: &LaunchArgs) -> Result<Tr
         stacks,
         trace,
         sym: collector.sym,
+        scan: collector.scan,
+        scan_error,
     })
 }
 
@@ -114,6 +129,8 @@ fn finish(traced: Traced, args: &LaunchArgs) -> i32 {
         stacks,
         trace,
         sym,
+        scan,
+        scan_error,
     } = traced;
     let (report_end, status) = match end {
         tracer::End::Exited(code) => (End::exited(code), code),
@@ -127,6 +144,12 @@ fn finish(traced: Traced, args: &LaunchArgs) -> i32 {
     let mut sym = sym.unwrap_or_else(|| Symbolizer::new(pid));
     let mut report = report::build(target, report_end, &heap, &stacks, &mut sym);
     report.trace = Some(trace);
+    report.scan = scan;
+    if report.scan.is_none() && !report.leaks.is_empty() {
+        report.scan_missing = Some(scan_error.unwrap_or_else(|| {
+            "the program ended without an exit stop (killed by SIGKILL?)".into()
+        }));
+    }
     eprint!("{}", report::text::render_text(&report));
     if let Some(path) = &args.common.json {
         if let Err(e) = report::json::write_json(&report, path) {

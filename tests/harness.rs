@@ -432,6 +432,7 @@ fn whole_stacks_against_valgrind() {
         kind: "unclassified".into(),
         blocks: 1,
         bytes: 30,
+        indirect_bytes: 0,
         stack: vec![
             frame(Some("main"), Some("/src/leak.c"), Some(12), "/tmp/t/leak"),
             frame(

@@ -169,6 +169,15 @@ fn static_binary_with_symbols_is_traced() {
         "{totals:?}"
     );
     assert!(totals.frees >= 1, "leak.c frees one block: {totals:?}");
+    // Its allocator lives in the executable: the scan at its _exit happens all the same.
+    assert_eq!(
+        run.report()["scan"]["when"],
+        "exit",
+        "stderr:\n{}",
+        run.stderr
+    );
+    let leaks = report::leaks(run.report());
+    assert!(leaks.iter().all(|l| l.kind != "unclassified"), "{leaks:#?}");
 }
 
 /// The fixture build used by several tests exists and is executable.
@@ -219,4 +228,28 @@ fn glibc_thread_exit_frees_are_its_own() {
         not_live, 0,
         "glibc's own frees counted as the program's: {stats}"
     );
+}
+
+/// The scan is made at `_exit` (every thread stopped) when the program exits, at the
+/// exit stop of the thread that ends the process when it dies of a signal or calls
+/// exit_group itself (the dying threads still stop at their exits on this kernel);
+/// the report says which, and what the scan read.
+#[test]
+fn the_scan_says_when_it_was_made() {
+    for (case, when, threads) in [
+        (cases::sleeper(), "exit", 3),
+        (cases::exit3(), "exit", 1),
+        (cases::signal_segv(), "exit_event", 1),
+        (cases::sleeper_exit_group(), "exit_event", 3),
+    ] {
+        let target = case.target();
+        let run = run_memtrace(&target);
+        let scan = &run.report()["scan"];
+        assert_eq!(scan["when"], when, "{}: {scan}", target.display());
+        assert_eq!(scan["threads"], threads, "{}: {scan}", target.display());
+        assert_eq!(scan["threads_missed"], 0, "{}: {scan}", target.display());
+        let read = scan["bytes_scanned"].as_u64().unwrap_or(0);
+        assert!(read > 0, "{}: {scan}", target.display());
+        assert!(run.report().get("scan_missing").is_none());
+    }
 }

@@ -46,3 +46,22 @@ fn depth_is_accepted() {
             .unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+/// `--error-exitcode` counts definite leaks: a program that leaves only reachable
+/// and possibly lost blocks (sleeper.c) keeps its own status.
+#[test]
+fn error_exitcode_ignores_reachable_and_possible() {
+    let case = cases::sleeper();
+    let target = case.target();
+    let run = run_memtrace_opts(&["--error-exitcode", "9"], &target);
+    assert_eq!(run.status, 0, "stderr:\n{}", run.stderr);
+    let kinds: Vec<String> = report::leaks(run.report())
+        .into_iter()
+        .map(|l| l.kind)
+        .collect();
+    assert!(!kinds.is_empty());
+    assert!(
+        kinds.iter().all(|k| k == "reachable" || k == "possible"),
+        "{kinds:?}"
+    );
+}

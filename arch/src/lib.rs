@@ -135,6 +135,8 @@ pub trait Arch {
     const SYS_MMAP: u64;
     const SYS_MUNMAP: u64;
     const SYS_MPROTECT: u64;
+    /// exit_group: the system call a thread is in when it ends the whole process.
+    const SYS_EXIT_GROUP: u64;
 
     fn pc(r: &Regs) -> u64;
     fn set_pc(r: &mut Regs, pc: u64);
@@ -160,6 +162,8 @@ pub trait Arch {
     fn set_syscall(r: &mut Regs, nr: u64, args: [u64; 6]);
     /// The result of a system call that has just returned (negative errno on failure).
     fn syscall_result(r: &Regs) -> i64;
+    /// The system call a thread stopped inside one is making (None: not in one).
+    fn syscall_nr(r: &Regs) -> Option<u64>;
 
     /// Relocates the one instruction at the start of `code` (read from address `from`)
     /// so that it runs at `to`, followed by a jump back to the next original instruction.

@@ -66,6 +66,7 @@ impl Arch for X86_64 {
     const SYS_MMAP: u64 = 9;
     const SYS_MUNMAP: u64 = 11;
     const SYS_MPROTECT: u64 = 10;
+    const SYS_EXIT_GROUP: u64 = 231;
 
     fn pc(r: &Regs) -> u64 {
         r.words[RIP]
@@ -109,6 +110,10 @@ impl Arch for X86_64 {
     }
     fn syscall_result(r: &Regs) -> i64 {
         r.words[RAX] as i64
+    }
+    fn syscall_nr(r: &Regs) -> Option<u64> {
+        // orig_rax is -1 outside system calls (see set_syscall).
+        Some(r.words[ORIG_RAX]).filter(|&nr| nr != u64::MAX)
     }
 
     fn relocate(code: &[u8], from: u64, to: u64) -> Result<Relocated, RelocError> {

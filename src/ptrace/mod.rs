@@ -120,6 +120,33 @@ pub fn wait_any(spin: std::time::Duration) -> io::Result<Stop> {
     }
 }
 
+/// Waits for any traced thread until `deadline`: `None` when none stopped by then.
+/// For waits that must not hang on a thread that will never stop (one that is dying).
+pub fn wait_any_until(deadline: std::time::Instant) -> io::Result<Option<Stop>> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only to `status`, a valid local.
+        let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::WNOHANG) };
+        if tid == 0 {
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+            continue;
+        }
+        if tid == -1 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if let Some(stop) = decode(tid, status) {
+            return Ok(Some(stop));
+        }
+    }
+}
+
 fn decode(tid: Tid, status: i32) -> Option<Stop> {
     if libc::WIFEXITED(status) {
         return Some(Stop::Exited {

@@ -25,6 +25,13 @@ pub struct Report {
     /// Extension: what the tracer did (breakpoint hits, returns caught, threads).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<crate::tracer::TraceStats>,
+    /// Extension: the reachability scan that gave the leaks their kinds (time, bytes
+    /// read), when one was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan: Option<crate::tracer::ScanStats>,
+    /// Extension: why no scan was made, when leaks are `unclassified`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan_missing: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -87,7 +94,15 @@ pub struct Leak {
     pub kind: String,
     pub blocks: u64,
     pub bytes: u64,
+    /// Extension: for `definite` leaks, the bytes of the `indirect` blocks lost only
+    /// through these (valgrind's "(N direct, M indirect)"); omitted when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub indirect_bytes: u64,
     pub stack: Vec<JsonFrame>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -213,10 +228,10 @@ pub fn build(
         .leak_groups()
         .into_iter()
         .map(|g| Leak {
-            // No reachability scan yet.
-            kind: "unclassified".into(),
+            kind: g.kind.map_or("unclassified", |k| k.name()).into(),
             blocks: g.blocks,
             bytes: g.bytes,
+            indirect_bytes: g.indirect_bytes,
             stack: symbolize_stack(stacks, g.stack, sym),
         })
         .collect();
@@ -236,6 +251,8 @@ pub fn build(
             .map(|e| heap_error(e, stacks, sym))
             .collect(),
         trace: None,
+        scan: None,
+        scan_missing: None,
         stats: Stats {
             frees_not_live: uncounted.frees_not_live,
             internal_frees: uncounted.internal_frees,
@@ -328,6 +345,7 @@ pub(crate) fn sample() -> Report {
                 kind: "definite".into(),
                 blocks: 1,
                 bytes: 1000,
+                indirect_bytes: 64,
                 stack: vec![
                     frame(
                         "0x55d0c0a0116e",
@@ -351,6 +369,7 @@ pub(crate) fn sample() -> Report {
                 kind: "unclassified".into(),
                 blocks: 2,
                 bytes: 130,
+                indirect_bytes: 0,
                 stack: vec![unknown_in_object, frame("0x1234", None, None, None, None)],
             },
         ],
@@ -364,6 +383,18 @@ pub(crate) fn sample() -> Report {
             count: 1,
         }],
         trace: None,
+        scan: Some(crate::tracer::ScanStats {
+            when: crate::tracer::ScanWhen::Exit,
+            ns: 12_345_678,
+            bytes_scanned: 1_100_000,
+            roots_bytes: 100_000,
+            block_bytes: 1_000_000,
+            unreadable_bytes: 0,
+            blocks: 2,
+            threads: 1,
+            threads_missed: 0,
+        }),
+        scan_missing: None,
         stats: Stats {
             frees_not_live: 1,
             internal_frees: 2,

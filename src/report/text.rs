@@ -105,9 +105,19 @@ fn render_summary(out: &mut Lines, r: &Report) {
 }
 
 fn render_leak(out: &mut Lines, leak: &Leak, n: usize, of: usize) {
+    let bytes = if leak.indirect_bytes > 0 {
+        // valgrind's words for a lost block that took others with it.
+        format!(
+            "{} ({} direct, {} indirect)",
+            thousands(leak.bytes + leak.indirect_bytes),
+            thousands(leak.bytes),
+            thousands(leak.indirect_bytes)
+        )
+    } else {
+        thousands(leak.bytes)
+    };
     out.line(&format!(
-        "{} bytes in {} blocks are {} in loss record {} of {}",
-        thousands(leak.bytes),
+        "{bytes} bytes in {} blocks are {} in loss record {} of {}",
         thousands(leak.blocks),
         kind_words(&leak.kind),
         thousands(n as u64),
@@ -161,6 +171,24 @@ fn render_footer(out: &mut Lines, r: &Report) {
             "{} of {} distinct stacks are cut short (--depth limit or failed unwind)",
             thousands(r.stats.truncated_stacks),
             thousands(r.stats.distinct_stacks)
+        ));
+    }
+    if let Some(scan) = &r.scan {
+        let when = match scan.when {
+            crate::tracer::ScanWhen::Exit => "at exit",
+            crate::tracer::ScanWhen::ExitEvent => "at the exiting thread's last stop",
+            crate::tracer::ScanWhen::OnDemand => "on demand",
+        };
+        out.line(&format!(
+            "leak kinds from a reachability scan {when}: {} blocks, {} bytes read in {} ms",
+            thousands(scan.blocks),
+            thousands(scan.bytes_scanned),
+            thousands(scan.ns / 1_000_000)
+        ));
+    }
+    if let Some(why) = &r.scan_missing {
+        out.line(&format!(
+            "leaks are unclassified: no reachability scan ({why})"
         ));
     }
     let end = match (r.end.how.as_str(), r.end.code, &r.end.signal) {
@@ -238,6 +266,11 @@ mod tests {
         r.totals.live_bytes = 0;
         r.errors.clear();
         r.stats.truncated_stacks = 0;
+        if let Some(scan) = &mut r.scan {
+            scan.blocks = 0;
+            scan.block_bytes = 0;
+            scan.bytes_scanned = scan.roots_bytes;
+        }
         r.end = End::exited(0);
         check_golden("report-clean.txt", &render_text(&r));
     }
@@ -278,6 +311,18 @@ mod tests {
         assert_eq!(f(None, None, None, Some("/l.so"), None), "??? (in /l.so)");
         assert_eq!(f(None, None, None, None, None), "???");
         assert_eq!(upper_hex("0x55d0c0a0116e"), "0x55D0C0A0116E");
+    }
+
+    #[test]
+    fn a_missing_scan_says_why() {
+        let mut r = sample();
+        r.scan = None;
+        r.scan_missing = Some("killed by SIGKILL".into());
+        let text = render_text(&r);
+        assert!(text.contains(
+            "==1234== leaks are unclassified: no reachability scan (killed by SIGKILL)\n"
+        ));
+        assert!(!text.contains("reachability scan at exit"));
     }
 
     #[test]

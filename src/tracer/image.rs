@@ -200,11 +200,14 @@ impl Tracer<'_> {
             .iter()
             .map(|&n| (n, BpKind::Unwind))
             .collect();
+        // exit() runs the atexit handlers, then `_exit` (also `_Exit`): the place to
+        // scan, while every thread still has its registers.
+        let exit = vec![("exit", BpKind::ExitCall), ("_exit", BpKind::Exit)];
         let table: Vec<(&str, BpKind)> = match role {
-            Role::Libc => hooks(LIBC_FUNCTIONS),
+            Role::Libc => [hooks(LIBC_FUNCTIONS), exit].concat(),
             Role::Cxx => hooks(CXX_FUNCTIONS),
             Role::Unwinder => unwind,
-            Role::StaticExe => [hooks(LIBC_FUNCTIONS), hooks(CXX_FUNCTIONS), unwind].concat(),
+            Role::StaticExe => [hooks(LIBC_FUNCTIONS), hooks(CXX_FUNCTIONS), unwind, exit].concat(),
         };
         for (name, kind) in table {
             let Some(sym) = info.function(name) else {

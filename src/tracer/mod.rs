@@ -5,13 +5,18 @@
 //! hooked call's entry and return are in `calls.rs`; the process image (loader
 //! rendezvous, which objects get hooks, planting) in `image.rs`; scratch pages and
 //! breakpoints in `scratch.rs`; return stubs in `stubs.rs`; injected system calls in
-//! `inject.rs`.
+//! `inject.rs`; stopping every thread at once in `stopall.rs`; the reachability scan
+//! (when, and which memory is a root) in `scan.rs`.
 
 mod calls;
 mod image;
 mod inject;
+mod scan;
 pub mod scratch;
+mod stopall;
 mod stubs;
+
+pub use scan::{Scan, ScanError, ScanStats, ScanWhen};
 
 use crate::event::{Event, StackTable, Tid};
 use crate::hooks::HookFn;
@@ -20,7 +25,7 @@ use crate::ptrace::{self, Memory, PtraceEvent, Stop};
 use crate::unwind::StackWalker;
 use memtrace_arch::{Arch, Native};
 use scratch::{BpKind, Breakpoints, Scratch};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use stubs::Stubs;
 
@@ -38,6 +43,12 @@ pub trait Sink {
     /// Called after every stop the tracer handled (and when it wakes without one):
     /// a live view sends its snapshots from here. `stacks` holds every stack so far.
     fn tick(&mut self, _stacks: &StackTable) {}
+    /// The live blocks, as `(start, size)`, for a reachability scan about to be made.
+    fn live_blocks(&mut self) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
+    /// A reachability scan's outcome: a kind for each block `live_blocks` gave.
+    fn classified(&mut self, _scan: &Scan) {}
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +109,8 @@ struct Thread {
     frames: Vec<Frame>,
     /// Has had its first (PTRACE_EVENT_STOP) stop: later stop events are group-stops.
     started: bool,
+    /// In a group-stop (job control), left there with PTRACE_LISTEN until its next stop.
+    listening: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +149,23 @@ pub struct Tracer<'s> {
     pub stats: TraceStats,
     /// How long to poll for the next stop before sleeping (see `ptrace::wait_any`).
     spin: std::time::Duration,
+    /// Stops that came while every thread was being stopped, to handle next.
+    deferred: VecDeque<Stop>,
+    scan: ScanState,
+}
+
+/// The reachability scans of one process image.
+#[derive(Debug, Default)]
+struct ScanState {
+    /// The scan at the program's end was made (at `_exit` or at the exit stop).
+    at_exit: bool,
+    /// Why the scan at the end could not be made.
+    error: Option<String>,
+    /// Stack pointers of exited threads at their exit, oldest first: their stacks
+    /// (which glibc keeps for later threads) are stale below that.
+    exit_sps: Vec<u64>,
+    /// The stack pointer of each thread that called exit(), at the call.
+    exit_calls: HashMap<Tid, u64>,
 }
 
 impl<'s> Tracer<'s> {
@@ -179,6 +209,8 @@ impl<'s> Tracer<'s> {
             stacks: StackTable::new(),
             stats: TraceStats::default(),
             spin: std::time::Duration::ZERO,
+            deferred: VecDeque::new(),
+            scan: ScanState::default(),
         };
         t.threads.insert(
             pid,
@@ -216,9 +248,9 @@ impl<'s> Tracer<'s> {
     pub fn run(&mut self) -> Result<End, TraceError> {
         self.resume(self.pid);
         loop {
-            let stop = match ptrace::wait_any(self.spin) {
-                Ok(s) => s,
-                Err(e) => return Err(TraceError::Wait(e)),
+            let stop = match self.deferred.pop_front() {
+                Some(s) => s,
+                None => ptrace::wait_any(self.spin).map_err(TraceError::Wait)?,
             };
             let end = self.handle(stop)?;
             self.sink.tick(&self.stacks);
@@ -229,6 +261,9 @@ impl<'s> Tracer<'s> {
     }
 
     fn handle(&mut self, stop: Stop) -> Result<Option<End>, TraceError> {
+        if let Some(t) = self.threads.get_mut(&stop_tid(&stop)) {
+            t.listening = false;
+        }
         match stop {
             Stop::Exited { tid, code } => {
                 if tid == self.pid {
@@ -314,8 +349,10 @@ impl<'s> Tracer<'s> {
             PtraceEvent::Stop => self.on_stop_event(tid, signal),
             PtraceEvent::Exit => {
                 // The thread is about to exit and its memory is still there: collect
-                // the calls that returned through stubs since the last stop.
+                // the calls that returned through stubs since the last stop, and scan
+                // if this is the end of the process.
                 self.harvest();
+                self.on_thread_exit(tid);
                 self.resume(tid);
             }
             _ => self.resume(tid),
@@ -342,7 +379,11 @@ impl<'s> Tracer<'s> {
                     libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
                 ) {
                     // Group-stop: stay stopped (job control works) but keep reporting.
-                    let _ = ptrace::listen(tid);
+                    if ptrace::listen(tid).is_ok() {
+                        if let Some(t) = self.threads.get_mut(&tid) {
+                            t.listening = true;
+                        }
+                    }
                 } else {
                     self.resume(tid);
                 }
@@ -407,6 +448,7 @@ impl<'s> Tracer<'s> {
             },
         );
         self.held_signals.clear();
+        self.scan = ScanState::default();
         self.scratch = Scratch::default();
         self.stubs = Stubs::default();
         self.bps = Breakpoints::default();
@@ -438,10 +480,22 @@ impl<'s> Tracer<'s> {
             BpKind::Loader => self.rescan(tid),
             BpKind::Unwind => self.unhook_returns(tid, &mut regs),
             BpKind::Hook(f) => self.on_entry(tid, f, &mut regs),
+            BpKind::ExitCall => self.on_exit_call(tid, Native::sp(&regs)),
+            BpKind::Exit => self.scan_at_exit(tid),
         }
         Native::set_pc(&mut regs, ool);
         let _ = ptrace::set_regs(tid, &regs);
         self.resume(tid);
+    }
+}
+
+/// The thread a stop is about.
+fn stop_tid(stop: &Stop) -> Tid {
+    match *stop {
+        Stop::Exited { tid, .. }
+        | Stop::Killed { tid, .. }
+        | Stop::Signal { tid, .. }
+        | Stop::Event { tid, .. } => tid,
     }
 }
 

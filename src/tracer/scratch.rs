@@ -76,6 +76,13 @@ impl Scratch {
             .any(|r| r.start <= addr && addr < r.start + REGION_SIZE)
     }
 
+    /// Every region as `[start, end)`.
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.regions
+            .iter()
+            .map(|r| (r.start, r.start + REGION_SIZE))
+    }
+
     /// A free slot within RIP-relative reach of `near`, if a region has one.
     pub fn take_slot(&mut self, near: u64) -> Option<u64> {
         let size = Native::MAX_RELOCATED_LEN as u64;
@@ -108,6 +115,10 @@ pub enum BpKind {
     /// The C++/C unwinder starts unwinding this thread's stack (an exception, thread
     /// cancellation): return addresses we swapped must be real again before it reads them.
     Unwind,
+    /// libc's `exit`: where the exiting thread's live stack ends (see `scan.rs`).
+    ExitCall,
+    /// libc's `_exit`: the program ends, every thread is still there to be scanned.
+    Exit,
     Hook(HookFn),
 }
 

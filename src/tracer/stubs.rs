@@ -74,6 +74,13 @@ impl Stubs {
         self.data + k as u64 * STUB_DATA_SIZE
     }
 
+    /// The whole region, code and data, as `[start, end)`: the data half holds
+    /// recent return values (pointers to blocks), which are memtrace's, not roots.
+    pub fn region(&self) -> Option<(u64, u64)> {
+        self.is_mapped()
+            .then(|| (self.code, self.data + (self.data - self.code)))
+    }
+
     /// Whether `addr` is the code of a stub (a return address that points into one).
     pub fn is_stub_code(&self, addr: u64) -> bool {
         self.is_mapped()

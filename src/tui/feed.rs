@@ -23,6 +23,9 @@ pub struct Feed {
     /// Something changed since the last snapshot.
     dirty: bool,
     pub state: TargetState,
+    /// The last reachability scan's figures, and why none could be made at the end.
+    pub scan: Option<crate::tracer::ScanStats>,
+    pub scan_error: Option<String>,
 }
 
 impl Feed {
@@ -35,12 +38,15 @@ impl Feed {
             last: None,
             dirty: true,
             state: TargetState::Running,
+            scan: None,
+            scan_error: None,
         }
     }
 
     pub fn event(&mut self, ev: &Event) {
         if *ev == Event::Exec {
             self.snapshots.reset();
+            self.scan = None;
             self.send(Update::Exec);
         }
         self.heap.apply(ev);

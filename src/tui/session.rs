@@ -13,7 +13,7 @@ use crate::heap::Heap;
 use crate::maps::Module;
 use crate::report::signal_name;
 use crate::symbols::Symbolizer;
-use crate::tracer::{End, Sink, TraceStats, Tracer};
+use crate::tracer::{End, Scan, ScanStats, Sink, TraceStats, Tracer};
 use std::ffi::CString;
 use std::sync::mpsc;
 
@@ -26,6 +26,10 @@ pub struct Traced {
     pub trace: TraceStats,
     /// Holds every module seen; None when no object was ever reported.
     pub sym: Option<Symbolizer>,
+    /// The reachability scan's figures, when one was made.
+    pub scan: Option<ScanStats>,
+    /// Why the scan at the end could not be made, when the tracer knows.
+    pub scan_error: Option<String>,
 }
 
 impl Sink for Feed {
@@ -37,6 +41,14 @@ impl Sink for Feed {
     }
     fn tick(&mut self, stacks: &StackTable) {
         Feed::tick(self, stacks, false);
+    }
+    fn live_blocks(&mut self) -> Vec<(u64, u64)> {
+        self.heap.live_blocks().map(|(p, b)| (p, b.size)).collect()
+    }
+    fn classified(&mut self, scan: &Scan) {
+        self.heap
+            .classify(&scan.blocks, &scan.kinds, &scan.indirect_bytes);
+        self.scan = Some(scan.stats);
     }
 }
 
@@ -55,7 +67,10 @@ fn trace(
     t.set_poll(std::time::Duration::from_micros(poll));
     t.set_depth(depth);
     let end = t.run().map_err(|e| e.to_string());
+    let scan_error = t.scan_error().map(String::from);
     let (stacks, stats) = (std::mem::take(&mut t.stacks), t.stats);
+    drop(t);
+    feed.scan_error = scan_error;
     Ok((end?, stacks, stats, pid))
 }
 
@@ -137,5 +152,7 @@ pub fn launch(
         stacks,
         trace,
         sym,
+        scan: feed.scan,
+        scan_error: feed.scan_error,
     })
 }

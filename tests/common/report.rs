@@ -45,6 +45,8 @@ pub struct Leak {
     pub kind: String,
     pub blocks: u64,
     pub bytes: u64,
+    /// For a definite leak, the bytes lost through it (0 when the report omits it).
+    pub indirect_bytes: u64,
     pub stack: Vec<Frame>,
 }
 
@@ -105,6 +107,7 @@ pub fn leaks(report: &Value) -> Vec<Leak> {
                 .unwrap_or_else(|| panic!("a leak without kind: {leak}")),
             blocks: u64_field(leak, "blocks"),
             bytes: u64_field(leak, "bytes"),
+            indirect_bytes: leak["indirect_bytes"].as_u64().unwrap_or(0),
             stack: stack(&leak["stack"]),
         })
         .collect()

@@ -124,6 +124,8 @@ pub fn compare_stacks(leaks: &[Leak], records: &[LossRecord]) -> Result<(), Stri
     for leak in leaks {
         let matching: Vec<usize> = (0..records.len())
             .filter(|&i| !used[i] && same_stack(leak, &records[i]))
+            // A classified leak is one record of valgrind's: same stack, same kind.
+            .filter(|&i| leak.kind == "unclassified" || leak.kind == records[i].kind)
             .collect();
         let blocks: u64 = matching.iter().map(|&i| records[i].blocks).sum();
         let bytes: u64 = matching.iter().map(|&i| records[i].bytes).sum();
