@@ -57,6 +57,9 @@ pub struct Relocated {
     /// The code to place at the new address: the relocated instruction, then a jump
     /// back to the instruction that followed the original.
     pub code: Vec<u8>,
+    /// Length of the relocated instruction at the start of `code`: the jump back
+    /// follows it.
+    pub relocated_len: usize,
     /// Length of the original instruction.
     pub original_len: usize,
 }
@@ -170,6 +173,9 @@ pub trait Arch {
     fn return_stub(data_minus_code: i64) -> Vec<u8>;
     /// Length of the instruction at the start of `code`.
     fn insn_len(code: &[u8], address: u64) -> Option<usize>;
+    /// Whether the instruction at the start of `code` is a call, and then its length
+    /// (the return address is the address after it): what `next` steps over.
+    fn call_len(code: &[u8], address: u64) -> Option<usize>;
     /// Decodes up to `count` instructions.
     fn disassemble(code: &[u8], address: u64, count: usize, syntax: Syntax) -> Vec<Insn>;
     /// Register names and values, in the order a debugger shows them.

@@ -122,6 +122,7 @@ impl Arch for X86_64 {
             }
         })?;
         let mut out = encoded.code_buffer;
+        let relocated_len = out.len();
         out.extend_from_slice(&jump_abs(from + len as u64));
         if out.len() > Self::MAX_RELOCATED_LEN {
             return Err(RelocError::CannotRelocate {
@@ -131,6 +132,7 @@ impl Arch for X86_64 {
         }
         Ok(Relocated {
             code: out,
+            relocated_len,
             original_len: len,
         })
     }
@@ -164,6 +166,15 @@ impl Arch for X86_64 {
 
     fn insn_len(code: &[u8], address: u64) -> Option<usize> {
         decode_one(code, address).map(|i| i.len())
+    }
+
+    fn call_len(code: &[u8], address: u64) -> Option<usize> {
+        let insn = decode_one(code, address)?;
+        matches!(
+            insn.flow_control(),
+            FlowControl::Call | FlowControl::IndirectCall
+        )
+        .then(|| insn.len())
     }
 
     fn disassemble(code: &[u8], address: u64, count: usize, syntax: Syntax) -> Vec<Insn> {
@@ -251,6 +262,7 @@ mod tests {
         ] {
             let r = X86_64::relocate(bytes, 0x7f00_0000_1000, 0x7f00_1000_0000).unwrap();
             assert_eq!(r.original_len, len);
+            assert_eq!(r.relocated_len, len, "copied as they are");
             assert_eq!(&r.code[..len], &bytes[..len]);
             assert_eq!(tail_target(&r.code), 0x7f00_0000_1000 + len as u64);
         }
@@ -335,6 +347,10 @@ mod tests {
         let att = X86_64::disassemble(&code, 0x1000, 2, Syntax::Att);
         assert_eq!(att[0].text, "push %r12");
         assert_eq!(X86_64::insn_len(&code[2..], 0x1002), Some(3));
+        assert_eq!(X86_64::call_len(&code[5..], 0x1005), Some(5));
+        assert_eq!(X86_64::call_len(&code, 0x1000), None);
+        // call rax (indirect) is a call too.
+        assert_eq!(X86_64::call_len(&[0xff, 0xd0], 0x1000), Some(2));
     }
 
     #[test]
