@@ -35,6 +35,7 @@
 //!    was taken in, so a library unloaded meanwhile still resolves), and written as
 //!    the text and JSON reports ([`report`]).
 pub mod cli;
+pub mod debug;
 pub mod elf;
 pub mod event;
 pub mod heap;
