@@ -2,6 +2,8 @@
 
 use clap::Parser;
 use memtrace::cli::{Cli, Command, LaunchArgs};
+use memtrace::debug::batch::Batch;
+use memtrace::debug::BreakSpec;
 use memtrace::event::Event;
 use memtrace::heap::Heap;
 use memtrace::maps::Module;
@@ -84,12 +86,40 @@ fn use_tui(common: &memtrace::cli::Common) -> bool {
     !common.no_tui && std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
 }
 
+/// The `--break-at` specs and the batch front end that drives them, if any.
+fn batch_debugger(args: &LaunchArgs) -> Result<Option<(Vec<BreakSpec>, Batch)>, String> {
+    if args.break_at.is_empty() {
+        return Ok(None);
+    }
+    let specs = args
+        .break_at
+        .iter()
+        .map(|s| BreakSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let commands = match &args.commands {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            Batch::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => Batch::default_commands(),
+    };
+    Ok(Some((
+        specs,
+        Batch::new(commands, Box::new(std::io::stderr())),
+    )))
+}
+
 fn trace_plain(path: &CString, argv: &[CString], args: &LaunchArgs) -> Result<Traced, String> {
     let mut collector = Collector {
         heap: Heap::new(),
         sym: None,
     };
+    let debugger = batch_debugger(args)?;
     let mut t = Tracer::launch(path, argv, &mut collector).map_err(|e| e.to_string())?;
+    if let Some((specs, batch)) = debugger {
+        t.set_debugger(specs, Box::new(batch), None);
+    }
     let pid = t.pid();
     t.set_poll(std::time::Duration::from_micros(args.common.poll_us));
     t.set_depth(args.common.depth as usize);

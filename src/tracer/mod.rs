@@ -8,9 +8,12 @@
 //! `inject.rs`.
 
 mod calls;
+pub mod debug;
+mod halt;
 mod image;
 mod inject;
 pub mod scratch;
+mod step;
 mod stubs;
 
 use crate::event::{Event, StackTable, Tid};
@@ -136,6 +139,11 @@ pub struct Tracer<'s> {
     pub stats: TraceStats,
     /// How long to poll for the next stop before sleeping (see `ptrace::wait_any`).
     spin: std::time::Duration,
+    /// Site breakpoints and the front end that drives a stop at one (`debug.rs`).
+    debug: Option<Box<debug::Session<'s>>>,
+    /// Stops taken from `waitpid` out of turn (while other threads were being stopped
+    /// or one was stepped): handled before waiting for new ones.
+    deferred: std::collections::VecDeque<Stop>,
 }
 
 impl<'s> Tracer<'s> {
@@ -179,6 +187,8 @@ impl<'s> Tracer<'s> {
             stacks: StackTable::new(),
             stats: TraceStats::default(),
             spin: std::time::Duration::ZERO,
+            debug: None,
+            deferred: Default::default(),
         };
         t.threads.insert(
             pid,
@@ -216,9 +226,9 @@ impl<'s> Tracer<'s> {
     pub fn run(&mut self) -> Result<End, TraceError> {
         self.resume(self.pid);
         loop {
-            let stop = match ptrace::wait_any(self.spin) {
-                Ok(s) => s,
-                Err(e) => return Err(TraceError::Wait(e)),
+            let stop = match self.deferred.pop_front() {
+                Some(s) => s,
+                None => ptrace::wait_any(self.spin).map_err(TraceError::Wait)?,
             };
             let end = self.handle(stop)?;
             self.sink.tick(&self.stacks);
@@ -438,6 +448,9 @@ impl<'s> Tracer<'s> {
             BpKind::Loader => self.rescan(tid),
             BpKind::Unwind => self.unhook_returns(tid, &mut regs),
             BpKind::Hook(f) => self.on_entry(tid, f, &mut regs),
+        }
+        if self.debug_stop(tid, at, &regs) {
+            return; // a site breakpoint: the debugger session resumed the threads
         }
         Native::set_pc(&mut regs, ool);
         let _ = ptrace::set_regs(tid, &regs);
