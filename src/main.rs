@@ -65,8 +65,16 @@ fn launch(args: LaunchArgs) -> i32 {
     };
     // Ctrl-C goes to the program (same process group); memtrace stays to report.
     ptrace::survive_terminal_signals();
-    let traced = if use_tui(&args.common) {
-        session::launch(&path, &cargs, &args.command, &args.common)
+    // A command file means batch mode, terminal or not.
+    let traced = if use_tui(&args.common) && args.commands.is_none() {
+        let breaks = match args.break_at.iter().map(|s| BreakSpec::parse(s)).collect() {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("memtrace: {e}");
+                return 2;
+            }
+        };
+        session::launch(&path, &cargs, &args.command, &args.common, breaks)
     } else {
         trace_plain(&path, &cargs, &args)
     };

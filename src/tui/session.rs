@@ -4,10 +4,12 @@
 //! requests to the tracer.
 
 use super::app::{App, Mode, Request};
+use super::debugger::UiFrontend;
 use super::feed::Feed;
 use super::run::{self, UiEvent};
 use super::snapshot::TargetState;
 use crate::cli::Common;
+use crate::debug::{BreakSpec, DebugCommand};
 use crate::event::{Event, StackTable};
 use crate::heap::Heap;
 use crate::maps::Module;
@@ -48,14 +50,21 @@ pub fn end_label(end: End) -> String {
 }
 
 /// Launches `path` under trace with the live view; returns when the user has quit
-/// the view after the trace ended.
+/// the view after the trace ended. `breaks` are armed from the start (`--break-at`);
+/// more come from the sites table's `b`.
 pub fn launch(
     path: &CString,
     argv: &[CString],
     command: &[String],
     common: &Common,
+    breaks: Vec<BreakSpec>,
 ) -> Result<Traced, String> {
     let (ui_tx, ui_rx) = mpsc::channel::<UiEvent>();
+    // The debugger's commands (stopped view) and breakpoints (sites table) go to the
+    // tracer thread on channels of their own.
+    let (debug_tx, debug_rx) = mpsc::channel::<DebugCommand>();
+    let (arm_tx, arm_rx) = mpsc::channel::<BreakSpec>();
+    let frontend_tx = ui_tx.clone();
     let (pid_tx, pid_rx) = mpsc::channel::<i32>();
     let (path, argv) = (path.clone(), argv.to_vec());
     let (poll, depth) = (common.poll_us, common.depth as usize);
@@ -64,6 +73,11 @@ pub fn launch(
         move || -> Result<(End, Feed, StackTable, TraceStats, i32), String> {
             let mut feed = Feed::new(feed_tx);
             let mut t = Tracer::launch(&path, &argv, &mut feed).map_err(|e| e.to_string())?;
+            let frontend = UiFrontend {
+                updates: frontend_tx,
+                commands: debug_rx,
+            };
+            t.set_debugger(breaks, Box::new(frontend), Some(arm_rx));
             let pid = t.pid();
             let _ = pid_tx.send(pid);
             t.set_poll(std::time::Duration::from_micros(poll));
@@ -84,9 +98,26 @@ pub fn launch(
         };
     };
     let app = App::new(pid, command.join(" "), Mode::Launch);
-    let mut requests = |_r: Request| {};
-    let sym =
-        run::run(app, ui_rx, ui_tx, &mut requests, None).map_err(|e| format!("terminal: {e}"))?;
+    let sym = {
+        // Dropped before the join below: a tracer waiting for a debugger command then
+        // sees the channel closed, and continues.
+        let mut requests = |r: Request| match r {
+            Request::Debug(c) => {
+                let _ = debug_tx.send(c);
+            }
+            Request::Break(spec) => {
+                let _ = arm_tx.send(spec);
+            }
+            // Killing needs no tracer: the signal comes back to it as the end. (Until
+            // the stop loop takes commands, pause, resume and detach do nothing.)
+            Request::Kill => {
+                let _ = crate::ptrace::kill(pid, libc::SIGKILL);
+            }
+            _ => {}
+        };
+        run::run(app, ui_rx, ui_tx, &mut requests, None)
+    }
+    .map_err(|e| format!("terminal: {e}"))?;
     let (end, feed, stacks, trace, pid) = tracer
         .join()
         .map_err(|_| "the tracer thread panicked".to_string())??;
