@@ -202,6 +202,10 @@ impl Debugger {
             }
             self.note_return(t);
             start = l.row(pc(t));
+            // Back exactly at the start of a line (a call that ended its line).
+            if start.as_ref().is_some_and(|r| r.start == pc(t)) {
+                return Ok(Progress::Stopped);
+            }
         }
         let Some(mut start) = start else {
             return Ok(Progress::Stopped);

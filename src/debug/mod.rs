@@ -107,3 +107,6 @@ pub trait Frontend {
     /// The program runs again.
     fn resumed(&mut self) {}
 }
+
+#[cfg(test)]
+mod tests;
