@@ -28,6 +28,10 @@
 //!    program's, only the pointer a nested plain allocator returns is noted
 //!    ([`event::Event::Nested`]), so that its free is no error. A free is recorded at
 //!    its entry.
+//!    If the call matches an armed site breakpoint (`--break-at`, the TUI's `b`),
+//!    the entry finishes as usual and then every other thread is stopped and the
+//!    [`debug::Debugger`] takes the thread, stopped at malloc's first instruction,
+//!    until `continue` (`tracer/debug.rs`, `tracer/step.rs`).
 //! 5. The events feed the [`heap::Heap`] (live blocks, valgrind-style totals, and
 //!    heap errors: a free is checked at its entry, before glibc sees it). When
 //!    the program ends, live blocks are grouped by stack, symbolized once per
