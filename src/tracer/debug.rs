@@ -1,9 +1,9 @@
 //! Site breakpoints in the tracer: the check at an allocator's entry, and the
 //! debugger session that runs, on the tracer thread, while the program is stopped.
 //!
-//! At a hooked allocation's entry `calls.rs` calls [`Tracer::check_break`] with the
+//! At a hooked allocation's entry `calls.rs` calls `Tracer::check_break` with the
 //! stack it has just interned. A match only marks the hit; `on_trap` then asks
-//! [`Tracer::debug_stop`], which stops every other thread, hands the thread (pc at
+//! `Tracer::debug_stop`, which stops every other thread, hands the thread (pc at
 //! the allocator's first instruction, its entry bookkeeping done as usual, so the
 //! allocation is still recorded) to the [`Debugger`] core and its [`Frontend`], and
 //! resumes everything on `continue`. A breakpoint is one-shot: it is disarmed when
@@ -165,6 +165,8 @@ impl<'s> Tracer<'s> {
         let Some(mut session) = self.debug.take() else {
             return false;
         };
+        // The live view shows the sites as of this stop.
+        self.sink.tick(&self.stacks);
         let parked = self.halt_others(tid);
         let mut regs = *regs;
         Native::set_pc(&mut regs, at);
@@ -199,7 +201,10 @@ impl<'s> Tracer<'s> {
             let gone = loop {
                 let view = dbg.view(&mut live, lines);
                 let cmd = frontend.next(&view, &output);
-                match dbg.execute(cmd, &mut live, lines) {
+                let outcome = dbg.execute(cmd, &mut live, lines);
+                // Allocations made while stepping are recorded: show them.
+                live.t.sink.tick(&live.t.stacks);
+                match outcome {
                     Outcome::Output(text) => output = text,
                     Outcome::Continue => break None,
                     Outcome::Gone(why) => break Some(why),
