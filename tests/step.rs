@@ -20,6 +20,10 @@ fn line(tag: &str, name: &str) -> u32 {
     marker_line(&fixture_source("step"), tag, name)
 }
 
+fn threads_line(tag: &str) -> u32 {
+    marker_line(&fixture_source("step_threads"), tag, "worker")
+}
+
 struct Session {
     out: Output,
     json: serde_json::Value,
@@ -28,18 +32,22 @@ struct Session {
 impl Session {
     /// `memtrace launch --no-tui --break-at SPEC --commands FILE` on the fixture.
     fn run(spec: &str, commands: &[&str]) -> Session {
-        let exe = build_fixture("step", DEBUG);
+        Session::run_on("step", Some(spec), commands)
+    }
+
+    /// The same on fixture `name`; without a spec, no debugger at all.
+    fn run_on(name: &str, spec: Option<&str>, commands: &[&str]) -> Session {
+        let exe = build_fixture(name, DEBUG);
         let dir = tempfile::tempdir().expect("a temporary directory");
         let file = dir.path().join("commands");
         std::fs::write(&file, commands.join("\n")).expect("write the command file");
         let json = dir.path().join("report.json");
         let mut c = Command::new(memtrace_binary());
-        c.args(["launch", "--no-tui", "--break-at", spec, "--commands"])
-            .arg(&file)
-            .arg("--json")
-            .arg(&json)
-            .arg("--")
-            .arg(&exe);
+        c.args(["launch", "--no-tui"]);
+        if let Some(spec) = spec {
+            c.args(["--break-at", spec, "--commands"]).arg(&file);
+        }
+        c.arg("--json").arg(&json).arg("--").arg(&exe);
         let out = run_with_watchdog_stdout(c, MEMTRACE_LIMIT, "memtrace --break-at");
         let text = std::fs::read_to_string(&json).unwrap_or_else(|e| {
             panic!("no report ({e}); stderr:\n{}", out.stderr);
@@ -246,4 +254,39 @@ fn continue_leaves_the_programs_output_and_status_alone() {
     );
     assert_eq!(s.out.stdout, native.stdout);
     assert_eq!(s.out.exit, native.exit, "stderr:\n{}", s.out.stderr);
+}
+
+#[test]
+fn a_stop_in_one_thread_holds_them_all_and_they_all_run_on() {
+    let spec = format!("step_threads.c:{}", threads_line("BREAK"));
+    let s = Session::run_on(
+        "step_threads",
+        Some(&spec),
+        &["info thread", "next", "continue"],
+    );
+    let info = s.section(Some("info thread"), 0);
+    let others: usize = info
+        .split("; ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no thread count: {info}"));
+    // main waits in pthread_join at least.
+    assert!(others >= 1, "{info}");
+    let (_, at) = location(&s.section(Some("next"), 0));
+    assert!(
+        at.ends_with(&format!("step_threads.c:{}", threads_line("NEXT"))),
+        "{at}"
+    );
+    // Nothing was lost while the threads were held: the totals and the output are
+    // those of a run without the debugger.
+    let plain = Session::run_on("step_threads", None, &[]);
+    assert_eq!(s.out.stdout, plain.out.stdout);
+    assert_eq!(s.out.exit, Exit::Code(0), "stderr:\n{}", s.out.stderr);
+    assert_eq!(
+        report::totals(&s.json),
+        report::totals(&plain.json),
+        "stderr:\n{}",
+        s.out.stderr
+    );
 }

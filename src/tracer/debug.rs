@@ -167,7 +167,7 @@ impl<'s> Tracer<'s> {
         };
         // The live view shows the sites as of this stop.
         self.sink.tick(&self.stacks);
-        let parked = self.halt_others(tid);
+        let (parked, held) = self.halt_others(tid);
         let mut regs = *regs;
         Native::set_pc(&mut regs, at);
         let _ = crate::ptrace::set_regs(tid, &regs);
@@ -186,7 +186,7 @@ impl<'s> Tracer<'s> {
             ret_sp,
             ptr: None,
         };
-        let mut dbg = Debugger::new(Some(block), 0, parked.len());
+        let mut dbg = Debugger::new(Some(block), 0, held);
         let mut live = Live {
             t: self,
             tid,

@@ -15,8 +15,15 @@ use crate::ptrace::{self, PtraceEvent, Stop};
 
 impl Tracer<'_> {
     /// Stops every started thread of the program but `tid`; returns those parked
-    /// by the interrupt, for [`Tracer::resume_halted`].
-    pub(super) fn halt_others(&mut self, tid: Tid) -> Vec<Tid> {
+    /// by the interrupt, for [`Tracer::resume_halted`], and how many threads are held
+    /// in all (also those with a deferred stop, and new threads whose first stop the
+    /// stop loop has not seen: none of them runs until the stop loop resumes it).
+    pub(super) fn halt_others(&mut self, tid: Tid) -> (Vec<Tid>, usize) {
+        let held = self
+            .threads
+            .keys()
+            .filter(|&&t| t != tid && !self.children.contains_key(&t))
+            .count();
         let others: Vec<Tid> = self
             .threads
             .iter()
@@ -38,7 +45,7 @@ impl Tracer<'_> {
                 Err(_) => {}
             }
         }
-        parked
+        (parked, held)
     }
 
     /// Resumes the threads [`Tracer::halt_others`] parked.
