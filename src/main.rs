@@ -132,6 +132,9 @@ fn trace_plain(path: &CString, argv: &[CString], args: &LaunchArgs) -> Result<Tr
     t.set_poll(std::time::Duration::from_micros(args.common.poll_us));
     t.set_depth(args.common.depth as usize);
     let end = t.run().map_err(|e| e.to_string())?;
+    for spec in t.armed_breaks() {
+        eprintln!("memtrace: --break-at {spec}: no allocation was made from there");
+    }
     let (stacks, trace) = (std::mem::take(&mut t.stacks), t.stats);
     drop(t);
     Ok(Traced {

@@ -290,3 +290,77 @@ fn a_stop_in_one_thread_holds_them_all_and_they_all_run_on() {
         s.out.stderr
     );
 }
+
+#[test]
+fn stepping_out_of_malloc_returns_to_the_caller_never_into_memtrace_pages() {
+    // malloc's return address was swapped for a return stub at the stop: single-steps
+    // out of it must land at the real return address, the stub run through unseen.
+    let mut commands = vec!["bt"];
+    commands.extend(std::iter::repeat_n("stepi", 400));
+    commands.extend(["info block", "continue"]);
+    let s = Session::run("make", &commands);
+    let bt = s.section(Some("bt"), 0);
+    let caller = bt
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(hex)
+        .unwrap_or_else(|| panic!("no frame 1:\n{bt}"));
+    let mut back = None;
+    for i in 0..400 {
+        let (pc, label) = location(&s.section(Some("stepi"), i));
+        if label.starts_with("make at") {
+            back = Some(pc);
+            break;
+        }
+        // memtrace's pages are anonymous: a pc there would have no name at all.
+        assert!(
+            !label.starts_with("0x"),
+            "stepi {i} is in unnamed code: {label}"
+        );
+    }
+    assert_eq!(back, Some(caller), "malloc returns to its caller");
+    let printed = s
+        .out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("step fixture: lost "))
+        .expect("the fixture's pointer line");
+    let block = s.section(Some("info block"), 0);
+    assert!(block.contains(&format!("returned {printed}")), "{block}");
+}
+
+#[test]
+fn break_at_alone_prints_the_stop_and_its_stack_and_goes_on() {
+    let exe = build_fixture("step", DEBUG);
+    let brk = line("BREAK", "main");
+    let run = |spec: &str| {
+        let mut c = Command::new(memtrace_binary());
+        c.args(["launch", "--no-tui", "--break-at", spec, "--"])
+            .arg(&exe);
+        run_with_watchdog_stdout(c, MEMTRACE_LIMIT, "memtrace --break-at")
+    };
+    let out = run(&format!("step.c:{brk}"));
+    assert!(
+        out.stderr
+            .contains(&format!("called from main at step.c:{brk}")),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("(memtrace) bt\n"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("(memtrace) continue\n"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.exit, Exit::Code(3));
+    // A line that allocates nothing: said so at the end, the program unharmed.
+    let out = run("step.c:1");
+    assert!(
+        out.stderr
+            .contains("--break-at step.c:1: no allocation was made from there"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.exit, Exit::Code(3));
+}

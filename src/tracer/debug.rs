@@ -60,6 +60,14 @@ impl<'s> Tracer<'s> {
         }));
     }
 
+    /// The breakpoints that are still armed (never hit), as the user wrote them.
+    pub fn armed_breaks(&self) -> Vec<String> {
+        self.debug
+            .as_ref()
+            .map(|s| s.armed.iter().map(|a| a.spec.label()).collect())
+            .unwrap_or_default()
+    }
+
     /// At an allocation's entry: does it stop here? Cheap unless objects were loaded
     /// since the last call (then the armed source and function breakpoints are
     /// resolved to code ranges again).

@@ -26,7 +26,11 @@ impl App {
             KeyCode::Char('i') | KeyCode::Char('S') => DebugCommand::StepInstruction,
             KeyCode::Char('I') | KeyCode::Char('N') => DebugCommand::NextInstruction,
             KeyCode::Char('f') => DebugCommand::Finish,
-            KeyCode::Char('c') => DebugCommand::Continue,
+            KeyCode::Char('c') => {
+                // Back to the live view now: no key may reach a session that is over.
+                self.stopped = None;
+                DebugCommand::Continue
+            }
             KeyCode::Char('u') | KeyCode::Up => DebugCommand::Up,
             KeyCode::Char('d') | KeyCode::Down => DebugCommand::Down,
             KeyCode::Char('a') => DebugCommand::ToggleSyntax,
@@ -46,8 +50,10 @@ impl App {
         Some(Request::Debug(cmd))
     }
 
-    /// `b` / `B`: arm a breakpoint on the selected site.
+    /// `b` / `B`: arm a breakpoint on the selected site. Grouped by top frame, a row
+    /// is its top frame: `b` arms that too.
     pub(super) fn arm_break(&mut self, top_frame_only: bool) -> Option<Request> {
+        let top_frame_only = top_frame_only || self.grouping == super::sites::Grouping::TopFrame;
         let stack = *self.selected_row()?.stacks.first()?;
         let spec = if top_frame_only {
             let top = self.frames_at(stack, 0).and_then(|f| f.last().cloned());
@@ -133,6 +139,8 @@ impl Frontend for UiFrontend {
     }
 
     fn resumed(&mut self) {
+        // Keys pressed while the session was ending are for no one.
+        while self.commands.try_recv().is_ok() {}
         let _ = self.updates.send(UiEvent::Update(Update::Resumed(None)));
     }
 }
@@ -226,6 +234,13 @@ mod tests {
             key(&mut a, 'B'),
             Some(Request::Break(BreakSpec::ReturnAddress(0xbeef)))
         );
+        // Grouped by top frame, b arms the top frame.
+        key(&mut a, 'k');
+        key(&mut a, 't');
+        assert!(matches!(
+            key(&mut a, 'b'),
+            Some(Request::Break(BreakSpec::Line { .. }))
+        ));
         // After the end there is nothing to stop.
         let mut ended = app(TargetState::Ended("exited with status 0".into()));
         assert_eq!(key(&mut ended, 'b'), None);

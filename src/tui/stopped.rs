@@ -322,8 +322,11 @@ mod tests {
         assert_eq!(key('d'), cmd(DebugCommand::Down));
         assert_eq!(key('a'), cmd(DebugCommand::ToggleSyntax));
         assert_eq!(key('c'), cmd(DebugCommand::Continue));
+        assert!(
+            app.stopped.is_none(),
+            "continue leaves the stopped view at once"
+        );
         app.on_resumed(None);
-        assert!(app.stopped.is_none());
         let (s, _) = render(&app, 100, 20);
         assert!(s.contains("sites"), "back to the live view:\n{s}");
     }
