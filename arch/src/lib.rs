@@ -176,6 +176,10 @@ pub trait Arch {
     /// Whether the instruction at the start of `code` is a call, and then its length
     /// (the return address is the address after it): what `next` steps over.
     fn call_len(code: &[u8], address: u64) -> Option<usize>;
+    /// Where a PLT-style stub at the start of `code` jumps through: the address of the
+    /// pointer its indirect jump reads (`jmp [rip+x]`, after an `endbr64`), so a call
+    /// to the stub can be named after the function it reaches.
+    fn jump_slot(code: &[u8], address: u64) -> Option<u64>;
     /// Decodes up to `count` instructions.
     fn disassemble(code: &[u8], address: u64, count: usize, syntax: Syntax) -> Vec<Insn>;
     /// Register names and values, in the order a debugger shows them.

@@ -333,6 +333,23 @@ fn next_instruction(t: &mut dyn Target) -> Result<Progress, DebugError> {
     }
 }
 
+/// The name of a call or jump target: its function, or for a PLT stub the function
+/// its slot points to now (`malloc@plt`; unnamed while lazy binding has not run).
+fn target_name(t: &mut dyn Target, l: &mut dyn Lines, to: u64) -> Option<String> {
+    let name = |l: &mut dyn Lines, a: u64| l.frames_at(a).last().and_then(|f| f.function.clone());
+    if let Some(n) = name(l, to) {
+        return Some(n);
+    }
+    let mut code = [0u8; 16];
+    let n = t.read(to, &mut code);
+    let slot = Native::jump_slot(&code[..n], to)?;
+    let mut word = [0u8; 8];
+    if t.read(slot, &mut word) != 8 {
+        return None;
+    }
+    name(l, u64::from_le_bytes(word)).map(|n| format!("{n}@plt"))
+}
+
 fn source_pane(l: &mut dyn Lines, frame: usize, file: String, line: u32) -> SourcePane {
     let first = line.saturating_sub(view::SOURCE_CONTEXT).max(1);
     let lines = match l.source(&file) {
@@ -390,11 +407,8 @@ fn disassemble(
         .take(view::DISAS_BEFORE + 1 + view::DISAS_AFTER)
         .map(|(i, insn)| {
             let mut text = insn.text;
-            if let Some(target) = insn.branch_target {
-                let f = l.frames_at(target);
-                if let Some(name) = f.last().and_then(|f| f.function.clone()) {
-                    text.push_str(&format!(" <{name}>"));
-                }
+            if let Some(name) = insn.branch_target.and_then(|to| target_name(t, l, to)) {
+                text.push_str(&format!(" <{name}>"));
             }
             DisasLine {
                 address: insn.address,

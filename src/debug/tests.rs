@@ -158,7 +158,9 @@ impl Lines for FakeLines {
         let (function, object) = match pc {
             0x1000..=0x1fff => ("main", "/src/main"),
             0x2000..=0x2fff => ("callee", "/src/main"),
-            _ => ("lib", "/lib/libc.so.6"),
+            0x3000..=0x3fff => ("lib", "/lib/libc.so.6"),
+            // PLT stubs and the rest have no symbol.
+            _ => return Vec::new(),
         };
         let row = self.row(pc);
         vec![Frame {
@@ -172,7 +174,9 @@ impl Lines for FakeLines {
     }
     fn frames_at_return(&mut self, ret: u64) -> Vec<Frame> {
         let mut f = self.frames_at(ret - 1);
-        f[0].address = ret;
+        for frame in &mut f {
+            frame.address = ret;
+        }
         f
     }
     fn row(&mut self, pc: u64) -> Option<Row> {
@@ -320,4 +324,24 @@ fn the_end_of_the_program_ends_the_session() {
         d.execute(DebugCommand::Continue, &mut t, &mut FakeLines),
         Outcome::Continue
     );
+}
+
+#[test]
+fn a_call_through_the_plt_is_named_after_its_target() {
+    let mut t = Fake::at(0x5000);
+    // 0x5000: call 0x4000; 0x4000: jmp [rip+0x1ffa] (the slot at 0x6000) -> lib.
+    for (i, b) in [0xe8u8, 0xfb, 0xef, 0xff, 0xff].iter().enumerate() {
+        t.mem.insert(0x5000 + i as u64, *b);
+    }
+    for (i, b) in [0xffu8, 0x25, 0xfa, 0x1f, 0x00, 0x00].iter().enumerate() {
+        t.mem.insert(0x4000 + i as u64, *b);
+    }
+    t.write_u64(0x6000, 0x3000);
+    let mut d = Debugger::new(None, 0, 0);
+    let disas = run(&mut d, &mut t, DebugCommand::Disassemble);
+    let current = disas
+        .lines()
+        .find(|l| l.starts_with("=>"))
+        .unwrap_or_default();
+    assert!(current.ends_with("<lib@plt>"), "{disas}");
 }
