@@ -364,3 +364,23 @@ fn break_at_alone_prints_the_stop_and_its_stack_and_goes_on() {
     );
     assert_eq!(out.exit, Exit::Code(3));
 }
+
+#[test]
+fn a_line_in_a_library_loaded_later_is_found_when_it_loads() {
+    let exe = build_fixture("dlopen_main", DEBUG);
+    let plugin = common::build_shared("plugin", DEBUG);
+    let marker = markers(&fixture_source("plugin"))
+        .into_iter()
+        .next()
+        .expect("plugin.c has a LEAK marker");
+    let mut c = Command::new(memtrace_binary());
+    c.args(["launch", "--no-tui", "--break-at"])
+        .arg(format!("{}:{}", marker.file, marker.line))
+        .arg("--")
+        .arg(&exe)
+        .arg(&plugin);
+    let out = run_with_watchdog_stdout(c, MEMTRACE_LIMIT, "memtrace --break-at plugin.c");
+    let want = format!("called from plugin_leak at {}:{}", marker.file, marker.line);
+    assert!(out.stderr.contains(&want), "{}", out.stderr);
+    assert_eq!(out.exit, Exit::Code(0), "{}", out.stderr);
+}

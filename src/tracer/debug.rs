@@ -28,8 +28,8 @@ pub struct Session<'s> {
     frontend: Box<dyn Frontend + 's>,
     /// Breakpoints armed while the program runs (the TUI's `b`).
     arm: Option<Receiver<BreakSpec>>,
-    /// The module list (length, generation) the armed ranges were computed for.
-    ranges_for: Option<(usize, u32)>,
+    /// The module list the armed ranges were computed for (see `modules_key`).
+    ranges_for: Option<(usize, u32, u64)>,
     hit: Option<Hit>,
     lines: Option<SymbolLines>,
 }
@@ -89,16 +89,30 @@ impl<'s> Tracer<'s> {
         if s.armed.is_empty() || func.requested_size(args).is_none() {
             return;
         }
-        let now = (self.image.modules().len(), self.generation);
-        if s.armed.iter().any(Armed::needs_ranges) && s.ranges_for != Some(now) {
-            self.resolve_breaks();
+        if s.armed.iter().any(Armed::needs_ranges) {
+            let (was, now) = (s.ranges_for, self.modules_key());
+            if was != Some(now) {
+                self.resolve_breaks();
+            }
+            if let Some(s) = self.debug.as_mut() {
+                s.ranges_for = Some(now);
+            }
         }
         let Some(s) = self.debug.as_mut() else { return };
-        s.ranges_for = Some(now);
         if let Some(i) = s.armed.iter().position(|a| a.matches(stack, ret)) {
             s.armed.remove(i);
             s.hit = Some(Hit { tid, func, args });
         }
+    }
+
+    /// Tells one module list from another (a dlopen, a dlclose, an exec) for the cost
+    /// of a pass over a dozen entries.
+    fn modules_key(&self) -> (usize, u32, u64) {
+        let modules = self.image.modules();
+        let mix = modules
+            .iter()
+            .fold(0u64, |h, m| h.rotate_left(7) ^ m.base ^ m.end);
+        (modules.len(), self.generation, mix)
     }
 
     /// The symbolizer of the debugger, in step with the loaded objects.
