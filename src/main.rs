@@ -104,18 +104,17 @@ fn batch_debugger(args: &LaunchArgs) -> Result<Option<(Vec<BreakSpec>, Batch)>, 
         .iter()
         .map(|s| BreakSpec::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let commands = match &args.commands {
+    let out = Box::new(std::io::stderr());
+    let batch = match &args.commands {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            Batch::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            let commands = Batch::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            Batch::new(commands, out)
         }
-        None => Batch::default_commands(),
+        None => Batch::stack_at_every_stop(out),
     };
-    Ok(Some((
-        specs,
-        Batch::new(commands, Box::new(std::io::stderr())),
-    )))
+    Ok(Some((specs, batch)))
 }
 
 fn trace_plain(path: &CString, argv: &[CString], args: &LaunchArgs) -> Result<Traced, String> {

@@ -3,7 +3,8 @@
 //! Everything goes to stderr, like the final report: the program's own stdout is
 //! left exactly as it would be without memtrace. Each command is echoed as
 //! `(memtrace) COMMAND` before its output, so a transcript reads like a gdb session.
-//! When the commands run out the program continues.
+//! When the commands run out the program continues. With several breakpoints the file
+//! is read on from stop to stop; without a file every stop prints its stack.
 
 use super::{DebugCommand, Frontend, StopView};
 use std::collections::VecDeque;
@@ -12,6 +13,8 @@ use std::io::Write;
 pub struct Batch {
     /// (the line as written, the command).
     commands: VecDeque<(String, DebugCommand)>,
+    /// Run at every stop (no command file), rather than read on.
+    every_stop: Option<Vec<(String, DebugCommand)>>,
     out: Box<dyn Write + Send>,
 }
 
@@ -20,6 +23,18 @@ impl Batch {
     pub fn new(commands: Vec<(String, DebugCommand)>, out: Box<dyn Write + Send>) -> Batch {
         Batch {
             commands: commands.into(),
+            every_stop: None,
+            out,
+        }
+    }
+
+    /// Without a command file: every stop shows where it is and the stack, then the
+    /// program goes on.
+    pub fn stack_at_every_stop(out: Box<dyn Write + Send>) -> Batch {
+        let bt = vec![("bt".to_string(), DebugCommand::Backtrace)];
+        Batch {
+            commands: bt.clone().into(),
+            every_stop: Some(bt),
             out,
         }
     }
@@ -35,11 +50,6 @@ impl Batch {
                     .map_err(|e| format!("line {}: {e}", i + 1))
             })
             .collect()
-    }
-
-    /// Without a command file: show where it stopped and the stack, then go on.
-    pub fn default_commands() -> Vec<(String, DebugCommand)> {
-        vec![("bt".into(), DebugCommand::Backtrace)]
     }
 }
 
@@ -58,5 +68,11 @@ impl Frontend for Batch {
     fn gone(&mut self, why: &str) {
         let _ = writeln!(self.out, "memtrace: {why}");
         self.commands.clear();
+    }
+
+    fn resumed(&mut self) {
+        if let Some(each) = &self.every_stop {
+            self.commands = each.clone().into();
+        }
     }
 }
