@@ -384,3 +384,29 @@ fn a_line_in_a_library_loaded_later_is_found_when_it_loads() {
     assert!(out.stderr.contains(&want), "{}", out.stderr);
     assert_eq!(out.exit, Exit::Code(0), "{}", out.stderr);
 }
+
+#[test]
+fn a_cxx_new_site_stops_in_operator_new_with_its_size() {
+    let exe = build_fixture("cxx_new", DEBUG);
+    let marker = markers(&fixture_source("cxx_new"))
+        .into_iter()
+        .next()
+        .expect("cxx_new.cc has LEAK markers");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("commands");
+    std::fs::write(&file, "finish\ncontinue\n").expect("write the command file");
+    let mut c = Command::new(memtrace_binary());
+    c.args(["launch", "--no-tui", "--break-at"])
+        .arg(format!("{}:{}", marker.file, marker.line))
+        .arg("--commands")
+        .arg(&file)
+        .arg("--")
+        .arg(&exe);
+    let out = run_with_watchdog_stdout(c, MEMTRACE_LIMIT, "memtrace --break-at cxx_new.cc");
+    let size = marker.bytes / marker.blocks;
+    let want = format!("stopped at operator new({size})");
+    assert!(out.stderr.contains(&want), "{}", out.stderr);
+    assert!(out.stderr.contains("the block is at 0x"), "{}", out.stderr);
+    let native = run_with_watchdog_stdout(Command::new(&exe), MEMTRACE_LIMIT, "native cxx_new");
+    assert_eq!(out.exit, native.exit, "{}", out.stderr);
+}

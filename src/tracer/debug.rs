@@ -200,8 +200,10 @@ impl<'s> Tracer<'s> {
             Some(f) if f.entry_sp == sp => (f.real_ret, Native::sp_after_return(sp)),
             _ => (0, 0),
         };
+        // `operator new(unsigned long)` shows as `operator new(40)`: its size.
+        let name = crate::symbols::demangle(hit.func.name());
         let block = Block {
-            function: crate::symbols::demangle(hit.func.name()),
+            function: name.split('(').next().unwrap_or(&name).to_string(),
             size: hit.func.requested_size(hit.args).unwrap_or(0),
             entry: at,
             ret,
