@@ -216,6 +216,7 @@ fn shell_quote(p: &Path) -> String {
 
 /// `--break-at` with the live view: the stopped view opens at the marked line, `n`
 /// steps to the next marked line, `c` lets the program finish as it would have.
+/// (Waits are longer than elsewhere in this file: the test runs beside valgrind.)
 #[test]
 fn break_at_opens_the_stopped_view_and_steps() {
     let program = build_fixture("step", DEBUG);
@@ -231,20 +232,20 @@ fn break_at_opens_the_stopped_view_and_steps() {
         shell_quote(&program)
     );
     let tmux = Tmux::start(&command, 140, 40);
-    let stop = tmux.wait_for("the stopped view", Duration::from_secs(30), |s| {
+    let stop = tmux.wait_for("the stopped view", Duration::from_secs(60), |s| {
         s.contains("stopped in the debugger") && s.contains(&format!("=>{brk:>4} "))
     });
     assert!(stop.contains("41 54"), "malloc's own first bytes:\n{stop}");
     tmux.keys("n");
-    tmux.wait_for("the next line", Duration::from_secs(30), |s| {
+    tmux.wait_for("the next line", Duration::from_secs(60), |s| {
         s.contains(&format!("=>{next:>4} "))
     });
     tmux.keys("c");
-    tmux.wait_for("the program's end", Duration::from_secs(30), |s| {
+    tmux.wait_for("the program's end", Duration::from_secs(60), |s| {
         s.contains("exited with status 3")
     });
     tmux.keys("q");
-    let until = Instant::now() + Duration::from_secs(30);
+    let until = Instant::now() + Duration::from_secs(60);
     while tmux.alive() {
         assert!(
             Instant::now() < until,
@@ -276,12 +277,12 @@ fn b_on_a_site_stops_at_its_next_allocation() {
     let tmux = Tmux::start(&command, 140, 40);
     tmux.wait_for(
         &format!("the row of {site}"),
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         |s| blocks_of(s, &site).is_some(),
     );
     // The leaking site is the largest: selected first.
     tmux.keys("b");
-    let stop = tmux.wait_for("the stopped view", Duration::from_secs(30), |s| {
+    let stop = tmux.wait_for("the stopped view", Duration::from_secs(60), |s| {
         s.contains("stopped in the debugger")
     });
     assert!(
@@ -289,12 +290,12 @@ fn b_on_a_site_stops_at_its_next_allocation() {
         "the site's line:\n{stop}"
     );
     tmux.keys("c");
-    tmux.wait_for("the live view again", Duration::from_secs(30), |s| {
+    tmux.wait_for("the live view again", Duration::from_secs(60), |s| {
         s.contains("running")
     });
     tmux.keys("q");
     tmux.keys("k");
-    tmux.wait_for("the end", Duration::from_secs(30), |s| {
+    tmux.wait_for("the end", Duration::from_secs(60), |s| {
         s.contains("SIGKILL")
     });
 }
