@@ -52,6 +52,17 @@ pub struct Common {
 pub struct LaunchArgs {
     #[command(flatten)]
     pub common: Common,
+    /// Stop the program at the first allocation made from SPEC, a source line
+    /// (`leak.c:12`) or a function (`make_leak`), and open the debugger there: the
+    /// TUI's stopped view, or without the TUI the commands of --commands (by default
+    /// `bt`, then continue). May be given more than once; each stops once.
+    #[arg(long, value_name = "SPEC")]
+    pub break_at: Vec<String>,
+    /// With --break-at: run the debugger commands in FILE (one a line: bt, regs,
+    /// disas, list, step, next, stepi, nexti, finish, up, down, info block,
+    /// info thread, set syntax att|intel, continue) and print their output on stderr.
+    #[arg(long, value_name = "FILE", requires = "break_at")]
+    pub commands: Option<PathBuf>,
     /// The program to run, then its arguments.
     #[arg(
         required = true,
@@ -85,6 +96,24 @@ mod tests {
         let Command::Launch(a) = cli.command;
         assert_eq!(a.common.json, None);
         assert_eq!(a.command, ["./app", "--json", "x"]);
+    }
+
+    #[test]
+    fn break_at_and_commands() {
+        let cli = Cli::try_parse_from([
+            "memtrace",
+            "launch",
+            "--break-at",
+            "leak.c:12",
+            "--commands",
+            "c.txt",
+            "./app",
+        ])
+        .unwrap();
+        let Command::Launch(a) = cli.command;
+        assert_eq!(a.break_at, ["leak.c:12"]);
+        assert_eq!(a.commands, Some(PathBuf::from("c.txt")));
+        assert!(Cli::try_parse_from(["memtrace", "launch", "--commands", "c", "./app"]).is_err());
     }
 
     #[test]

@@ -147,6 +147,18 @@ impl HookFn {
         !(matches!(self, HookFn::Free | HookFn::Delete { .. }) && args[0] == 0)
     }
 
+    /// The bytes an allocation asks for, from its arguments; None for a deallocator.
+    pub fn requested_size(self, args: [u64; 3]) -> Option<u64> {
+        match self {
+            HookFn::Malloc | HookFn::Valloc | HookFn::Pvalloc | HookFn::New { .. } => Some(args[0]),
+            HookFn::Calloc => Some(args[0].saturating_mul(args[1])),
+            HookFn::Memalign | HookFn::Realloc => Some(args[1]),
+            HookFn::PosixMemalign => Some(args[2]),
+            HookFn::Reallocarray => Some(args[1].saturating_mul(args[2])),
+            HookFn::Free | HookFn::Delete { .. } => None,
+        }
+    }
+
     /// Whether a call of this function made inside another hooked call has its result
     /// watched (see [`Event::Nested`]): the plain allocators, whose result is the
     /// return value.

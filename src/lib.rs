@@ -20,6 +20,10 @@
 //!    a return stub of this call's own (keeping the real one in the stub's data and
 //!    in the thread's pending frames) and moves the thread to the relocated
 //!    instruction.
+//!    If the call matches an armed site breakpoint (`--break-at`, the TUI's `b`),
+//!    the entry finishes as usual and then every other thread is stopped and the
+//!    [`debug::Debugger`] takes the thread, stopped at malloc's first instruction,
+//!    until `continue` (`tracer/debug.rs`, `tracer/step.rs`).
 //! 4. malloc returns into its stub, which stores the returned pointer, sets a done
 //!    flag and jumps to the real return address: no stop. At the next stop of any
 //!    thread the tracer reads the finished stubs and emits [`event::Event::Alloc`]
@@ -41,6 +45,7 @@
 //!    a library unloaded meanwhile still resolves), and written as the text and
 //!    JSON reports ([`report`]).
 pub mod cli;
+pub mod debug;
 pub mod elf;
 pub mod event;
 pub mod heap;

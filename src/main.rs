@@ -2,6 +2,8 @@
 
 use clap::Parser;
 use memtrace::cli::{Cli, Command, LaunchArgs};
+use memtrace::debug::batch::Batch;
+use memtrace::debug::BreakSpec;
 use memtrace::event::Event;
 use memtrace::heap::Heap;
 use memtrace::maps::Module;
@@ -74,8 +76,16 @@ fn launch(args: LaunchArgs) -> i32 {
     };
     // Ctrl-C goes to the program (same process group); memtrace stays to report.
     ptrace::survive_terminal_signals();
-    let traced = if use_tui(&args.common) {
-        session::launch(&path, &cargs, &args.command, &args.common)
+    // A command file means batch mode, terminal or not.
+    let traced = if use_tui(&args.common) && args.commands.is_none() {
+        let breaks = match args.break_at.iter().map(|s| BreakSpec::parse(s)).collect() {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("memtrace: {e}");
+                return 2;
+            }
+        };
+        session::launch(&path, &cargs, &args.command, &args.common, breaks)
     } else {
         trace_plain(&path, &cargs, &args)
     };
@@ -95,18 +105,48 @@ fn use_tui(common: &memtrace::cli::Common) -> bool {
     !common.no_tui && std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
 }
 
+/// The `--break-at` specs and the batch front end that drives them, if any.
+fn batch_debugger(args: &LaunchArgs) -> Result<Option<(Vec<BreakSpec>, Batch)>, String> {
+    if args.break_at.is_empty() {
+        return Ok(None);
+    }
+    let specs = args
+        .break_at
+        .iter()
+        .map(|s| BreakSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let out = Box::new(std::io::stderr());
+    let batch = match &args.commands {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let commands = Batch::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            Batch::new(commands, out)
+        }
+        None => Batch::stack_at_every_stop(out),
+    };
+    Ok(Some((specs, batch)))
+}
+
 fn trace_plain(path: &CString, argv: &[CString], args: &LaunchArgs) -> Result<Traced, String> {
     let mut collector = Collector {
         heap: Heap::new(),
         sym: None,
         scan: None,
     };
+    let debugger = batch_debugger(args)?;
     let mut t = Tracer::launch(path, argv, &mut collector).map_err(|e| e.to_string())?;
+    if let Some((specs, batch)) = debugger {
+        t.set_debugger(specs, Box::new(batch), None);
+    }
     let pid = t.pid();
     t.set_poll(std::time::Duration::from_micros(args.common.poll_us));
     t.set_depth(args.common.depth as usize);
     let end = t.run().map_err(|e| e.to_string())?;
     let scan_error = t.scan_error().map(String::from);
+    for spec in t.armed_breaks() {
+        eprintln!("memtrace: --break-at {spec}: no allocation was made from there");
+    }
     let (stacks, trace) = (std::mem::take(&mut t.stacks), t.stats);
     drop(t);
     Ok(Traced {

@@ -240,6 +240,98 @@ impl Symbolizer {
     }
 }
 
+/// The line-table row that holds an instruction address (for stepping by line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    /// First runtime address of the row: a pc equal to it is at the start of a line.
+    pub start: u64,
+    pub file: String,
+    pub line: u32,
+}
+
+impl Symbolizer {
+    /// The frames at instruction address `pc` (not a return address: nothing is
+    /// subtracted), in the latest module generation.
+    pub fn at_pc(&mut self, pc: u64) -> Vec<Frame> {
+        // `symbolize` looks up `address - 1`, where the call of a return address is.
+        let mut frames = self.symbolize(pc.wrapping_add(1));
+        for f in &mut frames {
+            f.address = pc;
+            if let Some(off) = f.symbol_offset.as_mut() {
+                *off = off.wrapping_sub(1);
+            }
+        }
+        frames
+    }
+
+    /// The index and parsed data of the live module holding `addr`.
+    fn loaded_at(&mut self, addr: u64) -> Option<&Loaded> {
+        let generation = self.generation;
+        let idx = self
+            .entries
+            .iter()
+            .rposition(|e| e.module.contains(addr) && e.alive_in(generation))?;
+        self.loaded(idx)
+    }
+
+    fn loaded(&mut self, idx: usize) -> Option<&Loaded> {
+        let pid = self.pid;
+        let entry = self.entries.get_mut(idx)?;
+        if entry.loaded.is_none() {
+            entry.loaded = Some(load(pid, &entry.module, entry.file.as_ref()));
+        }
+        entry.loaded.as_ref().and_then(Option::as_ref)
+    }
+
+    /// The line-table row holding instruction address `pc`, if its object has one.
+    pub fn row_at(&mut self, pc: u64) -> Option<Row> {
+        let loaded = self.loaded_at(pc)?;
+        let probe = pc.wrapping_sub(loaded.bias);
+        let mut rows = loaded.primary.find_location_range(probe, probe + 1).ok()?;
+        let (start, len, loc) = rows.next()?;
+        if !(start <= probe && probe < start + len) {
+            return None;
+        }
+        Some(Row {
+            start: start.wrapping_add(loaded.bias),
+            file: loc.file?.to_string(),
+            line: loc.line?,
+        })
+    }
+
+    /// Runtime address ranges of every line-table row of `line` in a file whose path is
+    /// `file` or ends with `/file`, in every live module that `want` accepts (by path).
+    pub fn line_ranges(
+        &mut self,
+        file: &str,
+        line: u32,
+        want: &dyn Fn(&str) -> bool,
+    ) -> Vec<(u64, u64)> {
+        let generation = self.generation;
+        let idxs: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| self.entries[i].alive_in(generation) && want(&self.entries[i].module.path))
+            .collect();
+        let suffix = format!("/{file}");
+        let mut out = Vec::new();
+        for i in idxs {
+            let Some(loaded) = self.loaded(i) else {
+                continue;
+            };
+            let Ok(rows) = loaded.primary.find_location_range(0, u64::MAX) else {
+                continue;
+            };
+            for (start, len, loc) in rows {
+                let same_file = loc.file.is_some_and(|f| f == file || f.ends_with(&suffix));
+                if loc.line == Some(line) && same_file {
+                    let s = start.wrapping_add(loaded.bias);
+                    out.push((s, s + len));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// The same object at the same place (its range may grow while the loader maps it).
 fn same_object(a: &Module, b: &Module) -> bool {
     a.path == b.path && a.inode == b.inode && a.base == b.base

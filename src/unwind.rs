@@ -144,9 +144,34 @@ impl StackWalker {
         out: &mut Vec<u64>,
     ) -> Ending {
         out.clear();
-        let Some(mut frame) = FrameAddress::from_return_address(start.return_address) else {
+        let Some(frame) = FrameAddress::from_return_address(start.return_address) else {
             return Ending::Failed;
         };
+        self.walk_frames(frame, start, read, depth, out)
+    }
+
+    /// Unwinds a thread stopped anywhere (the debugger): `start.return_address` is
+    /// its pc, the first entry of `out`, and `sp`, `frame_pointer` are its registers.
+    pub fn walk_from_pc(
+        &mut self,
+        start: Start,
+        read: &mut ReadMemory<'_>,
+        depth: usize,
+        out: &mut Vec<u64>,
+    ) -> Ending {
+        out.clear();
+        let frame = FrameAddress::from_instruction_pointer(start.return_address);
+        self.walk_frames(frame, start, read, depth, out)
+    }
+
+    fn walk_frames(
+        &mut self,
+        mut frame: FrameAddress,
+        start: Start,
+        read: &mut ReadMemory<'_>,
+        depth: usize,
+        out: &mut Vec<u64>,
+    ) -> Ending {
         if depth <= 1 {
             // The caller alone: no stack to read. (Every real stack has more.)
             out.push(frame.address());

@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::markers::marker_line;
 use common::{build_fixture, markers, process::memtrace_binary, DEBUG};
 use std::path::Path;
 use std::process::Command;
@@ -226,4 +227,80 @@ fn tiny_terminal_and_the_end_of_the_program() {
 
 fn shell_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+/// `--break-at` with the live view: the stopped view opens at the marked line, `n`
+/// steps to the next marked line, `c` lets the program finish as it would have.
+/// (Waits are longer than elsewhere in this file: the test runs beside valgrind.)
+#[test]
+fn break_at_opens_the_stopped_view_and_steps() {
+    let program = build_fixture("step", DEBUG);
+    let source = common::fixtures_dir().join("step.c");
+    let brk = marker_line(&source, "BREAK", "main");
+    let next = marker_line(&source, "NEXT", "main");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let command = format!(
+        "{} launch --json {} --break-at step.c:{brk} -- {}",
+        shell_quote(memtrace_binary()),
+        shell_quote(&json),
+        shell_quote(&program)
+    );
+    let tmux = Tmux::start("break", &command, 140, 40);
+    let stop = tmux.wait_for("the stopped view", Duration::from_secs(60), |s| {
+        s.contains("stopped in the debugger") && s.contains(&format!("=>{brk:>4} "))
+    });
+    assert!(stop.contains("41 54"), "malloc's own first bytes:\n{stop}");
+    tmux.keys("n");
+    tmux.wait_for("the next line", Duration::from_secs(60), |s| {
+        s.contains(&format!("=>{next:>4} "))
+    });
+    tmux.keys("c");
+    tmux.wait_for("the program's end", Duration::from_secs(60), |s| {
+        s.contains("exited with status 3")
+    });
+    tmux.keys("q");
+    tmux.wait_gone(Duration::from_secs(60));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the report"))
+            .expect("JSON report");
+    assert_eq!(report["end"]["code"], 3, "{report:#}");
+}
+
+/// `b` on a site of a running program stops it at that site's next allocation.
+#[test]
+fn b_on_a_site_stops_at_its_next_allocation() {
+    let program = build_fixture("tui_leak", DEBUG);
+    let marker = markers(&common::fixtures_dir().join("tui_leak.c"))
+        .into_iter()
+        .next()
+        .expect("tui_leak.c has a LEAK marker");
+    let site = format!("leak_slowly {}:{}", marker.file, marker.line);
+    let command = format!(
+        "{} launch -- {} 100000",
+        shell_quote(memtrace_binary()),
+        shell_quote(&program)
+    );
+    let tmux = Tmux::start("b", &command, 140, 40);
+    tmux.wait_for(
+        &format!("the row of {site}"),
+        Duration::from_secs(60),
+        |s| blocks_of(s, &site).is_some(),
+    );
+    // The leaking site is the largest: selected first.
+    tmux.keys("b");
+    let stop = tmux.wait_for("the stopped view", Duration::from_secs(60), |s| {
+        s.contains("stopped in the debugger")
+    });
+    assert!(
+        stop.contains(&format!("{}:{}", marker.file, marker.line)),
+        "the site's line:\n{stop}"
+    );
+    tmux.keys("c");
+    tmux.wait_for("the live view again", Duration::from_secs(60), |s| {
+        s.contains("running")
+    });
+    tmux.keys("q");
+    tmux.keys("k");
+    tmux.wait_gone(Duration::from_secs(60));
 }

@@ -57,6 +57,9 @@ pub struct Relocated {
     /// The code to place at the new address: the relocated instruction, then a jump
     /// back to the instruction that followed the original.
     pub code: Vec<u8>,
+    /// Length of the relocated instruction at the start of `code`: the jump back
+    /// follows it.
+    pub relocated_len: usize,
     /// Length of the original instruction.
     pub original_len: usize,
 }
@@ -174,6 +177,13 @@ pub trait Arch {
     fn return_stub(data_minus_code: i64) -> Vec<u8>;
     /// Length of the instruction at the start of `code`.
     fn insn_len(code: &[u8], address: u64) -> Option<usize>;
+    /// Whether the instruction at the start of `code` is a call, and then its length
+    /// (the return address is the address after it): what `next` steps over.
+    fn call_len(code: &[u8], address: u64) -> Option<usize>;
+    /// Where a PLT-style stub at the start of `code` jumps through: the address of the
+    /// pointer its indirect jump reads (`jmp [rip+x]`, after an `endbr64`), so a call
+    /// to the stub can be named after the function it reaches.
+    fn jump_slot(code: &[u8], address: u64) -> Option<u64>;
     /// Decodes up to `count` instructions.
     fn disassemble(code: &[u8], address: u64, count: usize, syntax: Syntax) -> Vec<Insn>;
     /// Register names and values, in the order a debugger shows them.

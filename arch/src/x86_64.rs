@@ -3,7 +3,7 @@
 use crate::{Arch, Insn, Regs, RelocError, Relocated, ReturnSlot, Syntax};
 use iced_x86::{
     BlockEncoder, BlockEncoderOptions, Decoder, DecoderOptions, FlowControl, Formatter,
-    GasFormatter, Instruction, InstructionBlock, IntelFormatter,
+    GasFormatter, Instruction, InstructionBlock, IntelFormatter, Mnemonic,
 };
 
 pub struct X86_64;
@@ -127,6 +127,7 @@ impl Arch for X86_64 {
             }
         })?;
         let mut out = encoded.code_buffer;
+        let relocated_len = out.len();
         out.extend_from_slice(&jump_abs(from + len as u64));
         if out.len() > Self::MAX_RELOCATED_LEN {
             return Err(RelocError::CannotRelocate {
@@ -136,6 +137,7 @@ impl Arch for X86_64 {
         }
         Ok(Relocated {
             code: out,
+            relocated_len,
             original_len: len,
         })
     }
@@ -169,6 +171,33 @@ impl Arch for X86_64 {
 
     fn insn_len(code: &[u8], address: u64) -> Option<usize> {
         decode_one(code, address).map(|i| i.len())
+    }
+
+    fn call_len(code: &[u8], address: u64) -> Option<usize> {
+        let insn = decode_one(code, address)?;
+        matches!(
+            insn.flow_control(),
+            FlowControl::Call | FlowControl::IndirectCall
+        )
+        .then(|| insn.len())
+    }
+
+    fn jump_slot(code: &[u8], address: u64) -> Option<u64> {
+        let mut d = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+        for _ in 0..2 {
+            if !d.can_decode() {
+                return None;
+            }
+            let insn = d.decode();
+            match insn.mnemonic() {
+                Mnemonic::Endbr64 => continue,
+                Mnemonic::Jmp if insn.is_ip_rel_memory_operand() => {
+                    return Some(insn.ip_rel_memory_address())
+                }
+                _ => return None,
+            }
+        }
+        None
     }
 
     fn disassemble(code: &[u8], address: u64, count: usize, syntax: Syntax) -> Vec<Insn> {
@@ -256,6 +285,7 @@ mod tests {
         ] {
             let r = X86_64::relocate(bytes, 0x7f00_0000_1000, 0x7f00_1000_0000).unwrap();
             assert_eq!(r.original_len, len);
+            assert_eq!(r.relocated_len, len, "copied as they are");
             assert_eq!(&r.code[..len], &bytes[..len]);
             assert_eq!(tail_target(&r.code), 0x7f00_0000_1000 + len as u64);
         }
@@ -340,6 +370,19 @@ mod tests {
         let att = X86_64::disassemble(&code, 0x1000, 2, Syntax::Att);
         assert_eq!(att[0].text, "push %r12");
         assert_eq!(X86_64::insn_len(&code[2..], 0x1002), Some(3));
+        assert_eq!(X86_64::call_len(&code[5..], 0x1005), Some(5));
+        assert_eq!(X86_64::call_len(&code, 0x1000), None);
+        // A PLT entry: jmp [rip+0x2fb2] at 0x1060 reads the slot at 0x4018; with IBT
+        // it starts with endbr64.
+        let plt = [0xff, 0x25, 0xb2, 0x2f, 0x00, 0x00];
+        assert_eq!(X86_64::jump_slot(&plt, 0x1060), Some(0x4018));
+        let ibt = [
+            0xf3, 0x0f, 0x1e, 0xfa, 0xf2, 0xff, 0x25, 0xb2, 0x2f, 0x00, 0x00,
+        ];
+        assert!(X86_64::jump_slot(&ibt, 0x1060).is_some());
+        assert_eq!(X86_64::jump_slot(&code, 0x1000), None);
+        // call rax (indirect) is a call too.
+        assert_eq!(X86_64::call_len(&[0xff, 0xd0], 0x1000), Some(2));
     }
 
     #[test]

@@ -67,6 +67,7 @@ impl Tracer<'_> {
             } else {
                 NO_STACK
             };
+            self.check_break(tid, func, args, stack, ret_addr);
             let internal = self.image.is_internal(ret_addr);
             let entry = func.entry(tid, args, stack, internal);
             if let Some(ev) = entry.event {
@@ -246,8 +247,23 @@ impl Tracer<'_> {
     }
 
     pub(super) fn on_return(&mut self, tid: Tid, mut regs: Regs) {
+        if !self.take_return(tid, &mut regs) {
+            // No frame for this return: we cannot know where to go. This is a bug in
+            // memtrace; say so rather than guess.
+            let sp = Native::sp(&regs);
+            eprintln!("memtrace: internal error: thread {tid} returned to the trampoline with no pending call (sp {sp:#x})");
+            let _ = ptrace::cont(tid, libc::SIGSEGV);
+            return;
+        }
+        let _ = ptrace::set_regs(tid, &regs);
+        self.resume(tid);
+    }
+
+    /// A call returning through the trampoline: records its return and points `regs`
+    /// at the real return address. False when the thread has no such pending call.
+    pub(super) fn take_return(&mut self, tid: Tid, regs: &mut Regs) -> bool {
         self.stats.return_hits += 1;
-        let sp = Native::sp(&regs);
+        let sp = Native::sp(regs);
         let frame = self.threads.get_mut(&tid).and_then(|t| {
             let i = t
                 .frames
@@ -258,30 +274,23 @@ impl Tracer<'_> {
             Some(f)
         });
         let Some(f) = frame else {
-            // No frame for this return: we cannot know where to go. This is a bug in
-            // memtrace; say so rather than guess.
-            eprintln!("memtrace: internal error: thread {tid} returned to the trampoline with no pending call (sp {sp:#x})");
-            let _ = ptrace::cont(tid, libc::SIGSEGV);
-            return;
+            return false;
         };
-        let ret = Native::return_value(&regs);
-        if f.nested {
-            self.sink.event(Event::Nested { ptr: ret });
-            Native::set_pc(&mut regs, f.real_ret);
-            let _ = ptrace::set_regs(tid, &regs);
-            self.resume(tid);
-            return;
-        }
-        let out_ptr = if f.func == HookFn::PosixMemalign && ret as u32 == 0 {
-            self.mem.read_u64(f.args[0]).ok()
+        let ret = Native::return_value(regs);
+        let ev = if f.nested {
+            Some(Event::Nested { ptr: ret })
         } else {
-            None
+            let out_ptr = if f.func == HookFn::PosixMemalign && ret as u32 == 0 {
+                self.mem.read_u64(f.args[0]).ok()
+            } else {
+                None
+            };
+            f.func.exit(tid, f.args, ret, out_ptr, f.stack)
         };
-        if let Some(ev) = f.func.exit(tid, f.args, ret, out_ptr, f.stack) {
+        if let Some(ev) = ev {
             self.sink.event(ev);
         }
-        Native::set_pc(&mut regs, f.real_ret);
-        let _ = ptrace::set_regs(tid, &regs);
-        self.resume(tid);
+        Native::set_pc(regs, f.real_ret);
+        true
     }
 }

@@ -29,6 +29,11 @@ pub struct Image {
 }
 
 impl Image {
+    /// The objects loaded as of the last rescan.
+    pub fn modules(&self) -> &[Module] {
+        &self.modules
+    }
+
     pub fn is_internal(&self, addr: u64) -> bool {
         self.internal.iter().any(|&(s, e)| s <= addr && addr < e)
     }
@@ -266,6 +271,8 @@ impl Tracer<'_> {
             Breakpoint {
                 kind,
                 ool: slot,
+                ool_len: relocated.relocated_len as u64,
+                resume: addr + relocated.original_len as u64,
                 original,
                 module_base,
             },

@@ -9,10 +9,13 @@
 //! (when, and which memory is a root) in `scan.rs`.
 
 mod calls;
+pub mod debug;
+mod halt;
 mod image;
 mod inject;
 mod scan;
 pub mod scratch;
+mod step;
 mod stopall;
 mod stubs;
 
@@ -152,6 +155,8 @@ pub struct Tracer<'s> {
     /// Stops that came while every thread was being stopped, to handle next.
     deferred: VecDeque<Stop>,
     scan: ScanState,
+    /// Site breakpoints and the front end that drives a stop at one (`debug.rs`).
+    debug: Option<Box<debug::Session<'s>>>,
 }
 
 /// The reachability scans of one process image.
@@ -211,6 +216,7 @@ impl<'s> Tracer<'s> {
             spin: std::time::Duration::ZERO,
             deferred: VecDeque::new(),
             scan: ScanState::default(),
+            debug: None,
         };
         t.threads.insert(
             pid,
@@ -474,18 +480,29 @@ impl<'s> Tracer<'s> {
             let _ = ptrace::cont(tid, libc::SIGTRAP);
             return;
         };
-        self.stats.breakpoint_hits += 1;
         let (kind, ool) = (bp.kind, bp.ool);
-        match kind {
-            BpKind::Loader => self.rescan(tid),
-            BpKind::Unwind => self.unhook_returns(tid, &mut regs),
-            BpKind::Hook(f) => self.on_entry(tid, f, &mut regs),
-            BpKind::ExitCall => self.on_exit_call(tid, Native::sp(&regs)),
-            BpKind::Exit => self.scan_at_exit(tid),
+        self.on_breakpoint(tid, kind, &mut regs);
+        if self.debug_stop(tid, at, &regs) {
+            return; // a site breakpoint: the debugger session resumed the threads
         }
         Native::set_pc(&mut regs, ool);
         let _ = ptrace::set_regs(tid, &regs);
         self.resume(tid);
+    }
+}
+
+impl Tracer<'_> {
+    /// What a hit of one of our breakpoints does (the thread has not moved on yet):
+    /// the same whether the thread ran into it or a debugger stepped it there.
+    fn on_breakpoint(&mut self, tid: Tid, kind: BpKind, regs: &mut memtrace_arch::Regs) {
+        self.stats.breakpoint_hits += 1;
+        match kind {
+            BpKind::Loader => self.rescan(tid),
+            BpKind::Unwind => self.unhook_returns(tid, regs),
+            BpKind::Hook(f) => self.on_entry(tid, f, regs),
+            BpKind::ExitCall => self.on_exit_call(tid, Native::sp(regs)),
+            BpKind::Exit => self.scan_at_exit(tid),
+        }
     }
 }
 

@@ -127,6 +127,11 @@ pub struct Breakpoint {
     pub kind: BpKind,
     /// Where the displaced instruction runs.
     pub ool: u64,
+    /// Length of the relocated instruction in its slot: a thread single-stepped to
+    /// `ool + ool_len` is at the jump back, and belongs at `resume`.
+    pub ool_len: u64,
+    /// The address after the original instruction.
+    pub resume: u64,
     /// The original bytes under the breakpoint.
     pub original: Vec<u8>,
     /// The module (by base address) the breakpoint lives in.

@@ -4,6 +4,7 @@
 
 use super::sites::{sort_rows, Grouping, Row, Sites, SortKey};
 use super::snapshot::{Snapshot, TargetState};
+use crate::debug::{BreakSpec, DebugCommand, StopView};
 use crate::event::StackId;
 use crate::heap::Totals;
 use crate::symbols::Frame;
@@ -15,7 +16,7 @@ use std::time::Duration;
 const HISTORY_POINTS: usize = 240;
 
 /// What the user asked of the traced program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Pause,
     Resume,
@@ -28,6 +29,10 @@ pub enum Request {
     Interrupt,
     /// Leave the view (the trace is over, or the request to end it was made).
     Quit,
+    /// A debugger command for the stopped thread (the stopped view's keys).
+    Debug(DebugCommand),
+    /// Arm a site breakpoint (`b`, `B` in the sites table).
+    Break(BreakSpec),
 }
 
 /// Whether memtrace started the program or joined it: `q` means different things.
@@ -85,6 +90,12 @@ pub struct App {
     pub input_error: Option<String>,
     /// Source files by path, as lines; None when the file cannot be read.
     pub sources: HashMap<String, Option<Vec<String>>>,
+    /// The program is stopped in the debugger: what the stopped view shows.
+    pub stopped: Option<Box<StopView>>,
+    /// What the last debugger command printed.
+    pub debug_output: String,
+    /// A one-line message for the footer (a breakpoint armed, a session ended).
+    pub notice: Option<String>,
 }
 
 impl App {
@@ -113,6 +124,9 @@ impl App {
             rows: Vec::new(),
             input_error: None,
             sources: HashMap::new(),
+            stopped: None,
+            debug_output: String::new(),
+            notice: None,
         }
     }
 
@@ -263,11 +277,7 @@ impl App {
         self.rows.get(self.selected)
     }
 
-    pub fn is_ended(&self) -> bool {
-        self.ended()
-    }
-
-    fn ended(&self) -> bool {
+    pub fn ended(&self) -> bool {
         matches!(self.state, TargetState::Ended(_) | TargetState::Detached)
     }
 
@@ -290,6 +300,10 @@ impl App {
         if self.help {
             self.help = false;
             return None;
+        }
+        self.notice = None;
+        if self.stopped.is_some() {
+            return self.stopped_key(key);
         }
         match key.code {
             KeyCode::Char('?') => self.help = true,
@@ -325,6 +339,10 @@ impl App {
                 self.refresh();
             }
             KeyCode::Char('/') => self.prompt = Prompt::Filter(self.filter.clone()),
+            KeyCode::Char('b') if !self.ended() => return self.arm_break(false),
+            KeyCode::Char('B') if !self.ended() => return self.arm_break(true),
+            KeyCode::Char(']') => self.walk_leaks(1),
+            KeyCode::Char('[') => self.walk_leaks(-1),
             KeyCode::Char('p') if !self.ended() => {
                 return Some(if self.state == TargetState::Paused {
                     Request::Resume
@@ -345,7 +363,7 @@ impl App {
         }
     }
 
-    fn quit_key(&mut self) -> Option<Request> {
+    pub(super) fn quit_key(&mut self) -> Option<Request> {
         if self.ended() {
             return Some(Request::Quit);
         }
@@ -384,7 +402,7 @@ impl App {
     }
 
     /// Moves the selection: the site in the table, or the frame in the detail pane.
-    fn move_by(&mut self, delta: i64) {
+    pub(super) fn move_by(&mut self, delta: i64) {
         let clamp = |at: usize, len: usize| -> usize {
             let to = (at as i64).saturating_add(delta);
             to.clamp(0, len.saturating_sub(1) as i64) as usize

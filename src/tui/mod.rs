@@ -6,9 +6,11 @@
 //! symbolized by the UI side as they come into view, so the tracer never waits for it.
 
 pub mod app;
+pub mod debugger;
 pub mod feed;
 pub mod run;
 pub mod session;
 pub mod sites;
 pub mod snapshot;
+pub mod stopped;
 pub mod view;

@@ -27,6 +27,14 @@ pub enum Update {
     Exec,
     /// The trace is over; the last snapshot came before this.
     Ended(TargetState),
+    /// The program is stopped in the debugger (at a site breakpoint, or after a
+    /// command): what it looks like, and what the last command printed.
+    Stopped {
+        view: Box<crate::debug::StopView>,
+        output: String,
+    },
+    /// The program runs again; with why, when the session ended without `continue`.
+    Resumed(Option<String>),
 }
 
 /// The one channel the UI loop reads.
@@ -67,7 +75,7 @@ pub fn run(
     let _guard = TerminalGuard;
     let stop_input = Arc::new(AtomicBool::new(false));
     let input_thread = spawn_input(input, stop_input.clone());
-    // The user asked to end the trace (detach or kill): leave once it has ended.
+    // The user asked to end the trace (kill, detach): leave once it has ended.
     let mut leaving = false;
     let result = loop {
         app.load_sources();
@@ -86,6 +94,12 @@ pub fn run(
                     match app.on_key(k) {
                         Some(Request::Quit) => quit = true,
                         Some(r) => {
+                            if app.stopped.is_some() && matches!(r, Request::Detach | Request::Kill)
+                            {
+                                // The tracer thread waits in the debugger: let it go first.
+                                requests(Request::Debug(crate::debug::DebugCommand::Continue));
+                            }
+                            // q then k or d: the user is done; leave once the trace ends.
                             leaving |= matches!(r, Request::Detach | Request::Kill);
                             requests(r);
                         }
@@ -97,11 +111,11 @@ pub fn run(
                     // Nobody can press q any more: attach detaches now, launch lets
                     // the program run to its end; the view leaves when the trace ends.
                     app.input_error = Some(why);
-                    if app.mode == Mode::Attach && !app.is_ended() {
+                    if app.mode == Mode::Attach && !app.ended() {
                         requests(Request::Detach);
                     }
                     leaving = true;
-                    quit |= app.is_ended();
+                    quit |= app.ended();
                 }
                 UiEvent::Update(u) => quit |= on_update(&mut app, &mut sym, u) && leaving,
             }
@@ -134,8 +148,11 @@ fn on_update(app: &mut App, sym: &mut Option<Symbolizer>, u: Update) -> bool {
         }
         Update::Ended(state) => {
             app.state = state;
+            app.stopped = None;
             return true;
         }
+        Update::Stopped { view, output } => app.on_stopped(*view, output),
+        Update::Resumed(why) => app.on_resumed(why),
     }
     false
 }

@@ -4,10 +4,12 @@
 //! requests to the tracer.
 
 use super::app::{App, Mode, Request};
+use super::debugger::UiFrontend;
 use super::feed::Feed;
 use super::run::{self, UiEvent};
 use super::snapshot::TargetState;
 use crate::cli::Common;
+use crate::debug::{BreakSpec, DebugCommand};
 use crate::event::{Event, StackTable};
 use crate::heap::Heap;
 use crate::maps::Module;
@@ -60,8 +62,11 @@ fn trace(
     pid_tx: &mpsc::Sender<i32>,
     poll: u64,
     depth: usize,
+    debugger: (Vec<BreakSpec>, UiFrontend, mpsc::Receiver<BreakSpec>),
 ) -> Result<(End, StackTable, TraceStats, i32), String> {
     let mut t = Tracer::launch(path, argv, feed).map_err(|e| e.to_string())?;
+    let (breaks, frontend, arm_rx) = debugger;
+    t.set_debugger(breaks, Box::new(frontend), Some(arm_rx));
     let pid = t.pid();
     let _ = pid_tx.send(pid);
     t.set_poll(std::time::Duration::from_micros(poll));
@@ -82,14 +87,21 @@ pub fn end_label(end: End) -> String {
 }
 
 /// Launches `path` under trace with the live view; returns when the user has quit
-/// the view after the trace ended.
+/// the view after the trace ended. `breaks` are armed from the start (`--break-at`);
+/// more come from the sites table's `b`.
 pub fn launch(
     path: &CString,
     argv: &[CString],
     command: &[String],
     common: &Common,
+    breaks: Vec<BreakSpec>,
 ) -> Result<Traced, String> {
     let (ui_tx, ui_rx) = mpsc::channel::<UiEvent>();
+    // The debugger's commands (stopped view) and breakpoints (sites table) go to the
+    // tracer thread on channels of their own.
+    let (debug_tx, debug_rx) = mpsc::channel::<DebugCommand>();
+    let (arm_tx, arm_rx) = mpsc::channel::<BreakSpec>();
+    let frontend_tx = ui_tx.clone();
     let (pid_tx, pid_rx) = mpsc::channel::<i32>();
     let (path, argv) = (path.clone(), argv.to_vec());
     let (poll, depth) = (common.poll_us, common.depth as usize);
@@ -99,7 +111,12 @@ pub fn launch(
         // Whatever happens to the trace, the view is told it ended (a panic included),
         // or it would wait for an end that never comes.
         let traced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            trace(&path, &argv, &mut feed, &pid_tx, poll, depth)
+            let frontend = UiFrontend {
+                updates: frontend_tx,
+                commands: debug_rx,
+            };
+            let debugger = (breaks, frontend, arm_rx);
+            trace(&path, &argv, &mut feed, &pid_tx, poll, depth, debugger)
         }));
         let (result, state) = match traced {
             Ok(Ok((end, stacks, stats, pid))) => {
@@ -127,10 +144,18 @@ pub fn launch(
         };
     };
     let app = App::new(pid, command.join(" "), Mode::Launch);
-    let mut requests = |r: Request| {
-        // Signals need no ptrace: any thread may send them. The tracer sees what
-        // becomes of the program as for any other signal.
-        match r {
+    let sym = {
+        // Dropped before the join below: a tracer waiting for a debugger command then
+        // sees the channel closed, and continues.
+        let mut requests = |r: Request| match r {
+            Request::Debug(c) => {
+                let _ = debug_tx.send(c);
+            }
+            Request::Break(spec) => {
+                let _ = arm_tx.send(spec);
+            }
+            // Signals need no ptrace: any thread may send them. The tracer sees what
+            // becomes of the program as for any other signal.
             Request::Kill => {
                 let _ = crate::ptrace::kill(pid, libc::SIGKILL);
             }
@@ -138,10 +163,10 @@ pub fn launch(
                 let _ = crate::ptrace::kill(pid, libc::SIGINT);
             }
             _ => {}
-        }
-    };
-    let sym =
-        run::run(app, ui_rx, ui_tx, &mut requests, None).map_err(|e| format!("terminal: {e}"))?;
+        };
+        run::run(app, ui_rx, ui_tx, &mut requests, None)
+    }
+    .map_err(|e| format!("terminal: {e}"))?;
     let (end, feed, stacks, trace, pid) = tracer
         .join()
         .map_err(|_| "the tracer thread panicked".to_string())??;

@@ -36,7 +36,9 @@ pub fn draw(f: &mut Frame, app: &App) {
     ])
     .areas(area);
     draw_header(f, app, header);
-    if detail {
+    if let Some(stopped) = &app.stopped {
+        super::stopped::draw(f, stopped, &app.debug_output, body);
+    } else if detail {
         let [table, pane] =
             Layout::vertical([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(body);
         draw_table(f, app, table);
@@ -51,11 +53,16 @@ pub fn draw(f: &mut Frame, app: &App) {
 }
 
 fn draw_header(f: &mut Frame, app: &App, area: Rect) {
+    let state = if app.stopped.is_some() {
+        "stopped in the debugger"
+    } else {
+        app.state.label()
+    };
     let title = format!(
         " memtrace · pid {} · {} · {} · {} ",
         app.pid,
         app.command,
-        app.state.label(),
+        state,
         clock(app.elapsed.as_secs())
     );
     let block = Block::bordered().title(title);
@@ -251,8 +258,13 @@ fn draw_footer(f: &mut Frame, app: &App, area: Rect) {
         Prompt::ConfirmQuit => {
             "quit: k kill the program · d let it run on untraced · any other key: stay".to_string()
         }
+        Prompt::None if app.notice.is_some() => app.notice.clone().unwrap_or_default(),
+        Prompt::None if app.stopped.is_some() => {
+            "s: step  n: next  i/I: stepi/nexti  f: finish  c: continue  u/d: frame  a: syntax  ?: help  q: quit"
+                .to_string()
+        }
         Prompt::None => {
-            "?: help  ↑↓/jk: move  Enter: stack  s: sort  r: reverse  t: group  /: filter  p: pause  q: quit"
+            "?: help  ↑↓/jk: move  Enter: stack  s: sort  t: group  /: filter  b/B: break  ]/[: next leak  p: pause  q: quit"
                 .to_string()
         }
     };
@@ -271,6 +283,11 @@ fn draw_help(f: &mut Frame, area: Rect) {
         "t          group by whole stack / by top frame only",
         "/          filter by function or file name (Esc clears)",
         "p          pause / resume the program",
+        "b          stop at the selected site's next allocation (same whole stack)",
+        "B          stop at the next allocation from the site's top frame (its line)",
+        "] [        next / previous site with its stack and source (after exit: leaks)",
+        "stopped:   s step  n next  i stepi  I nexti  f finish  c continue",
+        "           u d  frame up / down   a  Intel / AT&T disassembly",
         "q          quit: attach detaches; launch asks: kill or run on",
         "?          this help (any key closes it)",
     ];

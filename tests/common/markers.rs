@@ -214,3 +214,20 @@ pub fn parse_bad_free_markers(file: &str, text: &str) -> Result<Vec<BadFreeMarke
 pub fn bad_free_markers(source: &Path) -> Vec<BadFreeMarker> {
     read_markers(source, parse_bad_free_markers)
 }
+
+/// The 1-based line of `source` holding the marker `TAG: name` (for example
+/// `BREAK: main`); panics when there is none or more than one.
+pub fn marker_line(source: &Path, tag: &str, name: &str) -> u32 {
+    let text = fs::read_to_string(source)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", source.display()));
+    let file = source.display().to_string();
+    let found: Vec<u32> = tagged_lines(&file, &text, &format!("{tag}:"))
+        .filter_map(Result::ok)
+        .filter(|(_, _, words)| words.first() == Some(&name))
+        .map(|(line, _, _)| line)
+        .collect();
+    match found[..] {
+        [line] => line,
+        _ => panic!("{file}: want one `{tag}: {name}` marker, found {found:?}"),
+    }
+}

@@ -83,12 +83,42 @@ impl Target {
 pub struct Output {
     pub exit: Exit,
     pub stderr: String,
+    /// What the program wrote to stdout, when captured ([`run_with_watchdog_stdout`]);
+    /// empty otherwise.
+    pub stdout: String,
     pub elapsed: Duration,
 }
 
 /// Runs `command` in [`run_dir`] with stdin and stdout on /dev/null and stderr
 /// captured, in a process group of its own; kills the group and panics after `limit`.
-pub fn run_with_watchdog(mut command: Command, limit: Duration, what: &str) -> Output {
+pub fn run_with_watchdog(command: Command, limit: Duration, what: &str) -> Output {
+    run_watched(command, limit, what, false)
+}
+
+/// [`run_with_watchdog`], with stdout captured too (into a file, as on every side of
+/// a comparison: glibc sizes stdout's buffer by what stdout is).
+pub fn run_with_watchdog_stdout(command: Command, limit: Duration, what: &str) -> Output {
+    run_watched(command, limit, what, true)
+}
+
+fn read_back(mut file: File) -> String {
+    let mut bytes = Vec::new();
+    let _ = file.seek(SeekFrom::Start(0));
+    let _ = file.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn run_watched(mut command: Command, limit: Duration, what: &str, capture: bool) -> Output {
+    let stdout_file = capture.then(|| {
+        tempfile::tempfile().unwrap_or_else(|e| panic!("cannot create a temporary file: {e}"))
+    });
+    let stdout = match &stdout_file {
+        Some(f) => Stdio::from(
+            f.try_clone()
+                .unwrap_or_else(|e| panic!("cannot duplicate a file descriptor: {e}")),
+        ),
+        None => Stdio::null(),
+    };
     let mut stderr_file =
         tempfile::tempfile().unwrap_or_else(|e| panic!("cannot create a temporary file: {e}"));
     let stderr_for_child = stderr_file
@@ -98,7 +128,7 @@ pub fn run_with_watchdog(mut command: Command, limit: Duration, what: &str) -> O
         .current_dir(run_dir())
         .stdin(Stdio::null())
         // The same on every side: glibc sizes stdout's buffer by what stdout is.
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::from(stderr_for_child))
         .process_group(0);
     let started = Instant::now();
@@ -134,6 +164,7 @@ pub fn run_with_watchdog(mut command: Command, limit: Duration, what: &str) -> O
     Output {
         exit: Exit::from_status(status),
         stderr,
+        stdout: stdout_file.map(read_back).unwrap_or_default(),
         elapsed,
     }
 }
