@@ -31,6 +31,8 @@ pub enum Request {
     Quit,
     /// A debugger command for the stopped thread (the stopped view's keys).
     Debug(DebugCommand),
+    /// Classify the live blocks now: a reachability scan (`l`).
+    Scan,
     /// Arm a site breakpoint (`b`, `B` in the sites table).
     Break(BreakSpec),
 }
@@ -94,6 +96,8 @@ pub struct App {
     pub stopped: Option<Box<StopView>>,
     /// What the last debugger command printed.
     pub debug_output: String,
+    /// The last reachability scan's outcome.
+    pub leak_check: Option<super::run::LeakCheck>,
     /// A one-line message for the footer (a breakpoint armed, a session ended).
     pub notice: Option<String>,
 }
@@ -125,6 +129,7 @@ impl App {
             input_error: None,
             sources: HashMap::new(),
             stopped: None,
+            leak_check: None,
             debug_output: String::new(),
             notice: None,
         }
@@ -343,6 +348,7 @@ impl App {
             KeyCode::Char('B') if !self.ended() => return self.arm_break(true),
             KeyCode::Char(']') => self.walk_leaks(1),
             KeyCode::Char('[') => self.walk_leaks(-1),
+            KeyCode::Char('l') if !self.ended() => return Some(Request::Scan),
             KeyCode::Char('p') if !self.ended() => {
                 return Some(if self.state == TargetState::Paused {
                     Request::Resume

@@ -86,6 +86,25 @@ impl Feed {
         self.tick(stacks, true);
     }
 
+    /// Tells the view what the last scan found, by kind.
+    pub fn send_leak_check(&mut self) {
+        use crate::leakcheck::Kind;
+        let mut kinds = [(0u64, 0u64); 4];
+        for g in self.heap.leak_groups() {
+            let i = match g.kind {
+                Some(Kind::Definite) => 0,
+                Some(Kind::Indirect) => 1,
+                Some(Kind::Possible) => 2,
+                Some(Kind::Reachable) => 3,
+                None => continue,
+            };
+            kinds[i].0 += g.blocks;
+            kinds[i].1 += g.bytes;
+        }
+        let at = self.started.elapsed();
+        self.send(Update::LeakCheck(super::run::LeakCheck { at, kinds }));
+    }
+
     fn send(&self, u: Update) {
         // A UI that has gone (the user quit) just stops listening.
         let _ = self.tx.send(UiEvent::Update(u));

@@ -35,6 +35,18 @@ pub enum Update {
     },
     /// The program runs again; with why, when the session ended without `continue`.
     Resumed(Option<String>),
+    /// A reachability scan classified the live blocks (`l`, or at the end).
+    LeakCheck(LeakCheck),
+}
+
+/// What a reachability scan found, in valgrind's order: definitely, indirectly,
+/// possibly lost, still reachable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeakCheck {
+    /// When, since the trace started.
+    pub at: std::time::Duration,
+    /// (blocks, bytes) of each kind.
+    pub kinds: [(u64, u64); 4],
 }
 
 /// The one channel the UI loop reads.
@@ -146,6 +158,7 @@ fn on_update(app: &mut App, sym: &mut Option<Symbolizer>, u: Update) -> bool {
             }
             app.resolved.clear();
         }
+        Update::LeakCheck(check) => app.leak_check = Some(check),
         Update::Ended(state) => {
             app.state = state;
             app.stopped = None;

@@ -51,6 +51,7 @@ impl Sink for Feed {
         self.heap
             .classify(&scan.blocks, &scan.kinds, &scan.indirect_bytes);
         self.scan = Some(scan.stats);
+        self.send_leak_check();
     }
 }
 

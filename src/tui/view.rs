@@ -30,7 +30,7 @@ pub fn draw(f: &mut Frame, app: &App) {
     }
     let detail = app.detail.is_some();
     let [header, body, footer] = Layout::vertical([
-        Constraint::Length(4),
+        Constraint::Length(5),
         Constraint::Min(3),
         Constraint::Length(1),
     ])
@@ -94,6 +94,7 @@ fn draw_header(f: &mut Frame, app: &App, area: Rect) {
             )),
             errors,
         ]),
+        leak_check_line(app),
     ];
     f.render_widget(Paragraph::new(lines), text);
     let data: Vec<u64> = app.history.iter().copied().collect();
@@ -103,6 +104,31 @@ fn draw_header(f: &mut Frame, app: &App, area: Rect) {
             .style(Style::new().fg(Color::Cyan)),
         chart,
     );
+}
+
+/// The last reachability scan, in valgrind's words, or how to make one.
+fn leak_check_line(app: &App) -> Line<'static> {
+    let Some(c) = &app.leak_check else {
+        return Line::styled(
+            "leak kinds: no scan yet (l: scan now)",
+            Style::new().add_modifier(Modifier::DIM),
+        );
+    };
+    let names = ["definitely lost", "indirectly", "possibly", "reachable"];
+    let parts: Vec<String> = names
+        .iter()
+        .zip(c.kinds)
+        .map(|(n, (blocks, b))| format!("{n} {} ({})", bytes(b), count(blocks)))
+        .collect();
+    let lost = c.kinds[0].0 > 0;
+    Line::styled(
+        format!("at {}: {}", clock(c.at.as_secs()), parts.join(" · ")),
+        if lost {
+            Style::new().fg(Color::Red)
+        } else {
+            Style::new()
+        },
+    )
 }
 
 fn draw_table(f: &mut Frame, app: &App, area: Rect) {
@@ -283,6 +309,7 @@ fn draw_help(f: &mut Frame, area: Rect) {
         "t          group by whole stack / by top frame only",
         "/          filter by function or file name (Esc clears)",
         "p          pause / resume the program",
+        "l          leak kinds now: scan for pointers to every live block",
         "b          stop at the selected site's next allocation (same whole stack)",
         "B          stop at the next allocation from the site's top frame (its line)",
         "] [        next / previous site with its stack and source (after exit: leaks)",
@@ -654,6 +681,22 @@ mod tests {
                 "{w}x{h}:\n{s}"
             );
         }
+    }
+
+    #[test]
+    fn leak_check_in_the_header() {
+        let mut app = sample("/nonexistent.c");
+        assert!(render(&app, 100, 20).contains("no scan yet (l: scan now)"));
+        assert_eq!(app.on_key(key(KeyCode::Char('l'))), Some(Request::Scan));
+        app.leak_check = Some(crate::tui::run::LeakCheck {
+            at: Duration::from_secs(65),
+            kinds: [(1, 32), (2, 64), (0, 0), (3, 2048)],
+        });
+        let s = render(&app, 160, 20);
+        assert!(
+            s.contains("at 00:01:05: definitely lost 32 B (1) · indirectly 64 B (2) · possibly 0 B (0) · reachable 2.0 KiB (3)"),
+            "{s}"
+        );
     }
 
     #[test]
