@@ -34,6 +34,7 @@
 //!    distinct address ([`symbols::Symbolizer`], in the module generation the stack
 //!    was taken in, so a library unloaded meanwhile still resolves), and written as
 //!    the text and JSON reports ([`report`]).
+pub mod attachable;
 pub mod cli;
 pub mod elf;
 pub mod event;

@@ -125,6 +125,7 @@ impl Tracer<'_> {
         }
         if let Some(t) = self.threads.get_mut(&tid) {
             t.frames.push(Frame {
+                synthetic: false,
                 func,
                 args,
                 entry_sp: sp,
@@ -236,6 +237,9 @@ impl Tracer<'_> {
             if let Some(k) = f.stub {
                 self.stubs.release(k);
             }
+            if f.synthetic {
+                continue;
+            }
             match Native::return_slot_at(f.entry_sp) {
                 ReturnSlot::Stack(a) => {
                     let _ = self.mem.write_u64(a, f.real_ret);
@@ -247,41 +251,48 @@ impl Tracer<'_> {
 
     pub(super) fn on_return(&mut self, tid: Tid, mut regs: Regs) {
         self.stats.return_hits += 1;
-        let sp = Native::sp(&regs);
+        if !self.finish_return(tid, &mut regs) {
+            // No frame for this return: we cannot know where to go. This is a bug in
+            // memtrace; say so rather than guess.
+            let sp = Native::sp(&regs);
+            eprintln!("memtrace: internal error: thread {tid} returned to the trampoline with no pending call (sp {sp:#x})");
+            let _ = ptrace::cont(tid, libc::SIGSEGV);
+            return;
+        }
+        let _ = ptrace::set_regs(tid, &regs);
+        self.resume(tid);
+    }
+
+    /// A thread returned into the trampoline: records the call's result and points
+    /// `regs` at the real return address. False when no pending call matches.
+    pub(super) fn finish_return(&mut self, tid: Tid, regs: &mut Regs) -> bool {
+        let sp = Native::sp(regs);
         let frame = self.threads.get_mut(&tid).and_then(|t| {
-            let i = t
-                .frames
-                .iter()
-                .rposition(|f| Native::sp_after_return(f.entry_sp) == sp)?;
+            let i = t.frames.iter().rposition(|f| {
+                !f.synthetic && f.stub.is_none() && Native::sp_after_return(f.entry_sp) == sp
+            })?;
             let f = t.frames[i];
             t.frames.truncate(i);
             Some(f)
         });
         let Some(f) = frame else {
-            // No frame for this return: we cannot know where to go. This is a bug in
-            // memtrace; say so rather than guess.
-            eprintln!("memtrace: internal error: thread {tid} returned to the trampoline with no pending call (sp {sp:#x})");
-            let _ = ptrace::cont(tid, libc::SIGSEGV);
-            return;
+            return false;
         };
-        let ret = Native::return_value(&regs);
-        if f.nested {
-            self.sink.event(Event::Nested { ptr: ret });
-            Native::set_pc(&mut regs, f.real_ret);
-            let _ = ptrace::set_regs(tid, &regs);
-            self.resume(tid);
-            return;
-        }
-        let out_ptr = if f.func == HookFn::PosixMemalign && ret as u32 == 0 {
-            self.mem.read_u64(f.args[0]).ok()
+        let ret = Native::return_value(regs);
+        let ev = if f.nested {
+            Some(Event::Nested { ptr: ret })
         } else {
-            None
+            let out_ptr = if f.func == HookFn::PosixMemalign && ret as u32 == 0 {
+                self.mem.read_u64(f.args[0]).ok()
+            } else {
+                None
+            };
+            f.func.exit(tid, f.args, ret, out_ptr, f.stack)
         };
-        if let Some(ev) = f.func.exit(tid, f.args, ret, out_ptr, f.stack) {
+        if let Some(ev) = ev {
             self.sink.event(ev);
         }
-        Native::set_pc(&mut regs, f.real_ret);
-        let _ = ptrace::set_regs(tid, &regs);
-        self.resume(tid);
+        Native::set_pc(regs, f.real_ret);
+        true
     }
 }

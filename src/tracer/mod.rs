@@ -7,16 +7,22 @@
 //! breakpoints in `scratch.rs`; return stubs in `stubs.rs`; injected system calls in
 //! `inject.rs`.
 
+mod attach;
 mod calls;
+mod detach;
 mod image;
+mod inflight;
 mod inject;
 pub mod scratch;
+mod stopall;
 mod stubs;
+
+pub use attach::AttachError;
 
 use crate::event::{Event, StackTable, Tid};
 use crate::hooks::HookFn;
 use crate::maps::Module;
-use crate::ptrace::{self, Memory, PtraceEvent, Stop};
+use crate::ptrace::{self, Memory, PtraceEvent, Stop, Waiter, Wake};
 use crate::unwind::StackWalker;
 use memtrace_arch::{Arch, Native};
 use scratch::{BpKind, Breakpoints, Scratch};
@@ -41,6 +47,41 @@ pub trait Sink {
 pub enum End {
     Exited(i32),
     Signaled(i32),
+    /// memtrace let go of the process, which runs on untraced.
+    Detached,
+}
+
+/// What another thread (the future TUI) may ask of the tracer. Sent with a
+/// [`CommandSender`]; a sender that is dropped means detach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Detach,
+}
+
+/// Sends [`Command`]s to the tracer thread and wakes it. Dropping it detaches.
+pub struct CommandSender {
+    tx: std::sync::mpsc::Sender<Command>,
+    wake: ptrace::WakeHandle,
+}
+
+impl CommandSender {
+    pub fn send(&self, c: Command) {
+        // A tracer that is gone has nothing left to do.
+        let _ = self.tx.send(c);
+        self.wake.wake();
+    }
+}
+
+impl Drop for CommandSender {
+    fn drop(&mut self) {
+        self.wake.wake();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Launch,
+    Attach,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +109,8 @@ pub struct TraceStats {
     /// Pending return hooks dropped because their frame was unwound some other way
     /// (longjmp, exception).
     pub abandoned_frames: u64,
+    /// Threads caught inside a hooked call when memtrace attached.
+    pub in_flight_at_attach: u64,
     /// Stacks unwound (one per recorded allocator call), the frames they held, and
     /// the time spent unwinding them (stack copy included): the cost of full stacks.
     pub stacks_captured: u64,
@@ -78,6 +121,9 @@ pub struct TraceStats {
 /// A hooked call that has not returned yet.
 #[derive(Clone, Copy, Debug)]
 struct Frame {
+    /// Made up at attach for a call already in flight: its return is not hooked (no
+    /// stack slot of ours to restore); it only makes the calls it makes nested.
+    synthetic: bool,
     func: HookFn,
     args: [u64; 3],
     /// Stack pointer at the function's entry.
@@ -131,8 +177,13 @@ pub struct Tracer<'s> {
     generation: u32,
     pub stacks: StackTable,
     pub stats: TraceStats,
-    /// How long to poll for the next stop before sleeping (see `ptrace::wait_any`).
+    /// How long to poll for the next stop before sleeping (see `ptrace::Waiter`).
     spin: std::time::Duration,
+    waiter: Waiter,
+    mode: Mode,
+    /// When to end the trace (`--duration`).
+    deadline: Option<std::time::Instant>,
+    commands: Option<std::sync::mpsc::Receiver<Command>>,
 }
 
 impl<'s> Tracer<'s> {
@@ -142,6 +193,7 @@ impl<'s> Tracer<'s> {
         path: &std::ffi::CString,
         argv: &[std::ffi::CString],
         sink: &'s mut dyn Sink,
+        waiter: Waiter,
     ) -> Result<Tracer<'s>, TraceError> {
         let pid = ptrace::spawn_seized(path, argv).map_err(|e| TraceError::Start(e.to_string()))?;
         match ptrace::wait_tid(pid).map_err(TraceError::Wait)? {
@@ -156,7 +208,21 @@ impl<'s> Tracer<'s> {
             }
         }
         let mem = Memory::open(pid).map_err(|e| TraceError::Setup(e.to_string()))?;
-        let mut t = Tracer {
+        let mut t = Tracer::new(pid, sink, mem, waiter, Mode::Launch);
+        t.threads.insert(
+            pid,
+            Thread {
+                started: true,
+                ..Thread::default()
+            },
+        );
+        t.stats.threads_seen = 1;
+        t.setup_image(pid)?;
+        Ok(t)
+    }
+
+    fn new(pid: i32, sink: &'s mut dyn Sink, mem: Memory, waiter: Waiter, mode: Mode) -> Self {
+        Tracer {
             pid,
             sink,
             mem,
@@ -176,21 +242,31 @@ impl<'s> Tracer<'s> {
             stacks: StackTable::new(),
             stats: TraceStats::default(),
             spin: std::time::Duration::ZERO,
-        };
-        t.threads.insert(
-            pid,
-            Thread {
-                started: true,
-                ..Thread::default()
-            },
-        );
-        t.stats.threads_seen = 1;
-        t.setup_image(pid)?;
-        Ok(t)
+            waiter,
+            mode,
+            deadline: None,
+            commands: None,
+        }
     }
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Ends the trace (detaching) at `deadline`.
+    pub fn set_deadline(&mut self, deadline: std::time::Instant) {
+        self.deadline = Some(deadline);
+    }
+
+    /// A sender of commands to this tracer (for a UI thread). Dropping every sender
+    /// detaches.
+    pub fn command_sender(&mut self) -> CommandSender {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.commands = Some(rx);
+        CommandSender {
+            tx,
+            wake: self.waiter.handle(),
+        }
     }
 
     /// Keeps at most `depth` frames per stack (at least one: the allocator's caller).
@@ -209,17 +285,39 @@ impl<'s> Tracer<'s> {
         };
     }
 
-    /// Runs the target to its end.
+    /// Runs the target to its end, or until the trace is ended (deadline, signal,
+    /// command), then detaches.
     pub fn run(&mut self) -> Result<End, TraceError> {
-        self.resume(self.pid);
+        if self.mode == Mode::Launch {
+            self.resume(self.pid);
+        }
         loop {
-            let stop = match ptrace::wait_any(self.spin) {
-                Ok(s) => s,
-                Err(e) => return Err(TraceError::Wait(e)),
-            };
-            if let Some(end) = self.handle(stop)? {
-                return Ok(end);
+            let wake = self
+                .waiter
+                .wait(self.spin, self.deadline)
+                .map_err(TraceError::Wait)?;
+            match wake {
+                Wake::Stop(stop) => {
+                    if let Some(end) = self.handle(stop)? {
+                        return Ok(end);
+                    }
+                }
+                Wake::Command if !self.detach_requested() => {}
+                Wake::Signal(_) | Wake::Deadline | Wake::Command => return self.detach(),
             }
+        }
+    }
+
+    /// Whether a command (or a closed command channel) asks to detach.
+    fn detach_requested(&mut self) -> bool {
+        let Some(rx) = &self.commands else {
+            return false;
+        };
+        // Detach is the only command so far; a closed channel means detach too.
+        match rx.try_recv() {
+            Ok(Command::Detach) => true,
+            Err(std::sync::mpsc::TryRecvError::Empty) => false,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => true,
         }
     }
 
@@ -384,7 +482,7 @@ impl<'s> Tracer<'s> {
             let _ = mem.write(addr, &bp.original);
         }
         if let Some(t) = self.threads.get(&parent) {
-            for f in &t.frames {
+            for f in t.frames.iter().filter(|f| !f.synthetic) {
                 let _ = mem.write_u64(f.entry_sp, f.real_ret);
             }
         }
@@ -392,7 +490,15 @@ impl<'s> Tracer<'s> {
 
     fn on_exec(&mut self) -> Result<(), TraceError> {
         self.stats.execs += 1;
-        // Every other thread is gone; the image, its breakpoints and scratch pages too.
+        self.forget_image();
+        self.mem = Memory::open(self.pid).map_err(|e| TraceError::Setup(e.to_string()))?;
+        self.sink.event(Event::Exec);
+        self.setup_image(self.pid)
+    }
+
+    /// After exec: every other thread is gone; the image, its breakpoints and scratch
+    /// pages too.
+    fn forget_image(&mut self) {
         self.threads.clear();
         self.threads.insert(
             self.pid,
@@ -407,9 +513,6 @@ impl<'s> Tracer<'s> {
         self.bps = Breakpoints::default();
         self.image = image::Image::default();
         self.walker = StackWalker::new();
-        self.mem = Memory::open(self.pid).map_err(|e| TraceError::Setup(e.to_string()))?;
-        self.sink.event(Event::Exec);
-        self.setup_image(self.pid)
     }
 
     fn on_trap(&mut self, tid: Tid) {
