@@ -35,6 +35,7 @@ macro_rules! case_tests {
     };
 }
 
+pub mod attach;
 pub mod build;
 pub mod cases;
 pub mod errors;
