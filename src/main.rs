@@ -172,7 +172,13 @@ fn attach(args: AttachArgs) -> i32 {
         started,
     };
     let traced = match Tracer::attach(pid, &mut collector, waiter) {
-        Ok(t) => run(t, &args.common, started).map_err(AttachError::from),
+        Ok(t) => {
+            eprintln!(
+                "memtrace: attached to {pid} ({} threads); Ctrl-C detaches",
+                t.stats.threads_seen
+            );
+            run(t, &args.common, started).map_err(AttachError::from)
+        }
         Err(e) => Err(e),
     };
     let traced = match traced {

@@ -357,3 +357,53 @@ mod refusals {
         assert_eq!(bg.finish().exit, Exit::Code(7));
     }
 }
+
+/// memtrace killed with SIGKILL while attached: its guardian puts the original code
+/// back, and the process runs on to its normal end (instead of dying of SIGTRAP at
+/// its next malloc). memtrace is killed while the process sleeps between two
+/// allocations: a thread stopped at a breakpoint at that moment cannot be saved (see
+/// the README).
+#[test]
+fn killed_memtrace_leaves_a_working_process() {
+    let target = Target::new(build_fixture("attach_ages", DEBUG));
+    for _ in 0..2 {
+        let bg = Background::start(&target);
+        let pid = bg.pid();
+        let mut memtrace = std::process::Command::new(common::process::memtrace_binary())
+            .args(["attach", "--no-tui"])
+            .arg(pid.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run memtrace: {e}"));
+        // Attached and hooked when memtrace says so (killed during its setup, it
+        // could leave a thread in the middle of an injected system call).
+        let mut stderr = std::io::BufReader::new(memtrace.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        use std::io::BufRead;
+        let _ = stderr.read_line(&mut line);
+        assert!(line.contains("attached to"), "memtrace said {line:?}");
+        std::thread::sleep(Duration::from_millis(300));
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        // Sleeping in usleep (S), not stopped by its tracer (t).
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") S ")
+        {
+            assert!(std::time::Instant::now() < until, "the process never slept");
+        }
+        let _ = memtrace.kill();
+        let _ = memtrace.wait();
+        wait_tracer(pid, false);
+        let restored = std::time::Instant::now() + Duration::from_secs(5);
+        while !patched_code(pid).is_empty() {
+            assert!(
+                std::time::Instant::now() < restored,
+                "code left patched: {:?}",
+                patched_code(pid)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(bg.finish().exit, Exit::Code(0));
+    }
+}

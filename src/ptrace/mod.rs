@@ -7,9 +7,11 @@
 //! real-time signals (glibc itself uses 32 and 33 for thread cancellation and setxid),
 //! which that enum cannot represent.
 
+mod guardian;
 mod spawn;
 mod wake;
 
+pub use guardian::Guardian;
 pub use spawn::{spawn_seized, SpawnError};
 pub use wake::{wait_nohang, Waiter, Wake, WakeHandle};
 
@@ -247,6 +249,12 @@ impl Memory {
             .write(true)
             .open(format!("/proc/{pid}/mem"))?;
         Ok(Memory { file, pid })
+    }
+
+    /// The open file's descriptor (for the guardian to inherit).
+    pub fn raw_fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.file.as_raw_fd()
     }
 
     /// Writes several ranges of writable memory at once (page protections apply).

@@ -61,6 +61,13 @@ impl<'s> Tracer<'s> {
         let seized = seize_all(pid)?;
         let mem = Memory::open(pid).map_err(|e| TraceError::Setup(e.to_string()))?;
         let mut t = Tracer::new(pid, sink, mem, waiter, Mode::Attach);
+        // Before anything is planted, while memtrace is single-threaded.
+        match ptrace::Guardian::start(pid, t.mem.raw_fd()) {
+            Ok(g) => t.guardian = Some(g),
+            Err(e) => eprintln!(
+                "memtrace: warning: no guardian ({e}): if memtrace is killed, the process may die at its next allocation"
+            ),
+        }
         let held = match t.wait_attached(seized) {
             Ok(h) => h,
             Err(e) => {

@@ -24,6 +24,9 @@ impl Tracer<'_> {
     pub(super) fn detach(&mut self) -> Result<End, TraceError> {
         let mut all = self.stop_all()?;
         if let Some(end) = all.end {
+            if let Some(g) = &self.guardian {
+                g.disarm();
+            }
             return Ok(end);
         }
         self.harvest();
@@ -58,6 +61,9 @@ impl Tracer<'_> {
                     let _ = ptrace::tgkill(self.pid, tid, sig);
                 }
             }
+        }
+        if let Some(g) = &self.guardian {
+            g.disarm();
         }
         self.threads.clear();
         self.children.clear();

@@ -165,6 +165,11 @@ impl Tracer<'_> {
             .cloned()
             .collect();
         for m in &gone {
+            if let Some(g) = &self.guardian {
+                for (addr, _) in self.bps.iter().filter(|(_, b)| b.module_base == m.base) {
+                    g.withdraw(addr);
+                }
+            }
             self.bps.forget_module(m.base);
             self.image.hooked.retain(|&(s, _, _)| !m.contains(s));
             self.image.internal.retain(|&(s, _)| !m.contains(s));
@@ -271,6 +276,11 @@ impl Tracer<'_> {
             .write(slot, &relocated.code)
             .map_err(|e| format!("writing the scratch page: {e}"))?;
         let original = code[..Native::BREAKPOINT.len()].to_vec();
+        // Recorded before it is written: a memtrace killed in between leaves nothing
+        // the guardian does not know of.
+        if let Some(g) = &self.guardian {
+            g.record(addr, &original);
+        }
         self.mem
             .write(addr, Native::BREAKPOINT)
             .map_err(|e| format!("writing the breakpoint at {addr:#x}: {e}"))?;

@@ -184,6 +184,8 @@ pub struct Tracer<'s> {
     /// When to end the trace (`--duration`).
     deadline: Option<std::time::Instant>,
     commands: Option<std::sync::mpsc::Receiver<Command>>,
+    /// Restores the code if memtrace dies while attached (see `ptrace::Guardian`).
+    guardian: Option<ptrace::Guardian>,
 }
 
 impl<'s> Tracer<'s> {
@@ -246,6 +248,7 @@ impl<'s> Tracer<'s> {
             mode,
             deadline: None,
             commands: None,
+            guardian: None,
         }
     }
 
@@ -299,6 +302,10 @@ impl<'s> Tracer<'s> {
             match wake {
                 Wake::Stop(stop) => {
                     if let Some(end) = self.handle(stop)? {
+                        // The process is gone: nothing for the guardian to restore.
+                        if let Some(g) = &self.guardian {
+                            g.disarm();
+                        }
                         return Ok(end);
                     }
                 }
