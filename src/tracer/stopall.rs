@@ -81,6 +81,13 @@ impl Tracer<'_> {
                 Stop::Event { tid, event, signal } => {
                     let mut h = Held::default();
                     match event {
+                        PtraceEvent::Stop if trap_pending(tid) => {
+                            // It trapped at a breakpoint and was interrupted before the
+                            // SIGTRAP was dequeued: detached now, it would die of it.
+                            // Let it take the signal (a signal-delivery-stop comes next).
+                            let _ = ptrace::cont(tid, 0);
+                            continue;
+                        }
                         PtraceEvent::Stop => {
                             if !self.threads.contains_key(&tid) && !self.children.contains_key(&tid)
                             {
@@ -174,6 +181,18 @@ impl Tracer<'_> {
         self.stats.forks_cleaned += 1;
         let _ = ptrace::detach(child, 0);
     }
+}
+
+/// Whether a SIGTRAP is pending for thread `tid` (SigPnd in `/proc/TID/status`: the
+/// signals sent to this very thread, as a breakpoint's is).
+fn trap_pending(tid: Tid) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return false;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("SigPnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGTRAP - 1)) != 0)
 }
 
 fn stop_tid(s: &Stop) -> Tid {
