@@ -165,7 +165,7 @@ pub fn no_allocator(exe: &[u8]) -> Option<String> {
     }
     if crate::elf::has_interpreter(exe) {
         return Some(
-            "no glibc libc.so is mapped (another C library, such as musl?): no known allocator"
+            "no glibc libc.so is mapped (another C library, such as musl? or the program is still starting: try again): no known allocator"
                 .into(),
         );
     }

@@ -41,7 +41,14 @@ fn attach_and_detach(target: &Target, threads: usize, options: &[&str]) -> Finis
     wait_tracer(pid, true);
     wait_tracer(pid, false);
     assert_eq!(anonymous_code(pid), before, "memtrace's mappings are left");
-    assert_eq!(patched_code(pid), Vec::<String>::new(), "code left patched");
+    let patched = patched_code(pid);
+    if !patched.is_empty() {
+        let run = memtrace.join();
+        panic!(
+            "code left patched: {patched:?}; the process: {:?}; memtrace: {run:?}",
+            bg.finish()
+        );
+    }
     let run = memtrace
         .join()
         .unwrap_or_else(|_| panic!("the memtrace runner panicked"));
@@ -59,17 +66,6 @@ fn attach_and_detach(target: &Target, threads: usize, options: &[&str]) -> Finis
         report::errors(r).is_empty(),
         "errors: {:#?}",
         report::errors(r)
-    );
-    // While it still runs: memtrace's pages are gone, every code byte is the file's.
-    assert_eq!(
-        anonymous_code(bg.pid()),
-        before,
-        "memtrace's mappings are left"
-    );
-    assert_eq!(
-        patched_code(bg.pid()),
-        Vec::<String>::new(),
-        "code left patched"
     );
     assert_leak_site(r);
     bg.finish()
@@ -314,6 +310,8 @@ mod refusals {
             );
             std::thread::sleep(Duration::from_millis(5));
         };
+        // Forked, then seized by its memtrace before it execs the fixture.
+        wait_tracer(pid, true);
         let run = run_attach(&[], pid);
         let mut launched = launched;
         let _ = launched.kill();
@@ -361,11 +359,11 @@ mod refusals {
 /// memtrace killed with SIGKILL while attached: its guardian puts the original code
 /// back, and the process runs on to its normal end (instead of dying of SIGTRAP at
 /// its next malloc). memtrace is killed while the process sleeps between two
-/// allocations: a thread stopped at a breakpoint at that moment cannot be saved (see
-/// the README).
+/// allocations, 100 ms apart: a thread stopped at a breakpoint at that moment cannot
+/// be saved (see the README).
 #[test]
 fn killed_memtrace_leaves_a_working_process() {
-    let target = Target::new(build_fixture("attach_ages", DEBUG));
+    let target = Target::new(build_fixture("attach_ages", DEBUG)).arg("100");
     for _ in 0..2 {
         let bg = Background::start(&target);
         let pid = bg.pid();
@@ -392,18 +390,25 @@ fn killed_memtrace_leaves_a_working_process() {
         {
             assert!(std::time::Instant::now() < until, "the process never slept");
         }
+        // For the failure message: what the process was doing (its system call).
+        let before_kill =
+            std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
         let _ = memtrace.kill();
         let _ = memtrace.wait();
         wait_tracer(pid, false);
         let restored = std::time::Instant::now() + Duration::from_secs(5);
-        while !patched_code(pid).is_empty() {
-            assert!(
-                std::time::Instant::now() < restored,
-                "code left patched: {:?}",
-                patched_code(pid)
-            );
+        while !patched_code(pid).is_empty() && std::time::Instant::now() < restored {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(bg.finish().exit, Exit::Code(0));
+        let patched = patched_code(pid);
+        // The guardian's word, once it is done (it holds memtrace's stderr till then).
+        let mut said = String::new();
+        use std::io::Read;
+        let _ = stderr.read_to_string(&mut said);
+        let finished = bg.finish();
+        assert!(
+            patched.is_empty() && finished.exit == Exit::Code(0),
+            "code left patched: {patched:?}; the process: {finished:?}; memtrace and its guardian said: {said}; before the kill: {before_kill}"
+        );
     }
 }

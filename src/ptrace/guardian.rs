@@ -90,6 +90,11 @@ impl Guardian {
             unsafe {
                 libc::close(fds[1]);
                 libc::setpgid(0, 0);
+                // The dying tracer wakes the target's threads as it detaches them;
+                // the guardian must write before they reach a breakpoint. A real-time
+                // priority runs it the moment the pipe closes (where permitted: root).
+                let param = libc::sched_param { sched_priority: 1 };
+                libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
                 guard(&*shared, fds[0], target, mem_fd);
                 libc::_exit(0);
             }
@@ -143,6 +148,15 @@ impl Guardian {
         }
     }
 
+    /// The process executed a new image: nothing recorded so far exists in it.
+    pub fn clear(&self) {
+        let s = self.shared();
+        let n = s.count.load(Ordering::Acquire) as usize;
+        for e in &s.entries[..n.min(SLOTS)] {
+            e.len.store(0, Ordering::Release);
+        }
+    }
+
     /// memtrace detached cleanly: nothing is left to restore.
     pub fn disarm(&self) {
         self.shared().state.store(DISARMED, Ordering::Release);
@@ -173,22 +187,34 @@ fn guard(s: &Shared, pipe: i32, target: i32, mem_fd: i32) {
     if s.state.load(Ordering::Acquire) != ARMED {
         return;
     }
+
+    // The memory file memtrace opened stops working if the process has executed a new
+    // image since; a fresh one is opened where permissions allow.
+    let path = format!("/proc/{target}/mem\0");
+    // SAFETY: a NUL-terminated path.
+    let fresh = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDWR) };
     let n = s.count.load(Ordering::Acquire) as usize;
-    let mut restored = 0;
+    let (mut restored, mut wanted) = (0, 0);
     for e in &s.entries[..n.min(SLOTS)] {
         let len = e.len.load(Ordering::Acquire) as usize;
         if len == 0 {
             continue;
         }
+        wanted += 1;
         let addr = e.addr.load(Ordering::Relaxed);
-        // SAFETY: writes `len` bytes of the entry to the target's memory file.
-        let w = unsafe { libc::pwrite(mem_fd, e.bytes.as_ptr().cast(), len, addr as i64) };
-        if w == len as isize {
+        let write = |fd: i32| {
+            // SAFETY: writes `len` bytes of the entry to the target's memory file.
+            unsafe { libc::pwrite(fd, e.bytes.as_ptr().cast(), len, addr as i64) }
+        };
+        if (fresh >= 0 && write(fresh) == len as isize) || write(mem_fd) == len as isize {
             restored += 1;
         }
     }
+    if wanted == 0 {
+        return;
+    }
     let msg = format!(
-        "memtrace: memtrace ended without detaching from {target}; its guardian restored {restored} of {n} patched places\n"
+        "memtrace: memtrace ended without detaching from {target}; its guardian restored {restored} of {wanted} patched places\n"
     );
     // SAFETY: writes a valid buffer to stderr.
     unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };

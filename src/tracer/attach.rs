@@ -181,6 +181,9 @@ impl<'s> Tracer<'s> {
 
     /// Detaches every thread without touching anything (nothing was planted).
     fn let_go(&mut self) {
+        if let Some(g) = &self.guardian {
+            g.disarm();
+        }
         let tids: Vec<Tid> = self.threads.keys().copied().collect();
         for tid in tids {
             let sig = self.held_signals.remove(&tid).unwrap_or(0);

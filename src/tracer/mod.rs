@@ -506,6 +506,9 @@ impl<'s> Tracer<'s> {
     /// After exec: every other thread is gone; the image, its breakpoints and scratch
     /// pages too.
     fn forget_image(&mut self) {
+        if let Some(g) = &self.guardian {
+            g.clear();
+        }
         self.threads.clear();
         self.threads.insert(
             self.pid,

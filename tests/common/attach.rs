@@ -51,6 +51,22 @@ impl Background {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", target.display()));
         let pid = child.id() as i32;
+        // Until it has executed the fixture, the child is a copy of the test process.
+        let exe = std::fs::canonicalize(&target.program).unwrap_or_default();
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_link(format!("/proc/{pid}/exe")).ok() != Some(exe.clone()) {
+            assert!(Instant::now() < until, "{} never started", target.display());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Then the loader maps libc (a static fixture never does: wait a little only).
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until
+            && !std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                .unwrap_or_default()
+                .contains("/libc.so")
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let (done, finished) = mpsc::channel::<()>();
         let watchdog = std::thread::spawn(move || match finished.recv_timeout(FIXTURE_LIMIT) {
             Err(mpsc::RecvTimeoutError::Timeout) => {
