@@ -144,9 +144,34 @@ impl StackWalker {
         out: &mut Vec<u64>,
     ) -> Ending {
         out.clear();
-        let Some(mut frame) = FrameAddress::from_return_address(start.return_address) else {
+        let Some(frame) = FrameAddress::from_return_address(start.return_address) else {
             return Ending::Failed;
         };
+        self.walk_from(frame, start, read, depth, out)
+    }
+
+    /// Unwinds a thread stopped anywhere (not at a call): `start.return_address` is
+    /// its pc, an instruction about to run, not an address after a call.
+    pub fn walk_interrupted(
+        &mut self,
+        start: Start,
+        read: &mut ReadMemory<'_>,
+        depth: usize,
+        out: &mut Vec<u64>,
+    ) -> Ending {
+        out.clear();
+        let frame = FrameAddress::from_instruction_pointer(start.return_address);
+        self.walk_from(frame, start, read, depth, out)
+    }
+
+    fn walk_from(
+        &mut self,
+        mut frame: FrameAddress,
+        start: Start,
+        read: &mut ReadMemory<'_>,
+        depth: usize,
+        out: &mut Vec<u64>,
+    ) -> Ending {
         if depth <= 1 {
             // The caller alone: no stack to read. (Every real stack has more.)
             out.push(frame.address());

@@ -51,13 +51,14 @@ impl Tracer<'_> {
             };
             let (pc, sp) = (Native::pc(&regs), Native::sp(&regs));
             let start = Start {
+                // The pc, for `walk_interrupted`.
                 return_address: pc,
                 sp,
                 frame_pointer: Native::frame_pointer(&regs),
                 stack_top: 0,
             };
             let mem = &self.mem;
-            self.walker.walk(
+            self.walker.walk_interrupted(
                 start,
                 &mut |addr, buf| mem.read_vm_partial(addr, buf).unwrap_or(0),
                 64,
