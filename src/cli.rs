@@ -23,9 +23,12 @@ pub struct Cli {
 pub enum Command {
     /// Start PROGRAM under trace and follow it to its end.
     Launch(LaunchArgs),
+    /// Trace the running process PID and all its threads; detach (leaving it exactly
+    /// as it was) on --duration, Ctrl-C, SIGINT, SIGTERM, SIGHUP or its exit.
+    Attach(AttachArgs),
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct Common {
     /// No live terminal UI, even on a terminal (the text report goes to stderr).
     #[arg(long)]
@@ -46,6 +49,31 @@ pub struct Common {
     /// on a VM; polling costs CPU while the program runs without allocating. 0: sleep.
     #[arg(long, value_name = "US", default_value_t = 200)]
     pub poll_us: u64,
+    /// End the trace after SECS seconds (attach: detach; launch: report what is live,
+    /// then let the program run on untraced).
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    pub duration: Option<f64>,
+    /// In the report, count per allocation site the live blocks at least SECS seconds
+    /// old when the trace ended.
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    pub min_age: Option<f64>,
+}
+
+/// A number of seconds: finite, not negative.
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..1e9).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds")),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The process to trace.
+    #[arg(value_name = "PID")]
+    pub pid: i32,
 }
 
 #[derive(Args, Debug)]
@@ -83,7 +111,9 @@ mod tests {
             "memtrace", "launch", "--no-tui", "--json", "r.json", "--", "./app", "-x", "--y",
         ])
         .unwrap();
-        let Command::Launch(a) = cli.command;
+        let Command::Launch(a) = cli.command else {
+            panic!("not launch");
+        };
         assert!(a.common.no_tui);
         assert_eq!(a.common.json, Some(PathBuf::from("r.json")));
         assert_eq!(a.common.depth, 32);
@@ -93,7 +123,9 @@ mod tests {
     #[test]
     fn program_flags_are_not_ours_even_without_double_dash() {
         let cli = Cli::try_parse_from(["memtrace", "launch", "./app", "--json", "x"]).unwrap();
-        let Command::Launch(a) = cli.command;
+        let Command::Launch(a) = cli.command else {
+            panic!("not launch");
+        };
         assert_eq!(a.common.json, None);
         assert_eq!(a.command, ["./app", "--json", "x"]);
     }
@@ -110,10 +142,35 @@ mod tests {
             "./app",
         ])
         .unwrap();
-        let Command::Launch(a) = cli.command;
+        let Command::Launch(a) = cli.command else {
+            panic!("not launch");
+        };
         assert_eq!(a.break_at, ["leak.c:12"]);
         assert_eq!(a.commands, Some(PathBuf::from("c.txt")));
         assert!(Cli::try_parse_from(["memtrace", "launch", "--commands", "c", "./app"]).is_err());
+    }
+
+    #[test]
+    fn attach_takes_a_pid_and_times() {
+        let cli = Cli::try_parse_from([
+            "memtrace",
+            "attach",
+            "--duration",
+            "2.5",
+            "--min-age",
+            "1",
+            "42",
+        ])
+        .unwrap();
+        let Command::Attach(a) = cli.command else {
+            panic!("not attach");
+        };
+        assert_eq!(
+            (a.pid, a.common.duration, a.common.min_age),
+            (42, Some(2.5), Some(1.0))
+        );
+        assert!(Cli::try_parse_from(["memtrace", "attach", "--duration", "-1", "42"]).is_err());
+        assert!(Cli::try_parse_from(["memtrace", "attach", "x"]).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@
 use crate::event::{AllocKind, Event, FreeKind, StackId, Tid};
 use crate::leakcheck::Kind;
 use serde::Serialize;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// How many freed blocks are remembered for double-free reports.
 pub const FREED_REMEMBERED: usize = 1 << 18;
@@ -89,6 +89,8 @@ pub struct Block {
     pub leak: Option<Kind>,
     /// For a definitely lost block, the bytes of the blocks lost through it.
     pub indirect_bytes: u64,
+    /// When it was allocated: nanoseconds since the trace started.
+    pub at_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -99,6 +101,9 @@ pub struct Totals {
     pub live_blocks: u64,
     pub live_bytes: u64,
     pub peak_live_bytes: u64,
+    /// Frees of blocks allocated before memtrace attached (attach mode; 0 at launch,
+    /// where every block is seen from its allocation). Not counted in `frees`.
+    pub frees_of_unknown: u64,
 }
 
 /// Frees that are not the program's frees of live blocks.
@@ -131,11 +136,39 @@ pub struct LeakGroup {
     pub bytes: u64,
     /// Bytes lost through these blocks (definite blocks only).
     pub indirect_bytes: u64,
+    pub ages: Ages,
+}
+
+/// When a group's live blocks were allocated, against the questions of [`AgeQuery`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ages {
+    /// The oldest and the youngest block's allocation time (ns since the trace began).
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Blocks (and their bytes) at least `min_age_ns` old at `end_ns`.
+    pub old_blocks: u64,
+    pub old_bytes: u64,
+    /// Bytes of the blocks allocated at or after `recent_from_ns`.
+    pub recent_bytes: u64,
+}
+
+/// What [`Heap::leak_groups`] tells about the age of each group's blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgeQuery {
+    pub end_ns: u64,
+    pub min_age_ns: u64,
+    pub recent_from_ns: u64,
 }
 
 #[derive(Default, Debug)]
 pub struct Heap {
-    live: HashMap<u64, Block>,
+    /// By address, so that a pointer into a block finds it (see `bad_free`).
+    live: BTreeMap<u64, Block>,
+    /// The history before the trace is unknown (attach): a free of a pointer never
+    /// seen is most likely of a block allocated before, not an error.
+    unknown_history: bool,
+    /// Time of the events being applied (ns since the trace began).
+    now_ns: u64,
     /// Blocks freed and not handed out again, and the order they were freed in.
     freed: HashMap<u64, Freed>,
     freed_order: VecDeque<(u64, u64)>,
@@ -144,8 +177,9 @@ pub struct Heap {
     errors: Vec<HeapError>,
     /// Where each kind of error with its stacks is in `errors`.
     error_index: HashMap<ErrorKey, usize>,
-    /// Blocks whose realloc is in flight, by thread.
-    in_realloc: HashMap<Tid, (u64, Option<Block>)>,
+    /// Blocks whose realloc is in flight, by thread, and whether the old pointer
+    /// is of a block from before the trace.
+    in_realloc: HashMap<Tid, (u64, Option<Block>, bool)>,
     totals: Totals,
     uncounted: Uncounted,
     /// Per allocation stack: allocations made, blocks and bytes live.
@@ -156,6 +190,31 @@ pub struct Heap {
 impl Heap {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A heap whose blocks from before the trace are unknown (attach mode).
+    pub fn attached() -> Self {
+        Heap {
+            unknown_history: true,
+            ..Self::default()
+        }
+    }
+
+    /// The time of the events applied from now on (ns since the trace began).
+    pub fn set_now(&mut self, ns: u64) {
+        self.now_ns = ns;
+    }
+
+    /// A free of `ptr`, not live, that may be of a block from before the trace: never
+    /// freed since the trace began and not inside a block allocated since.
+    fn before_trace(&self, ptr: u64) -> bool {
+        self.unknown_history && !self.freed.contains_key(&ptr) && self.inside(ptr).is_none()
+    }
+
+    /// The live block that `ptr` points into (not at its start).
+    fn inside(&self, ptr: u64) -> Option<(u64, &Block)> {
+        let (&start, b) = self.live.range(..ptr).next_back()?;
+        (ptr < start.saturating_add(b.size.max(1))).then_some((start, b))
     }
 
     pub fn totals(&self) -> Totals {
@@ -206,6 +265,8 @@ impl Heap {
                     self.release(ptr, stack);
                 } else if internal || self.nested.remove(&ptr) {
                     self.uncounted.internal_frees += 1;
+                } else if self.before_trace(ptr) {
+                    self.totals.frees_of_unknown += 1;
                 } else {
                     self.uncounted.frees_not_live += 1;
                     self.bad_free(ptr, stack);
@@ -218,12 +279,14 @@ impl Heap {
                 internal,
             } => {
                 let block = self.take(old);
+                let mut unknown = false;
                 match block {
                     Some(b) => self.check_family(old, &b, FreeKind::Free, stack),
-                    None if !internal && !self.nested.remove(&old) => self.bad_free(old, stack),
-                    None => {}
+                    None if internal || self.nested.remove(&old) => {}
+                    None if self.before_trace(old) => unknown = true,
+                    None => self.bad_free(old, stack),
                 }
-                self.in_realloc.insert(tid, (old, block));
+                self.in_realloc.insert(tid, (old, block, unknown));
             }
             Event::ReallocEnd {
                 tid,
@@ -232,17 +295,17 @@ impl Heap {
                 size,
                 stack,
             } => {
-                let (started, block) = match self.in_realloc.remove(&tid) {
-                    Some((o, b)) if o == old => (true, b),
-                    Some((_, b)) => {
+                let (started, block, unknown) = match self.in_realloc.remove(&tid) {
+                    Some((o, b, u)) if o == old => (true, b, u),
+                    Some((_, b, _)) => {
                         // A start without its end (the thread left the call some other
                         // way): put that block back before handling this one.
                         if let Some(b) = b {
                             self.restore(old, b);
                         }
-                        (false, None)
+                        (false, None, false)
                     }
-                    None => (false, None),
+                    None => (false, None, false),
                 };
                 let block = if started { block } else { self.take(old) };
                 if new != 0 {
@@ -250,6 +313,8 @@ impl Heap {
                     if let Some(b) = block {
                         self.totals.frees += 1;
                         self.remember_freed(old, &b, stack);
+                    } else if unknown {
+                        self.totals.frees_of_unknown += 1;
                     } else if old != 0 {
                         self.uncounted.frees_not_live += 1;
                     }
@@ -259,6 +324,8 @@ impl Heap {
                     if let Some(b) = block {
                         self.totals.frees += 1;
                         self.remember_freed(old, &b, stack);
+                    } else if unknown {
+                        self.totals.frees_of_unknown += 1;
                     }
                 } else if let Some(b) = block {
                     // Failure: the old block is untouched and still live.
@@ -270,7 +337,13 @@ impl Heap {
                     self.nested.insert(ptr);
                 }
             }
-            Event::Exec => *self = Heap::new(),
+            // The new image's heap is seen from its start.
+            Event::Exec => {
+                *self = Heap {
+                    now_ns: self.now_ns,
+                    ..Heap::new()
+                }
+            }
         }
     }
 
@@ -304,6 +377,7 @@ impl Heap {
                 seq: self.seq,
                 leak: None,
                 indirect_bytes: 0,
+                at_ns: self.now_ns,
             },
         );
         self.seq += 1;
@@ -391,16 +465,13 @@ impl Heap {
                 count: 1,
             }
         } else {
-            // Into the middle of a live block? (Rare: a scan is fine.)
-            let inside = self
-                .live
-                .iter()
-                .find(|(&start, b)| start < ptr && ptr < start.saturating_add(b.size.max(1)));
+            // Into the middle of a live block?
+            let inside = self.inside(ptr);
             HeapError {
                 kind: ErrorKind::InvalidFree,
                 ptr,
                 stack,
-                block: inside.map(|(&start, b)| (start, b.size)),
+                block: inside.map(|(start, b)| (start, b.size)),
                 alloc_stack: inside.map(|(_, b)| b.stack),
                 first_free_stack: None,
                 count: 1,
@@ -434,8 +505,9 @@ impl Heap {
     }
 
     /// Live blocks grouped by allocation stack and kind, largest bytes first (ties:
-    /// more blocks, then older stack first, then kind, so the order is stable).
-    pub fn leak_groups(&self) -> Vec<LeakGroup> {
+    /// more blocks, then older stack first, then kind, so the order is stable), with
+    /// their ages.
+    pub fn leak_groups(&self, q: AgeQuery) -> Vec<LeakGroup> {
         let mut groups: HashMap<(StackId, Option<Kind>), LeakGroup> = HashMap::new();
         for b in self.live.values() {
             let g = groups.entry((b.stack, b.leak)).or_insert(LeakGroup {
@@ -444,10 +516,24 @@ impl Heap {
                 blocks: 0,
                 bytes: 0,
                 indirect_bytes: 0,
+                ages: Ages {
+                    first_ns: u64::MAX,
+                    ..Ages::default()
+                },
             });
             g.blocks += 1;
             g.bytes += b.size;
             g.indirect_bytes += b.indirect_bytes;
+            let a = &mut g.ages;
+            a.first_ns = a.first_ns.min(b.at_ns);
+            a.last_ns = a.last_ns.max(b.at_ns);
+            if q.end_ns.saturating_sub(b.at_ns) >= q.min_age_ns {
+                a.old_blocks += 1;
+                a.old_bytes += b.size;
+            }
+            if b.at_ns >= q.recent_from_ns {
+                a.recent_bytes += b.size;
+            }
         }
         let mut v: Vec<LeakGroup> = groups.into_values().collect();
         v.sort_by(|a, b| {
@@ -768,7 +854,7 @@ mod tests {
                 stack: StackId(*stack),
             });
         }
-        let g = h.leak_groups();
+        let g = h.leak_groups(AgeQuery::default());
         assert_eq!(g.len(), 3);
         h.apply(&free(0x100));
         let zero = h.sites().find(|(s, _)| *s == StackId(0)).map(|(_, c)| c);
@@ -797,8 +883,11 @@ mod tests {
         );
         // Allocated after the scan: not classified.
         h.apply(&alloc(0x400, 10));
-        let g: Vec<(Option<Kind>, u64)> =
-            h.leak_groups().iter().map(|g| (g.kind, g.blocks)).collect();
+        let g: Vec<(Option<Kind>, u64)> = h
+            .leak_groups(AgeQuery::default())
+            .iter()
+            .map(|g| (g.kind, g.blocks))
+            .collect();
         // 0x300's size differs from the scan's: that scan was of another block.
         assert_eq!(
             g,
@@ -808,6 +897,48 @@ mod tests {
                 (Some(Kind::Reachable), 1)
             ]
         );
+    }
+
+    #[test]
+    fn frees_from_before_attach_are_counted_apart() {
+        let mut h = Heap::attached();
+        h.apply(&free(0x500));
+        realloc(&mut h, 0x600, 0x700, 10); // moves an unknown block: one alloc
+        realloc(&mut h, 0x800, 0, 0); // realloc(p, 0) of an unknown block frees it
+        realloc(&mut h, 0x900, 0, 1 << 62); // fails: the unknown block stays
+        assert!(h.errors().is_empty(), "{:?}", h.errors());
+        let t = h.totals();
+        assert_eq!((t.allocs, t.frees, t.frees_of_unknown), (1, 0, 3));
+        assert_eq!(h.uncounted().frees_not_live, 0);
+        // Known blocks are still checked: a double free and a free into a block.
+        h.apply(&alloc(0x1000, 64));
+        h.apply(&free(0x1000));
+        h.apply(&free(0x1000));
+        h.apply(&alloc(0x2000, 64));
+        h.apply(&free(0x2008));
+        let kinds: Vec<ErrorKind> = h.errors().iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![ErrorKind::DoubleFree, ErrorKind::InvalidFree]);
+        // At launch the same unknown free is an error.
+        let mut l = Heap::new();
+        l.apply(&free(0x500));
+        assert_eq!(l.errors()[0].kind, ErrorKind::InvalidFree);
+    }
+
+    #[test]
+    fn groups_know_the_age_of_their_blocks() {
+        let mut h = Heap::new();
+        for (i, t) in [0u64, 100, 900].iter().enumerate() {
+            h.set_now(*t);
+            h.apply(&alloc(0x100 + i as u64 * 16, 10));
+        }
+        let q = AgeQuery {
+            end_ns: 1000,
+            min_age_ns: 500,
+            recent_from_ns: 800,
+        };
+        let a = h.leak_groups(q)[0].ages;
+        assert_eq!((a.first_ns, a.last_ns), (0, 900));
+        assert_eq!((a.old_blocks, a.old_bytes, a.recent_bytes), (2, 20, 10));
     }
 
     #[test]

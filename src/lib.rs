@@ -44,6 +44,18 @@
 //!    ([`symbols::Symbolizer`], in the module generation the stack was taken in, so
 //!    a library unloaded meanwhile still resolves), and written as the text and
 //!    JSON reports ([`report`]).
+//!
+//! `memtrace attach PID` takes the same path from step 2 on, without an exec: the
+//! tracer seizes and stops every thread ([`tracer::Tracer::attach`], after the checks
+//! of [`attachable`]), injects the mmaps into a stopped thread, hooks what is mapped
+//! now (and the loader, for later dlopens) and resumes. A free of a block from
+//! before attach is counted apart ([`heap::Heap::attached`]). At the end (deadline,
+//! signal, command, exit) it detaches: every thread stopped, moved out of memtrace's
+//! code, every byte and return address restored, its pages unmapped. The stop loop
+//! waits through a signalfd and an eventfd ([`ptrace::Waiter`]) so that all of these
+//! can end it; a guardian process ([`ptrace::Guardian`]) restores the code if
+//! memtrace is killed while attached.
+pub mod attachable;
 pub mod cli;
 pub mod debug;
 pub mod elf;
@@ -54,6 +66,7 @@ pub mod leakcheck;
 pub mod maps;
 pub mod ptrace;
 pub mod report;
+pub mod session;
 pub mod symbols;
 pub mod tracer;
 pub mod tui;

@@ -1,58 +1,27 @@
 //! The `memtrace` command: parse, trace, report, exit with the right status.
 
 use clap::Parser;
-use memtrace::cli::{Cli, Command, LaunchArgs};
+use memtrace::attachable;
+use memtrace::cli::{AttachArgs, Cli, Command, Common, LaunchArgs};
 use memtrace::debug::batch::Batch;
 use memtrace::debug::BreakSpec;
-use memtrace::event::Event;
+use memtrace::elf;
 use memtrace::heap::Heap;
-use memtrace::maps::Module;
-use memtrace::report::{self, End, Target};
+use memtrace::ptrace::{self, Stop, Waiter};
+use memtrace::report::{self, End, Target, Timing};
+use memtrace::session::{self, Collector, Start, StartError, Traced};
 use memtrace::symbols::Symbolizer;
-use memtrace::tracer::{self, Scan, ScanStats, Sink, Tracer};
-use memtrace::tui::session::{self, Traced};
-use memtrace::{elf, ptrace};
+use memtrace::tracer;
+use memtrace::tui;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-
-/// Feeds the heap model and keeps the symbolizer aware of every loaded object.
-struct Collector {
-    heap: Heap,
-    /// Made when the first objects are known (files are opened through /proc/PID/root).
-    sym: Option<Symbolizer>,
-    /// The last reachability scan.
-    scan: Option<ScanStats>,
-}
-
-impl Sink for Collector {
-    fn event(&mut self, ev: Event) {
-        if ev == Event::Exec {
-            if let Some(sym) = &mut self.sym {
-                sym.reset();
-            }
-            self.scan = None;
-        }
-        self.heap.apply(&ev);
-    }
-    fn modules(&mut self, pid: i32, modules: &[Module], generation: u32) {
-        self.sym
-            .get_or_insert_with(|| Symbolizer::new(pid))
-            .update_modules(modules, generation);
-    }
-    fn live_blocks(&mut self) -> Vec<(u64, u64)> {
-        self.heap.live_blocks().map(|(p, b)| (p, b.size)).collect()
-    }
-    fn classified(&mut self, scan: &Scan) {
-        self.heap
-            .classify(&scan.blocks, &scan.kinds, &scan.indirect_bytes);
-        self.scan = Some(scan.stats);
-    }
-}
+use std::time::Instant;
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Launch(args) => launch(args),
+        Command::Attach(args) => attach(args),
     };
     std::process::exit(code);
 }
@@ -66,7 +35,7 @@ fn launch(args: LaunchArgs) -> i32 {
             return e.exit_code();
         }
     };
-    let Some(cargs) = c_strings(&args.command) else {
+    let Some(argv) = c_strings(&args.command) else {
         eprintln!("memtrace: an argument contains a NUL byte");
         return 2;
     };
@@ -74,130 +43,228 @@ fn launch(args: LaunchArgs) -> i32 {
         eprintln!("memtrace: the program path contains a NUL byte");
         return 2;
     };
+    let breaks = match parse_breaks(&args.break_at) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("memtrace: {e}");
+            return 2;
+        }
+    };
     // Ctrl-C goes to the program (same process group); memtrace stays to report.
     ptrace::survive_terminal_signals();
+    let waiter = match Waiter::new(false) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("memtrace: cannot set up waiting for the program: {e}");
+            return 1;
+        }
+    };
+    let started = Instant::now();
+    let start = Start::Launch { path, argv };
     // A command file means batch mode, terminal or not.
     let traced = if use_tui(&args.common) && args.commands.is_none() {
-        let breaks = match args.break_at.iter().map(|s| BreakSpec::parse(s)).collect() {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("memtrace: {e}");
-                return 2;
-            }
-        };
-        session::launch(&path, &cargs, &args.command, &args.common, breaks)
+        let command = args.command.join(" ");
+        tui::live::run(start, command, &args.common, breaks, waiter, started)
     } else {
-        trace_plain(&path, &cargs, &args)
+        batch_debugger(breaks, &args).and_then(|debugger| {
+            trace_plain(start, Heap::new(), &args.common, debugger, waiter, started)
+        })
     };
     let traced = match traced {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("memtrace: {name}: {e}");
+            eprintln!("memtrace: {}", e.message);
+            return e.code;
+        }
+    };
+    let end = traced.end;
+    let target = Target {
+        pid: traced.pid,
+        argv: args.command.clone(),
+        mode: "launch".into(),
+    };
+    let report = match finish(traced, target, &args.common, started) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let status = match end {
+        tracer::End::Exited(code) => code,
+        tracer::End::Signaled(sig) => 128 + sig,
+        // Detached (--duration, or the live view's q): the program runs on untraced,
+        // and memtrace, still its parent, waits for it so that a shell sees the
+        // program's own status.
+        tracer::End::Detached => match ptrace::wait_tid(report.target.pid) {
+            Ok(Stop::Exited { code, .. }) => code,
+            Ok(Stop::Killed { signal, .. }) => 128 + signal,
+            _ => 1,
+        },
+    };
+    report::exit_code(&report, status, args.common.error_exitcode)
+}
+
+fn attach(args: AttachArgs) -> i32 {
+    let pid = args.pid;
+    if let Err(r) = attachable::check(pid) {
+        eprintln!("memtrace: {r}");
+        return r.exit_code();
+    }
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<String>>()
+        })
+        .unwrap_or_default();
+    // SIGINT, SIGTERM and SIGHUP now mean: detach and report.
+    let waiter = match Waiter::new(true) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("memtrace: cannot set up waiting for the process: {e}");
             return 1;
         }
     };
-    finish(traced, &args)
+    let started = Instant::now();
+    let start = Start::Attach { pid };
+    let traced = if use_tui(&args.common) {
+        tui::live::run(
+            start,
+            argv.join(" "),
+            &args.common,
+            Vec::new(),
+            waiter,
+            started,
+        )
+    } else {
+        trace_plain(start, Heap::attached(), &args.common, None, waiter, started)
+    };
+    let traced = match traced {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("memtrace: {}", e.message);
+            return e.code;
+        }
+    };
+    let target = Target {
+        pid,
+        argv,
+        mode: "attach".into(),
+    };
+    match finish(traced, target, &args.common, started) {
+        // The process's own status is its parent's business: memtrace succeeded.
+        Ok(report) => report::exit_code(&report, 0, args.common.error_exitcode),
+        Err(code) => code,
+    }
 }
 
 /// The live view runs when memtrace talks to a person: stdin and stdout terminals.
-fn use_tui(common: &memtrace::cli::Common) -> bool {
+fn use_tui(common: &Common) -> bool {
     use std::io::IsTerminal;
     !common.no_tui && std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
 }
 
-/// The `--break-at` specs and the batch front end that drives them, if any.
-fn batch_debugger(args: &LaunchArgs) -> Result<Option<(Vec<BreakSpec>, Batch)>, String> {
-    if args.break_at.is_empty() {
+fn parse_breaks(specs: &[String]) -> Result<Vec<BreakSpec>, String> {
+    specs.iter().map(|s| BreakSpec::parse(s)).collect()
+}
+
+/// The batch front end that drives `--break-at`, if there is any.
+fn batch_debugger(
+    breaks: Vec<BreakSpec>,
+    args: &LaunchArgs,
+) -> Result<Option<(Vec<BreakSpec>, Batch)>, StartError> {
+    if breaks.is_empty() {
         return Ok(None);
     }
-    let specs = args
-        .break_at
-        .iter()
-        .map(|s| BreakSpec::parse(s))
-        .collect::<Result<Vec<_>, _>>()?;
     let out = Box::new(std::io::stderr());
     let batch = match &args.commands {
         Some(path) => {
+            let fail = |message| StartError { message, code: 2 };
             let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let commands = Batch::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+            let commands =
+                Batch::parse(&text).map_err(|e| fail(format!("{}: {e}", path.display())))?;
             Batch::new(commands, out)
         }
         None => Batch::stack_at_every_stop(out),
     };
-    Ok(Some((specs, batch)))
+    Ok(Some((breaks, batch)))
 }
 
-fn trace_plain(path: &CString, argv: &[CString], args: &LaunchArgs) -> Result<Traced, String> {
-    let mut collector = Collector {
-        heap: Heap::new(),
-        sym: None,
-        scan: None,
+/// Traces without the live view.
+fn trace_plain(
+    start: Start,
+    heap: Heap,
+    common: &Common,
+    debugger: Option<(Vec<BreakSpec>, Batch)>,
+    waiter: Waiter,
+    started: Instant,
+) -> Result<Traced, StartError> {
+    let mut collector = Collector::new(heap, started);
+    let end = {
+        let mut t = session::start_tracer(&start, &mut collector, waiter)?;
+        session::configure(&mut t, common, started);
+        if let Some((specs, batch)) = debugger {
+            t.set_debugger(specs, Box::new(batch), None);
+        }
+        session::run_to_end(t).map_err(|message| StartError { message, code: 1 })?
     };
-    let debugger = batch_debugger(args)?;
-    let mut t = Tracer::launch(path, argv, &mut collector).map_err(|e| e.to_string())?;
-    if let Some((specs, batch)) = debugger {
-        t.set_debugger(specs, Box::new(batch), None);
-    }
-    let pid = t.pid();
-    t.set_poll(std::time::Duration::from_micros(args.common.poll_us));
-    t.set_depth(args.common.depth as usize);
-    let end = t.run().map_err(|e| e.to_string())?;
-    let scan_error = t.scan_error().map(String::from);
-    for spec in t.armed_breaks() {
-        eprintln!("memtrace: --break-at {spec}: no allocation was made from there");
-    }
-    let (stacks, trace) = (std::mem::take(&mut t.stacks), t.stats);
-    drop(t);
     Ok(Traced {
-        pid,
-        end,
+        pid: end.pid,
+        end: end.end,
         heap: collector.heap,
-        stacks,
-        trace,
+        stacks: end.stacks,
+        trace: end.stats,
         sym: collector.sym,
         scan: collector.scan,
-        scan_error,
+        scan_error: end.scan_error,
+        unmatched_breaks: end.unmatched_breaks,
     })
 }
 
-fn finish(traced: Traced, args: &LaunchArgs) -> i32 {
-    let Traced {
-        pid,
-        end,
-        heap,
-        stacks,
-        trace,
-        sym,
-        scan,
-        scan_error,
-    } = traced;
-    let (report_end, status) = match end {
-        tracer::End::Exited(code) => (End::exited(code), code),
-        tracer::End::Signaled(sig) => (End::signaled(sig), 128 + sig),
+/// Builds, prints and writes the report. Err: the exit status for a failure.
+fn finish(
+    traced: Traced,
+    target: Target,
+    common: &Common,
+    started: Instant,
+) -> Result<report::Report, i32> {
+    for spec in &traced.unmatched_breaks {
+        eprintln!("memtrace: --break-at {spec}: no allocation was made from there");
+    }
+    let report_end = match traced.end {
+        tracer::End::Exited(code) => End::exited(code),
+        tracer::End::Signaled(sig) => End::signaled(sig),
+        tracer::End::Detached => End::detached(),
     };
-    let target = Target {
-        pid,
-        argv: args.command.clone(),
-        mode: "launch".into(),
+    let timing = Timing {
+        duration_ns: started.elapsed().as_nanos() as u64,
+        min_age_ns: common.min_age.map(|s| (s * 1e9) as u64),
     };
-    let mut sym = sym.unwrap_or_else(|| Symbolizer::new(pid));
-    let mut report = report::build(target, report_end, &heap, &stacks, &mut sym);
-    report.trace = Some(trace);
-    report.scan = scan;
+    let pid = traced.pid;
+    let mut sym = traced.sym.unwrap_or_else(|| Symbolizer::new(pid));
+    let mut report = report::build(
+        target,
+        report_end,
+        &traced.heap,
+        &traced.stacks,
+        &mut sym,
+        timing,
+    );
+    report.trace = Some(traced.trace);
+    report.scan = traced.scan;
     if report.scan.is_none() && !report.leaks.is_empty() {
-        report.scan_missing = Some(scan_error.unwrap_or_else(|| {
+        report.scan_missing = Some(traced.scan_error.unwrap_or_else(|| {
             "the program ended without an exit stop (killed by SIGKILL?)".into()
         }));
     }
     eprint!("{}", report::text::render_text(&report));
-    if let Some(path) = &args.common.json {
+    if let Some(path) = &common.json {
         if let Err(e) = report::json::write_json(&report, path) {
             eprintln!("memtrace: cannot write {}: {e}", path.display());
-            return 1;
+            return Err(1);
         }
     }
-    report::exit_code(&report, status, args.common.error_exitcode)
+    Ok(report)
 }
 
 fn c_strings(args: &[String]) -> Option<Vec<CString>> {

@@ -7,9 +7,13 @@
 //! real-time signals (glibc itself uses 32 and 33 for thread cancellation and setxid),
 //! which that enum cannot represent.
 
+mod guardian;
 mod spawn;
+mod wake;
 
+pub use guardian::Guardian;
 pub use spawn::{spawn_seized, SpawnError};
+pub use wake::{wait_nohang, Waiter, Wake, WakeHandle};
 
 use memtrace_arch::{Arch, Native, Regs};
 use std::fs::File;
@@ -65,58 +69,30 @@ impl PtraceEvent {
 
 /// The options every traced process gets: follow threads, see forks (to clean the
 /// child's copy of our breakpoints) and execs, stop threads before they exit (while
-/// their memory can still be read), and never let a launched target outlive memtrace
-/// with breakpoints planted.
-pub const TRACE_OPTIONS: i32 = libc::PTRACE_O_TRACECLONE
+/// their memory can still be read).
+pub const ATTACH_OPTIONS: i32 = libc::PTRACE_O_TRACECLONE
     | libc::PTRACE_O_TRACEFORK
     | libc::PTRACE_O_TRACEVFORK
     | libc::PTRACE_O_TRACEEXEC
     | libc::PTRACE_O_TRACESYSGOOD
-    | libc::PTRACE_O_TRACEEXIT
-    | libc::PTRACE_O_EXITKILL;
+    | libc::PTRACE_O_TRACEEXIT;
+
+/// A launched target also dies with memtrace (EXITKILL): it never outlives its tracer
+/// with breakpoints planted. An attached one must never be killed because memtrace
+/// died, so it does not get this option.
+pub const TRACE_OPTIONS: i32 = ATTACH_OPTIONS | libc::PTRACE_O_EXITKILL;
+
+/// Starts tracing a running thread without stopping it (PTRACE_SEIZE).
+pub fn seize(tid: Tid, options: i32) -> io::Result<()> {
+    // SAFETY: PTRACE_SEIZE takes the options as `data`; no pointers.
+    check(unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, options as usize) }).map(|_| ())
+}
 
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
     if ret == -1 {
         Err(io::Error::last_os_error())
     } else {
         Ok(ret)
-    }
-}
-
-/// Waits for any traced thread (`waitpid(-1, __WALL)`), retrying on EINTR.
-///
-/// For `spin` it polls (WNOHANG) before sleeping. A traced program that allocates
-/// stops again within microseconds; a tracer asleep in waitpid must then be woken,
-/// which on a VM costs an inter-processor interrupt into an idle (halted) vCPU: tens of
-/// microseconds per stop. Polling for a short window avoids that, and bounds the CPU
-/// memtrace burns when the program computes instead of allocating.
-pub fn wait_any(spin: std::time::Duration) -> io::Result<Stop> {
-    let until = std::time::Instant::now() + spin;
-    let mut polling = !spin.is_zero();
-    loop {
-        let mut status = 0;
-        let flags = if polling {
-            libc::__WALL | libc::WNOHANG
-        } else {
-            libc::__WALL
-        };
-        // SAFETY: waitpid writes only to `status`, a valid local.
-        let tid = unsafe { libc::waitpid(-1, &mut status, flags) };
-        if tid == 0 {
-            polling = std::time::Instant::now() < until;
-            std::hint::spin_loop();
-            continue;
-        }
-        if tid == -1 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(e);
-        }
-        if let Some(stop) = decode(tid, status) {
-            return Ok(stop);
-        }
     }
 }
 
@@ -300,6 +276,12 @@ impl Memory {
             .write(true)
             .open(format!("/proc/{pid}/mem"))?;
         Ok(Memory { file, pid })
+    }
+
+    /// The open file's descriptor (for the guardian to inherit).
+    pub fn raw_fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.file.as_raw_fd()
     }
 
     /// Writes several ranges of writable memory at once (page protections apply).

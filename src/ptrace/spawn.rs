@@ -35,8 +35,13 @@ pub fn spawn_seized(path: &CString, argv: &[CString]) -> Result<i32, SpawnError>
         }
     };
 
+    // The program starts with memtrace's original signal mask, not with the signals
+    // memtrace blocks to read them through a signalfd.
+    let mask: *const libc::sigset_t = super::wake::original_mask()
+        .map(|m| m as *const libc::sigset_t)
+        .unwrap_or(std::ptr::null());
     // SAFETY: after fork the child calls only async-signal-safe functions (read,
-    // close, execv, write, _exit) on data prepared before the fork.
+    // close, sigprocmask, execv, write, _exit) on data prepared before the fork.
     let pid = unsafe { libc::fork() };
     if pid == -1 {
         let e = io::Error::last_os_error();
@@ -52,6 +57,9 @@ pub fn spawn_seized(path: &CString, argv: &[CString]) -> Result<i32, SpawnError>
             let mut b = 0u8;
             // Wait until the parent has seized us (or has gone: read returns 0).
             while libc::read(go[0], (&mut b as *mut u8).cast(), 1) == -1 {}
+            if !mask.is_null() {
+                libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
+            }
             libc::execv(path.as_ptr(), argv_ptrs.as_ptr());
             let errno = *libc::__errno_location();
             libc::write(err[1], (&errno as *const i32).cast(), 4);

@@ -32,6 +32,25 @@ pub struct Report {
     /// Extension: why no scan was made, when leaks are `unclassified`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scan_missing: Option<String>,
+    /// Extension: how long the trace lasted, in milliseconds.
+    pub duration_ms: u64,
+    /// Extension: `--min-age`, in milliseconds (see `Leak::older_than_min_age`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_age_ms: Option<u64>,
+}
+
+/// What the report says about time: how long the trace lasted, and `--min-age`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timing {
+    pub duration_ns: u64,
+    pub min_age_ns: Option<u64>,
+}
+
+impl Timing {
+    /// Where "recent" growth starts: the last third of the trace.
+    fn recent_from_ns(self) -> u64 {
+        self.duration_ns - self.duration_ns / 3
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -99,6 +118,56 @@ pub struct Leak {
     #[serde(skip_serializing_if = "is_zero")]
     pub indirect_bytes: u64,
     pub stack: Vec<JsonFrame>,
+    /// Extension: when the oldest and the youngest of these blocks were allocated,
+    /// in milliseconds since the trace began.
+    pub first_alloc_ms: u64,
+    pub last_alloc_ms: u64,
+    /// Extension: these blocks' bytes per second of trace: how fast the site's live
+    /// bytes grew over the whole trace...
+    pub growth_bytes_per_sec: u64,
+    /// ...and over its last third. A steady leak grows at about the same rate in
+    /// both; a cache that filled up and stopped has ~0 here.
+    pub recent_growth_bytes_per_sec: u64,
+    /// Extension: the blocks at least `--min-age` old when the trace ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub older_than_min_age: Option<BlocksBytes>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BlocksBytes {
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+/// `bytes` per second over `ns` nanoseconds.
+fn per_sec(bytes: u64, ns: u64) -> u64 {
+    if ns == 0 {
+        0
+    } else {
+        (bytes as u128 * 1_000_000_000 / ns as u128) as u64
+    }
+}
+
+fn leak(g: &heap::LeakGroup, timing: Timing, stack: Vec<JsonFrame>) -> Leak {
+    let a = g.ages;
+    Leak {
+        kind: g.kind.map_or("unclassified", |k| k.name()).into(),
+        blocks: g.blocks,
+        bytes: g.bytes,
+        indirect_bytes: g.indirect_bytes,
+        stack,
+        first_alloc_ms: a.first_ns / 1_000_000,
+        last_alloc_ms: a.last_ns / 1_000_000,
+        growth_bytes_per_sec: per_sec(g.bytes, timing.duration_ns),
+        recent_growth_bytes_per_sec: per_sec(
+            a.recent_bytes,
+            timing.duration_ns - timing.recent_from_ns(),
+        ),
+        older_than_min_age: timing.min_age_ns.map(|_| BlocksBytes {
+            blocks: a.old_blocks,
+            bytes: a.old_bytes,
+        }),
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -223,17 +292,17 @@ pub fn build(
     heap: &Heap,
     stacks: &StackTable,
     sym: &mut Symbolizer,
+    timing: Timing,
 ) -> Report {
+    let query = heap::AgeQuery {
+        end_ns: timing.duration_ns,
+        min_age_ns: timing.min_age_ns.unwrap_or(0),
+        recent_from_ns: timing.recent_from_ns(),
+    };
     let leaks = heap
-        .leak_groups()
-        .into_iter()
-        .map(|g| Leak {
-            kind: g.kind.map_or("unclassified", |k| k.name()).into(),
-            blocks: g.blocks,
-            bytes: g.bytes,
-            indirect_bytes: g.indirect_bytes,
-            stack: symbolize_stack(stacks, g.stack, sym),
-        })
+        .leak_groups(query)
+        .iter()
+        .map(|g| leak(g, timing, symbolize_stack(stacks, g.stack, sym)))
         .collect();
     let uncounted = heap.uncounted();
     let truncated = (0..stacks.len())
@@ -259,6 +328,8 @@ pub fn build(
             truncated_stacks: truncated as u64,
             distinct_stacks: stacks.len() as u64,
         },
+        duration_ms: timing.duration_ns / 1_000_000,
+        min_age_ms: timing.min_age_ns.map(|n| n / 1_000_000),
     }
 }
 
@@ -339,6 +410,7 @@ pub(crate) fn sample() -> Report {
             live_blocks: 3,
             live_bytes: 1130,
             peak_live_bytes: 2000,
+            frees_of_unknown: 0,
         },
         leaks: vec![
             Leak {
@@ -364,6 +436,11 @@ pub(crate) fn sample() -> Report {
                     main.clone(),
                     libc_start,
                 ],
+                first_alloc_ms: 10,
+                last_alloc_ms: 10,
+                growth_bytes_per_sec: 500,
+                recent_growth_bytes_per_sec: 0,
+                older_than_min_age: None,
             },
             Leak {
                 kind: "unclassified".into(),
@@ -371,6 +448,11 @@ pub(crate) fn sample() -> Report {
                 bytes: 130,
                 indirect_bytes: 0,
                 stack: vec![unknown_in_object, frame("0x1234", None, None, None, None)],
+                first_alloc_ms: 100,
+                last_alloc_ms: 1900,
+                growth_bytes_per_sec: 65,
+                recent_growth_bytes_per_sec: 97,
+                older_than_min_age: None,
             },
         ],
         errors: vec![HeapError {
@@ -401,6 +483,8 @@ pub(crate) fn sample() -> Report {
             truncated_stacks: 1,
             distinct_stacks: 5,
         },
+        duration_ms: 2000,
+        min_age_ms: None,
     }
 }
 
@@ -462,7 +546,14 @@ mod tests {
             argv: vec!["a".into()],
             mode: "attach".into(),
         };
-        let r = build(target, End::detached(), &heap, &stacks, &mut sym);
+        let r = build(
+            target,
+            End::detached(),
+            &heap,
+            &stacks,
+            &mut sym,
+            Timing::default(),
+        );
         assert_eq!(r.schema, "memtrace-report/1");
         assert_eq!(r.totals, heap.totals());
         let sizes: Vec<(u64, u64)> = r.leaks.iter().map(|l| (l.blocks, l.bytes)).collect();

@@ -126,6 +126,7 @@ impl Tracer<'_> {
         }
         if let Some(t) = self.threads.get_mut(&tid) {
             t.frames.push(Frame {
+                synthetic: false,
                 func,
                 args,
                 entry_sp: sp,
@@ -237,6 +238,9 @@ impl Tracer<'_> {
             if let Some(k) = f.stub {
                 self.stubs.release(k);
             }
+            if f.synthetic {
+                continue;
+            }
             match Native::return_slot_at(f.entry_sp) {
                 ReturnSlot::Stack(a) => {
                     let _ = self.mem.write_u64(a, f.real_ret);
@@ -247,7 +251,7 @@ impl Tracer<'_> {
     }
 
     pub(super) fn on_return(&mut self, tid: Tid, mut regs: Regs) {
-        if !self.take_return(tid, &mut regs) {
+        if !self.finish_return(tid, &mut regs) {
             // No frame for this return: we cannot know where to go. This is a bug in
             // memtrace; say so rather than guess.
             let sp = Native::sp(&regs);
@@ -261,14 +265,13 @@ impl Tracer<'_> {
 
     /// A call returning through the trampoline: records its return and points `regs`
     /// at the real return address. False when the thread has no such pending call.
-    pub(super) fn take_return(&mut self, tid: Tid, regs: &mut Regs) -> bool {
+    pub(super) fn finish_return(&mut self, tid: Tid, regs: &mut Regs) -> bool {
         self.stats.return_hits += 1;
         let sp = Native::sp(regs);
         let frame = self.threads.get_mut(&tid).and_then(|t| {
-            let i = t
-                .frames
-                .iter()
-                .rposition(|f| Native::sp_after_return(f.entry_sp) == sp)?;
+            let i = t.frames.iter().rposition(|f| {
+                !f.synthetic && f.stub.is_none() && Native::sp_after_return(f.entry_sp) == sp
+            })?;
             let f = t.frames[i];
             t.frames.truncate(i);
             Some(f)

@@ -26,6 +26,8 @@ pub struct Image {
     pub stack_top: u64,
     /// Code ranges whose frees are the allocator's own bookkeeping, not the program's.
     internal: Vec<(u64, u64)>,
+    /// The hooked functions' code: start, end, function.
+    pub hooked: Vec<(u64, u64, HookFn)>,
 }
 
 impl Image {
@@ -116,6 +118,13 @@ impl Tracer<'_> {
     /// Prepares a freshly exec'd image (one thread, stopped at the exec event).
     pub(super) fn setup_image(&mut self, tid: Tid) -> Result<(), TraceError> {
         self.settle_after_exec(tid)?;
+        self.setup_hooks(tid)
+    }
+
+    /// Maps scratch pages and stubs (by injecting system calls into `tid`, stopped
+    /// while every other thread is stopped too), follows the loader and hooks what is
+    /// mapped now.
+    pub(super) fn setup_hooks(&mut self, tid: Tid) -> Result<(), TraceError> {
         self.map_scratch(tid, 0)?;
         self.map_stubs(tid)?;
         let auxv = read_auxv(self.pid);
@@ -161,7 +170,13 @@ impl Tracer<'_> {
             .cloned()
             .collect();
         for m in &gone {
+            if let Some(g) = &self.guardian {
+                for (addr, _) in self.bps.iter().filter(|(_, b)| b.module_base == m.base) {
+                    g.withdraw(addr);
+                }
+            }
             self.bps.forget_module(m.base);
+            self.image.hooked.retain(|&(s, _, _)| !m.contains(s));
             self.image.internal.retain(|&(s, _)| !m.contains(s));
         }
         let new: Vec<Module> = now
@@ -219,6 +234,12 @@ impl Tracer<'_> {
                 continue;
             };
             let addr = bias.wrapping_add(sym.address);
+            if let BpKind::Hook(f) = kind {
+                // Its extent, to find calls already in flight when memtrace attaches.
+                self.image
+                    .hooked
+                    .push((addr, addr.wrapping_add(sym.size.max(1)), f));
+            }
             if self.bps.contains(addr) {
                 continue; // another name for the same code (memalign = aligned_alloc)
             }
@@ -263,6 +284,11 @@ impl Tracer<'_> {
             .write(slot, &relocated.code)
             .map_err(|e| format!("writing the scratch page: {e}"))?;
         let original = code[..Native::BREAKPOINT.len()].to_vec();
+        // Recorded before it is written: a memtrace killed in between leaves nothing
+        // the guardian does not know of.
+        if let Some(g) = &self.guardian {
+            g.record(addr, &original);
+        }
         self.mem
             .write(addr, Native::BREAKPOINT)
             .map_err(|e| format!("writing the breakpoint at {addr:#x}: {e}"))?;

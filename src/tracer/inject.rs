@@ -28,6 +28,10 @@ impl Tracer<'_> {
                 self.mem
                     .read(pc, &mut orig)
                     .map_err(|e| err("reading code", e))?;
+                // Other threads may run this code after a memtrace that died here.
+                if let Some(g) = &self.guardian {
+                    g.record(pc, &orig);
+                }
                 self.mem
                     .write(pc, Native::SYSCALL_THEN_BREAK)
                     .map_err(|e| err("writing code", e))?;
@@ -40,6 +44,9 @@ impl Tracer<'_> {
         let ran = self.run_until_trap(tid, &r);
         if let Some(orig) = patched {
             let _ = self.mem.write(stub, &orig);
+            if let Some(g) = &self.guardian {
+                g.withdraw(stub);
+            }
         }
         let after = ran?;
         ptrace::set_regs(tid, &saved).map_err(|e| err("restoring registers", e))?;

@@ -8,23 +8,29 @@
 //! `inject.rs`; stopping every thread at once in `stopall.rs`; the reachability scan
 //! (when, and which memory is a root) in `scan.rs`.
 
+mod attach;
 mod calls;
+mod control;
 pub mod debug;
+mod detach;
 mod halt;
 mod image;
+mod inflight;
 mod inject;
 mod scan;
 pub mod scratch;
+mod settle;
 mod step;
 mod stopall;
 mod stubs;
 
+pub use attach::AttachError;
 pub use scan::{Scan, ScanError, ScanStats, ScanWhen};
 
 use crate::event::{Event, StackTable, Tid};
 use crate::hooks::HookFn;
 use crate::maps::Module;
-use crate::ptrace::{self, Memory, PtraceEvent, Stop};
+use crate::ptrace::{self, Memory, PtraceEvent, Stop, Waiter, Wake};
 use crate::unwind::StackWalker;
 use memtrace_arch::{Arch, Native};
 use scratch::{BpKind, Breakpoints, Scratch};
@@ -52,12 +58,55 @@ pub trait Sink {
     }
     /// A reachability scan's outcome: a kind for each block `live_blocks` gave.
     fn classified(&mut self, _scan: &Scan) {}
+    /// Every thread was held (`paused`), or let go again.
+    fn paused(&mut self, _paused: bool, _stacks: &StackTable) {}
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
     Exited(i32),
     Signaled(i32),
+    /// memtrace let go of the process, which runs on untraced.
+    Detached,
+}
+
+/// What another thread (the future TUI) may ask of the tracer. Sent with a
+/// [`CommandSender`]; a sender that is dropped means detach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Let go of the program: it runs on as if never traced.
+    Detach,
+    /// Hold every thread (the live view's `p`) until [`Command::Resume`].
+    Pause,
+    Resume,
+    /// Classify the live blocks now (a reachability scan).
+    Scan,
+}
+
+/// Sends [`Command`]s to the tracer thread and wakes it. Dropping it detaches.
+pub struct CommandSender {
+    tx: std::sync::mpsc::Sender<Command>,
+    wake: ptrace::WakeHandle,
+}
+
+impl CommandSender {
+    pub fn send(&self, c: Command) {
+        // A tracer that is gone has nothing left to do.
+        let _ = self.tx.send(c);
+        self.wake.wake();
+    }
+}
+
+impl Drop for CommandSender {
+    fn drop(&mut self) {
+        self.wake.wake();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Launch,
+    Attach,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +134,8 @@ pub struct TraceStats {
     /// Pending return hooks dropped because their frame was unwound some other way
     /// (longjmp, exception).
     pub abandoned_frames: u64,
+    /// Threads caught inside a hooked call when memtrace attached.
+    pub in_flight_at_attach: u64,
     /// Stacks unwound (one per recorded allocator call), the frames they held, and
     /// the time spent unwinding them (stack copy included): the cost of full stacks.
     pub stacks_captured: u64,
@@ -95,6 +146,9 @@ pub struct TraceStats {
 /// A hooked call that has not returned yet.
 #[derive(Clone, Copy, Debug)]
 struct Frame {
+    /// Made up at attach for a call already in flight: its return is not hooked (no
+    /// stack slot of ours to restore); it only makes the calls it makes nested.
+    synthetic: bool,
     func: HookFn,
     args: [u64; 3],
     /// Stack pointer at the function's entry.
@@ -150,8 +204,17 @@ pub struct Tracer<'s> {
     generation: u32,
     pub stacks: StackTable,
     pub stats: TraceStats,
-    /// How long to poll for the next stop before sleeping (see `ptrace::wait_any`).
+    /// How long to poll for the next stop before sleeping (see `ptrace::Waiter`).
     spin: std::time::Duration,
+    waiter: Waiter,
+    mode: Mode,
+    /// When to end the trace (`--duration`).
+    deadline: Option<std::time::Instant>,
+    commands: Option<std::sync::mpsc::Receiver<Command>>,
+    /// Restores the code if memtrace dies while attached (see `ptrace::Guardian`).
+    guardian: Option<ptrace::Guardian>,
+    /// Pause, ticks: what the stop loop does besides the target's stops.
+    control: control::Control,
     /// Stops that came while every thread was being stopped, to handle next.
     deferred: VecDeque<Stop>,
     scan: ScanState,
@@ -180,6 +243,7 @@ impl<'s> Tracer<'s> {
         path: &std::ffi::CString,
         argv: &[std::ffi::CString],
         sink: &'s mut dyn Sink,
+        waiter: Waiter,
     ) -> Result<Tracer<'s>, TraceError> {
         let pid = ptrace::spawn_seized(path, argv).map_err(|e| TraceError::Start(e.to_string()))?;
         match ptrace::wait_tid(pid).map_err(TraceError::Wait)? {
@@ -194,7 +258,21 @@ impl<'s> Tracer<'s> {
             }
         }
         let mem = Memory::open(pid).map_err(|e| TraceError::Setup(e.to_string()))?;
-        let mut t = Tracer {
+        let mut t = Tracer::new(pid, sink, mem, waiter, Mode::Launch);
+        t.threads.insert(
+            pid,
+            Thread {
+                started: true,
+                ..Thread::default()
+            },
+        );
+        t.stats.threads_seen = 1;
+        t.setup_image(pid)?;
+        Ok(t)
+    }
+
+    fn new(pid: i32, sink: &'s mut dyn Sink, mem: Memory, waiter: Waiter, mode: Mode) -> Self {
+        Tracer {
             pid,
             sink,
             mem,
@@ -214,24 +292,36 @@ impl<'s> Tracer<'s> {
             stacks: StackTable::new(),
             stats: TraceStats::default(),
             spin: std::time::Duration::ZERO,
+            waiter,
+            mode,
+            deadline: None,
+            commands: None,
+            guardian: None,
+            control: control::Control::default(),
             deferred: VecDeque::new(),
             scan: ScanState::default(),
             debug: None,
-        };
-        t.threads.insert(
-            pid,
-            Thread {
-                started: true,
-                ..Thread::default()
-            },
-        );
-        t.stats.threads_seen = 1;
-        t.setup_image(pid)?;
-        Ok(t)
+        }
     }
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Ends the trace (detaching) at `deadline`.
+    pub fn set_deadline(&mut self, deadline: std::time::Instant) {
+        self.deadline = Some(deadline);
+    }
+
+    /// A sender of commands to this tracer (for a UI thread). Dropping every sender
+    /// detaches.
+    pub fn command_sender(&mut self) -> CommandSender {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.commands = Some(rx);
+        CommandSender {
+            tx,
+            wake: self.waiter.handle(),
+        }
     }
 
     /// Keeps at most `depth` frames per stack (at least one: the allocator's caller).
@@ -250,18 +340,55 @@ impl<'s> Tracer<'s> {
         };
     }
 
-    /// Runs the target to its end.
+    /// Runs the target to its end, or until the trace is ended (deadline, signal,
+    /// command), then detaches.
     pub fn run(&mut self) -> Result<End, TraceError> {
-        self.resume(self.pid);
+        if self.mode == Mode::Launch {
+            self.resume(self.pid);
+        }
         loop {
-            let stop = match self.deferred.pop_front() {
-                Some(s) => s,
-                None => ptrace::wait_any(self.spin).map_err(TraceError::Wait)?,
+            // Stops taken out of turn (while every thread was being stopped, or one
+            // was stepped) come first; not while paused, when they wait for the resume.
+            let deferred = if self.is_paused() {
+                None
+            } else {
+                self.deferred.pop_front()
             };
-            let end = self.handle(stop)?;
-            self.sink.tick(&self.stacks);
-            if let Some(end) = end {
-                return Ok(end);
+            let wake = match deferred {
+                Some(stop) => Wake::Stop(stop),
+                None => self
+                    .waiter
+                    .wait(self.spin, self.next_wake())
+                    .map_err(TraceError::Wait)?,
+            };
+            match wake {
+                Wake::Stop(stop) => {
+                    let ends = matches!(stop, Stop::Exited { .. } | Stop::Killed { .. });
+                    if self.is_paused() && !ends {
+                        self.deferred.push_back(stop);
+                        continue;
+                    }
+                    let end = self.handle(stop)?;
+                    self.sink.tick(&self.stacks);
+                    if let Some(end) = end {
+                        // The process is gone: nothing for the guardian to restore.
+                        if let Some(g) = &self.guardian {
+                            g.disarm();
+                        }
+                        return Ok(end);
+                    }
+                }
+                Wake::Command => {
+                    if self.on_commands() {
+                        return self.detach();
+                    }
+                }
+                Wake::Deadline => {
+                    if self.on_wake_time() {
+                        return self.detach();
+                    }
+                }
+                Wake::Signal(_) => return self.detach(),
             }
         }
     }
@@ -436,7 +563,7 @@ impl<'s> Tracer<'s> {
             let _ = mem.write(addr, &bp.original);
         }
         if let Some(t) = self.threads.get(&parent) {
-            for f in &t.frames {
+            for f in t.frames.iter().filter(|f| !f.synthetic) {
                 let _ = mem.write_u64(f.entry_sp, f.real_ret);
             }
         }
@@ -444,7 +571,18 @@ impl<'s> Tracer<'s> {
 
     fn on_exec(&mut self) -> Result<(), TraceError> {
         self.stats.execs += 1;
-        // Every other thread is gone; the image, its breakpoints and scratch pages too.
+        self.forget_image();
+        self.mem = Memory::open(self.pid).map_err(|e| TraceError::Setup(e.to_string()))?;
+        self.sink.event(Event::Exec);
+        self.setup_image(self.pid)
+    }
+
+    /// After exec: every other thread is gone; the image, its breakpoints and scratch
+    /// pages too.
+    fn forget_image(&mut self) {
+        if let Some(g) = &self.guardian {
+            g.clear();
+        }
         self.threads.clear();
         self.threads.insert(
             self.pid,
@@ -460,9 +598,6 @@ impl<'s> Tracer<'s> {
         self.bps = Breakpoints::default();
         self.image = image::Image::default();
         self.walker = StackWalker::new();
-        self.mem = Memory::open(self.pid).map_err(|e| TraceError::Setup(e.to_string()))?;
-        self.sink.event(Event::Exec);
-        self.setup_image(self.pid)
     }
 
     fn on_trap(&mut self, tid: Tid) {

@@ -103,6 +103,11 @@ impl Tracer<'_> {
         result
     }
 
+    /// A scan of threads a pause already holds (the live view's `l` while paused).
+    pub(super) fn scan_paused(&mut self, all: &AllStopped) -> Result<ScanStats, ScanError> {
+        self.scan_stopped(all, ScanWhen::OnDemand)
+    }
+
     /// Why the scan at the program's end could not be made, when it was tried.
     pub fn scan_error(&self) -> Option<&str> {
         self.scan.error.as_deref()
@@ -169,6 +174,11 @@ impl Tracer<'_> {
             Some(&at) if at > sp && at - sp < STACK_LIMIT => at,
             _ => sp.saturating_sub(RED_ZONE),
         }
+    }
+
+    /// A scan before a detach failed: the report says why its leaks are unclassified.
+    pub(super) fn scan_failed(&mut self, e: ScanError) {
+        self.scan.error = Some(e.to_string());
     }
 
     fn scan_done(&mut self, result: Result<ScanStats, ScanError>) {

@@ -54,6 +54,11 @@ impl Scratch {
         self.regions.is_empty()
     }
 
+    /// Every region, as (start, length).
+    pub fn regions(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.regions.iter().map(|r| (r.start, REGION_SIZE))
+    }
+
     /// The return trampoline: a hooked function returns here, into a breakpoint.
     pub fn trampoline(&self) -> Option<u64> {
         self.regions.first().map(|r| r.start + TRAMPOLINE_OFFSET)

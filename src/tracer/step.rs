@@ -142,7 +142,7 @@ impl Live<'_, '_> {
                     return Ok(p);
                 }
             } else if self.t.scratch.is_trampoline(pc) {
-                if !self.t.take_return(self.tid, &mut self.regs) {
+                if !self.t.finish_return(self.tid, &mut self.regs) {
                     break;
                 }
                 self.set_regs()?;
@@ -201,7 +201,7 @@ impl Live<'_, '_> {
                 Native::set_pc(&mut self.regs, bp.ool);
                 self.set_regs()?;
             } else if self.t.scratch.is_trampoline(at) {
-                if self.t.take_return(self.tid, &mut self.regs) {
+                if self.t.finish_return(self.tid, &mut self.regs) {
                     self.set_regs()?;
                 }
             } else {

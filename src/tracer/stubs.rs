@@ -50,6 +50,12 @@ impl Stubs {
         self.code != 0
     }
 
+    /// The whole mapping, as (start, length): code, then data of the same size.
+    pub fn mapping(&self) -> Option<(u64, u64)> {
+        self.is_mapped()
+            .then(|| (self.code, 2 * (self.data - self.code)))
+    }
+
     pub fn alloc(&mut self, tid: Tid) -> Option<u32> {
         let k = self.free.pop_first()?;
         self.owner[k as usize] = Some(tid);

@@ -29,12 +29,13 @@ pub struct Feed {
 }
 
 impl Feed {
-    pub fn new(tx: Sender<UiEvent>) -> Feed {
+    /// `started`: when the trace began (blocks are stamped with the time since).
+    pub fn new(tx: Sender<UiEvent>, started: Instant) -> Feed {
         Feed {
             heap: Heap::new(),
             tx,
             snapshots: Snapshotter::default(),
-            started: Instant::now(),
+            started,
             last: None,
             dirty: true,
             state: TargetState::Running,
@@ -49,6 +50,7 @@ impl Feed {
             self.scan = None;
             self.send(Update::Exec);
         }
+        self.heap.set_now(self.started.elapsed().as_nanos() as u64);
         self.heap.apply(ev);
         self.dirty = true;
     }
@@ -90,7 +92,7 @@ impl Feed {
     pub fn send_leak_check(&mut self) {
         use crate::leakcheck::Kind;
         let mut kinds = [(0u64, 0u64); 4];
-        for g in self.heap.leak_groups() {
+        for g in self.heap.leak_groups(crate::heap::AgeQuery::default()) {
             let i = match g.kind {
                 Some(Kind::Definite) => 0,
                 Some(Kind::Indirect) => 1,
@@ -119,7 +121,7 @@ mod tests {
     #[test]
     fn snapshots_are_rate_limited_and_forced_at_the_end() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut feed = Feed::new(tx);
+        let mut feed = Feed::new(tx, Instant::now());
         let mut stacks = StackTable::new();
         let s = stacks.intern(&[0x10], false, 0);
         for i in 0..1000u64 {

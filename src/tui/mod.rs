@@ -8,8 +8,8 @@
 pub mod app;
 pub mod debugger;
 pub mod feed;
+pub mod live;
 pub mod run;
-pub mod session;
 pub mod sites;
 pub mod snapshot;
 pub mod stopped;

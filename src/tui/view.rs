@@ -88,9 +88,15 @@ fn draw_header(f: &mut Frame, app: &App, area: Rect) {
         )),
         Line::from(vec![
             Span::raw(format!(
-                "allocs {} · frees {} · ",
+                "allocs {} · frees {}{} · ",
                 count(t.allocs),
-                count(app.frees)
+                count(app.frees),
+                if t.frees_of_unknown > 0 {
+                    // attach: blocks allocated before memtrace came
+                    format!(" (+{} of older blocks)", count(t.frees_of_unknown))
+                } else {
+                    String::new()
+                }
             )),
             errors,
         ]),
@@ -441,6 +447,7 @@ mod tests {
                     live_blocks: 60 + i,
                     live_bytes: 5000 + 512 * i,
                     peak_live_bytes: 5000 + 512 * i,
+                    ..Totals::default()
                 },
                 errors: 2,
                 sites: vec![

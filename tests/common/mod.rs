@@ -36,6 +36,7 @@ macro_rules! case_tests {
     };
 }
 
+pub mod attach;
 pub mod build;
 pub mod cases;
 pub mod errors;

@@ -1,0 +1,258 @@
+//! Waiting for the next stop in a way that a signal, a deadline or a command can
+//! interrupt, without ever losing a wake-up.
+//!
+//! SIGCHLD (which the kernel sends the tracer for every tracee stop) and, in attach
+//! mode, SIGINT/SIGTERM/SIGHUP are blocked in memtrace and read through a
+//! `signalfd`; commands (from a future UI thread) arrive with a write to an
+//! `eventfd`. The wait polls `waitpid(WNOHANG)` first (the fast path: a target that
+//! allocates stops again within microseconds), then drains the signalfd, checks
+//! `waitpid` once more and only then sleeps in `poll` on both descriptors. A SIGCHLD
+//! that comes after that last check leaves the signalfd readable, so `poll` returns.
+
+use super::{check, decode, Stop};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Why [`Waiter::wait`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    Stop(Stop),
+    /// A terminating signal (SIGINT, SIGTERM, SIGHUP) was sent to memtrace.
+    Signal(i32),
+    /// The wake handle was used (a command is waiting, or its sender is gone).
+    Command,
+    /// The deadline passed.
+    Deadline,
+}
+
+/// The signal mask memtrace started with, for launched programs to start with.
+static ORIGINAL_MASK: OnceLock<libc::sigset_t> = OnceLock::new();
+
+/// The mask a launched program must start with (memtrace's own, before blocking).
+pub(super) fn original_mask() -> Option<&'static libc::sigset_t> {
+    ORIGINAL_MASK.get()
+}
+
+/// Lets another thread wake the tracer (see [`Waiter::handle`]).
+#[derive(Clone, Debug)]
+pub struct WakeHandle {
+    fd: Arc<OwnedFd>,
+}
+
+impl WakeHandle {
+    pub fn wake(&self) {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a valid local to an eventfd we own.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+pub struct Waiter {
+    sigfd: OwnedFd,
+    event: WakeHandle,
+    /// Whether SIGINT/SIGTERM/SIGHUP end the trace (attach) or are left alone (launch).
+    terminal: bool,
+    /// When the fast path last looked at signals and the deadline.
+    next_check: Instant,
+}
+
+/// How often a target that stops all the time still gets signals and the deadline
+/// looked at (the fast path skips them otherwise).
+const CHECK_EVERY: Duration = Duration::from_millis(5);
+
+const TERMINAL: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn sigset(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+    }
+    set
+}
+
+impl Waiter {
+    /// Blocks SIGCHLD (and, with `terminal`, SIGINT/SIGTERM/SIGHUP) in the calling
+    /// thread and every thread it creates later: call it before any thread exists.
+    pub fn new(terminal: bool) -> io::Result<Waiter> {
+        let mut signals = vec![libc::SIGCHLD];
+        if terminal {
+            signals.extend(TERMINAL);
+        }
+        let set = sigset(&signals);
+        // SAFETY: sigset_t is plain data; pthread_sigmask fills `old`.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid sigset pointers.
+        let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        let _ = ORIGINAL_MASK.set(old);
+        // SAFETY: signalfd with a valid set; returns a new fd or -1.
+        let fd = check(
+            unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) }
+                as libc::c_long,
+        )?;
+        // SAFETY: the fd was just created and is ours.
+        let sigfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: eventfd returns a new fd or -1.
+        let efd = check(
+            unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) } as libc::c_long,
+        )?;
+        // SAFETY: the fd was just created and is ours.
+        let event = unsafe { OwnedFd::from_raw_fd(efd as i32) };
+        Ok(Waiter {
+            sigfd,
+            event: WakeHandle {
+                fd: Arc::new(event),
+            },
+            terminal,
+            next_check: Instant::now(),
+        })
+    }
+
+    /// A handle that wakes this waiter from any thread.
+    pub fn handle(&self) -> WakeHandle {
+        self.event.clone()
+    }
+
+    /// The next stop of any tracee, or whatever comes first: a terminating signal (in
+    /// terminal mode), a wake-up, the deadline.
+    ///
+    /// For `spin` it polls (WNOHANG) before sleeping. A traced program that allocates
+    /// stops again within microseconds; a tracer asleep must then be woken, which on a
+    /// VM costs an inter-processor interrupt into an idle (halted) vCPU: tens of
+    /// microseconds per stop. Polling for a short window avoids that, and bounds the
+    /// CPU memtrace burns when the program computes instead of allocating.
+    pub fn wait(&mut self, spin: Duration, deadline: Option<Instant>) -> io::Result<Wake> {
+        let now = Instant::now();
+        if now >= self.next_check {
+            self.next_check = now + CHECK_EVERY;
+            if let Some(w) = self.pending(deadline, now)? {
+                return Ok(w);
+            }
+        }
+        let until = now + spin;
+        loop {
+            if let Some(stop) = wait_nohang()? {
+                return Ok(Wake::Stop(stop));
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        loop {
+            // Drain first, then look: a SIGCHLD after the look keeps the fd readable.
+            if let Some(w) = self.pending(deadline, Instant::now())? {
+                return Ok(w);
+            }
+            if let Some(stop) = wait_nohang()? {
+                return Ok(Wake::Stop(stop));
+            }
+            let timeout = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    // Rounded up, so the deadline has passed when poll returns.
+                    left.as_millis().min(i32::MAX as u128) as i32 + 1
+                }
+            };
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.sigfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.event.fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfds.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+            if r == -1 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// A terminating signal, a wake-up or a passed deadline, if any; SIGCHLDs are
+    /// drained (their stops are read with waitpid).
+    fn pending(&mut self, deadline: Option<Instant>, now: Instant) -> io::Result<Option<Wake>> {
+        let mut signal = None;
+        loop {
+            // SAFETY: signalfd_siginfo is plain data.
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: reads at most `size` bytes into `info`.
+            let n = unsafe {
+                libc::read(
+                    self.sigfd.as_raw_fd(),
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    size,
+                )
+            };
+            if n != size as isize {
+                break;
+            }
+            let signo = info.ssi_signo as i32;
+            if self.terminal && TERMINAL.contains(&signo) {
+                signal = Some(signo);
+            }
+        }
+        if let Some(s) = signal {
+            return Ok(Some(Wake::Signal(s)));
+        }
+        let mut count = 0u64;
+        // SAFETY: reads 8 bytes into a valid local; resets the (non-blocking) eventfd.
+        let n = unsafe {
+            libc::read(
+                self.event.fd.as_raw_fd(),
+                (&mut count as *mut u64).cast(),
+                8,
+            )
+        };
+        if n == 8 {
+            return Ok(Some(Wake::Command));
+        }
+        if deadline.is_some_and(|d| now >= d) {
+            return Ok(Some(Wake::Deadline));
+        }
+        Ok(None)
+    }
+}
+
+/// One `waitpid(-1, WNOHANG | __WALL)`: a stop if one is ready.
+pub fn wait_nohang() -> io::Result<Option<Stop>> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only to `status`, a valid local.
+        let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::WNOHANG) };
+        match tid {
+            0 => return Ok(None),
+            -1 => {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    _ => return Err(e),
+                }
+            }
+            _ => {
+                if let Some(stop) = decode(tid, status) {
+                    return Ok(Some(stop));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! What every trace shares, with or without the live view: how it starts (launch or
+//! attach), the options applied to the tracer, and what it leaves for the report.
+
+use crate::cli::Common;
+use crate::event::{Event, StackTable};
+use crate::heap::Heap;
+use crate::maps::Module;
+use crate::ptrace::Waiter;
+use crate::symbols::Symbolizer;
+use crate::tracer::{End, Scan, ScanStats, Sink, TraceStats, Tracer};
+use std::ffi::CString;
+use std::time::{Duration, Instant};
+
+/// How the trace begins.
+#[derive(Clone, Debug)]
+pub enum Start {
+    /// Run `path` with `argv` under trace.
+    Launch { path: CString, argv: Vec<CString> },
+    /// Join the running process `pid`.
+    Attach { pid: i32 },
+}
+
+impl Start {
+    pub fn is_attach(&self) -> bool {
+        matches!(self, Start::Attach { .. })
+    }
+}
+
+/// Why a trace could not start: one line for the user, and memtrace's exit status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartError {
+    pub message: String,
+    pub code: i32,
+}
+
+/// Starts the tracer: launches or attaches, reporting to `sink`.
+pub fn start_tracer<'s>(
+    start: &Start,
+    sink: &'s mut dyn Sink,
+    waiter: Waiter,
+) -> Result<Tracer<'s>, StartError> {
+    match start {
+        Start::Launch { path, argv } => {
+            Tracer::launch(path, argv, sink, waiter).map_err(|e| StartError {
+                message: format!("{}: {e}", path.to_string_lossy()),
+                code: 1,
+            })
+        }
+        Start::Attach { pid } => {
+            let t = Tracer::attach(*pid, sink, waiter).map_err(|e| {
+                let (message, code) = crate::attachable::attach_failure(*pid, &e);
+                StartError { message, code }
+            })?;
+            eprintln!(
+                "memtrace: attached to {pid} ({} threads); Ctrl-C detaches",
+                t.stats.threads_seen
+            );
+            Ok(t)
+        }
+    }
+}
+
+/// The options every mode shares.
+pub fn configure(t: &mut Tracer<'_>, common: &Common, started: Instant) {
+    t.set_poll(Duration::from_micros(common.poll_us));
+    t.set_depth(common.depth as usize);
+    if let Some(secs) = common.duration {
+        t.set_deadline(started + Duration::from_secs_f64(secs));
+    }
+}
+
+/// What a finished trace leaves for the report.
+pub struct Traced {
+    pub pid: i32,
+    pub end: End,
+    pub heap: Heap,
+    pub stacks: StackTable,
+    pub trace: TraceStats,
+    /// Holds every module seen; None when no object was ever reported.
+    pub sym: Option<Symbolizer>,
+    /// The reachability scan's figures, when one was made.
+    pub scan: Option<ScanStats>,
+    /// Why the scan at the end could not be made, when the tracer knows.
+    pub scan_error: Option<String>,
+    /// `--break-at` specs no allocation ever matched.
+    pub unmatched_breaks: Vec<String>,
+}
+
+/// What the tracer itself leaves at the end (the heap stays with the sink).
+pub struct TracerEnd {
+    pub pid: i32,
+    pub end: End,
+    pub stacks: StackTable,
+    pub stats: TraceStats,
+    pub scan_error: Option<String>,
+    pub unmatched_breaks: Vec<String>,
+}
+
+/// Runs a started tracer to its end and takes what it leaves.
+pub fn run_to_end(mut t: Tracer<'_>) -> Result<TracerEnd, String> {
+    let end = t.run().map_err(|e| e.to_string())?;
+    Ok(TracerEnd {
+        pid: t.pid(),
+        end,
+        stacks: std::mem::take(&mut t.stacks),
+        stats: t.stats,
+        scan_error: t.scan_error().map(String::from),
+        unmatched_breaks: t.armed_breaks(),
+    })
+}
+
+/// The sink of a trace without the live view: the heap, stamped with the time since
+/// the trace began, and the symbolizer kept aware of every loaded object.
+pub struct Collector {
+    pub heap: Heap,
+    /// Made when the first objects are known (files are opened through /proc/PID/root).
+    pub sym: Option<Symbolizer>,
+    pub started: Instant,
+    /// The last reachability scan.
+    pub scan: Option<ScanStats>,
+}
+
+impl Collector {
+    pub fn new(heap: Heap, started: Instant) -> Collector {
+        Collector {
+            heap,
+            sym: None,
+            started,
+            scan: None,
+        }
+    }
+}
+
+impl Sink for Collector {
+    fn event(&mut self, ev: Event) {
+        if ev == Event::Exec {
+            if let Some(sym) = &mut self.sym {
+                sym.reset();
+            }
+            self.scan = None;
+        }
+        self.heap.set_now(self.started.elapsed().as_nanos() as u64);
+        self.heap.apply(&ev);
+    }
+    fn modules(&mut self, pid: i32, modules: &[Module], generation: u32) {
+        self.sym
+            .get_or_insert_with(|| Symbolizer::new(pid))
+            .update_modules(modules, generation);
+    }
+    fn live_blocks(&mut self) -> Vec<(u64, u64)> {
+        self.heap.live_blocks().map(|(p, b)| (p, b.size)).collect()
+    }
+    fn classified(&mut self, scan: &Scan) {
+        self.heap
+            .classify(&scan.blocks, &scan.kinds, &scan.indirect_bytes);
+        self.scan = Some(scan.stats);
+    }
+}

@@ -1,0 +1,105 @@
+//! What another thread (the live view) asks of the tracer while the program runs:
+//! pause and resume it, classify the heap now, detach. Commands come through a
+//! channel and wake the stop loop (`ptrace::Waiter`); a closed channel means detach.
+
+use super::stopall::AllStopped;
+use super::{Command, Tracer};
+use std::sync::mpsc::TryRecvError;
+use std::time::{Duration, Instant};
+
+/// The stop loop's timing beyond the target's own stops.
+#[derive(Debug, Default)]
+pub(super) struct Control {
+    /// The threads held by a pause, until the resume.
+    pub paused: Option<AllStopped>,
+    /// How often the sink gets a tick when nothing stops (the live view's refresh).
+    pub tick: Option<Duration>,
+    pub next_tick: Option<Instant>,
+}
+
+impl Tracer<'_> {
+    /// Wakes the stop loop at least every `every` to call `Sink::tick`, so that a
+    /// live view goes on refreshing while the program neither allocates nor frees.
+    pub fn set_tick(&mut self, every: Duration) {
+        self.control.tick = Some(every);
+        self.control.next_tick = Some(Instant::now() + every);
+    }
+
+    pub(super) fn is_paused(&self) -> bool {
+        self.control.paused.is_some()
+    }
+
+    /// When the loop must wake if nothing stops: the end of `--duration` or the next
+    /// tick, whichever is first.
+    pub(super) fn next_wake(&self) -> Option<Instant> {
+        match (self.deadline, self.control.next_tick) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The wait ended at `next_wake`: true when it is the end of the trace.
+    pub(super) fn on_wake_time(&mut self) -> bool {
+        let now = Instant::now();
+        if self.deadline.is_some_and(|d| now >= d) {
+            return true;
+        }
+        if let Some(every) = self.control.tick {
+            self.control.next_tick = Some(now + every);
+            self.sink.tick(&self.stacks);
+        }
+        false
+    }
+
+    /// Carries out every command waiting; true when one (or a closed channel) asks
+    /// to detach.
+    pub(super) fn on_commands(&mut self) -> bool {
+        loop {
+            let Some(rx) = &self.commands else {
+                return false;
+            };
+            let command = match rx.try_recv() {
+                Ok(c) => c,
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => return true,
+            };
+            match command {
+                Command::Detach => return true,
+                Command::Pause => self.pause(),
+                Command::Resume => self.unpause(),
+                Command::Scan => self.scan_on_demand(),
+            }
+        }
+    }
+
+    fn pause(&mut self) {
+        if self.control.paused.is_none() {
+            self.harvest();
+            self.control.paused = Some(self.stop_all(None));
+            self.sink.paused(true, &self.stacks);
+        }
+    }
+
+    /// Lets the threads a pause held go on (a detach does this first, too).
+    pub(super) fn unpause(&mut self) {
+        if let Some(all) = self.control.paused.take() {
+            self.resume_all(all);
+            self.sink.paused(false, &self.stacks);
+        }
+    }
+
+    fn scan_on_demand(&mut self) {
+        let result = match self.control.paused.take() {
+            // Already stopped: scan them where they are.
+            Some(all) => {
+                let r = self.scan_paused(&all);
+                self.control.paused = Some(all);
+                r
+            }
+            None => self.scan_now(),
+        };
+        if let Err(e) = result {
+            eprintln!("memtrace: the leak check could not be made: {e}");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Stopping every thread of the traced process for good: before a detach.
+//!
+//! Unlike `stopall.rs` (which holds the threads for a moment and hands every other
+//! stop back to the stop loop), nothing is handled after this: each thread gets a
+//! PTRACE_INTERRUPT, then stops are collected, the ones the stop loop had put aside
+//! first, until every thread is in one. A thread may report something else (a
+//! breakpoint it hit, a signal, a clone, its exit): each is settled here as that
+//! thread's stop, so nothing is lost and nothing is resumed.
+
+use super::{Child, End, Thread, TraceError, Tracer};
+use crate::event::Tid;
+use crate::ptrace::{self, PtraceEvent, Stop};
+use memtrace_arch::{Arch, Native};
+use std::collections::{HashMap, HashSet};
+
+/// How one thread is stopped.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Held {
+    /// A signal to deliver when the thread goes on.
+    pub signal: i32,
+    /// At a signal-delivery-stop: only there can PTRACE_DETACH deliver a signal.
+    pub at_signal_stop: bool,
+    /// At PTRACE_EVENT_EXIT: it is exiting and runs no more code of its own.
+    pub exiting: bool,
+    /// In a group-stop (job control).
+    pub group_stop: bool,
+}
+
+pub(super) struct Settled {
+    pub held: HashMap<Tid, Held>,
+    /// The process ended while being stopped.
+    pub end: Option<End>,
+}
+
+impl Tracer<'_> {
+    pub(super) fn stop_all_to_detach(&mut self) -> Result<Settled, TraceError> {
+        let mut held: HashMap<Tid, Held> = HashMap::new();
+        // Fork children already stopped whose fork event has not come: clean them now.
+        for child in std::mem::take(&mut self.early_children) {
+            self.let_child_go(child);
+        }
+        let mut want: HashSet<Tid> = self.threads.keys().copied().collect();
+        want.extend(self.children.keys().copied());
+        for &tid in &want {
+            // ESRCH: it is exiting; its exit comes through waitpid.
+            let _ = ptrace::interrupt(tid);
+        }
+        while !want.is_empty() {
+            let next = match self.deferred.pop_front() {
+                Some(stop) => Ok(stop),
+                None => ptrace::wait_tid(-1),
+            };
+            let stop = match next {
+                Ok(s) => s,
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
+                Err(e) => return Err(TraceError::Wait(e)),
+            };
+            let (tid, h) = match stop {
+                Stop::Exited { tid, code } => {
+                    if tid == self.pid {
+                        return Ok(Settled {
+                            held,
+                            end: Some(End::Exited(code)),
+                        });
+                    }
+                    self.forget(tid, &mut want, &mut held);
+                    continue;
+                }
+                Stop::Killed { tid, signal } => {
+                    if tid == self.pid {
+                        return Ok(Settled {
+                            held,
+                            end: Some(End::Signaled(signal)),
+                        });
+                    }
+                    self.forget(tid, &mut want, &mut held);
+                    continue;
+                }
+                _ if self.children.get(&stop_tid(&stop)) == Some(&Child::ForkPending) => {
+                    let child = stop_tid(&stop);
+                    self.children.remove(&child);
+                    want.remove(&child);
+                    self.let_child_go(child);
+                    continue;
+                }
+                Stop::Signal { tid, signal } => (tid, self.held_at_signal(tid, signal)),
+                Stop::Event { tid, event, signal } => {
+                    let mut h = Held::default();
+                    match event {
+                        PtraceEvent::Stop if trap_pending(tid) => {
+                            // It trapped at a breakpoint and was interrupted before the
+                            // SIGTRAP was dequeued: detached now, it would die of it.
+                            // Let it take the signal (a signal-delivery-stop comes next).
+                            let _ = ptrace::cont(tid, 0);
+                            continue;
+                        }
+                        PtraceEvent::Stop => {
+                            if !self.threads.contains_key(&tid) && !self.children.contains_key(&tid)
+                            {
+                                if super::thread_group_of(tid) != Some(self.pid) {
+                                    // A fork child whose fork event is still queued.
+                                    self.let_child_go(tid);
+                                    continue;
+                                }
+                                self.threads.insert(tid, Thread::default());
+                            }
+                            h.group_stop = matches!(
+                                signal,
+                                libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                            );
+                        }
+                        PtraceEvent::Clone => {
+                            if let Ok(new) = ptrace::event_msg(tid) {
+                                let new = new as Tid;
+                                if !held.contains_key(&new) {
+                                    self.threads.entry(new).or_default();
+                                    want.insert(new);
+                                }
+                            }
+                        }
+                        PtraceEvent::Fork | PtraceEvent::Vfork => {
+                            if let Ok(child) = ptrace::event_msg(tid) {
+                                self.children.insert(child as Tid, Child::ForkPending);
+                                want.insert(child as Tid);
+                            }
+                        }
+                        PtraceEvent::Exec => {
+                            // A new image: nothing of ours is left in it, and its other
+                            // threads are gone.
+                            self.forget_image();
+                            held.retain(|&t, _| t == tid);
+                            want.clear();
+                        }
+                        PtraceEvent::Exit => h.exiting = true,
+                        _ => {}
+                    }
+                    (tid, h)
+                }
+            };
+            want.remove(&tid);
+            held.insert(tid, h);
+        }
+        Ok(Settled { held, end: None })
+    }
+
+    fn forget(&mut self, tid: Tid, want: &mut HashSet<Tid>, held: &mut HashMap<Tid, Held>) {
+        want.remove(&tid);
+        held.remove(&tid);
+        self.gone(tid);
+    }
+
+    /// A signal-delivery-stop while stopping: a trap at one of our breakpoints is
+    /// undone (the call will run natively once the original bytes are back), a return
+    /// into the trampoline is finished; any other signal is delivered at detach.
+    fn held_at_signal(&mut self, tid: Tid, signal: i32) -> Held {
+        let mut h = Held {
+            signal,
+            at_signal_stop: true,
+            ..Held::default()
+        };
+        if signal != libc::SIGTRAP {
+            return h;
+        }
+        let Ok(mut regs) = ptrace::get_regs(tid) else {
+            return h;
+        };
+        let at = Native::pc(&regs).wrapping_sub(Native::TRAP_PC_ADJUST);
+        let ours = if self.scratch.is_trampoline(at) {
+            self.harvest();
+            self.finish_return(tid, &mut regs)
+        } else if self.bps.contains(at) {
+            Native::set_pc(&mut regs, at);
+            true
+        } else {
+            false
+        };
+        if ours {
+            h.signal = 0;
+            let _ = ptrace::set_regs(tid, &regs);
+        }
+        h
+    }
+
+    /// A fork child with a copy of our breakpoints: clean its copy and let it go.
+    fn let_child_go(&mut self, child: Tid) {
+        self.clean_fork_child(self.pid, child);
+        self.stats.forks_cleaned += 1;
+        let _ = ptrace::detach(child, 0);
+    }
+}
+
+/// Whether a SIGTRAP is pending for thread `tid` (SigPnd in `/proc/TID/status`: the
+/// signals sent to this very thread, as a breakpoint's is).
+fn trap_pending(tid: Tid) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return false;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("SigPnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGTRAP - 1)) != 0)
+}
+
+fn stop_tid(s: &Stop) -> Tid {
+    match *s {
+        Stop::Exited { tid, .. }
+        | Stop::Killed { tid, .. }
+        | Stop::Signal { tid, .. }
+        | Stop::Event { tid, .. } => tid,
+    }
+}

@@ -1,0 +1,176 @@
+//! A trace with the live view: the tracer on a thread of its own (it owns the
+//! process: every ptrace call comes from it), the view on this one (it owns the
+//! terminal and the symbolizer). Updates go to the view through one channel;
+//! requests go to the tracer as [`Command`]s, which wake it wherever it waits.
+
+use super::app::{App, Mode, Request};
+use super::debugger::UiFrontend;
+use super::feed::{Feed, SNAPSHOT_EVERY};
+use super::run::{self, UiEvent};
+use super::snapshot::TargetState;
+use crate::cli::Common;
+use crate::debug::{BreakSpec, DebugCommand};
+use crate::event::{Event, StackTable};
+use crate::maps::Module;
+use crate::ptrace::Waiter;
+use crate::report::signal_name;
+use crate::session::{self, Start, StartError, Traced};
+use crate::tracer::{Command, CommandSender, End, Scan, Sink};
+use std::sync::mpsc;
+use std::time::Instant;
+
+impl Sink for Feed {
+    fn event(&mut self, ev: Event) {
+        Feed::event(self, &ev);
+    }
+    fn modules(&mut self, pid: i32, modules: &[Module], generation: u32) {
+        Feed::modules(self, pid, modules, generation);
+    }
+    fn tick(&mut self, stacks: &StackTable) {
+        Feed::tick(self, stacks, false);
+    }
+    fn paused(&mut self, paused: bool, stacks: &StackTable) {
+        let state = if paused {
+            TargetState::Paused
+        } else {
+            TargetState::Running
+        };
+        self.set_state(state, stacks);
+    }
+    fn live_blocks(&mut self) -> Vec<(u64, u64)> {
+        self.heap.live_blocks().map(|(p, b)| (p, b.size)).collect()
+    }
+    fn classified(&mut self, scan: &Scan) {
+        self.heap
+            .classify(&scan.blocks, &scan.kinds, &scan.indirect_bytes);
+        self.scan = Some(scan.stats);
+        self.send_leak_check();
+    }
+}
+
+pub fn end_label(end: End) -> String {
+    match end {
+        End::Exited(code) => format!("exited with status {code}"),
+        End::Signaled(sig) => format!("killed by {}", signal_name(sig)),
+        End::Detached => "detached: the program runs on untraced".into(),
+    }
+}
+
+/// What the tracer thread hands back.
+type Outcome = Result<(Feed, session::TracerEnd), StartError>;
+
+/// Traces with the live view; returns when the user has quit the view after the
+/// trace ended. `breaks` are armed from the start (`--break-at`); more come from the
+/// sites table's `b`.
+pub fn run(
+    start: Start,
+    command: String,
+    common: &Common,
+    breaks: Vec<BreakSpec>,
+    waiter: Waiter,
+    started: Instant,
+) -> Result<Traced, StartError> {
+    let mode = if start.is_attach() {
+        Mode::Attach
+    } else {
+        Mode::Launch
+    };
+    let (ui_tx, ui_rx) = mpsc::channel::<UiEvent>();
+    // The debugger's commands (stopped view) and breakpoints (sites table) go to the
+    // tracer thread on channels of their own.
+    let (debug_tx, debug_rx) = mpsc::channel::<DebugCommand>();
+    let (arm_tx, arm_rx) = mpsc::channel::<BreakSpec>();
+    let (ready_tx, ready_rx) = mpsc::channel::<(i32, CommandSender)>();
+    let (feed_tx, frontend_tx) = (ui_tx.clone(), ui_tx.clone());
+    let common_copy = common.clone();
+    let tracer = std::thread::spawn(move || -> Outcome {
+        let mut feed = Feed::new(feed_tx.clone(), started);
+        // Whatever happens to the trace, the view is told it ended (a panic included),
+        // or it would wait for an end that never comes.
+        let traced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let frontend = UiFrontend {
+                updates: frontend_tx,
+                commands: debug_rx,
+            };
+            let mut t = session::start_tracer(&start, &mut feed, waiter)?;
+            session::configure(&mut t, &common_copy, started);
+            t.set_tick(SNAPSHOT_EVERY);
+            t.set_debugger(breaks, Box::new(frontend), Some(arm_rx));
+            let _ = ready_tx.send((t.pid(), t.command_sender()));
+            session::run_to_end(t).map_err(|message| StartError { message, code: 1 })
+        }));
+        let result = match traced {
+            Ok(r) => r,
+            Err(_) => Err(StartError {
+                message: "the tracer thread panicked".into(),
+                code: 1,
+            }),
+        };
+        let state = match &result {
+            Ok(end) => TargetState::Ended(end_label(end.end)),
+            Err(e) => TargetState::Ended(format!("trace failed: {}", e.message)),
+        };
+        if let Ok(end) = &result {
+            feed.set_state(state.clone(), &end.stacks);
+        }
+        let _ = feed_tx.send(UiEvent::Update(run::Update::Ended(state)));
+        result.map(|end| (feed, end))
+    });
+    let Ok((pid, commands)) = ready_rx.recv() else {
+        // The tracer thread ended before the program was traced: its error says why.
+        return match tracer.join() {
+            Ok(Err(e)) => Err(e),
+            _ => Err(StartError {
+                message: "the tracer stopped before the program was traced".into(),
+                code: 1,
+            }),
+        };
+    };
+    let app = App::new(pid, command, mode);
+    let sym = {
+        // Dropped before the join below: a tracer waiting for a debugger command then
+        // sees the channel closed, and continues; a tracer still tracing sees its
+        // command sender gone, and detaches.
+        let mut requests = |r: Request| match r {
+            Request::Debug(c) => {
+                let _ = debug_tx.send(c);
+            }
+            Request::Break(spec) => {
+                let _ = arm_tx.send(spec);
+            }
+            Request::Pause => commands.send(Command::Pause),
+            Request::Resume => commands.send(Command::Resume),
+            Request::Scan => commands.send(Command::Scan),
+            Request::Detach => commands.send(Command::Detach),
+            // Signals need no ptrace: any thread may send them. The tracer sees what
+            // becomes of the program as for any other signal.
+            Request::Kill => {
+                let _ = crate::ptrace::kill(pid, libc::SIGKILL);
+            }
+            Request::Interrupt => {
+                let _ = crate::ptrace::kill(pid, libc::SIGINT);
+            }
+            Request::Quit => {}
+        };
+        run::run(app, ui_rx, ui_tx, &mut requests, None)
+    }
+    .map_err(|e| StartError {
+        message: format!("terminal: {e}"),
+        code: 1,
+    })?;
+    let (feed, end) = tracer.join().map_err(|_| StartError {
+        message: "the tracer thread panicked".into(),
+        code: 1,
+    })??;
+    Ok(Traced {
+        pid: end.pid,
+        end: end.end,
+        heap: feed.heap,
+        stacks: end.stacks,
+        trace: end.stats,
+        sym,
+        scan: feed.scan,
+        scan_error: end.scan_error,
+        unmatched_breaks: end.unmatched_breaks,
+    })
+}
