@@ -95,7 +95,16 @@ impl Guardian {
                 // priority runs it the moment the pipe closes (where permitted: root).
                 let param = libc::sched_param { sched_priority: 1 };
                 libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
-                guard(&*shared, fds[0], target, mem_fd);
+                // Opened now, while memtrace traces the process: one system call less
+                // in the race.
+                let path = format!("/proc/{target}/mem\0");
+                let own = libc::open(path.as_ptr().cast(), libc::O_RDWR);
+                guard(
+                    &*shared,
+                    fds[0],
+                    target,
+                    if own >= 0 { own } else { mem_fd },
+                );
                 libc::_exit(0);
             }
         }
@@ -188,11 +197,9 @@ fn guard(s: &Shared, pipe: i32, target: i32, mem_fd: i32) {
         return;
     }
 
-    // The memory file memtrace opened stops working if the process has executed a new
-    // image since; a fresh one is opened where permissions allow.
-    let path = format!("/proc/{target}/mem\0");
-    // SAFETY: a NUL-terminated path.
-    let fresh = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDWR) };
+    // A memory file opened before stops working if the process has executed a new
+    // image since: then a fresh one is opened, where permissions allow.
+    let mut fresh = -1;
     let n = s.count.load(Ordering::Acquire) as usize;
     let (mut restored, mut wanted) = (0, 0);
     for e in &s.entries[..n.min(SLOTS)] {
@@ -206,7 +213,16 @@ fn guard(s: &Shared, pipe: i32, target: i32, mem_fd: i32) {
             // SAFETY: writes `len` bytes of the entry to the target's memory file.
             unsafe { libc::pwrite(fd, e.bytes.as_ptr().cast(), len, addr as i64) }
         };
-        if (fresh >= 0 && write(fresh) == len as isize) || write(mem_fd) == len as isize {
+        if write(mem_fd) == len as isize {
+            restored += 1;
+            continue;
+        }
+        if fresh < 0 {
+            let path = format!("/proc/{target}/mem\0");
+            // SAFETY: a NUL-terminated path.
+            fresh = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDWR) };
+        }
+        if fresh >= 0 && write(fresh) == len as isize {
             restored += 1;
         }
     }

@@ -148,14 +148,11 @@ impl Waiter {
             }
             std::hint::spin_loop();
         }
+        // The loop above ended with a waitpid that found nothing. A SIGCHLD sent since
+        // keeps the signalfd readable (until drained), so poll returns at once and the
+        // next waitpid sees that stop: no wake-up is lost. A stop that wakes us costs
+        // poll, one read of the signalfd and one waitpid.
         loop {
-            // Drain first, then look: a SIGCHLD after the look keeps the fd readable.
-            if let Some(w) = self.pending(deadline, Instant::now())? {
-                return Ok(w);
-            }
-            if let Some(stop) = wait_nohang()? {
-                return Ok(Wake::Stop(stop));
-            }
             let timeout = match deadline {
                 None => -1,
                 Some(d) => {
@@ -184,38 +181,69 @@ impl Waiter {
                     return Err(e);
                 }
             }
+            // Drained before waitpid looks: the stop of any SIGCHLD drained is ready.
+            if fds[0].revents != 0 {
+                if let Some(s) = self.drain_signals() {
+                    return Ok(Wake::Signal(s));
+                }
+            }
+            if fds[1].revents != 0 && self.read_event() {
+                return Ok(Wake::Command);
+            }
+            if let Some(stop) = wait_nohang()? {
+                return Ok(Wake::Stop(stop));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(Wake::Deadline);
+            }
         }
     }
 
     /// A terminating signal, a wake-up or a passed deadline, if any; SIGCHLDs are
     /// drained (their stops are read with waitpid).
     fn pending(&mut self, deadline: Option<Instant>, now: Instant) -> io::Result<Option<Wake>> {
+        if let Some(s) = self.drain_signals() {
+            return Ok(Some(Wake::Signal(s)));
+        }
+        if self.read_event() {
+            return Ok(Some(Wake::Command));
+        }
+        if deadline.is_some_and(|d| now >= d) {
+            return Ok(Some(Wake::Deadline));
+        }
+        Ok(None)
+    }
+
+    /// Empties the signalfd; the last terminating signal in it, if any.
+    fn drain_signals(&mut self) -> Option<i32> {
         let mut signal = None;
         loop {
             // SAFETY: signalfd_siginfo is plain data.
-            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-            let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            // SAFETY: reads at most `size` bytes into `info`.
-            let n = unsafe {
-                libc::read(
-                    self.sigfd.as_raw_fd(),
-                    (&mut info as *mut libc::signalfd_siginfo).cast(),
-                    size,
-                )
-            };
-            if n != size as isize {
+            let mut infos: [libc::signalfd_siginfo; 8] = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of_val(&infos);
+            // SAFETY: reads at most `size` bytes into `infos`, whole records only.
+            let n = unsafe { libc::read(self.sigfd.as_raw_fd(), infos.as_mut_ptr().cast(), size) };
+            if n <= 0 {
                 break;
             }
-            let signo = info.ssi_signo as i32;
-            if self.terminal && TERMINAL.contains(&signo) {
-                signal = Some(signo);
+            let count = n as usize / std::mem::size_of::<libc::signalfd_siginfo>();
+            for info in &infos[..count] {
+                let signo = info.ssi_signo as i32;
+                if self.terminal && TERMINAL.contains(&signo) {
+                    signal = Some(signo);
+                }
+            }
+            if n as usize != size {
+                break;
             }
         }
-        if let Some(s) = signal {
-            return Ok(Some(Wake::Signal(s)));
-        }
+        signal
+    }
+
+    /// Whether the wake handle was used since the last look (resets the eventfd).
+    fn read_event(&mut self) -> bool {
         let mut count = 0u64;
-        // SAFETY: reads 8 bytes into a valid local; resets the (non-blocking) eventfd.
+        // SAFETY: reads 8 bytes into a valid local from the non-blocking eventfd.
         let n = unsafe {
             libc::read(
                 self.event.fd.as_raw_fd(),
@@ -223,13 +251,7 @@ impl Waiter {
                 8,
             )
         };
-        if n == 8 {
-            return Ok(Some(Wake::Command));
-        }
-        if deadline.is_some_and(|d| now >= d) {
-            return Ok(Some(Wake::Deadline));
-        }
-        Ok(None)
+        n == 8
     }
 }
 

@@ -96,7 +96,11 @@ fn render_summary(out: &mut Lines, r: &Report) {
     out.line("HEAP SUMMARY:");
     out.line(&format!(
         "{:>18}: {} bytes in {} blocks",
-        "in use at exit",
+        if r.end.how == "detached" {
+            "in use at detach"
+        } else {
+            "in use at exit"
+        },
         thousands(t.live_bytes),
         thousands(t.live_blocks)
     ));

@@ -313,8 +313,9 @@ impl<'s> Tracer<'s> {
         self.deadline = Some(deadline);
     }
 
-    /// A sender of commands to this tracer (for a UI thread). Dropping every sender
-    /// detaches.
+    /// A sender of commands to this tracer (for a UI thread). Dropping it detaches.
+    /// The UI thread must be created after the [`Waiter`] (which blocks SIGCHLD in the
+    /// threads created after it), as must every other thread of memtrace.
     pub fn command_sender(&mut self) -> CommandSender {
         let (tx, rx) = std::sync::mpsc::channel();
         self.commands = Some(rx);
