@@ -199,7 +199,13 @@ pub fn heuristics_o2() -> Case {
 }
 /// 16 MiB of 4 KiB list nodes: one list held by a global, one whose head is lost.
 pub fn bigheap() -> Case {
-    Case::new("bigheap", DEBUG)
+    // memtrace's kinds are checked against the markers all the same.
+    Case::new("bigheap", DEBUG).kinds_differ(
+        "under the test harness valgrind finds, in some runs and not others, an interior \
+         pointer into the middle of the lost list (1,672 of its 2,047 nodes then come out \
+         possibly lost); run from a shell it never does, and memtrace's native scan never \
+         does",
+    )
 }
 pub fn signals_handled() -> Case {
     Case::new("signals_handled", DEBUG)
@@ -402,11 +408,14 @@ pub fn check_fixture(case: &Case) {
         "{}: valgrind's LEAK SUMMARY does not add up to its live blocks",
         target.display()
     );
-    if let Err(problems) = check_sites(
-        &valgrind_sites(&valgrind),
-        &case.markers(),
-        &case.source_names(),
-    ) {
+    let mut sites = valgrind_sites(&valgrind);
+    if case.kinds_differ.is_some() {
+        // valgrind's kinds are not the oracle here: its sites only, of any kind.
+        for site in &mut sites {
+            site.kind = "unclassified".into();
+        }
+    }
+    if let Err(problems) = check_sites(&sites, &case.markers(), &case.source_names()) {
         panic!(
             "{}: the markers disagree with valgrind:\n{problems}\n\nvalgrind log:\n{}",
             target.display(),
