@@ -160,6 +160,26 @@ fn live_view_shows_the_growing_site_and_quits_cleanly() {
     });
     tmux.keys("Escape");
 
+    // p holds the program: the count stops; p again lets it go on.
+    tmux.keys("p");
+    let paused = tmux.wait_for("the paused state", Duration::from_secs(10), |s| {
+        s.contains("· paused ·")
+    });
+    let held = blocks_of(&paused, &site).unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let still = tmux.screen();
+    assert_eq!(blocks_of(&still, &site), Some(held), "paused:\n{still}");
+    tmux.keys("p");
+    tmux.wait_for("the count to grow again", Duration::from_secs(30), |s| {
+        s.contains("· running ·") && blocks_of(s, &site).is_some_and(|n| n > held)
+    });
+
+    // l classifies the heap now: the leaking site's blocks are definitely lost.
+    tmux.keys("l");
+    tmux.wait_for("the leak check", Duration::from_secs(30), |s| {
+        s.contains("definitely lost") && !s.contains("definitely lost 0 B")
+    });
+
     // q asks; k kills the program, and then memtrace ends with its report.
     tmux.keys("q");
     tmux.wait_for("the quit question", Duration::from_secs(10), |s| {
@@ -303,4 +323,78 @@ fn b_on_a_site_stops_at_its_next_allocation() {
     tmux.keys("q");
     tmux.keys("k");
     tmux.wait_gone(Duration::from_secs(60));
+}
+
+/// q then d in launch mode: memtrace detaches, reports, and waits for the program,
+/// which finishes untraced.
+#[test]
+fn launch_q_d_lets_the_program_run_on() {
+    let program = build_fixture("tui_leak", DEBUG);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let command = format!(
+        "{} launch --json {} -- {} 250",
+        shell_quote(memtrace_binary()),
+        shell_quote(&json),
+        shell_quote(&program)
+    );
+    let tmux = Tmux::start("detach", &command, 120, 36);
+    tmux.wait_for("the first site", Duration::from_secs(30), |s| {
+        s.contains("leak_slowly")
+    });
+    tmux.keys("q");
+    tmux.wait_for("the quit question", Duration::from_secs(10), |s| {
+        s.contains("d let it run on untraced")
+    });
+    tmux.keys("d");
+    tmux.wait_gone(Duration::from_secs(60));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("JSON");
+    assert_eq!(report["end"]["how"], "detached", "{report:#}");
+    // Scanned before the detach, and fewer blocks than the program's 250 rounds.
+    assert_eq!(report["scan"]["when"], "on_demand", "{report:#}");
+    let live = report["totals"]["live_blocks"]
+        .as_u64()
+        .expect("live blocks");
+    assert!(live > 0 && live < 250, "{report:#}");
+}
+
+/// The live view on an attached process: q detaches, and the process runs on to
+/// its normal end.
+#[test]
+fn attach_q_detaches() {
+    let program = build_fixture("tui_leak", DEBUG);
+    let mut child = std::process::Command::new(&program)
+        .arg("300")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the fixture");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let command = format!(
+        "{} attach --json {} {}",
+        shell_quote(memtrace_binary()),
+        shell_quote(&json),
+        child.id()
+    );
+    let tmux = Tmux::start("attach", &command, 120, 36);
+    tmux.wait_for("the site", Duration::from_secs(30), |s| {
+        s.contains("leak_slowly") && s.contains("· running ·")
+    });
+    tmux.keys("q");
+    tmux.wait_gone(Duration::from_secs(60));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("JSON");
+    assert_eq!(report["end"]["how"], "detached", "{report:#}");
+    assert_eq!(report["target"]["mode"], "attach", "{report:#}");
+    // The process goes on untraced to its own end.
+    let until = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the fixture") {
+            break status;
+        }
+        assert!(Instant::now() < until, "the fixture did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
 }

@@ -68,8 +68,10 @@ fn draw_header(f: &mut Frame, app: &App, area: Rect) {
     let block = Block::bordered().title(title);
     let inner = block.inner(area);
     f.render_widget(block, area);
+    // The chart sits beside the first two lines; the leak check takes the third whole.
+    let [top, check] = Layout::vertical([Constraint::Length(2), Constraint::Min(1)]).areas(inner);
     let [text, chart] =
-        Layout::horizontal([Constraint::Min(20), Constraint::Percentage(30)]).areas(inner);
+        Layout::horizontal([Constraint::Min(20), Constraint::Percentage(30)]).areas(top);
     let t = &app.totals;
     let errors = Span::styled(
         format!("errors {}", count(app.errors)),
@@ -100,9 +102,9 @@ fn draw_header(f: &mut Frame, app: &App, area: Rect) {
             )),
             errors,
         ]),
-        leak_check_line(app),
     ];
     f.render_widget(Paragraph::new(lines), text);
+    f.render_widget(Paragraph::new(leak_check_line(app)), check);
     let data: Vec<u64> = app.history.iter().copied().collect();
     f.render_widget(
         Sparkline::default()
