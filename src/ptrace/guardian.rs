@@ -79,7 +79,11 @@ impl Guardian {
             unsafe { libc::munmap(p, size) };
             return Err(e);
         }
-        // SAFETY: memtrace is single-threaded here, so the child may run ordinary code.
+        // Made before the fork: with the live view memtrace has other threads, and a
+        // lock one of them held at the fork stays held in the child. (glibc's malloc
+        // resets its own locks in a forked child, so the child's one message is safe.)
+        let path = format!("/proc/{target}/mem\0");
+        // SAFETY: the child below works on data prepared here, with system calls.
         let pid = unsafe { libc::fork() };
         if pid == -1 {
             return Err(io::Error::last_os_error());
@@ -97,12 +101,12 @@ impl Guardian {
                 libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
                 // Opened now, while memtrace traces the process: one system call less
                 // in the race.
-                let path = format!("/proc/{target}/mem\0");
                 let own = libc::open(path.as_ptr().cast(), libc::O_RDWR);
                 guard(
                     &*shared,
                     fds[0],
                     target,
+                    &path,
                     if own >= 0 { own } else { mem_fd },
                 );
                 libc::_exit(0);
@@ -184,7 +188,7 @@ impl Drop for Guardian {
 }
 
 /// The guardian's whole life: wait for memtrace to go, restore if it did not detach.
-fn guard(s: &Shared, pipe: i32, target: i32, mem_fd: i32) {
+fn guard(s: &Shared, pipe: i32, target: i32, path: &str, mem_fd: i32) {
     let mut b = 0u8;
     loop {
         // SAFETY: reads one byte into a valid local.
@@ -218,7 +222,6 @@ fn guard(s: &Shared, pipe: i32, target: i32, mem_fd: i32) {
             continue;
         }
         if fresh < 0 {
-            let path = format!("/proc/{target}/mem\0");
             // SAFETY: a NUL-terminated path.
             fresh = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDWR) };
         }
