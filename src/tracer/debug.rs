@@ -189,7 +189,9 @@ impl<'s> Tracer<'s> {
         };
         // The live view shows the sites as of this stop.
         self.sink.tick(&self.stacks);
-        let (parked, held) = self.halt_others(tid);
+        // Every other thread holds still while this one is examined.
+        let others = self.stop_all(Some(tid));
+        let held = others.regs.len().saturating_sub(1) + others.missed;
         let mut regs = *regs;
         Native::set_pc(&mut regs, at);
         let _ = crate::ptrace::set_regs(tid, &regs);
@@ -243,7 +245,7 @@ impl<'s> Tracer<'s> {
         }
         frontend.resumed();
         self.debug = Some(session);
-        self.resume_halted(&parked);
+        self.resume_all(others);
         true
     }
 }

@@ -5,15 +5,19 @@
 //! hooked call's entry and return are in `calls.rs`; the process image (loader
 //! rendezvous, which objects get hooks, planting) in `image.rs`; scratch pages and
 //! breakpoints in `scratch.rs`; return stubs in `stubs.rs`; injected system calls in
-//! `inject.rs`; stopping every thread at once in `stopall.rs`; the reachability scan
-//! (when, and which memory is a root) in `scan.rs`.
+//! `inject.rs`; stopping every thread for a moment in `stopall.rs` (a scan, a pause,
+//! a debugger stop) and for good in `settle.rs` (a detach); the reachability scan
+//! (when, and which memory is a root) in `scan.rs`; joining a running process in
+//! `attach.rs` (calls caught in flight there: `inflight.rs`) and leaving it in
+//! `detach.rs`; the commands another thread sends (pause, scan, detach) and the
+//! loop's ticks in `control.rs`; site breakpoints and the debugger's hold on a
+//! stopped thread in `debug.rs` and `step.rs`.
 
 mod attach;
 mod calls;
 mod control;
 pub mod debug;
 mod detach;
-mod halt;
 mod image;
 mod inflight;
 mod inject;
