@@ -39,6 +39,18 @@ pub enum Stop {
     },
 }
 
+impl Stop {
+    /// The thread the stop is about.
+    pub fn tid(&self) -> Tid {
+        match *self {
+            Stop::Exited { tid, .. }
+            | Stop::Killed { tid, .. }
+            | Stop::Signal { tid, .. }
+            | Stop::Event { tid, .. } => tid,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PtraceEvent {
     Clone,

@@ -164,7 +164,7 @@ impl<'s> Tracer<'s> {
                     self.held_signals.insert(tid, signal);
                 }
             }
-            let tid = stop_tid(&stop);
+            let tid = stop.tid();
             // A thread cloned by a seized one may stop before its clone event.
             known.insert(tid);
             waiting.remove(&tid);
@@ -197,15 +197,6 @@ impl<'s> Tracer<'s> {
 struct Held {
     group_stopped: HashSet<Tid>,
     exiting: HashSet<Tid>,
-}
-
-fn stop_tid(s: &Stop) -> Tid {
-    match *s {
-        Stop::Exited { tid, .. }
-        | Stop::Killed { tid, .. }
-        | Stop::Signal { tid, .. }
-        | Stop::Event { tid, .. } => tid,
-    }
 }
 
 /// Seizes and interrupts every thread of `pid`, reading the thread list until it is

@@ -399,7 +399,7 @@ impl<'s> Tracer<'s> {
     }
 
     fn handle(&mut self, stop: Stop) -> Result<Option<End>, TraceError> {
-        if let Some(t) = self.threads.get_mut(&stop_tid(&stop)) {
+        if let Some(t) = self.threads.get_mut(&stop.tid()) {
             t.listening = false;
         }
         match stop {
@@ -643,16 +643,6 @@ impl Tracer<'_> {
             BpKind::ExitCall => self.on_exit_call(tid, Native::sp(regs)),
             BpKind::Exit => self.scan_at_exit(tid),
         }
-    }
-}
-
-/// The thread a stop is about.
-fn stop_tid(stop: &Stop) -> Tid {
-    match *stop {
-        Stop::Exited { tid, .. }
-        | Stop::Killed { tid, .. }
-        | Stop::Signal { tid, .. }
-        | Stop::Event { tid, .. } => tid,
     }
 }
 

@@ -76,8 +76,8 @@ impl Tracer<'_> {
                     self.forget(tid, &mut want, &mut held);
                     continue;
                 }
-                _ if self.children.get(&stop_tid(&stop)) == Some(&Child::ForkPending) => {
-                    let child = stop_tid(&stop);
+                _ if self.children.get(&stop.tid()) == Some(&Child::ForkPending) => {
+                    let child = stop.tid();
                     self.children.remove(&child);
                     want.remove(&child);
                     self.let_child_go(child);
@@ -199,13 +199,4 @@ fn trap_pending(tid: Tid) -> bool {
         .find_map(|l| l.strip_prefix("SigPnd:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .is_some_and(|mask| mask & (1 << (libc::SIGTRAP - 1)) != 0)
-}
-
-fn stop_tid(s: &Stop) -> Tid {
-    match *s {
-        Stop::Exited { tid, .. }
-        | Stop::Killed { tid, .. }
-        | Stop::Signal { tid, .. }
-        | Stop::Event { tid, .. } => tid,
-    }
 }

@@ -12,7 +12,7 @@
 //! afterwards. Its interrupt stop then comes later and just resumes it. Stops of
 //! threads not waited for (a new thread's first stop, a fork child) are deferred too.
 
-use super::{stop_tid, Tracer};
+use super::Tracer;
 use crate::event::Tid;
 use crate::ptrace::{self, PtraceEvent, Stop};
 use memtrace_arch::Regs;
@@ -68,7 +68,7 @@ impl Tracer<'_> {
                 Ok(Some(stop)) => stop,
                 Ok(None) | Err(_) => break,
             };
-            let tid = stop_tid(&stop);
+            let tid = stop.tid();
             match stop {
                 Stop::Event {
                     event: PtraceEvent::Stop,
