@@ -240,6 +240,11 @@ impl Heap {
         self.sites.iter().map(|(&s, &c)| (s, c))
     }
 
+    /// Every live block as `(start, size)`, by address: what a reachability scan needs.
+    pub fn live_spans(&self) -> Vec<(u64, u64)> {
+        self.live.iter().map(|(&p, b)| (p, b.size)).collect()
+    }
+
     pub fn live_blocks(&self) -> impl Iterator<Item = (u64, &Block)> {
         self.live.iter().map(|(&p, b)| (p, b))
     }

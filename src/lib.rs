@@ -54,7 +54,16 @@
 //! code, every byte and return address restored, its pages unmapped. The stop loop
 //! waits through a signalfd and an eventfd ([`ptrace::Waiter`]) so that all of these
 //! can end it; a guardian process ([`ptrace::Guardian`]) restores the code if
-//! memtrace is killed while attached.
+//! memtrace is killed while attached. Before it detaches (and at the end of a
+//! launch's `--duration`) the tracer makes the same scan as at `_exit`, so such a
+//! report has leak kinds too. Launch and attach start through [`session::Start`].
+//!
+//! With the live view ([`tui`]) the tracer runs on a thread of its own and its sink,
+//! [`tui::feed::Feed`], keeps the heap and sends the view a snapshot of the per-site
+//! counts a few times a second (from [`tracer::Sink::tick`], after a stop or on the
+//! loop's own timer). The view's thread owns the terminal and the symbolizer, so
+//! symbols never hold up the trace; its keys come back as [`tracer::Command`]s
+//! (pause, scan, detach) that wake the stop loop, or as debugger commands.
 pub mod attachable;
 pub mod cli;
 pub mod debug;

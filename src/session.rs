@@ -148,7 +148,7 @@ impl Sink for Collector {
             .update_modules(modules, generation);
     }
     fn live_blocks(&mut self) -> Vec<(u64, u64)> {
-        self.heap.live_blocks().map(|(p, b)| (p, b.size)).collect()
+        self.heap.live_spans()
     }
     fn classified(&mut self, scan: &Scan) {
         self.heap

@@ -7,6 +7,7 @@ use super::snapshot::{Snapshotter, TargetState};
 use crate::event::{Event, StackTable};
 use crate::heap::Heap;
 use crate::maps::Module;
+use crate::tracer::{Scan, Sink};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
@@ -110,6 +111,35 @@ impl Feed {
     fn send(&self, u: Update) {
         // A UI that has gone (the user quit) just stops listening.
         let _ = self.tx.send(UiEvent::Update(u));
+    }
+}
+
+impl Sink for Feed {
+    fn event(&mut self, ev: Event) {
+        Feed::event(self, &ev);
+    }
+    fn modules(&mut self, pid: i32, modules: &[Module], generation: u32) {
+        Feed::modules(self, pid, modules, generation);
+    }
+    fn tick(&mut self, stacks: &StackTable) {
+        Feed::tick(self, stacks, false);
+    }
+    fn paused(&mut self, paused: bool, stacks: &StackTable) {
+        let state = if paused {
+            TargetState::Paused
+        } else {
+            TargetState::Running
+        };
+        self.set_state(state, stacks);
+    }
+    fn live_blocks(&mut self) -> Vec<(u64, u64)> {
+        self.heap.live_spans()
+    }
+    fn classified(&mut self, scan: &Scan) {
+        self.heap
+            .classify(&scan.blocks, &scan.kinds, &scan.indirect_bytes);
+        self.scan = Some(scan.stats);
+        self.send_leak_check();
     }
 }
 

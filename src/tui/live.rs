@@ -10,43 +10,12 @@ use super::run::{self, UiEvent};
 use super::snapshot::TargetState;
 use crate::cli::Common;
 use crate::debug::{BreakSpec, DebugCommand};
-use crate::event::{Event, StackTable};
-use crate::maps::Module;
 use crate::ptrace::Waiter;
 use crate::report::signal_name;
 use crate::session::{self, Start, StartError, Traced};
-use crate::tracer::{Command, CommandSender, End, Scan, Sink};
+use crate::tracer::{Command, CommandSender, End};
 use std::sync::mpsc;
 use std::time::Instant;
-
-impl Sink for Feed {
-    fn event(&mut self, ev: Event) {
-        Feed::event(self, &ev);
-    }
-    fn modules(&mut self, pid: i32, modules: &[Module], generation: u32) {
-        Feed::modules(self, pid, modules, generation);
-    }
-    fn tick(&mut self, stacks: &StackTable) {
-        Feed::tick(self, stacks, false);
-    }
-    fn paused(&mut self, paused: bool, stacks: &StackTable) {
-        let state = if paused {
-            TargetState::Paused
-        } else {
-            TargetState::Running
-        };
-        self.set_state(state, stacks);
-    }
-    fn live_blocks(&mut self) -> Vec<(u64, u64)> {
-        self.heap.live_blocks().map(|(p, b)| (p, b.size)).collect()
-    }
-    fn classified(&mut self, scan: &Scan) {
-        self.heap
-            .classify(&scan.blocks, &scan.kinds, &scan.indirect_bytes);
-        self.scan = Some(scan.stats);
-        self.send_leak_check();
-    }
-}
 
 pub fn end_label(end: End) -> String {
     match end {
