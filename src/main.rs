@@ -204,7 +204,7 @@ fn trace_plain(
         let mut t = session::start_tracer(&start, &mut collector, waiter)?;
         session::configure(&mut t, common, started);
         if let Some((specs, batch)) = debugger {
-            t.set_debugger(specs, Box::new(batch), None);
+            t.set_debugger(specs, Box::new(batch));
         }
         session::run_to_end(t).map_err(|message| StartError { message, code: 1 })?
     };

@@ -1,5 +1,5 @@
 //! What another thread (the live view) asks of the tracer while the program runs:
-//! pause and resume it, classify the heap now, detach. Commands come through a
+//! pause and resume it, classify the heap now, arm a site breakpoint, detach. Commands come through a
 //! channel and wake the stop loop (`ptrace::Waiter`); a closed channel means detach.
 
 use super::stopall::AllStopped;
@@ -68,6 +68,7 @@ impl Tracer<'_> {
                 Command::Pause => self.pause(),
                 Command::Resume => self.unpause(),
                 Command::Scan => self.scan_on_demand(),
+                Command::Break(spec) => self.arm_break(spec),
             }
         }
     }

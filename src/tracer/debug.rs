@@ -20,14 +20,11 @@ use crate::hooks::HookFn;
 use crate::maps;
 use crate::symbols::Symbolizer;
 use memtrace_arch::{Arch, Native, Regs};
-use std::sync::mpsc::Receiver;
 
 /// What the tracer keeps for the debugger.
 pub struct Session<'s> {
     armed: Vec<Armed>,
     frontend: Box<dyn Frontend + 's>,
-    /// Breakpoints armed while the program runs (the TUI's `b`).
-    arm: Option<Receiver<BreakSpec>>,
     /// The module list the armed ranges were computed for (see `modules_key`).
     ranges_for: Option<(usize, u32, u64)>,
     hit: Option<Hit>,
@@ -42,22 +39,24 @@ struct Hit {
 }
 
 impl<'s> Tracer<'s> {
-    /// Arms site breakpoints; `frontend` drives the program when one hits. `arm`
-    /// brings more while the program runs.
-    pub fn set_debugger(
-        &mut self,
-        breaks: Vec<BreakSpec>,
-        frontend: Box<dyn Frontend + 's>,
-        arm: Option<Receiver<BreakSpec>>,
-    ) {
+    /// Arms site breakpoints; `frontend` drives the program when one hits. More come
+    /// while the program runs as [`super::Command::Break`].
+    pub fn set_debugger(&mut self, breaks: Vec<BreakSpec>, frontend: Box<dyn Frontend + 's>) {
         self.debug = Some(Box::new(Session {
             armed: breaks.into_iter().map(Armed::new).collect(),
             frontend,
-            arm,
             ranges_for: None,
             hit: None,
             lines: None,
         }));
+    }
+
+    /// Arms one more site breakpoint (the live view's `b`), for the next allocation.
+    pub(super) fn arm_break(&mut self, spec: BreakSpec) {
+        if let Some(s) = self.debug.as_mut() {
+            s.armed.push(Armed::new(spec));
+            s.ranges_for = None;
+        }
     }
 
     /// The breakpoints that are still armed (never hit), as the user wrote them.
@@ -80,12 +79,6 @@ impl<'s> Tracer<'s> {
         ret: u64,
     ) {
         let Some(s) = self.debug.as_mut() else { return };
-        if let Some(rx) = &s.arm {
-            while let Ok(spec) = rx.try_recv() {
-                s.armed.push(Armed::new(spec));
-                s.ranges_for = None;
-            }
-        }
         if s.armed.is_empty() || func.requested_size(args).is_none() {
             return;
         }

@@ -76,7 +76,7 @@ pub enum End {
 
 /// What another thread (the future TUI) may ask of the tracer. Sent with a
 /// [`CommandSender`]; a sender that is dropped means detach.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Let go of the program: it runs on as if never traced.
     Detach,
@@ -85,6 +85,8 @@ pub enum Command {
     Resume,
     /// Classify the live blocks now (a reachability scan).
     Scan,
+    /// Stop at the next allocation from there (the live view's `b`).
+    Break(crate::debug::BreakSpec),
 }
 
 /// Sends [`Command`]s to the tracer thread and wakes it. Dropping it detaches.

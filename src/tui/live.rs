@@ -45,10 +45,9 @@ pub fn run(
         Mode::Launch
     };
     let (ui_tx, ui_rx) = mpsc::channel::<UiEvent>();
-    // The debugger's commands (stopped view) and breakpoints (sites table) go to the
-    // tracer thread on channels of their own.
+    // The debugger's commands (for the stopped view) go to the tracer thread on a
+    // channel of their own: it reads them while the program is stopped.
     let (debug_tx, debug_rx) = mpsc::channel::<DebugCommand>();
-    let (arm_tx, arm_rx) = mpsc::channel::<BreakSpec>();
     let (ready_tx, ready_rx) = mpsc::channel::<(i32, CommandSender)>();
     let (feed_tx, frontend_tx) = (ui_tx.clone(), ui_tx.clone());
     let common_copy = common.clone();
@@ -64,7 +63,7 @@ pub fn run(
             let mut t = session::start_tracer(&start, &mut feed, waiter)?;
             session::configure(&mut t, &common_copy, started);
             t.set_tick(SNAPSHOT_EVERY);
-            t.set_debugger(breaks, Box::new(frontend), Some(arm_rx));
+            t.set_debugger(breaks, Box::new(frontend));
             let _ = ready_tx.send((t.pid(), t.command_sender()));
             session::run_to_end(t).map_err(|message| StartError { message, code: 1 })
         }));
@@ -104,9 +103,7 @@ pub fn run(
             Request::Debug(c) => {
                 let _ = debug_tx.send(c);
             }
-            Request::Break(spec) => {
-                let _ = arm_tx.send(spec);
-            }
+            Request::Break(spec) => commands.send(Command::Break(spec)),
             Request::Pause => commands.send(Command::Pause),
             Request::Resume => commands.send(Command::Resume),
             Request::Scan => commands.send(Command::Scan),
