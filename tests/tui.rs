@@ -127,11 +127,7 @@ fn blocks_of(screen: &str, site: &str) -> Option<u64> {
 #[test]
 fn live_view_shows_the_growing_site_and_quits_cleanly() {
     let program = build_fixture("tui_leak", DEBUG);
-    let marker = markers(&common::fixtures_dir().join("tui_leak.c"))
-        .into_iter()
-        .next()
-        .expect("tui_leak.c has a LEAK marker");
-    let site = format!("leak_slowly {}:{}", marker.file, marker.line);
+    let (marker, site) = leak_site();
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("report.json");
     let command = format!(
@@ -187,10 +183,7 @@ fn live_view_shows_the_growing_site_and_quits_cleanly() {
     });
     tmux.keys("k");
     tmux.wait_gone(Duration::from_secs(30));
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&json).expect("the report was written after the view closed"),
-    )
-    .expect("JSON report");
+    let report = read_report(&json);
     assert_eq!(report["end"]["signal"], "SIGKILL", "{report:#}");
     let leaks = report["leaks"].as_array().expect("leaks");
     assert!(
@@ -226,11 +219,7 @@ fn tiny_terminal_and_the_end_of_the_program() {
     let end = tmux.wait_for("the end", Duration::from_secs(30), |s| {
         s.contains("exited with status 0")
     });
-    let marker = markers(&common::fixtures_dir().join("tui_leak.c"))
-        .into_iter()
-        .next()
-        .expect("tui_leak.c has a LEAK marker");
-    let site = format!("leak_slowly {}:{}", marker.file, marker.line);
+    let (_, site) = leak_site();
     assert_eq!(
         blocks_of(&end, &site),
         Some(150),
@@ -240,9 +229,25 @@ fn tiny_terminal_and_the_end_of_the_program() {
     assert!(tmux.alive(), "the view stays until q");
     tmux.keys("q");
     tmux.wait_gone(Duration::from_secs(30));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("JSON");
+    let report = read_report(&json);
     assert_eq!(report["end"]["code"], 0, "{report:#}");
+}
+
+/// The leaking site of `tui_leak.c` (its `LEAK:` marker) and its row label.
+fn leak_site() -> (common::Marker, String) {
+    let marker = markers(&common::fixtures_dir().join("tui_leak.c"))
+        .into_iter()
+        .next()
+        .expect("tui_leak.c has a LEAK marker");
+    let site = format!("leak_slowly {}:{}", marker.file, marker.line);
+    (marker, site)
+}
+
+/// The JSON report memtrace wrote once its view closed.
+fn read_report(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("no report at {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("the report is JSON")
 }
 
 fn shell_quote(p: &Path) -> String {
@@ -281,9 +286,7 @@ fn break_at_opens_the_stopped_view_and_steps() {
     });
     tmux.keys("q");
     tmux.wait_gone(Duration::from_secs(60));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("the report"))
-            .expect("JSON report");
+    let report = read_report(&json);
     assert_eq!(report["end"]["code"], 3, "{report:#}");
 }
 
@@ -291,11 +294,7 @@ fn break_at_opens_the_stopped_view_and_steps() {
 #[test]
 fn b_on_a_site_stops_at_its_next_allocation() {
     let program = build_fixture("tui_leak", DEBUG);
-    let marker = markers(&common::fixtures_dir().join("tui_leak.c"))
-        .into_iter()
-        .next()
-        .expect("tui_leak.c has a LEAK marker");
-    let site = format!("leak_slowly {}:{}", marker.file, marker.line);
+    let (marker, site) = leak_site();
     let command = format!(
         "{} launch -- {} 100000",
         shell_quote(memtrace_binary()),
@@ -348,8 +347,7 @@ fn launch_q_d_lets_the_program_run_on() {
     });
     tmux.keys("d");
     tmux.wait_gone(Duration::from_secs(60));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("JSON");
+    let report = read_report(&json);
     assert_eq!(report["end"]["how"], "detached", "{report:#}");
     // Scanned before the detach, and fewer blocks than the program's 250 rounds.
     assert_eq!(report["scan"]["when"], "on_demand", "{report:#}");
@@ -383,8 +381,7 @@ fn attach_q_detaches() {
     });
     tmux.keys("q");
     tmux.wait_gone(Duration::from_secs(60));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("JSON");
+    let report = read_report(&json);
     assert_eq!(report["end"]["how"], "detached", "{report:#}");
     assert_eq!(report["target"]["mode"], "attach", "{report:#}");
     // The process goes on untraced to its own end.
