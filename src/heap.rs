@@ -150,6 +150,9 @@ pub struct Ages {
     pub old_bytes: u64,
     /// Bytes of the blocks allocated at or after `recent_from_ns`.
     pub recent_bytes: u64,
+    /// The address of the oldest block (allocated first), and its place in the trace.
+    pub oldest: u64,
+    pub oldest_seq: u64,
 }
 
 /// What [`Heap::leak_groups`] tells about the age of each group's blocks.
@@ -514,7 +517,7 @@ impl Heap {
     /// their ages.
     pub fn leak_groups(&self, q: AgeQuery) -> Vec<LeakGroup> {
         let mut groups: HashMap<(StackId, Option<Kind>), LeakGroup> = HashMap::new();
-        for b in self.live.values() {
+        for (&ptr, b) in &self.live {
             let g = groups.entry((b.stack, b.leak)).or_insert(LeakGroup {
                 stack: b.stack,
                 kind: b.leak,
@@ -530,6 +533,9 @@ impl Heap {
             g.bytes += b.size;
             g.indirect_bytes += b.indirect_bytes;
             let a = &mut g.ages;
+            if b.seq < a.oldest_seq || a.oldest == 0 {
+                (a.oldest_seq, a.oldest) = (b.seq, ptr);
+            }
             a.first_ns = a.first_ns.min(b.at_ns);
             a.last_ns = a.last_ns.max(b.at_ns);
             if q.end_ns.saturating_sub(b.at_ns) >= q.min_age_ns {

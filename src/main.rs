@@ -211,6 +211,7 @@ fn trace_plain(
     Ok(Traced {
         pid: end.pid,
         end: end.end,
+        ended_at: end.ended_at,
         heap: collector.heap,
         stacks: end.stacks,
         trace: end.stats,
@@ -229,7 +230,7 @@ fn finish(
     started: Instant,
 ) -> Result<report::Report, i32> {
     for spec in &traced.unmatched_breaks {
-        eprintln!("memtrace: --break-at {spec}: no allocation was made from there");
+        eprintln!("memtrace: breakpoint {spec} never hit: no allocation was made from there");
     }
     let report_end = match traced.end {
         tracer::End::Exited(code) => End::exited(code),
@@ -237,7 +238,7 @@ fn finish(
         tracer::End::Detached => End::detached(),
     };
     let timing = Timing {
-        duration_ns: started.elapsed().as_nanos() as u64,
+        duration_ns: traced.ended_at.duration_since(started).as_nanos() as u64,
         min_age_ns: common.min_age.map(|s| (s * 1e9) as u64),
     };
     let pid = traced.pid;

@@ -73,6 +73,8 @@ pub fn configure(t: &mut Tracer<'_>, common: &Common, started: Instant) {
 pub struct Traced {
     pub pid: i32,
     pub end: End,
+    /// When the trace ended (see [`TracerEnd::ended_at`]).
+    pub ended_at: Instant,
     pub heap: Heap,
     pub stacks: StackTable,
     pub trace: TraceStats,
@@ -90,6 +92,10 @@ pub struct Traced {
 pub struct TracerEnd {
     pub pid: i32,
     pub end: End,
+    /// When the trace ended (the program's end, or the detach), for the ages and
+    /// growth of the report: not when the report is written, which with the live
+    /// view may be much later.
+    pub ended_at: Instant,
     pub stacks: StackTable,
     pub stats: TraceStats,
     pub scan_error: Option<String>,
@@ -102,6 +108,7 @@ pub fn run_to_end(mut t: Tracer<'_>) -> Result<TracerEnd, String> {
     Ok(TracerEnd {
         pid: t.pid(),
         end,
+        ended_at: Instant::now(),
         stacks: std::mem::take(&mut t.stacks),
         stats: t.stats,
         scan_error: t.scan_error().map(String::from),

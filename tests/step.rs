@@ -165,15 +165,19 @@ fn finish_returns_the_block_pointer() {
         block.contains(&format!("malloc(48) returned {printed:#x}")),
         "{block}"
     );
-    // The allocation is still recorded: its leak is in the report, at the BREAK line.
-    let leaks = report::leaks(&s.json);
+    // The allocation is still recorded: its leak is in the report, at the BREAK line,
+    // and its block is the one `finish` returned.
     let brk = line("BREAK", "make") as u64;
-    assert!(
-        leaks
-            .iter()
-            .any(|l| l.bytes == 48 && l.stack.first().and_then(|f| f.line) == Some(brk)),
-        "{leaks:#?}"
-    );
+    let leak = s.json["leaks"]
+        .as_array()
+        .and_then(|leaks| {
+            leaks
+                .iter()
+                .find(|l| l["bytes"] == 48 && l["blocks"] == 1 && l["stack"][0]["line"] == brk)
+        })
+        .unwrap_or_else(|| panic!("no 48-byte leak at line {brk}: {:#}", s.json));
+    let reported = leak["oldest_block"].as_str().map(hex);
+    assert_eq!(reported, Some(returned), "{leak:#}");
 }
 
 #[test]
@@ -254,6 +258,15 @@ fn continue_leaves_the_programs_output_and_status_alone() {
     );
     assert_eq!(s.out.stdout, native.stdout);
     assert_eq!(s.out.exit, native.exit, "stderr:\n{}", s.out.stderr);
+    // `finish` from main ran over malloc, free and printf: each call still recorded,
+    // as in a run without the debugger.
+    let plain = Session::run_on("step", None, &[]);
+    assert_eq!(
+        report::totals(&s.json),
+        report::totals(&plain.json),
+        "stderr:\n{}",
+        s.out.stderr
+    );
 }
 
 #[test]
@@ -358,7 +371,7 @@ fn break_at_alone_prints_the_stop_and_its_stack_and_goes_on() {
     let out = run("step.c:1");
     assert!(
         out.stderr
-            .contains("--break-at step.c:1: no allocation was made from there"),
+            .contains("breakpoint step.c:1 never hit: no allocation was made from there"),
         "{}",
         out.stderr
     );

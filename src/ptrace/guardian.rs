@@ -51,8 +51,9 @@ pub struct Guardian {
 }
 
 impl Guardian {
-    /// Forks the guardian of `target`, whose memory is open as `mem_fd`. memtrace must
-    /// still be single-threaded.
+    /// Forks the guardian of `target`, whose memory is open as `mem_fd`. memtrace may
+    /// have other threads (the live view's): the child works only on what is made
+    /// before the fork.
     pub fn start(target: i32, mem_fd: i32) -> io::Result<Guardian> {
         let size = std::mem::size_of::<Shared>();
         // SAFETY: a fresh anonymous shared mapping, zero-filled (an all-zero Shared is

@@ -258,6 +258,13 @@ pub fn cpus_allowed() -> usize {
     }
 }
 
+/// The calling thread's id: what `/proc/TID/status` shows as `TracerPid` of the
+/// threads it traces (the tracer is a thread, not a process).
+pub fn gettid() -> Tid {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
 /// Sends `signal` to one thread of `pid`.
 pub fn tgkill(pid: i32, tid: Tid, signal: i32) -> io::Result<()> {
     // SAFETY: plain system call with integer arguments.

@@ -118,6 +118,9 @@ pub struct Leak {
     #[serde(skip_serializing_if = "is_zero")]
     pub indirect_bytes: u64,
     pub stack: Vec<JsonFrame>,
+    /// Extension: the address of the oldest of these blocks (hex), to find it in the
+    /// program (a debugger's `finish` at this site prints the same pointer).
+    pub oldest_block: String,
     /// Extension: when the oldest and the youngest of these blocks were allocated,
     /// in milliseconds since the trace began.
     pub first_alloc_ms: u64,
@@ -156,6 +159,7 @@ fn leak(g: &heap::LeakGroup, timing: Timing, stack: Vec<JsonFrame>) -> Leak {
         bytes: g.bytes,
         indirect_bytes: g.indirect_bytes,
         stack,
+        oldest_block: format!("{:#x}", a.oldest),
         first_alloc_ms: a.first_ns / 1_000_000,
         last_alloc_ms: a.last_ns / 1_000_000,
         growth_bytes_per_sec: per_sec(g.bytes, timing.duration_ns),
@@ -436,6 +440,7 @@ pub(crate) fn sample() -> Report {
                     main.clone(),
                     libc_start,
                 ],
+                oldest_block: "0x5581a2b4c2a0".into(),
                 first_alloc_ms: 10,
                 last_alloc_ms: 10,
                 growth_bytes_per_sec: 500,
@@ -448,6 +453,7 @@ pub(crate) fn sample() -> Report {
                 bytes: 130,
                 indirect_bytes: 0,
                 stack: vec![unknown_in_object, frame("0x1234", None, None, None, None)],
+                oldest_block: "0x5581a2b4c300".into(),
                 first_alloc_ms: 100,
                 last_alloc_ms: 1900,
                 growth_bytes_per_sec: 65,

@@ -61,7 +61,7 @@ impl<'s> Tracer<'s> {
         let seized = seize_all(pid)?;
         let mem = Memory::open(pid).map_err(|e| TraceError::Setup(e.to_string()))?;
         let mut t = Tracer::new(pid, sink, mem, waiter, Mode::Attach);
-        // Before anything is planted, while memtrace is single-threaded.
+        // Before anything is planted: nothing to restore yet.
         match ptrace::Guardian::start(pid, t.mem.raw_fd()) {
             Ok(g) => t.guardian = Some(g),
             Err(e) => eprintln!(
@@ -93,7 +93,7 @@ impl<'s> Tracer<'s> {
         };
         if let Err(e) = t.setup_hooks(inject) {
             // Whatever was planted is taken out again: the process must not be harmed.
-            let _ = t.detach();
+            let _ = t.detach_without_scan();
             return Err(e.into());
         }
         t.note_calls_in_flight();
@@ -202,7 +202,9 @@ struct Held {
 /// Seizes and interrupts every thread of `pid`, reading the thread list until it is
 /// stable. Returns the threads seized.
 fn seize_all(pid: i32) -> Result<HashSet<Tid>, AttachError> {
-    let me = std::process::id() as i32;
+    // TracerPid names the tracing thread: with the live view that is not memtrace's
+    // main thread.
+    let me = ptrace::gettid();
     let mut seized = HashSet::new();
     loop {
         let list = tasks(pid).map_err(|err| AttachError::Seize { tid: pid, err })?;

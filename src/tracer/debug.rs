@@ -17,7 +17,6 @@ use crate::debug::{Block, BreakSpec, Debugger, Frontend, Outcome};
 use crate::elf::ObjectInfo;
 use crate::event::{StackId, Tid};
 use crate::hooks::HookFn;
-use crate::maps;
 use crate::symbols::Symbolizer;
 use memtrace_arch::{Arch, Native, Regs};
 
@@ -122,7 +121,6 @@ impl<'s> Tracer<'s> {
 
     /// Computes the code ranges of the armed source-line and function breakpoints.
     fn resolve_breaks(&mut self) {
-        let pid = self.pid;
         let modules = self.image.modules().to_vec();
         let mut objects: Vec<(u64, Option<ObjectInfo>)> = Vec::new();
         let specs: Vec<BreakSpec> = match &self.debug {
@@ -143,9 +141,10 @@ impl<'s> Tracer<'s> {
                         objects = modules
                             .iter()
                             .map(|m| {
-                                let data = std::fs::read(maps::target_path(pid, &m.path)).ok();
-                                let info = data.and_then(|d| ObjectInfo::parse(&d));
-                                let bias = info.as_ref().map_or(0, |i| m.base - i.first_vaddr);
+                                let info = self.object_info(m);
+                                let bias = info
+                                    .as_ref()
+                                    .map_or(0, |i| m.base.wrapping_sub(i.first_vaddr));
                                 (bias, info)
                             })
                             .collect();

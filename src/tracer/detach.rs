@@ -30,6 +30,11 @@ impl Tracer<'_> {
         if let Err(e) = self.scan_now() {
             self.scan_failed(e);
         }
+        self.detach_without_scan()
+    }
+
+    /// The detach itself (also when an attach fails half-way: nothing to report).
+    pub(super) fn detach_without_scan(&mut self) -> Result<End, TraceError> {
         let mut all = self.stop_all_to_detach()?;
         if let Some(end) = all.end {
             if let Some(g) = &self.guardian {

@@ -110,7 +110,7 @@ impl Tracer<'_> {
         }
     }
 
-    fn object_info(&self, m: &Module) -> Option<ObjectInfo> {
+    pub(super) fn object_info(&self, m: &Module) -> Option<ObjectInfo> {
         let data = std::fs::read(maps::target_path(self.pid, &m.path)).ok()?;
         ObjectInfo::parse(&data)
     }

@@ -223,6 +223,8 @@ pub struct Tracer<'s> {
     control: control::Control,
     /// Stops that came while every thread was being stopped, to handle next.
     deferred: VecDeque<Stop>,
+    /// Threads held stopped by `stop_all` until its `resume_all`.
+    holding: HashSet<Tid>,
     scan: ScanState,
     /// Site breakpoints and the front end that drives a stop at one (`debug.rs`).
     debug: Option<Box<debug::Session<'s>>>,
@@ -305,6 +307,7 @@ impl<'s> Tracer<'s> {
             guardian: None,
             control: control::Control::default(),
             deferred: VecDeque::new(),
+            holding: HashSet::new(),
             scan: ScanState::default(),
             debug: None,
         }
@@ -441,6 +444,7 @@ impl<'s> Tracer<'s> {
         self.children.remove(&tid);
         self.early_children.remove(&tid);
         self.held_signals.remove(&tid);
+        self.holding.remove(&tid);
     }
 
     /// Resumes a thread, delivering a signal held back during an injection.
@@ -599,6 +603,7 @@ impl<'s> Tracer<'s> {
             },
         );
         self.held_signals.clear();
+        self.holding.clear();
         self.scan = ScanState::default();
         self.scratch = Scratch::default();
         self.stubs = Stubs::default();

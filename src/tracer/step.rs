@@ -87,6 +87,8 @@ impl Live<'_, '_> {
                 }
                 // The program's own signal: held, delivered when it runs on.
                 Stop::Signal { signal, .. } => {
+                    // One held signal per thread: a second one (rare) takes its place,
+                    // as a standard signal already pending would be merged.
                     self.t.held_signals.insert(tid, signal);
                 }
                 Stop::Event {
@@ -99,10 +101,15 @@ impl Live<'_, '_> {
                         self.t.threads.entry(new as Tid).or_default();
                     }
                 }
+                // As the stop loop does: harvest, and the end-of-process scan if
+                // this exit ends the process.
                 Stop::Event {
                     event: PtraceEvent::Exit,
                     ..
-                } => self.t.harvest(),
+                } => {
+                    self.t.harvest();
+                    self.t.on_thread_exit(tid);
+                }
                 Stop::Event {
                     event: PtraceEvent::Stop,
                     ..

@@ -48,6 +48,7 @@ impl Tracer<'_> {
         timeout: Duration,
     ) -> AllStopped {
         let mut waiting: HashSet<Tid> = HashSet::new();
+        let mut stopped: Vec<Tid> = already.into_iter().collect();
         let mut listening = 0;
         for (&tid, thread) in &self.threads {
             // A thread in a job-control stop stays there: interrupting it would end
@@ -56,12 +57,21 @@ impl Tracer<'_> {
                 listening += 1;
                 continue;
             }
-            if Some(tid) != already && ptrace::interrupt(tid).is_ok() {
+            if Some(tid) == already {
+                continue;
+            }
+            // Held already by an outer stop (a pause, a debugger stop, and now the scan
+            // at exit): stopped, and the outer one will resume it. Interrupting it
+            // again would get no answer until then.
+            if self.holding.contains(&tid) {
+                stopped.push(tid);
+                continue;
+            }
+            if ptrace::interrupt(tid).is_ok() {
                 waiting.insert(tid);
             }
         }
         let mut all = AllStopped::default();
-        let mut stopped: Vec<Tid> = already.into_iter().collect();
         let deadline = Instant::now() + timeout;
         while !waiting.is_empty() {
             let stop = match ptrace::wait_any_until(deadline) {
@@ -93,6 +103,7 @@ impl Tracer<'_> {
             }
         }
         all.missed = waiting.len() + listening;
+        self.holding.extend(all.interrupted.iter().copied());
         all.regs = stopped
             .into_iter()
             .filter_map(|tid| ptrace::get_regs(tid).ok().map(|r| (tid, r)))
@@ -104,6 +115,7 @@ impl Tracer<'_> {
     /// deferred stay stopped until the stop loop handles it.
     pub(super) fn resume_all(&mut self, all: AllStopped) {
         for tid in all.interrupted {
+            self.holding.remove(&tid);
             self.resume(tid);
         }
     }

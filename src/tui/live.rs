@@ -131,6 +131,7 @@ pub fn run(
     Ok(Traced {
         pid: end.pid,
         end: end.end,
+        ended_at: end.ended_at,
         heap: feed.heap,
         stacks: end.stacks,
         trace: end.stats,
