@@ -272,10 +272,17 @@ fn break_at_opens_the_stopped_view_and_steps() {
         shell_quote(&program)
     );
     let tmux = Tmux::start("break", &command, 140, 40);
-    let stop = tmux.wait_for("the stopped view", Duration::from_secs(60), |s| {
-        s.contains("stopped in the debugger") && s.contains(&format!("=>{brk:>4} "))
-    });
-    assert!(stop.contains("41 54"), "malloc's own first bytes:\n{stop}");
+    // The view is drawn pane by pane: wait for the whole of it, malloc's own first
+    // bytes in the disassembly included (not memtrace's int3).
+    tmux.wait_for(
+        "the stopped view with malloc's own first bytes",
+        Duration::from_secs(60),
+        |s| {
+            s.contains("stopped in the debugger")
+                && s.contains(&format!("=>{brk:>4} "))
+                && s.contains("41 54")
+        },
+    );
     tmux.keys("n");
     tmux.wait_for("the next line", Duration::from_secs(60), |s| {
         s.contains(&format!("=>{next:>4} "))
