@@ -272,7 +272,7 @@ fn break_at_opens_the_stopped_view_and_steps() {
         shell_quote(&program)
     );
     let tmux = Tmux::start("break", &command, 140, 40);
-    // The view is drawn pane by pane: wait for the whole of it, malloc's own first
+    // A capture can catch the screen mid-redraw: wait for the whole view, malloc's own first
     // bytes in the disassembly included (not memtrace's int3).
     tmux.wait_for(
         "the stopped view with malloc's own first bytes",
