@@ -392,6 +392,8 @@ fn killed_memtrace_leaves_a_working_process() {
             .contains(") S ")
         {
             assert!(std::time::Instant::now() < until, "the process never slept");
+            // Not a busy loop: it would take a CPU from the process and its guardian.
+            std::thread::sleep(Duration::from_millis(1));
         }
         // For the failure message: what the process was doing (its system call).
         let before_kill =
@@ -490,5 +492,58 @@ fn a_thread_inside_operator_new_at_attach() {
         assert!(errors.is_empty(), "errors: {errors:#?}");
         assert_eq!(r["trace"]["in_flight_at_attach"], 1, "{}", r["trace"]);
         assert_eq!(bg.finish().exit, Exit::Code(0));
+    }
+}
+
+/// A launched program does not outlive memtrace killed with SIGKILL: PTRACE_O_EXITKILL
+/// kills it with its tracer, rather than let it run on with breakpoints planted
+/// (its next malloc would trap with nobody to catch it). The program is `sleep`,
+/// which allocates nothing while it sleeps: without EXITKILL it would sleep on.
+#[test]
+fn a_launched_program_dies_with_a_killed_memtrace() {
+    use std::process::{Command, Stdio};
+    let exe = std::fs::canonicalize("/bin/sleep").expect("sleep (coreutils)");
+    let mut memtrace = Command::new(common::process::memtrace_binary())
+        .args(["launch", "--no-tui", "--"])
+        .arg(&exe)
+        .arg("30")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run memtrace: {e}"));
+    let me = memtrace.id();
+    // The program, once it runs: memtrace's child, executing the fixture.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let child = loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap_or_default();
+        let running = children.split_whitespace().find_map(|c| {
+            let exe_now = std::fs::read_link(format!("/proc/{c}/exe")).ok()?;
+            (exe_now == exe).then(|| c.to_string())
+        });
+        if let Some(c) = running {
+            break c;
+        }
+        if std::time::Instant::now() > until {
+            let _ = memtrace.kill();
+            panic!("the launched program never ran");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = memtrace.kill();
+    let _ = memtrace.wait();
+    // Gone, or a zombie waiting for init to reap it: not running on.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z ") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the launched program outlived memtrace: {stat}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
