@@ -333,26 +333,51 @@ struct Layout<'a> {
 
 impl Layout<'_> {
     fn root_regions(&self, maps: &[Mapping]) -> Vec<(u64, u64)> {
-        maps.iter()
-            .filter(|m| self.is_root(m))
-            .map(|m| (self.scan_from(m), m.end))
-            .filter(|(start, end)| start < end)
-            .collect()
+        let mut out = Vec::new();
+        for m in maps.iter().filter(|m| self.is_root(m)) {
+            let mut at = self.scan_from(m);
+            if m.inode == 0 {
+                // glibc's mmap'd chunks (large blocks) are not roots: their free space
+                // holds nothing of the program's. Only their pages are left out: the
+                // kernel merges neighbouring anonymous mappings, so the program's
+                // own mmap'd memory may share the mapping.
+                for (s, e) in self.chunk_spans(m) {
+                    if s > at {
+                        out.push((at, s));
+                    }
+                    at = at.max(e);
+                }
+            }
+            if at < m.end {
+                out.push((at, m.end));
+            }
+        }
+        out
+    }
+
+    /// The pages of the live blocks inside an anonymous mapping, in address order: a
+    /// block there is an mmap'd chunk (its 16-byte header at the start of a page).
+    fn chunk_spans(&self, m: &Mapping) -> impl Iterator<Item = (u64, u64)> + '_ {
+        const PAGE: u64 = 4096;
+        let (start, end) = (m.start, m.end);
+        let i = self.blocks.partition_point(|&(s, _)| s < start);
+        self.blocks[i..]
+            .iter()
+            .take_while(move |&&(s, _)| s < end)
+            .map(move |&(s, size)| {
+                let from = s.saturating_sub(16) & !(PAGE - 1);
+                let to = s.saturating_add(size).next_multiple_of(PAGE);
+                (from.max(start), to.min(end))
+            })
     }
 
     fn is_root(&self, m: &Mapping) -> bool {
         let overlaps = |&(s, e): &(u64, u64)| s < m.end && m.start < e;
-        let anonymous = m.inode == 0;
-        let holds_block = || {
-            let i = self.blocks.partition_point(|&(s, _)| s < m.start);
-            self.blocks.get(i).is_some_and(|&(s, _)| s < m.end)
-        };
         m.read
             && m.write
             && m.path != "[heap]"
             && !self.devices.contains(&m.start)
             && !self.own.iter().any(overlaps)
-            && !(anonymous && holds_block())
             && !self.arena_heaps.contains(&m.start)
     }
 
@@ -408,6 +433,9 @@ mod tests {
             layout.root_regions(&maps),
             vec![
                 (0x555555558000, 0x555555559000),
+                // The mmap'd chunk's pages are left out, not the rest of its mapping
+                // (the kernel merged it with the program's own mmap'd memory).
+                (0x7f1000081000, 0x7f1000100000),
                 (0x7f2000700008 - RED_ZONE, 0x7f2000800000),
                 (0x7fffffffe000 - RED_ZONE, 0x7ffffffff000),
             ]

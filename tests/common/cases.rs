@@ -182,6 +182,9 @@ pub fn reach_o2() -> Case {
 pub fn sleeper() -> Case {
     Case::new("sleeper", DEBUG)
 }
+pub fn mmap_root() -> Case {
+    Case::new("mmap_root", DEBUG)
+}
 pub fn sleeper_o2() -> Case {
     Case::new("sleeper", OPTIMIZED)
 }
