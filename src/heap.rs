@@ -244,8 +244,27 @@ impl Heap {
     }
 
     /// Every live block as `(start, size)`, by address: what a reachability scan needs.
+    /// A block whose realloc is in flight is still the program's until the call
+    /// returns (it may well still point to others): it counts.
     pub fn live_spans(&self) -> Vec<(u64, u64)> {
-        self.live.iter().map(|(&p, b)| (p, b.size)).collect()
+        let mut v: Vec<(u64, u64)> = self.live.iter().map(|(&p, b)| (p, b.size)).collect();
+        v.extend(
+            self.in_realloc
+                .values()
+                .filter_map(|(old, b, _)| b.map(|b| (*old, b.size))),
+        );
+        v.sort_unstable();
+        v
+    }
+
+    /// The trace ended with reallocs still in flight (the process died, or was
+    /// detached, inside one): their old blocks were never released, so they are live.
+    pub fn end_of_trace(&mut self) {
+        for (_, (old, block, _)) in std::mem::take(&mut self.in_realloc) {
+            if let Some(b) = block {
+                self.restore(old, b);
+            }
+        }
     }
 
     pub fn live_blocks(&self) -> impl Iterator<Item = (u64, &Block)> {
@@ -504,8 +523,17 @@ impl Heap {
     /// size) has `kinds[i]`, and `indirect[i]` bytes lost through it. A block freed, or
     /// freed and handed out again, since the scan's list was taken keeps no kind.
     pub fn classify(&mut self, blocks: &[(u64, u64)], kinds: &[Kind], indirect: &[u64]) {
+        let mut in_flight: HashMap<u64, &mut Block> = self
+            .in_realloc
+            .values_mut()
+            .filter_map(|(old, b, _)| Some((*old, b.as_mut()?)))
+            .collect();
         for (i, (&(start, size), &kind)) in blocks.iter().zip(kinds).enumerate() {
-            if let Some(b) = self.live.get_mut(&start).filter(|b| b.size == size) {
+            let block = match self.live.get_mut(&start) {
+                Some(b) => Some(b),
+                None => in_flight.remove(&start),
+            };
+            if let Some(b) = block.filter(|b| b.size == size) {
                 b.leak = Some(kind);
                 b.indirect_bytes = indirect.get(i).copied().unwrap_or(0);
             }
@@ -908,6 +936,25 @@ mod tests {
                 (Some(Kind::Reachable), 1)
             ]
         );
+    }
+
+    #[test]
+    fn a_realloc_in_flight_at_the_end_keeps_its_block() {
+        let mut h = Heap::new();
+        h.apply(&alloc(0x100, 10));
+        h.apply(&Event::ReallocStart {
+            tid: 1,
+            old: 0x100,
+            stack: S,
+            internal: false,
+        });
+        // A scan now sees the block, and classifies it.
+        assert_eq!(h.live_spans(), vec![(0x100, 10)]);
+        h.classify(&[(0x100, 10)], &[Kind::Reachable], &[0]);
+        // The process ends inside the call: the block is still live, with its kind.
+        h.end_of_trace();
+        assert_eq!((h.totals().live_blocks, h.totals().live_bytes), (1, 10));
+        assert_eq!(h.get(0x100).and_then(|b| b.leak), Some(Kind::Reachable));
     }
 
     #[test]

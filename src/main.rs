@@ -242,15 +242,10 @@ fn finish(
         min_age_ns: common.min_age.map(|s| (s * 1e9) as u64),
     };
     let pid = traced.pid;
+    let mut heap = traced.heap;
+    heap.end_of_trace();
     let mut sym = traced.sym.unwrap_or_else(|| Symbolizer::new(pid));
-    let mut report = report::build(
-        target,
-        report_end,
-        &traced.heap,
-        &traced.stacks,
-        &mut sym,
-        timing,
-    );
+    let mut report = report::build(target, report_end, &heap, &traced.stacks, &mut sym, timing);
     report.trace = Some(traced.trace);
     report.scan = traced.scan;
     if report.scan.is_none() && !report.leaks.is_empty() {
