@@ -203,10 +203,8 @@ pub fn check(pid: i32) -> Result<(), Refusal> {
             tracer_name,
         });
     }
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    let has_libc = crate::maps::modules(&crate::maps::parse_maps(&maps))
-        .iter()
-        .any(|m| m.file_name().starts_with("libc.so") || m.file_name().starts_with("libc-2."));
+    let maps = crate::maps::read(pid).unwrap_or_default();
+    let has_libc = crate::maps::modules(&maps).iter().any(|m| m.is_libc());
     if !has_libc {
         if let Ok(exe) = std::fs::read(format!("/proc/{pid}/exe")) {
             if let Some(why) = no_allocator(&exe) {

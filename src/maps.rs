@@ -22,6 +22,13 @@ impl Mapping {
     }
 }
 
+/// The mappings of process `pid`, from `/proc/PID/maps`.
+pub fn read(pid: i32) -> std::io::Result<Vec<Mapping>> {
+    Ok(parse_maps(&std::fs::read_to_string(format!(
+        "/proc/{pid}/maps"
+    ))?))
+}
+
 /// Parses the text of `/proc/PID/maps`. Lines that do not parse are skipped: the
 /// format is the kernel's, but a truncated read must not end the trace.
 pub fn parse_maps(text: &str) -> Vec<Mapping> {
@@ -70,6 +77,12 @@ pub struct Module {
 impl Module {
     pub fn contains(&self, addr: u64) -> bool {
         self.start <= addr && addr < self.end
+    }
+
+    /// glibc's C library (whose allocator memtrace hooks).
+    pub fn is_libc(&self) -> bool {
+        let name = self.file_name();
+        name.starts_with("libc.so") || name.starts_with("libc-2.")
     }
 
     pub fn file_name(&self) -> &str {

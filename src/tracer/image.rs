@@ -91,7 +91,7 @@ fn role_of(m: &Module, image: &Image) -> Option<Role> {
     let name = m.file_name();
     if image.is_static && m.contains(image.entry) {
         Some(Role::StaticExe)
-    } else if name.starts_with("libc.so") || name.starts_with("libc-2.") {
+    } else if m.is_libc() {
         Some(Role::Libc)
     } else if name.starts_with("libstdc++.so") {
         Some(Role::Cxx)
@@ -104,10 +104,9 @@ fn role_of(m: &Module, image: &Image) -> Option<Role> {
 
 impl Tracer<'_> {
     fn read_modules(&self) -> Vec<Module> {
-        match std::fs::read_to_string(format!("/proc/{}/maps", self.pid)) {
-            Ok(text) => maps::modules(&maps::parse_maps(&text)),
-            Err(_) => Vec::new(),
-        }
+        maps::read(self.pid)
+            .map(|m| maps::modules(&m))
+            .unwrap_or_default()
     }
 
     pub(super) fn object_info(&self, m: &Module) -> Option<ObjectInfo> {

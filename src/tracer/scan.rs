@@ -210,9 +210,7 @@ impl Tracer<'_> {
         // Calls that returned since the last stop: their blocks must be live for the scan.
         self.harvest();
         let started = std::time::Instant::now();
-        let text =
-            std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).map_err(ScanError::Maps)?;
-        let maps = maps::parse_maps(&text);
+        let maps = maps::read(self.pid).map_err(ScanError::Maps)?;
         let mut blocks = self.sink.live_blocks();
         blocks.sort_unstable();
         let starts: Vec<u64> = all
