@@ -275,7 +275,7 @@ fn a_stop_in_one_thread_holds_them_all_and_they_all_run_on() {
     let s = Session::run_on(
         "step_threads",
         Some(&spec),
-        &["info thread", "next", "continue"],
+        &["info thread", "next", "next", "next", "continue"],
     );
     let info = s.section(Some("info thread"), 0);
     let others: usize = info
@@ -290,6 +290,13 @@ fn a_stop_in_one_thread_holds_them_all_and_they_all_run_on() {
     assert!(
         at.ends_with(&format!("step_threads.c:{}", threads_line("NEXT"))),
         "{at}"
+    );
+    // The stepped thread read the others' progress on two lines, one `next` apart:
+    // they did not move meanwhile.
+    assert!(
+        s.out.stderr.contains("step_threads: others progressed 0\n"),
+        "stderr:\n{}",
+        s.out.stderr
     );
     // Nothing was lost while the threads were held: the totals and the output are
     // those of a run without the debugger.
