@@ -140,11 +140,15 @@ fn terminal_signals_detach() {
         bg.wait_threads(3);
         let pid = bg.pid();
         let run = common::attach::run_attach_command(|json| {
-            // The signal comes from a shell that started memtrace, after a while.
+            // The signal comes from a shell that started memtrace, once memtrace has
+            // seized the process (a signal during the rest of the attach waits for
+            // it to end: memtrace blocks them before it seizes).
             let mut c = std::process::Command::new("sh");
             c.arg("-c")
                 .arg(format!(
-                    "\"$0\" attach --no-tui --json \"$1\" {pid} & m=$!; sleep 0.8; kill -{signal} $m; wait $m"
+                    "\"$0\" attach --no-tui --json \"$1\" {pid} & m=$!; \
+                     until grep -q 'TracerPid:[[:space:]]*[1-9]' /proc/{pid}/status; do sleep 0.02; done; \
+                     sleep 0.1; kill -{signal} $m; wait $m"
                 ))
                 .arg(common::process::memtrace_binary())
                 .arg(json);
