@@ -9,7 +9,10 @@
 //! only the [`Native`] alias depends on `cfg`. Adding aarch64 is one new file and one
 //! `cfg` line below.
 
+pub mod recorder;
 pub mod x86_64;
+
+pub use recorder::{ReturnStub, Thunk, ThunkSpec};
 
 #[cfg(target_arch = "x86_64")]
 pub type Native = x86_64::X86_64;
@@ -140,6 +143,11 @@ pub trait Arch {
     const SYS_MPROTECT: u64;
     /// exit_group: the system call a thread is in when it ends the whole process.
     const SYS_EXIT_GROUP: u64;
+    /// What the recorder's setup injects: its memfd, mapped shared, kept out of
+    /// forked children, then its descriptor closed.
+    const SYS_MEMFD_CREATE: u64;
+    const SYS_MADVISE: u64;
+    const SYS_CLOSE: u64;
 
     fn pc(r: &Regs) -> u64;
     fn set_pc(r: &mut Regs, pc: u64);
@@ -184,6 +192,21 @@ pub trait Arch {
     /// pointer its indirect jump reads (`jmp [rip+x]`, after an `endbr64`), so a call
     /// to the stub can be named after the function it reaches.
     fn jump_slot(code: &[u8], address: u64) -> Option<u64>;
+    /// Length of the jump [`Arch::entry_jump`] writes at a function's entry.
+    const ENTRY_JUMP_LEN: usize;
+    /// The bytes that make the function at `from` jump to `to` (a recording thunk);
+    /// None when `to` is out of their reach.
+    fn entry_jump(from: u64, to: u64) -> Option<Vec<u8>>;
+    /// The instructions an entry jump displaces, relocated to run at `to` and followed
+    /// by a jump back. `function` is the whole function's code, read at `from`:
+    /// refused when a branch in it lands inside the displaced bytes.
+    fn relocate_entry(function: &[u8], from: u64, to: u64) -> Result<Relocated, RelocError>;
+    /// The recording thunk of one hooked function (see [`recorder`]), placed at `at`.
+    fn recorder_thunk(at: u64, spec: &ThunkSpec) -> Result<Thunk, RelocError>;
+    /// The return stub every hooked call returns through, placed at `at`.
+    fn recorder_return_stub(at: u64, ctrl: u64) -> Result<ReturnStub, RelocError>;
+    /// The thread pointer (x86_64: the fs base), the key of the thread's slot.
+    fn thread_pointer(r: &Regs) -> u64;
     /// Decodes up to `count` instructions.
     fn disassemble(code: &[u8], address: u64, count: usize, syntax: Syntax) -> Vec<Insn>;
     /// Register names and values, in the order a debugger shows them.

@@ -1,6 +1,10 @@
 //! x86_64 (System V ABI, Linux `user_regs_struct`).
 
-use crate::{Arch, Insn, Regs, RelocError, Relocated, ReturnSlot, Syntax};
+mod recorder;
+
+use crate::{
+    Arch, Insn, Regs, RelocError, Relocated, ReturnSlot, ReturnStub, Syntax, Thunk, ThunkSpec,
+};
 use iced_x86::{
     BlockEncoder, BlockEncoderOptions, Decoder, DecoderOptions, FlowControl, Formatter,
     GasFormatter, Instruction, InstructionBlock, IntelFormatter, Mnemonic,
@@ -28,12 +32,13 @@ const ORIG_RAX: usize = 15;
 const RIP: usize = 16;
 const EFLAGS: usize = 18;
 const RSP: usize = 19;
+const FS_BASE: usize = 21;
 
 const ARG_REGS: [usize; 6] = [RDI, RSI, RDX, RCX, R8, R9];
 /// `jmp qword ptr [rip+0]` followed by the 8-byte absolute target.
 const JMP_ABS_LEN: usize = 14;
 
-fn jump_abs(to: u64) -> [u8; JMP_ABS_LEN] {
+pub(crate) fn jump_abs(to: u64) -> [u8; JMP_ABS_LEN] {
     let mut b = [0u8; JMP_ABS_LEN];
     b[0] = 0xff;
     b[1] = 0x25;
@@ -67,6 +72,9 @@ impl Arch for X86_64 {
     const SYS_MUNMAP: u64 = 11;
     const SYS_MPROTECT: u64 = 10;
     const SYS_EXIT_GROUP: u64 = 231;
+    const SYS_MEMFD_CREATE: u64 = 319;
+    const SYS_MADVISE: u64 = 28;
+    const SYS_CLOSE: u64 = 3;
 
     fn pc(r: &Regs) -> u64 {
         r.words[RIP]
@@ -167,6 +175,23 @@ impl Arch for X86_64 {
         c.extend_from_slice(&[0x41, 0xff, 0xe3]);
         c.resize(STUB_CODE_SIZE as usize, 0xcc);
         c
+    }
+
+    const ENTRY_JUMP_LEN: usize = recorder::ENTRY_JUMP_LEN;
+    fn entry_jump(from: u64, to: u64) -> Option<Vec<u8>> {
+        recorder::entry_jump(from, to)
+    }
+    fn relocate_entry(function: &[u8], from: u64, to: u64) -> Result<Relocated, RelocError> {
+        recorder::relocate_entry(function, from, to)
+    }
+    fn recorder_thunk(at: u64, spec: &ThunkSpec) -> Result<Thunk, RelocError> {
+        recorder::thunk(at, spec)
+    }
+    fn recorder_return_stub(at: u64, ctrl: u64) -> Result<ReturnStub, RelocError> {
+        recorder::return_stub(at, ctrl)
+    }
+    fn thread_pointer(r: &Regs) -> u64 {
+        r.words[FS_BASE]
     }
 
     fn insn_len(code: &[u8], address: u64) -> Option<usize> {

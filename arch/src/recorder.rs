@@ -1,0 +1,215 @@
+//! The layout of the memory memtrace shares with the target for recording allocator
+//! calls without a stop: what the code generated into the target writes, and what
+//! memtrace reads. Architecture-neutral: words are little-endian `u64`s at fixed
+//! offsets, so the generated code of every architecture and the reader agree.
+//!
+//! One memfd holds, in this order:
+//! - the **control page** (`CTRL_*` offsets): the ring's head and tail, the futex word
+//!   writers wait on when the ring is full, flags, the stack copy length;
+//! - the **thread table** (`TABLE_*`, `SLOT_*`): one slot per thread, found by hashing
+//!   the thread pointer (x86_64: `fs:0`). A slot holds the thread's id, the bounds of
+//!   its stack (how far up a stack copy may read) and its *shadow stack*: the real
+//!   return address of each hooked call whose return was swapped for the return stub;
+//! - the **ring** (`RING_*`): records, mapped twice back to back so that a record
+//!   never wraps.
+//!
+//! A record is reserved by adding its length to `CTRL_HEAD` atomically: the old value
+//! is its *position*, a byte offset that only grows (the record lives at
+//! `position & (RING_SIZE - 1)`). The writer fills it and *commits* it by storing
+//! `position + 1` in its first word, last (after `position | REC_RESERVED` once its
+//! length is written); the reader takes records in position
+//! order and releases them by moving `CTRL_TAIL`. A writer that finds no room waits
+//! on `CTRL_TAIL_SEQ` (a futex), which the reader bumps each time it moves the tail.
+
+/// Size of the control page.
+pub const CTRL_SIZE: u64 = 4096;
+/// Next position to reserve (u64, atomically added to by writers).
+pub const CTRL_HEAD: u64 = 0;
+/// Everything below this position has been read and may be overwritten (u64).
+pub const CTRL_TAIL: u64 = 64;
+/// Bumped each time the tail moves: what a writer waiting for room sleeps on (u32).
+pub const CTRL_TAIL_SEQ: u64 = 72;
+/// Writers asleep on `CTRL_TAIL_SEQ` (u32): the reader wakes them when non-zero.
+pub const CTRL_WAITERS: u64 = 76;
+/// `FLAG_*` bits (u64).
+pub const CTRL_FLAGS: u64 = 128;
+/// Most stack bytes a record copies (u64), set by memtrace (see the drainer).
+pub const CTRL_COPY_LEN: u64 = 136;
+/// The ring's address in the target (u64).
+pub const CTRL_RING: u64 = 144;
+/// The thread table's address in the target (u64).
+pub const CTRL_TABLE: u64 = 152;
+/// The return stub's address (u64): a call whose return address is already the
+/// stub was tail-called by a hooked function.
+pub const CTRL_RET_STUB: u64 = 160;
+/// A `struct timespec` (two u64): how long a writer sleeps at most before it looks
+/// again (at the flags, at the room).
+pub const CTRL_WAIT_TIMEOUT: u64 = 176;
+/// Times a writer waited for room (u64, atomically incremented).
+pub const CTRL_WAITS: u64 = 192;
+/// Time stamp counter ticks writers spent waiting (u64, atomically added).
+pub const CTRL_WAIT_TICKS: u64 = 200;
+
+/// Record nothing, hook nothing: the generated code runs the original function as
+/// if it were not there (a detach under way, memtrace gone).
+pub const FLAG_BYPASS: u64 = 1;
+
+/// Thread slots: a power of two.
+pub const TABLE_BITS: u32 = 12;
+pub const TABLE_SLOTS: u64 = 1 << TABLE_BITS;
+/// Slots looked at from the hashed one before a thread counts as unknown.
+pub const TABLE_PROBES: u64 = 16;
+pub const SLOT_SHIFT: u32 = 10;
+pub const SLOT_SIZE: u64 = 1 << SLOT_SHIFT;
+pub const TABLE_SIZE: u64 = TABLE_SLOTS * SLOT_SIZE;
+/// The multiplier of the thread pointer's hash (Fibonacci hashing).
+pub const HASH_MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The slot's key: the thread pointer (0: free).
+pub const SLOT_KEY: u64 = 0;
+pub const SLOT_TID: u64 = 8;
+/// The thread's stack: a copy never reads at or above `SLOT_HI`, and a stack pointer
+/// outside `[SLOT_LO, SLOT_HI)` (a signal stack, a coroutine) takes the slow path.
+pub const SLOT_LO: u64 = 16;
+pub const SLOT_HI: u64 = 24;
+/// `SLOT_FLAG_*` bits.
+pub const SLOT_FLAGS: u64 = 32;
+/// Frames on the shadow stack.
+pub const SLOT_DEPTH: u64 = 40;
+pub const SLOT_FRAMES: u64 = 64;
+pub const FRAME_SIZE: u64 = 32;
+/// The real return address of a call whose return goes through the stub.
+pub const FRAME_RET: u64 = 0;
+/// The stack pointer at the call's entry (where the return address is).
+pub const FRAME_SP: u64 = 8;
+/// The position of the call's entry record.
+pub const FRAME_POS: u64 = 16;
+/// posix_memalign: where the result pointer is written (0 for other functions).
+pub const FRAME_OUT_PTR: u64 = 24;
+pub const MAX_FRAMES: u64 = (SLOT_SIZE - SLOT_FRAMES) / FRAME_SIZE;
+
+/// Every call of this thread takes the slow path (a stop): a vfork child runs on
+/// its parent's thread pointer, stack and slot.
+pub const SLOT_FLAG_SLOW: u64 = 1;
+
+/// Ring size: a power of two, a multiple of the page size.
+pub const RING_SIZE: u64 = 32 << 20;
+/// Where the ring starts in the memfd.
+pub const RING_OFFSET: u64 = CTRL_SIZE + TABLE_SIZE;
+/// The memfd's size.
+pub const SHARED_SIZE: u64 = RING_OFFSET + RING_SIZE;
+
+/// Every record starts with these two words. The first is `position | REC_RESERVED`
+/// once the second (with the length) and the thread are written, then `position + 1` once the whole
+/// record is: a reader can step over a record still being written when it knows
+/// its length (the writer may have been stopped, or interrupted by a signal).
+pub const REC_COMMIT: u64 = 0;
+pub const REC_RESERVED: u64 = 1 << 63;
+/// `len | kind << 32 | func << 40 | flags << 48`.
+pub const REC_INFO: u64 = 8;
+pub const REC_TID: u64 = 16;
+/// Records are aligned to this.
+pub const REC_ALIGN: u64 = 16;
+
+/// An allocator call's entry.
+pub const KIND_ENTRY: u8 = 1;
+/// Its return, written by the return stub.
+pub const KIND_RETURN: u8 = 2;
+/// The thread is unwinding its stack (an exception): its pending calls will not
+/// return. Written by memtrace.
+pub const KIND_UNWIND: u8 = 3;
+
+/// Entry: the first six integer arguments.
+pub const ENTRY_ARGS: u64 = 24;
+pub const ENTRY_RET: u64 = 72;
+/// Entry: the stack pointer at the entry (the return address is there).
+pub const ENTRY_SP: u64 = 80;
+pub const ENTRY_FP: u64 = 88;
+/// Entry: how many bytes of stack follow, copied from `ENTRY_SP + 8` up.
+pub const ENTRY_STACK_LEN: u64 = 96;
+pub const ENTRY_STACK: u64 = 104;
+/// Entry flag: the return address was swapped for the stub (a return record follows).
+pub const ENTRY_FLAG_RETURN: u8 = 1;
+
+/// Return: the entry record's position.
+pub const RETURN_ENTRY_POS: u64 = 24;
+pub const RETURN_VALUE: u64 = 32;
+/// Return: what posix_memalign wrote through its first argument (when it returned 0).
+pub const RETURN_OUT: u64 = 40;
+pub const RETURN_LEN: u64 = 48;
+
+/// Most stack bytes a record may copy.
+pub const MAX_STACK_COPY: u64 = 256 << 10;
+
+/// The length of an entry record with `stack` bytes of stack.
+pub const fn entry_len(stack: u64) -> u64 {
+    (ENTRY_STACK + stack + REC_ALIGN - 1) & !(REC_ALIGN - 1)
+}
+
+/// The info word of a record.
+pub const fn info(len: u64, kind: u8, func: u8, flags: u8) -> u64 {
+    len | (kind as u64) << 32 | (func as u64) << 40 | (flags as u64) << 48
+}
+
+/// The slot a thread pointer hashes to.
+pub const fn slot_of(thread_pointer: u64) -> u64 {
+    thread_pointer.wrapping_mul(HASH_MULTIPLIER) >> (64 - TABLE_BITS)
+}
+
+/// Where the code generated for one hooked function finds what it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThunkSpec {
+    /// The control page's address in the target.
+    pub ctrl: u64,
+    /// The function's number in the records (memtrace's own numbering).
+    pub func: u8,
+    /// Whether the return is hooked (everything but `free`).
+    pub hook_return: bool,
+    /// Whether the first argument is where the result is written (posix_memalign).
+    pub out_ptr_arg: bool,
+    /// Where the displaced instructions run (then jump back into the function).
+    pub displaced: u64,
+}
+
+/// Code generated for one hooked function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Thunk {
+    pub code: Vec<u8>,
+    /// Offset of the breakpoint the slow path stops at: every register, and the stack
+    /// pointer, as at the function's entry.
+    pub slow_trap: usize,
+}
+
+/// The shared return stub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReturnStub {
+    pub code: Vec<u8>,
+    /// Offset of the breakpoint reached when the thread's shadow stack has no frame
+    /// for this return (a bug, or a frame memtrace took away): registers as at the
+    /// return, the stack pointer just above the return address's slot.
+    pub lost_trap: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const _: () = assert!(CTRL_WAIT_TICKS + 8 <= CTRL_SIZE);
+    const _: () = assert!(MAX_FRAMES >= 16);
+
+    #[test]
+    fn layout_fits() {
+        assert_eq!(RING_OFFSET % 4096, 0);
+        assert_eq!(SLOT_FRAMES + MAX_FRAMES * FRAME_SIZE, SLOT_SIZE);
+        assert_eq!(entry_len(0), 112);
+        assert_eq!(entry_len(8), 112);
+        assert_eq!(entry_len(9), 128);
+        assert!(entry_len(MAX_STACK_COPY) < RING_SIZE / 4);
+        assert!(slot_of(u64::MAX) < TABLE_SLOTS);
+        let i = info(48, KIND_RETURN, 7, 1);
+        assert_eq!(i & 0xffff_ffff, 48);
+        assert_eq!((i >> 32) as u8, KIND_RETURN);
+        assert_eq!((i >> 40) as u8, 7);
+        assert_eq!((i >> 48) as u8, 1);
+    }
+}
