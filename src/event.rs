@@ -4,7 +4,7 @@
 //! the TUI consume them and never see a pid. Stacks are interned: an event carries a
 //! [`StackId`], and the raw return addresses live once in the [`StackTable`].
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// A kernel thread id in the target.
 pub type Tid = i32;

@@ -18,7 +18,10 @@
 use crate::event::{AllocKind, Event, FreeKind, StackId, Tid};
 use crate::leakcheck::Kind;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+// Fx hashing: the keys are addresses and ids that memtrace made, hashed once per
+// allocator call, where SipHash's protection against chosen keys buys nothing.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::{BTreeMap, VecDeque};
 
 /// How many freed blocks are remembered for double-free reports.
 pub const FREED_REMEMBERED: usize = 1 << 18;
@@ -374,6 +377,55 @@ impl Heap {
         }
     }
 
+    /// What applying `ev` (a free, or a realloc's start) would say: no error, an
+    /// error, or a double free. The same decisions as [`Heap::apply`], made before it
+    /// so that only an erroneous free's stack has to be unwound.
+    pub fn check_free(&self, ev: &Event) -> crate::recorder::FreeCheck {
+        use crate::recorder::FreeCheck;
+        let (ptr, kind, internal) = match *ev {
+            Event::Free {
+                ptr,
+                kind,
+                internal,
+                ..
+            } => (ptr, kind, internal),
+            Event::ReallocStart { old, internal, .. } => (old, FreeKind::Free, internal),
+            _ => return FreeCheck::Fine,
+        };
+        if let Some(b) = self.live.get(&ptr) {
+            return if kind.matches() == b.kind {
+                FreeCheck::Fine
+            } else {
+                FreeCheck::Error
+            };
+        }
+        if internal || self.nested.contains(&ptr) || self.before_trace(ptr) {
+            FreeCheck::Fine
+        } else if self.freed.contains_key(&ptr) {
+            FreeCheck::DoubleFree
+        } else {
+            FreeCheck::Error
+        }
+    }
+
+    /// The stacks of a freed block's allocation and free, unwound only now (a double
+    /// free of it is coming).
+    pub fn amend_freed(
+        &mut self,
+        ptr: u64,
+        alloc_stack: Option<StackId>,
+        free_stack: Option<StackId>,
+    ) {
+        if let Some(f) = self.freed.get_mut(&ptr) {
+            if let Some(s) = alloc_stack {
+                f.alloc_stack = s;
+            }
+            if let Some(s) = free_stack {
+                f.free_stack = s;
+            }
+        }
+    }
+
     fn alloc(&mut self, tid: Tid, kind: AllocKind, ptr: u64, size: u64, stack: StackId) {
         if ptr == 0 {
             return;
@@ -544,7 +596,7 @@ impl Heap {
     /// more blocks, then older stack first, then kind, so the order is stable), with
     /// their ages.
     pub fn leak_groups(&self, q: AgeQuery) -> Vec<LeakGroup> {
-        let mut groups: HashMap<(StackId, Option<Kind>), LeakGroup> = HashMap::new();
+        let mut groups: HashMap<(StackId, Option<Kind>), LeakGroup> = HashMap::default();
         for (&ptr, b) in &self.live {
             let g = groups.entry((b.stack, b.leak)).or_insert(LeakGroup {
                 stack: b.stack,

@@ -88,6 +88,39 @@ pub struct Entry {
 }
 
 impl HookFn {
+    /// Every function, in the order of [`HookFn::id`].
+    pub const ALL: [HookFn; 13] = [
+        HookFn::Malloc,
+        HookFn::Calloc,
+        HookFn::Realloc,
+        HookFn::Reallocarray,
+        HookFn::PosixMemalign,
+        HookFn::Memalign,
+        HookFn::Valloc,
+        HookFn::Pvalloc,
+        HookFn::Free,
+        HookFn::New { array: false },
+        HookFn::New { array: true },
+        HookFn::Delete { array: false },
+        HookFn::Delete { array: true },
+    ];
+
+    /// The function's number in the records the target writes (never 0).
+    pub fn id(self) -> u8 {
+        Self::ALL.iter().position(|&f| f == self).unwrap_or(0) as u8 + 1
+    }
+
+    pub fn from_id(id: u8) -> Option<HookFn> {
+        Self::ALL.get((id as usize).checked_sub(1)?).copied()
+    }
+
+    /// Whether its return is hooked: for the return value, and so that the calls it
+    /// makes to other hooked functions are known to be nested. Not free: it returns
+    /// nothing and calls no other hooked function.
+    pub fn hooks_return(self) -> bool {
+        self != HookFn::Free
+    }
+
     pub fn name(self) -> &'static str {
         LIBC_FUNCTIONS
             .iter()
@@ -320,6 +353,19 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn ids_round_trip() {
+        for f in HookFn::ALL {
+            assert_eq!(HookFn::from_id(f.id()), Some(f));
+            assert_eq!(
+                f.entry(1, [1, 2, 3], S, false).hook_return,
+                f.hooks_return()
+            );
+        }
+        assert_eq!(HookFn::from_id(0), None);
+        assert_eq!(HookFn::from_id(200), None);
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub mod hooks;
 pub mod leakcheck;
 pub mod maps;
 pub mod ptrace;
+pub mod recorder;
 pub mod report;
 pub mod session;
 pub mod symbols;

@@ -8,10 +8,12 @@
 //! which that enum cannot represent.
 
 mod guardian;
+mod shared;
 mod spawn;
 mod wake;
 
 pub use guardian::Guardian;
+pub use shared::SharedMem;
 pub use spawn::{spawn_seized, SpawnError};
 pub use wake::{wait_nohang, Waiter, Wake, WakeHandle};
 

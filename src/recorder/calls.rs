@@ -1,0 +1,354 @@
+//! From records to events: each thread's calls still open, which calls are nested
+//! (made by the allocator itself), and what each call means ([`HookFn::entry`] and
+//! [`HookFn::exit`]). Pure: the same whatever wrote the records (the generated code,
+//! or memtrace at a stop).
+
+use super::record::{Entry, Return};
+use crate::event::{Event, StackId, Tid};
+use crate::hooks::HookFn;
+use rustc_hash::FxHashMap as HashMap;
+
+/// A stack not known yet: the entry record's copy, unwound when needed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawStack {
+    /// The entry record that holds the copy.
+    pub pos: u64,
+    pub tid: Tid,
+    pub ret: u64,
+    /// The stack pointer at the entry: the copy starts 8 bytes above it.
+    pub sp: u64,
+    pub fp: u64,
+    pub len: u64,
+    /// The copy itself, once taken out of the ring (which must reuse its space).
+    pub owned: Option<Box<[u8]>>,
+}
+
+impl RawStack {
+    pub fn of(e: &Entry) -> RawStack {
+        RawStack {
+            pos: e.pos,
+            tid: e.tid,
+            ret: e.ret,
+            sp: e.sp,
+            fp: e.fp,
+            len: e.stack_len,
+            owned: None,
+        }
+    }
+}
+
+/// Placeholder stack of an event whose stack is still raw.
+pub const RAW: StackId = StackId(u32::MAX - 1);
+
+/// An event, and the raw stack its `stack` stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Out {
+    pub ev: Event,
+    pub raw: Option<RawStack>,
+}
+
+/// Where a call was made from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// From the allocator's own code (a hooked function, the C++ runtime, the return
+    /// stub of a tail call): inside another hooked call, such a call is nested.
+    pub allocator: bool,
+    /// From the allocator's own object (libc): a free glibc makes on its own behalf.
+    pub internal: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Open {
+    pos: u64,
+    func: HookFn,
+    args: [u64; 3],
+    sp: u64,
+    nested: bool,
+    raw: Option<RawStack>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallStats {
+    pub nested_calls: u64,
+    /// Open calls dropped because their thread left them without returning
+    /// (longjmp, an exception).
+    pub abandoned_frames: u64,
+    /// Returns with no open call (a call open before memtrace came).
+    pub unmatched_returns: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Calls {
+    threads: HashMap<Tid, Vec<Open>>,
+    pub stats: CallStats,
+}
+
+impl Calls {
+    pub fn new() -> Calls {
+        Calls::default()
+    }
+
+    /// An entry: returns the event it makes now (a free, a realloc's start).
+    pub fn entry(&mut self, e: &Entry, caller: Caller) -> Option<Out> {
+        let frames = self.threads.entry(e.tid).or_default();
+        // An open call whose stack slot is below this entry's was left without
+        // returning (longjmp): forget it.
+        while frames.last().is_some_and(|f| f.sp < e.sp) {
+            frames.pop();
+            self.stats.abandoned_frames += 1;
+        }
+        let args = [e.args[0], e.args[1], e.args[2]];
+        if !frames.is_empty() && caller.allocator {
+            // operator new -> malloc: the outer call is the program's.
+            self.stats.nested_calls += 1;
+            if e.hooked_return {
+                frames.push(Open {
+                    pos: e.pos,
+                    func: e.func,
+                    args,
+                    sp: e.sp,
+                    nested: true,
+                    raw: None,
+                });
+            }
+            return None;
+        }
+        let raw = e.func.needs_stack(args).then(|| RawStack::of(e));
+        let out = e
+            .func
+            .entry(e.tid, args, RAW, caller.internal)
+            .event
+            .map(|ev| Out {
+                ev,
+                raw: raw.clone(),
+            });
+        if e.hooked_return {
+            frames.push(Open {
+                pos: e.pos,
+                func: e.func,
+                args,
+                sp: e.sp,
+                nested: false,
+                raw,
+            });
+        }
+        out
+    }
+
+    /// A return: the event it makes (an allocation, a realloc's end, a nested
+    /// pointer).
+    pub fn ret(&mut self, r: &Return) -> Option<Out> {
+        let Some(frames) = self.threads.get_mut(&r.tid) else {
+            self.stats.unmatched_returns += 1;
+            return None;
+        };
+        let Some(i) = frames.iter().rposition(|f| f.pos == r.entry_pos) else {
+            self.stats.unmatched_returns += 1;
+            return None;
+        };
+        self.stats.abandoned_frames += (frames.len() - i - 1) as u64;
+        let f = frames.drain(i..).next()?;
+        if f.nested {
+            return f.func.watched_when_nested().then_some(Out {
+                ev: Event::Nested { ptr: r.value },
+                raw: None,
+            });
+        }
+        let out_ptr = (f.func == HookFn::PosixMemalign && r.value as u32 == 0).then_some(r.out);
+        let ev = f.func.exit(r.tid, f.args, r.value, out_ptr, RAW)?;
+        Some(Out { ev, raw: f.raw })
+    }
+
+    /// The thread is unwinding its stack: none of its open calls will return.
+    pub fn unwind(&mut self, tid: Tid) {
+        if let Some(frames) = self.threads.get_mut(&tid) {
+            self.stats.abandoned_frames += frames.len() as u64;
+            frames.clear();
+        }
+    }
+
+    pub fn thread_gone(&mut self, tid: Tid) {
+        self.threads.remove(&tid);
+    }
+
+    /// A call that was in flight when memtrace attached: its inner calls are nested.
+    /// `sp` is below its return address's slot, so that a call made later from the
+    /// same depth drops it.
+    pub fn push_in_flight(&mut self, tid: Tid, func: HookFn, sp: u64) {
+        self.threads.entry(tid).or_default().push(Open {
+            pos: u64::MAX,
+            func,
+            args: [0; 3],
+            sp,
+            nested: true,
+            raw: None,
+        });
+    }
+
+    /// Whether the thread has a call open (a debugger stop shows its block).
+    pub fn open_calls(&self, tid: Tid) -> usize {
+        self.threads.get(&tid).map_or(0, Vec::len)
+    }
+
+    /// The raw stacks open calls hold: their records must stay readable, or be
+    /// taken out of the ring.
+    pub fn raw_stacks_mut(&mut self) -> impl Iterator<Item = &mut RawStack> {
+        self.threads
+            .values_mut()
+            .flat_map(|v| v.iter_mut())
+            .filter_map(|f| f.raw.as_mut())
+    }
+
+    pub fn forget_all(&mut self) {
+        self.threads.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::AllocKind;
+
+    fn entry(pos: u64, tid: Tid, func: HookFn, a0: u64, sp: u64) -> Entry {
+        Entry {
+            pos,
+            tid,
+            func,
+            hooked_return: func.hooks_return(),
+            args: [a0, 0, 0, 0, 0, 0],
+            ret: 0x5000,
+            sp,
+            fp: 0,
+            stack_len: 0,
+        }
+    }
+
+    fn ret(pos: u64, tid: Tid, entry_pos: u64, value: u64) -> Return {
+        Return {
+            pos,
+            tid,
+            entry_pos,
+            value,
+            out: 0,
+        }
+    }
+
+    const PROGRAM: Caller = Caller {
+        allocator: false,
+        internal: false,
+    };
+    const ALLOCATOR: Caller = Caller {
+        allocator: true,
+        internal: false,
+    };
+
+    #[test]
+    fn operator_new_counts_once() {
+        let mut c = Calls::new();
+        let new = HookFn::New { array: false };
+        assert_eq!(c.entry(&entry(0, 1, new, 40, 0x1000), PROGRAM), None);
+        // malloc called by operator new: nested.
+        assert_eq!(
+            c.entry(&entry(112, 1, HookFn::Malloc, 40, 0xf00), ALLOCATOR),
+            None
+        );
+        let nested = c.ret(&ret(224, 1, 112, 0xabc0)).unwrap();
+        assert_eq!(nested.ev, Event::Nested { ptr: 0xabc0 });
+        let alloc = c.ret(&ret(272, 1, 0, 0xabc0)).unwrap();
+        assert!(matches!(
+            alloc.ev,
+            Event::Alloc {
+                kind: AllocKind::New,
+                ptr: 0xabc0,
+                size: 40,
+                ..
+            }
+        ));
+        assert_eq!(alloc.raw.map(|r| r.pos), Some(0));
+        assert_eq!(c.stats.nested_calls, 1);
+    }
+
+    #[test]
+    fn a_signal_handler_allocating_inside_a_call_is_the_programs() {
+        let mut c = Calls::new();
+        let new = HookFn::New { array: false };
+        c.entry(&entry(0, 1, new, 40, 0x1000), PROGRAM);
+        // The handler runs on the same stack, below; its malloc is called by the
+        // program's handler, not by operator new.
+        c.entry(&entry(112, 1, HookFn::Malloc, 8, 0x800), PROGRAM);
+        let handler = c.ret(&ret(224, 1, 112, 0x7000)).unwrap();
+        assert!(matches!(
+            handler.ev,
+            Event::Alloc {
+                ptr: 0x7000,
+                size: 8,
+                ..
+            }
+        ));
+        assert_eq!(c.stats.nested_calls, 0);
+    }
+
+    #[test]
+    fn free_is_seen_at_entry_and_longjmp_drops_open_calls() {
+        let mut c = Calls::new();
+        c.entry(&entry(0, 1, HookFn::Malloc, 40, 0x800), PROGRAM);
+        // longjmp back up, then free from higher on the stack.
+        let free = c
+            .entry(&entry(112, 1, HookFn::Free, 0xabc0, 0x1000), PROGRAM)
+            .unwrap();
+        assert!(matches!(free.ev, Event::Free { ptr: 0xabc0, .. }));
+        assert_eq!(c.stats.abandoned_frames, 1);
+        // Its return comes no more: unmatched.
+        assert_eq!(c.ret(&ret(300, 1, 0, 0x10)), None);
+        assert_eq!(c.stats.unmatched_returns, 1);
+    }
+
+    #[test]
+    fn posix_memalign_reports_what_it_wrote() {
+        let mut c = Calls::new();
+        let mut e = entry(0, 1, HookFn::PosixMemalign, 0x7ff0, 0x1000);
+        e.args[2] = 100;
+        c.entry(&e, PROGRAM);
+        let out = c
+            .ret(&Return {
+                out: 0x4000,
+                ..ret(200, 1, 0, 0)
+            })
+            .unwrap();
+        assert!(matches!(
+            out.ev,
+            Event::Alloc {
+                ptr: 0x4000,
+                size: 100,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_call_in_flight_at_attach_makes_inner_calls_nested() {
+        let mut c = Calls::new();
+        c.push_in_flight(1, HookFn::New { array: false }, 0xfff);
+        assert_eq!(
+            c.entry(&entry(0, 1, HookFn::Malloc, 8, 0xf00), ALLOCATOR),
+            None
+        );
+        // A later call from above the in-flight one drops it.
+        assert!(c
+            .entry(&entry(112, 1, HookFn::Free, 0x10, 0x1000), PROGRAM)
+            .is_some());
+    }
+
+    #[test]
+    fn unwinding_forgets_the_threads_calls() {
+        let mut c = Calls::new();
+        c.entry(
+            &entry(0, 1, HookFn::New { array: false }, 8, 0x1000),
+            PROGRAM,
+        );
+        assert_eq!(c.open_calls(1), 1);
+        c.unwind(1);
+        assert_eq!(c.open_calls(1), 0);
+        assert_eq!(c.stats.abandoned_frames, 1);
+    }
+}

@@ -1,0 +1,576 @@
+//! Unwinding only what matters.
+//!
+//! Most blocks are freed within milliseconds of their allocation, and a stack is
+//! only ever looked at for a block still live (a leak, the live view) or for a heap
+//! error. So events wait here [`UNWIND_AGE`] before they reach the heap, with their
+//! stacks still raw (the entry record's copy, in the ring). When one leaves:
+//! - an allocation whose block was freed meanwhile (by the matching deallocator)
+//!   gets no stack: [`NOT_UNWOUND`];
+//! - any other allocation is unwound;
+//! - a free is unwound only if the heap says it is an error; for a double free the
+//!   first free's stack (and the block's, if it never lived long) is unwound too,
+//!   from the copies kept of recent frees.
+//!
+//! The copies stay in the ring until nothing here needs them (the ring's tail waits);
+//! when the ring fills, they are taken out of it ([`RawStack::owned`]).
+
+use super::calls::{Out, RawStack};
+use crate::event::{AllocKind, Event, StackId};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How long events wait before they reach the heap.
+pub const UNWIND_AGE: Duration = Duration::from_millis(100);
+/// How long the stacks of frees are kept for double-free reports (at most: their
+/// copies are in the ring, which reuses the space when it must).
+pub const RECENT_FREES_KEPT: Duration = Duration::from_secs(2);
+/// At most this many bytes of stack copies taken out of the ring; beyond it, the
+/// oldest events leave early.
+pub const OWNED_BUDGET: u64 = 64 << 20;
+
+/// The stack of an allocation or free whose stack was never needed.
+pub const NOT_UNWOUND: StackId = StackId(u32::MAX - 2);
+
+/// What the heap says of a free about to be applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreeCheck {
+    /// A free of a live block, by the right family, or one that is no error.
+    Fine,
+    /// An error: its stack is needed.
+    Error,
+    /// A double free: also the first free's stack (and the block's).
+    DoubleFree,
+}
+
+/// The heap's side of a release (implemented by the trace's sink).
+pub trait Heap {
+    fn check_free(&self, ev: &Event) -> FreeCheck;
+    /// The stacks of a freed block's allocation and free, unwound late.
+    fn amend_freed(&mut self, ptr: u64, alloc_stack: Option<StackId>, free_stack: Option<StackId>);
+    fn event(&mut self, ev: Event);
+}
+
+/// Unwinds raw stacks.
+pub trait Unwind {
+    fn unwind(&mut self, raw: &RawStack) -> StackId;
+    /// A copy of a stack that nothing here holds in the ring any more, if the ring
+    /// has not reused its space yet.
+    fn still_there(&mut self, raw: &RawStack) -> Option<Box<[u8]>>;
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeferStats {
+    /// Stacks unwound (allocations still live when their turn came, errors).
+    pub unwound: u64,
+    /// Stacks never unwound: blocks freed young, frees that were no error.
+    pub never_needed: u64,
+    /// Stack copies taken out of the ring because it filled up.
+    pub evacuated: u64,
+    /// Events that left before their time because the ring filled up.
+    pub early: u64,
+    /// Double frees whose first free's stack was gone from the ring.
+    pub first_free_lost: u64,
+}
+
+#[derive(Debug)]
+struct Item {
+    ev: Event,
+    raw: Option<RawStack>,
+    at: Instant,
+    /// An allocation whose block was freed by a later event here.
+    freed_young: bool,
+    /// A free of a block allocated by an event still here: no error can come of it.
+    frees_young: bool,
+    /// The young block's allocation stack, kept for a double free later.
+    young_alloc: Option<RawStack>,
+}
+
+impl Item {
+    /// The oldest ring position this item reads a stack copy from.
+    fn pin(&self) -> Option<u64> {
+        [&self.raw, &self.young_alloc]
+            .into_iter()
+            .flatten()
+            .filter(|r| r.owned.is_none())
+            .map(|r| r.pos)
+            .min()
+    }
+
+    fn owned_bytes(&self) -> u64 {
+        [&self.raw, &self.young_alloc]
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.owned.as_ref())
+            .map(|o| o.len() as u64)
+            .sum()
+    }
+}
+
+/// A free that was no error, kept a while: a double free of its block reports
+/// where it was freed (and allocated, if the block never lived long enough to be
+/// unwound). Its copies are not held: they are read if the ring still has them.
+#[derive(Debug)]
+struct Recent {
+    free: RawStack,
+    alloc: Option<RawStack>,
+    at: Instant,
+}
+
+type Map<K, V> = rustc_hash::FxHashMap<K, V>;
+
+#[derive(Debug, Default)]
+pub struct Defer {
+    queue: VecDeque<Item>,
+    /// Sequence number of the queue's front.
+    first: u64,
+    /// The smallest pin of the queue, as a monotonic queue: `(seq, pos)`, positions
+    /// rising, front the minimum.
+    pins: VecDeque<(u64, u64)>,
+    /// Live young blocks: pointer to the sequence number of their allocation.
+    young: Map<u64, u64>,
+    recent: Map<u64, Recent>,
+    recent_order: VecDeque<(u64, Instant)>,
+    owned_bytes: u64,
+    pub stats: DeferStats,
+}
+
+fn is_alloc(ev: &Event) -> Option<u64> {
+    match *ev {
+        Event::Alloc { ptr, .. } => Some(ptr),
+        Event::ReallocEnd { new, .. } if new != 0 => Some(new),
+        _ => None,
+    }
+}
+
+fn set_stack(ev: &mut Event, id: StackId) {
+    match ev {
+        Event::Alloc { stack, .. }
+        | Event::Free { stack, .. }
+        | Event::ReallocStart { stack, .. }
+        | Event::ReallocEnd { stack, .. } => *stack = id,
+        Event::Nested { .. } | Event::Exec => {}
+    }
+}
+
+impl Defer {
+    pub fn new() -> Defer {
+        Defer::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The oldest ring position a stack copy held here is at.
+    pub fn oldest_pin(&self) -> Option<u64> {
+        self.pins.front().map(|&(_, p)| p)
+    }
+
+    /// An event made by a record, at `now`.
+    pub fn push(&mut self, out: Out, now: Instant) {
+        let seq = self.first + self.queue.len() as u64;
+        let mut item = Item {
+            ev: out.ev,
+            raw: out.raw,
+            at: now,
+            freed_young: false,
+            frees_young: false,
+            young_alloc: None,
+        };
+        match item.ev {
+            Event::Free {
+                ptr,
+                kind,
+                internal: false,
+                ..
+            } => {
+                if let Some(young) = self.free_of_young(ptr, |k| kind.matches() == k) {
+                    item.frees_young = true;
+                    item.young_alloc = young;
+                }
+            }
+            // The old block is gone (moved, or freed by realloc(p, 0)).
+            Event::ReallocEnd { old, new, size, .. } if old != 0 && (new != 0 || size == 0) => {
+                let _ = self.free_of_young(old, |k| k == AllocKind::Malloc);
+            }
+            _ => {}
+        }
+        if let Some(ptr) = is_alloc(&item.ev) {
+            self.young.insert(ptr, seq);
+            // Handed out again: a free of it is no double free any more.
+            self.recent.remove(&ptr);
+        }
+        if let Some(pin) = item.pin() {
+            while self.pins.back().is_some_and(|&(_, p)| p >= pin) {
+                self.pins.pop_back();
+            }
+            self.pins.push_back((seq, pin));
+        }
+        self.owned_bytes += item.owned_bytes();
+        self.queue.push_back(item);
+    }
+
+    /// A free of `ptr`: if its allocation is still here and of the family `ok`
+    /// accepts, neither needs a stack. Returns the allocation's raw stack then.
+    fn free_of_young(
+        &mut self,
+        ptr: u64,
+        ok: impl Fn(AllocKind) -> bool,
+    ) -> Option<Option<RawStack>> {
+        let s = self.young.remove(&ptr)?;
+        let alloc = self.queue.get_mut(s.checked_sub(self.first)? as usize)?;
+        let family = match alloc.ev {
+            Event::Alloc { kind, .. } => kind,
+            _ => AllocKind::Malloc,
+        };
+        if !ok(family) {
+            return None;
+        }
+        alloc.freed_young = true;
+        Some(alloc.raw.clone())
+    }
+
+    /// Hands the heap every event older than [`UNWIND_AGE`] (all of them with
+    /// `all`), unwinding the stacks that matter.
+    pub fn release(
+        &mut self,
+        now: Instant,
+        all: bool,
+        unwind: &mut dyn Unwind,
+        heap: &mut dyn Heap,
+    ) {
+        while let Some(front) = self.queue.front() {
+            let due = now.saturating_duration_since(front.at) >= UNWIND_AGE;
+            if !(all || due || self.owned_bytes > OWNED_BUDGET) {
+                break;
+            }
+            self.pop(now, unwind, heap);
+        }
+        while let Some(&(ptr, at)) = self.recent_order.front() {
+            if now.saturating_duration_since(at) < RECENT_FREES_KEPT {
+                break;
+            }
+            self.recent_order.pop_front();
+            if self.recent.get(&ptr).is_some_and(|r| r.at == at) {
+                self.recent.remove(&ptr);
+            }
+        }
+    }
+
+    /// The ring must reuse its space below `limit`: the events holding copies there
+    /// leave now, younger than their time (a block freed young is still never
+    /// unwound).
+    pub fn relieve(
+        &mut self,
+        limit: u64,
+        now: Instant,
+        unwind: &mut dyn Unwind,
+        heap: &mut dyn Heap,
+    ) {
+        while self.oldest_pin().is_some_and(|p| p < limit) {
+            if self.queue.is_empty() {
+                break;
+            }
+            self.stats.early += 1;
+            self.pop(now, unwind, heap);
+        }
+    }
+
+    fn pop(&mut self, now: Instant, unwind: &mut dyn Unwind, heap: &mut dyn Heap) {
+        let Some(item) = self.queue.pop_front() else {
+            return;
+        };
+        if self.pins.front().is_some_and(|&(s, _)| s == self.first) {
+            self.pins.pop_front();
+        }
+        self.owned_bytes = self.owned_bytes.saturating_sub(item.owned_bytes());
+        self.first += 1;
+        self.leave(item, now, unwind, heap);
+    }
+
+    fn leave(
+        &mut self,
+        mut item: Item,
+        now: Instant,
+        unwind: &mut dyn Unwind,
+        heap: &mut dyn Heap,
+    ) {
+        if let Some(ptr) = is_alloc(&item.ev) {
+            if self.young.get(&ptr) == Some(&(self.first - 1)) {
+                self.young.remove(&ptr);
+            }
+        }
+        let mut keep_free = false;
+        let stack = match item.ev {
+            Event::Alloc { .. } | Event::ReallocEnd { .. } => {
+                if item.freed_young || is_alloc(&item.ev).is_none() {
+                    None
+                } else {
+                    item.raw.as_ref().map(|r| unwind.unwind(r))
+                }
+            }
+            Event::Free { ptr, .. } | Event::ReallocStart { old: ptr, .. } => {
+                let check = if item.frees_young {
+                    FreeCheck::Fine
+                } else {
+                    heap.check_free(&item.ev)
+                };
+                if check == FreeCheck::DoubleFree {
+                    self.first_free(ptr, unwind, heap);
+                }
+                keep_free = matches!(item.ev, Event::Free { .. }) && check == FreeCheck::Fine;
+                match check {
+                    FreeCheck::Fine => None,
+                    _ => item.raw.as_ref().map(|r| unwind.unwind(r)),
+                }
+            }
+            Event::Nested { .. } | Event::Exec => None,
+        };
+        match stack {
+            Some(s) => {
+                self.stats.unwound += 1;
+                set_stack(&mut item.ev, s);
+            }
+            None => {
+                if item.raw.is_some() {
+                    self.stats.never_needed += 1;
+                }
+                set_stack(&mut item.ev, NOT_UNWOUND);
+            }
+        }
+        let ptr = match item.ev {
+            Event::Free { ptr, .. } => ptr,
+            _ => 0,
+        };
+        heap.event(item.ev);
+        if let (true, Some(free)) = (keep_free && ptr != 0, item.raw) {
+            self.recent.insert(
+                ptr,
+                Recent {
+                    free,
+                    alloc: item.young_alloc,
+                    at: now,
+                },
+            );
+            self.recent_order.push_back((ptr, now));
+        }
+    }
+
+    /// A double free of `ptr` is about to be applied: its first free's stack (and
+    /// its allocation's, if never unwound), unwound now if the ring still has them.
+    fn first_free(&mut self, ptr: u64, unwind: &mut dyn Unwind, heap: &mut dyn Heap) {
+        let Some(r) = self.recent.remove(&ptr) else {
+            self.stats.first_free_lost += 1;
+            return;
+        };
+        let mut unwound = |raw: &RawStack, stats: &mut DeferStats| {
+            let copy = match &raw.owned {
+                Some(_) => None,
+                None => Some(unwind.still_there(raw)?),
+            };
+            let raw = RawStack {
+                owned: copy.or_else(|| raw.owned.clone()),
+                ..raw.clone()
+            };
+            stats.unwound += 1;
+            Some(unwind.unwind(&raw))
+        };
+        let free = unwound(&r.free, &mut self.stats);
+        if free.is_none() {
+            self.stats.first_free_lost += 1;
+        }
+        let alloc = r.alloc.as_ref().and_then(|a| unwound(a, &mut self.stats));
+        heap.amend_freed(ptr, alloc, free);
+    }
+
+    /// Every stack copy still needed here is taken out of the ring (`copy` reads
+    /// one): the ring may reuse all of it.
+    pub fn evacuate(&mut self, copy: &mut dyn FnMut(&RawStack) -> Box<[u8]>) {
+        let mut owned = 0;
+        for item in &mut self.queue {
+            for raw in [&mut item.raw, &mut item.young_alloc].into_iter().flatten() {
+                if raw.owned.is_none() {
+                    let bytes = copy(raw);
+                    owned += bytes.len() as u64;
+                    raw.owned = Some(bytes);
+                    self.stats.evacuated += 1;
+                }
+            }
+        }
+        self.owned_bytes += owned;
+        self.pins.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::FreeKind;
+
+    #[derive(Default)]
+    struct FakeHeap {
+        events: Vec<Event>,
+        double: Vec<u64>,
+        amended: Vec<(u64, Option<StackId>, Option<StackId>)>,
+    }
+
+    impl Heap for FakeHeap {
+        fn check_free(&self, ev: &Event) -> FreeCheck {
+            match ev {
+                Event::Free { ptr, .. } if self.double.contains(ptr) => FreeCheck::DoubleFree,
+                _ => FreeCheck::Fine,
+            }
+        }
+        fn amend_freed(&mut self, ptr: u64, a: Option<StackId>, f: Option<StackId>) {
+            self.amended.push((ptr, a, f));
+        }
+        fn event(&mut self, ev: Event) {
+            self.events.push(ev);
+        }
+    }
+
+    /// "Unwinds" a raw stack to the id of its entry record's position; the ring
+    /// still has every copy below `gone_from`.
+    struct ById(u64);
+    impl Unwind for ById {
+        fn unwind(&mut self, raw: &RawStack) -> StackId {
+            self.0 += 1;
+            StackId(raw.pos as u32)
+        }
+        fn still_there(&mut self, raw: &RawStack) -> Option<Box<[u8]>> {
+            (raw.pos < 1000).then(|| vec![0u8; 8].into_boxed_slice())
+        }
+    }
+
+    fn raw(pos: u64) -> Option<RawStack> {
+        Some(RawStack {
+            pos,
+            tid: 1,
+            ret: 0,
+            sp: 0,
+            fp: 0,
+            len: 0,
+            owned: None,
+        })
+    }
+
+    fn alloc(ptr: u64, pos: u64) -> Out {
+        Out {
+            ev: Event::Alloc {
+                tid: 1,
+                kind: AllocKind::Malloc,
+                ptr,
+                size: 8,
+                stack: super::super::calls::RAW,
+            },
+            raw: raw(pos),
+        }
+    }
+
+    fn free(ptr: u64, pos: u64, kind: FreeKind) -> Out {
+        Out {
+            ev: Event::Free {
+                tid: 1,
+                kind,
+                ptr,
+                stack: super::super::calls::RAW,
+                internal: false,
+            },
+            raw: raw(pos),
+        }
+    }
+
+    fn stack_of(ev: &Event) -> StackId {
+        match *ev {
+            Event::Alloc { stack, .. } | Event::Free { stack, .. } => stack,
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn a_block_freed_young_is_never_unwound_and_a_live_one_is() {
+        let mut d = Defer::new();
+        let t = Instant::now();
+        d.push(alloc(0x10, 100), t);
+        d.push(alloc(0x20, 200), t);
+        d.push(free(0x10, 300, FreeKind::Free), t);
+        assert_eq!(d.oldest_pin(), Some(100));
+        let (mut h, mut u) = (FakeHeap::default(), ById(0));
+        // Not yet due.
+        d.release(t, false, &mut u, &mut h);
+        assert!(h.events.is_empty());
+        d.release(t + UNWIND_AGE, false, &mut u, &mut h);
+        assert_eq!(h.events.len(), 3);
+        assert_eq!(stack_of(&h.events[0]), NOT_UNWOUND);
+        assert_eq!(stack_of(&h.events[1]), StackId(200));
+        assert_eq!(stack_of(&h.events[2]), NOT_UNWOUND);
+        assert_eq!(u.0, 1);
+        assert_eq!((d.stats.unwound, d.stats.never_needed), (1, 2));
+        // Nothing holds the ring any more (the free's stack is read back if needed).
+        assert_eq!(d.oldest_pin(), None);
+        assert_eq!(d.recent.len(), 1);
+        d.release(t + UNWIND_AGE + RECENT_FREES_KEPT, false, &mut u, &mut h);
+        assert!(d.recent.is_empty());
+    }
+
+    #[test]
+    fn the_oldest_pin_follows_the_queue() {
+        let mut d = Defer::new();
+        let t = Instant::now();
+        d.push(alloc(0x10, 300), t);
+        d.push(alloc(0x20, 100), t);
+        d.push(alloc(0x30, 200), t);
+        assert_eq!(d.oldest_pin(), Some(100));
+        let (mut h, mut u) = (FakeHeap::default(), ById(0));
+        // Make room below 150: the first two events leave early.
+        d.relieve(150, t, &mut u, &mut h);
+        assert_eq!(h.events.len(), 2);
+        assert_eq!(d.oldest_pin(), Some(200));
+        assert_eq!(d.stats.early, 2);
+    }
+
+    #[test]
+    fn a_mismatched_free_of_a_young_block_keeps_both_stacks() {
+        let mut d = Defer::new();
+        let t = Instant::now();
+        d.push(alloc(0x10, 100), t);
+        d.push(free(0x10, 200, FreeKind::Delete), t);
+        let (mut h, mut u) = (FakeHeap::default(), ById(0));
+        // Tell the heap the free is an error: the fake says Fine for non-doubles, so
+        // check the allocation side: it must have been unwound.
+        d.release(t, true, &mut u, &mut h);
+        assert_eq!(stack_of(&h.events[0]), StackId(100));
+    }
+
+    #[test]
+    fn a_double_free_gets_the_first_frees_stack() {
+        let mut d = Defer::new();
+        let t = Instant::now();
+        let (mut h, mut u) = (FakeHeap::default(), ById(0));
+        d.push(alloc(0x10, 100), t);
+        d.push(free(0x10, 200, FreeKind::Free), t);
+        d.release(t, true, &mut u, &mut h);
+        h.double.push(0x10);
+        d.push(free(0x10, 300, FreeKind::Free), t);
+        d.release(t, true, &mut u, &mut h);
+        assert_eq!(stack_of(&h.events[2]), StackId(300));
+        assert_eq!(
+            h.amended,
+            vec![(0x10, Some(StackId(100)), Some(StackId(200)))]
+        );
+    }
+
+    #[test]
+    fn evacuated_copies_free_the_ring() {
+        let mut d = Defer::new();
+        let t = Instant::now();
+        d.push(alloc(0x10, 100), t);
+        d.evacuate(&mut |r| vec![0u8; r.pos as usize].into_boxed_slice());
+        assert_eq!(d.oldest_pin(), None);
+        assert_eq!(d.owned_bytes, 100);
+        let (mut h, mut u) = (FakeHeap::default(), ById(0));
+        d.release(t, true, &mut u, &mut h);
+        assert_eq!(d.owned_bytes, 0);
+        assert_eq!(stack_of(&h.events[0]), StackId(100));
+    }
+}

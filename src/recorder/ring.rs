@@ -1,0 +1,401 @@
+//! The ring and the thread table, memtrace's side: taking committed records in
+//! position order (stepping over records still being written), releasing them, and
+//! writing records of its own (for the calls it stops at).
+
+use super::record::{self, BadRecord, Record, HEADER_LEN};
+use crate::event::Tid;
+use crate::ptrace::SharedMem;
+use memtrace_arch::recorder::*;
+use std::collections::BTreeMap;
+
+/// Where memtrace's shared memory is in the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Addrs {
+    pub ctrl: u64,
+    pub ring: u64,
+    pub ret_stub: u64,
+}
+
+impl Addrs {
+    pub fn table(&self) -> u64 {
+        self.ctrl + CTRL_SIZE
+    }
+
+    /// Every range of the target that belongs to the recorder's memory, as
+    /// `[start, end)`: never a root of the reachability scan (it holds pointers).
+    pub fn ranges(&self) -> [(u64, u64); 2] {
+        [
+            (self.ctrl, self.ctrl + RING_OFFSET),
+            (self.ring, self.ring + 2 * RING_SIZE),
+        ]
+    }
+}
+
+/// A frame of a thread's shadow stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShadowFrame {
+    pub ret: u64,
+    pub sp: u64,
+    pub pos: u64,
+    pub out_ptr: u64,
+}
+
+/// A record reserved but not committed, stepped over: read when it commits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hole {
+    pub len: u64,
+    pub tid: Tid,
+}
+
+/// Counters of the ring itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RingStats {
+    pub records: u64,
+    pub bytes: u64,
+    /// Records stepped over while still being written (read later).
+    pub holes: u64,
+    /// Records never committed (their thread ended in the middle), given up on.
+    pub abandoned: u64,
+    /// Records that made no sense (a bug, or memory overwritten by the program).
+    pub bad: u64,
+}
+
+pub struct Ring {
+    mem: SharedMem,
+    pub addrs: Addrs,
+    /// The next position to look at.
+    read: u64,
+    /// The head as last read: it is only read again when `read` reaches it (the
+    /// writers keep its cache line busy).
+    head_seen: u64,
+    /// Released up to here (what `CTRL_TAIL` says).
+    tail: u64,
+    holes: BTreeMap<u64, Hole>,
+    header: [u8; HEADER_LEN],
+    pub stats: RingStats,
+}
+
+/// How long a writer sleeps before it looks at the flags again (a memtrace that
+/// died or detached sets them).
+const WAIT_TIMEOUT_NS: u64 = 10_000_000;
+
+impl Ring {
+    /// Takes over freshly mapped shared memory and fills in its control page.
+    pub fn new(mem: SharedMem, addrs: Addrs, copy_len: u64) -> Ring {
+        mem.store(CTRL_RING, addrs.ring);
+        mem.store(CTRL_TABLE, addrs.table());
+        mem.store(CTRL_RET_STUB, addrs.ret_stub);
+        mem.store(CTRL_COPY_LEN, copy_len);
+        mem.store(CTRL_WAIT_TIMEOUT, 0);
+        mem.store(CTRL_WAIT_TIMEOUT + 8, WAIT_TIMEOUT_NS);
+        Ring {
+            mem,
+            addrs,
+            read: 0,
+            head_seen: 0,
+            tail: 0,
+            holes: BTreeMap::new(),
+            header: [0; HEADER_LEN],
+            stats: RingStats::default(),
+        }
+    }
+
+    pub fn set_flags(&self, flags: u64) {
+        self.mem.store(CTRL_FLAGS, flags);
+        // Writers asleep for room look at the flags when they wake.
+        self.mem.futex_wake_all(CTRL_TAIL_SEQ);
+    }
+
+    pub fn copy_len(&self) -> u64 {
+        self.mem.load(CTRL_COPY_LEN)
+    }
+
+    pub fn set_copy_len(&self, len: u64) {
+        self.mem.store(CTRL_COPY_LEN, len.min(MAX_STACK_COPY));
+    }
+
+    /// How often, and for how many time stamp counter ticks, writers waited for room.
+    pub fn waits(&self) -> (u64, u64) {
+        (self.mem.load(CTRL_WAITS), self.mem.load(CTRL_WAIT_TICKS))
+    }
+
+    pub fn head(&self) -> u64 {
+        self.mem.load(CTRL_HEAD)
+    }
+
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
+    /// The next position to be read: everything below it was read, but for holes.
+    pub fn read_pos(&self) -> u64 {
+        self.read
+    }
+
+    /// Bytes between the tail and the head: read or not, not released.
+    pub fn used(&self) -> u64 {
+        self.head().saturating_sub(self.tail)
+    }
+
+    /// The next committed record in position order, or None when the next one is not
+    /// written yet. A record whose writer is still at it (reserved, length known) is
+    /// stepped over and given later, once committed.
+    pub fn next_record(&mut self) -> Option<Result<Record, BadRecord>> {
+        loop {
+            // A record stepped over that has committed since comes first: anything
+            // of its thread after it was written after it.
+            let done = self
+                .holes
+                .iter()
+                .find(|(&pos, _)| self.mem.ring_load(pos, REC_COMMIT) == pos + 1)
+                .map(|(&pos, _)| pos);
+            if let Some(pos) = done {
+                self.holes.remove(&pos);
+                return Some(self.take(pos));
+            }
+            if self.read >= self.head_seen {
+                self.head_seen = self.head();
+                if self.read >= self.head_seen {
+                    return None;
+                }
+            }
+            let pos = self.read;
+            let commit = self.mem.ring_load(pos, REC_COMMIT);
+            if commit == pos + 1 {
+                let r = self.take(pos);
+                match &r {
+                    Ok(_) => {}
+                    // Its length cannot be trusted: nothing after it can be found.
+                    Err(_) => self.read = u64::MAX,
+                }
+                return Some(r);
+            }
+            if commit == pos | REC_RESERVED {
+                let info = self.mem.ring_load(pos, REC_INFO);
+                let len = record::length(info);
+                if len < RETURN_LEN || len % REC_ALIGN != 0 || len > entry_len(MAX_STACK_COPY) {
+                    return None; // cannot be: wait for the commit
+                }
+                let tid = self.mem.ring_load(pos, REC_TID) as Tid;
+                self.holes.insert(pos, Hole { len, tid });
+                self.stats.holes += 1;
+                self.read += len;
+                continue;
+            }
+            return None;
+        }
+    }
+
+    fn take(&mut self, pos: u64) -> Result<Record, BadRecord> {
+        // The header only: a return record is shorter than an entry's header.
+        let info = self.mem.ring_load(pos, REC_INFO);
+        let n = if record::length(info) <= RETURN_LEN {
+            RETURN_LEN as usize
+        } else {
+            HEADER_LEN
+        };
+        self.header[n..].fill(0);
+        self.mem.ring_read(pos, 0, &mut self.header[..n]);
+        let r = record::decode(pos, &self.header);
+        match &r {
+            Ok(rec) => {
+                let len = match rec {
+                    Record::Entry(e) => entry_len(e.stack_len),
+                    _ => RETURN_LEN,
+                };
+                if pos == self.read {
+                    self.read += len;
+                }
+                self.stats.records += 1;
+                self.stats.bytes += len;
+            }
+            Err(_) => self.stats.bad += 1,
+        }
+        r
+    }
+
+    /// The stack copy of the entry record at `pos` (not yet released).
+    pub fn stack(&self, pos: u64, len: u64) -> &[u8] {
+        self.mem.ring_bytes(pos, ENTRY_STACK, len as usize)
+    }
+
+    /// A copy of the stack of the entry record at `pos`, released already, if no
+    /// writer has reused its space since (its first word is still its commit:
+    /// a writer changes that word before anything after the header).
+    pub fn copy_if_intact(&self, pos: u64, len: u64) -> Option<Box<[u8]>> {
+        let committed = || self.mem.ring_load(pos, REC_COMMIT) == pos + 1;
+        if !committed() {
+            return None;
+        }
+        let copy: Box<[u8]> = self.stack(pos, len).into();
+        committed().then_some(copy)
+    }
+
+    /// The records still being written, oldest first.
+    pub fn holes(&self) -> impl Iterator<Item = (u64, Hole)> + '_ {
+        self.holes.iter().map(|(&p, &h)| (p, h))
+    }
+
+    /// Gives up on a record that will never be committed (its writer is gone).
+    pub fn abandon(&mut self, pos: u64) {
+        if self.holes.remove(&pos).is_some() {
+            self.stats.abandoned += 1;
+        }
+    }
+
+    /// Releases everything below `upto` (at most what was read, never a hole):
+    /// writers may reuse that space. Wakes the writers waiting for room.
+    pub fn release(&mut self, upto: u64) {
+        let mut to = upto.min(self.read);
+        if let Some((&hole, _)) = self.holes.iter().next() {
+            to = to.min(hole);
+        }
+        if to <= self.tail {
+            return;
+        }
+        self.tail = to;
+        self.mem.store(CTRL_TAIL, to);
+        self.mem.bump_u32(CTRL_TAIL_SEQ);
+        if self.mem.load_u32(CTRL_WAITERS) != 0 {
+            self.mem.futex_wake_all(CTRL_TAIL_SEQ);
+        }
+    }
+
+    /// Reserves `len` bytes for a record of memtrace's own. The caller must wait for
+    /// [`Ring::has_room`] (reading and releasing) before writing it.
+    pub fn reserve(&mut self, len: u64) -> u64 {
+        self.mem.fetch_add(CTRL_HEAD, len)
+    }
+
+    pub fn has_room(&self, pos: u64, len: u64) -> bool {
+        pos + len - self.tail <= RING_SIZE
+    }
+
+    /// Writes and commits a record of memtrace's own at a reserved `pos` with room:
+    /// `header` (from [`record::encode_entry`] and the like), then `tail` bytes.
+    pub fn write(&mut self, pos: u64, header: &[u8], tail: &[u8]) {
+        self.mem.ring_write(pos, 8, &header[8..]);
+        self.mem.ring_write(pos, header.len() as u64, tail);
+        self.mem.ring_store(pos, REC_COMMIT, pos + 1);
+    }
+
+    // --- the thread table -------------------------------------------------------
+
+    fn slot_off(index: u64) -> u64 {
+        CTRL_SIZE + index * SLOT_SIZE
+    }
+
+    /// The slot of the thread whose thread pointer is `tp`.
+    fn find(&self, tp: u64) -> Option<u64> {
+        let start = slot_of(tp);
+        (0..TABLE_PROBES)
+            .map(|i| Self::slot_off((start + i) & (TABLE_SLOTS - 1)))
+            .take_while(|&off| self.mem.load(off + SLOT_KEY) != 0)
+            .find(|&off| self.mem.load(off + SLOT_KEY) == tp)
+    }
+
+    /// Registers a thread: from now on the generated code records its calls. False
+    /// when the table has no room near its hash (its calls then take the slow path).
+    pub fn register(&mut self, tp: u64, tid: Tid, lo: u64, hi: u64) -> bool {
+        if tp == 0 || tp == TOMBSTONE {
+            return false;
+        }
+        let off = match self.find(tp) {
+            Some(off) => off,
+            None => {
+                let start = slot_of(tp);
+                let free = (0..TABLE_PROBES)
+                    .map(|i| Self::slot_off((start + i) & (TABLE_SLOTS - 1)))
+                    .find(|&off| matches!(self.mem.load(off + SLOT_KEY), 0 | TOMBSTONE));
+                match free {
+                    Some(off) => off,
+                    None => return false,
+                }
+            }
+        };
+        self.mem.store(off + SLOT_TID, tid as u64);
+        self.mem.store(off + SLOT_LO, lo);
+        self.mem.store(off + SLOT_HI, hi);
+        self.mem.store(off + SLOT_FLAGS, 0);
+        self.mem.store(off + SLOT_DEPTH, 0);
+        // The key last: a thread that finds its slot finds it complete.
+        self.mem.store(off + SLOT_KEY, tp);
+        true
+    }
+
+    /// Forgets a thread (it exited). Its slot is a tombstone: later slots of the same
+    /// probe chain stay reachable.
+    pub fn unregister(&mut self, tp: u64) {
+        if let Some(off) = self.find(tp) {
+            self.mem.store(off + SLOT_KEY, TOMBSTONE);
+        }
+    }
+
+    pub fn is_registered(&self, tp: u64) -> bool {
+        self.find(tp).is_some()
+    }
+
+    /// The stack bounds the thread was registered with.
+    pub fn bounds(&self, tp: u64) -> Option<(u64, u64)> {
+        let off = self.find(tp)?;
+        Some((self.mem.load(off + SLOT_LO), self.mem.load(off + SLOT_HI)))
+    }
+
+    /// Makes every call of the thread take the slow path (a vfork child runs on its
+    /// slot), or not.
+    pub fn set_slow(&mut self, tp: u64, slow: bool) {
+        if let Some(off) = self.find(tp) {
+            self.mem
+                .store(off + SLOT_FLAGS, if slow { SLOT_FLAG_SLOW } else { 0 });
+        }
+    }
+
+    /// The thread's shadow stack, outermost first.
+    pub fn shadow(&self, tp: u64) -> Vec<ShadowFrame> {
+        let Some(off) = self.find(tp) else {
+            return Vec::new();
+        };
+        let depth = self.mem.load(off + SLOT_DEPTH).min(MAX_FRAMES);
+        (0..depth)
+            .map(|i| {
+                let f = off + SLOT_FRAMES + i * FRAME_SIZE;
+                ShadowFrame {
+                    ret: self.mem.load(f + FRAME_RET),
+                    sp: self.mem.load(f + FRAME_SP),
+                    pos: self.mem.load(f + FRAME_POS),
+                    out_ptr: self.mem.load(f + FRAME_OUT_PTR),
+                }
+            })
+            .collect()
+    }
+
+    /// Pushes a frame (memtrace swapped the return address of a call it stopped at).
+    /// False when the shadow stack is full.
+    pub fn push_shadow(&mut self, tp: u64, frame: ShadowFrame) -> bool {
+        let Some(off) = self.find(tp) else {
+            return false;
+        };
+        let depth = self.mem.load(off + SLOT_DEPTH);
+        if depth >= MAX_FRAMES {
+            return false;
+        }
+        let f = off + SLOT_FRAMES + depth * FRAME_SIZE;
+        self.mem.store(f + FRAME_RET, frame.ret);
+        self.mem.store(f + FRAME_SP, frame.sp);
+        self.mem.store(f + FRAME_POS, frame.pos);
+        self.mem.store(f + FRAME_OUT_PTR, frame.out_ptr);
+        self.mem.store(off + SLOT_DEPTH, depth + 1);
+        true
+    }
+
+    /// Keeps the first `depth` frames of the thread's shadow stack.
+    pub fn truncate_shadow(&mut self, tp: u64, depth: usize) {
+        if let Some(off) = self.find(tp) {
+            let now = self.mem.load(off + SLOT_DEPTH);
+            self.mem.store(off + SLOT_DEPTH, now.min(depth as u64));
+        }
+    }
+}
+
+/// The key of a slot whose thread is gone.
+const TOMBSTONE: u64 = u64::MAX;
