@@ -57,6 +57,11 @@ pub struct Common {
     /// old when the trace ended.
     #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub min_age: Option<f64>,
+    /// Stop the program at every allocator call (one ptrace stop each, as breakpoint
+    /// debuggers do) instead of recording the calls inside it: much slower, the same
+    /// report.
+    #[arg(long)]
+    pub stops: bool,
 }
 
 /// A number of seconds: finite, not negative.

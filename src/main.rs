@@ -201,7 +201,7 @@ fn trace_plain(
 ) -> Result<Traced, StartError> {
     let mut collector = Collector::new(heap, started);
     let end = {
-        let mut t = session::start_tracer(&start, &mut collector, waiter)?;
+        let mut t = session::start_tracer(&start, &mut collector, waiter, common)?;
         session::configure(&mut t, common, started);
         if let Some((specs, batch)) = debugger {
             t.set_debugger(specs, Box::new(batch));

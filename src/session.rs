@@ -7,7 +7,7 @@ use crate::heap::Heap;
 use crate::maps::Module;
 use crate::ptrace::Waiter;
 use crate::symbols::Symbolizer;
-use crate::tracer::{End, Scan, ScanStats, Sink, TraceStats, Tracer};
+use crate::tracer::{End, Scan, ScanStats, Setup, Sink, TraceStats, Tracer};
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
@@ -38,16 +38,21 @@ pub fn start_tracer<'s>(
     start: &Start,
     sink: &'s mut dyn Sink,
     waiter: Waiter,
+    common: &Common,
 ) -> Result<Tracer<'s>, StartError> {
+    let setup = Setup {
+        stops: common.stops,
+        depth: common.depth as usize,
+    };
     match start {
         Start::Launch { path, argv } => {
-            Tracer::launch(path, argv, sink, waiter).map_err(|e| StartError {
+            Tracer::launch(path, argv, sink, waiter, setup).map_err(|e| StartError {
                 message: format!("{}: {e}", path.to_string_lossy()),
                 code: 1,
             })
         }
         Start::Attach { pid } => {
-            let t = Tracer::attach(*pid, sink, waiter).map_err(|e| {
+            let t = Tracer::attach(*pid, sink, waiter, setup).map_err(|e| {
                 let (message, code) = crate::attachable::attach_failure(*pid, &e);
                 StartError { message, code }
             })?;
@@ -105,12 +110,16 @@ pub struct TracerEnd {
 /// Runs a started tracer to its end and takes what it leaves.
 pub fn run_to_end(mut t: Tracer<'_>) -> Result<TracerEnd, String> {
     let end = t.run().map_err(|e| e.to_string())?;
+    let mut stats = t.stats;
+    if let Some(r) = t.record_stats() {
+        stats.recording = Some(r);
+    }
     Ok(TracerEnd {
         pid: t.pid(),
         end,
         ended_at: Instant::now(),
         stacks: std::mem::take(&mut t.stacks),
-        stats: t.stats,
+        stats,
         scan_error: t.scan_error().map(String::from),
         unmatched_breaks: t.armed_breaks(),
     })
@@ -161,5 +170,16 @@ impl Sink for Collector {
         self.heap
             .classify(&scan.blocks, &scan.kinds, &scan.indirect_bytes);
         self.scan = Some(scan.stats);
+    }
+    fn check_free(&self, ev: &Event) -> crate::recorder::FreeCheck {
+        self.heap.check_free(ev)
+    }
+    fn amend_freed(
+        &mut self,
+        ptr: u64,
+        alloc: Option<crate::event::StackId>,
+        free: Option<crate::event::StackId>,
+    ) {
+        self.heap.amend_freed(ptr, alloc, free);
     }
 }

@@ -34,7 +34,7 @@ fn detach_by(how: &str, waiter: Waiter, ui: fn(memtrace::tracer::CommandSender))
     let bg = Background::start(&target);
     bg.wait_threads(3);
     let mut sink = Count(0);
-    let mut tracer = Tracer::attach(bg.pid(), &mut sink, waiter)
+    let mut tracer = Tracer::attach(bg.pid(), &mut sink, waiter, Default::default())
         .unwrap_or_else(|e| panic!("cannot attach: {e}"));
     let sender = tracer.command_sender();
     let thread = std::thread::spawn(move || {

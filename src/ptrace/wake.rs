@@ -122,6 +122,20 @@ impl Waiter {
         self.event.clone()
     }
 
+    /// What is ready now, without waiting: a stop, or (looked at every few
+    /// milliseconds) a signal, a command, the deadline. For a loop that has other
+    /// work (records to read) while the target runs.
+    pub fn poll_now(&mut self, deadline: Option<Instant>) -> io::Result<Option<Wake>> {
+        let now = Instant::now();
+        if now >= self.next_check {
+            self.next_check = now + CHECK_EVERY;
+            if let Some(w) = self.pending(deadline, now)? {
+                return Ok(Some(w));
+            }
+        }
+        Ok(wait_nohang()?.map(Wake::Stop))
+    }
+
     /// The next stop of any tracee, or whatever comes first: a terminating signal (in
     /// terminal mode), a wake-up, the deadline.
     ///

@@ -57,10 +57,12 @@ impl<'s> Tracer<'s> {
         pid: i32,
         sink: &'s mut dyn super::Sink,
         waiter: Waiter,
+        setup: super::Setup,
     ) -> Result<Tracer<'s>, AttachError> {
         let seized = seize_all(pid)?;
         let mem = Memory::open(pid).map_err(|e| TraceError::Setup(e.to_string()))?;
         let mut t = Tracer::new(pid, sink, mem, waiter, Mode::Attach);
+        t.apply(setup);
         // Before anything is planted: nothing to restore yet.
         match ptrace::Guardian::start(pid, t.mem.raw_fd()) {
             Ok(g) => t.guardian = Some(g),
@@ -98,6 +100,19 @@ impl<'s> Tracer<'s> {
         }
         t.note_calls_in_flight();
         let tids: Vec<Tid> = t.threads.keys().copied().collect();
+        // Every thread known to the recorder, then the entries jump to their thunks
+        // (each thread stepped out of the bytes that change first).
+        for &tid in &tids {
+            if let Ok(regs) = ptrace::get_regs(tid) {
+                t.register_thread(tid, &regs);
+            }
+        }
+        let running: Vec<Tid> = tids
+            .iter()
+            .copied()
+            .filter(|tid| !held.group_stopped.contains(tid) && !held.exiting.contains(tid))
+            .collect();
+        t.set_inline(true, &running);
         for tid in tids {
             if held.group_stopped.contains(&tid) {
                 // Stopped by job control before we came: it stays stopped.

@@ -7,6 +7,11 @@ use super::{Command, Tracer};
 use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
 
+/// The shortest and the longest wait before the ring is read again when nothing
+/// else wakes the loop.
+const LOOK_MIN: Duration = Duration::from_micros(250);
+const LOOK_MAX: Duration = Duration::from_millis(20);
+
 /// The stop loop's timing beyond the target's own stops.
 #[derive(Debug, Default)]
 pub(super) struct Control {
@@ -36,6 +41,21 @@ impl Tracer<'_> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// `next_wake`, or sooner: the next look at the ring. It waits longer the
+    /// longer the ring stays empty (a program that does not allocate costs memtrace
+    /// little), never more than [`LOOK_MAX`]: writers that find the ring full wait
+    /// for memtrace to read it.
+    pub(super) fn next_wake_or_look(&mut self) -> Option<Instant> {
+        let Some(rec) = self.rec.as_mut() else {
+            return self.next_wake();
+        };
+        let idle = rec.idle_looks.saturating_add(1);
+        rec.idle_looks = idle;
+        let wait = LOOK_MIN.saturating_mul(1 << idle.min(8)).min(LOOK_MAX);
+        let look = Instant::now() + wait;
+        Some(self.next_wake().map_or(look, |w| w.min(look)))
     }
 
     /// The wait ended at `next_wake`: true when it is the end of the trace.
@@ -75,8 +95,9 @@ impl Tracer<'_> {
 
     fn pause(&mut self) {
         if self.control.paused.is_none() {
-            self.harvest();
             self.control.paused = Some(self.stop_all(None));
+            // Every call made before the pause, in the view that says "paused".
+            self.flush();
             self.sink.paused(true, &self.stacks);
         }
     }

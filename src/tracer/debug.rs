@@ -48,6 +48,12 @@ impl<'s> Tracer<'s> {
             hit: None,
             lines: None,
         }));
+        if self.breaks_armed() {
+            // Every allocation needs a stop while one is armed. Called before the
+            // program runs (a launch stopped at its exec, an attach whose threads are
+            // all between memtrace's bytes): no thread is inside a changing entry.
+            self.set_inline(false, &[]);
+        }
     }
 
     /// Arms one more site breakpoint (the live view's `b`), for the next allocation.
@@ -56,6 +62,14 @@ impl<'s> Tracer<'s> {
             s.armed.push(Armed::new(spec));
             s.ranges_for = None;
         }
+        // Entries trap from now on (the command is handled between stops: no thread
+        // is inside memtrace's bytes at an entry that traps already).
+        self.set_inline(false, &[]);
+    }
+
+    /// Whether a site breakpoint is armed: every allocation then needs a stop.
+    pub(super) fn breaks_armed(&self) -> bool {
+        self.debug.as_ref().is_some_and(|s| !s.armed.is_empty())
     }
 
     /// The breakpoints that are still armed (never hit), as the user wrote them.
@@ -189,9 +203,8 @@ impl<'s> Tracer<'s> {
         let _ = crate::ptrace::set_regs(tid, &regs);
         // The call's pending frame (just pushed by its entry) knows where it returns.
         let sp = Native::sp(&regs);
-        let pending = self.threads.get(&tid).and_then(|t| t.frames.last());
-        let (ret, ret_sp) = match pending {
-            Some(f) if f.entry_sp == sp => (f.real_ret, Native::sp_after_return(sp)),
+        let (ret, ret_sp) = match self.pending_return(tid, &regs) {
+            Some((entry_sp, real)) if entry_sp == sp => (real, Native::sp_after_return(sp)),
             _ => (0, 0),
         };
         // `operator new(unsigned long)` shows as `operator new(40)`: its size.
@@ -211,6 +224,9 @@ impl<'s> Tracer<'s> {
             regs,
             entered: Some(at),
         };
+        // Whether the thread runs on at the end (a thread the session lost is handed
+        // back to the stop loop instead).
+        let mut run_on = true;
         let Session {
             frontend, lines, ..
         } = &mut *session;
@@ -229,14 +245,26 @@ impl<'s> Tracer<'s> {
                 }
             };
             match gone {
-                None => live.resume(),
-                Some(why) => frontend.gone(&why),
+                None => live.prepare_resume(),
+                Some(why) => {
+                    frontend.gone(&why);
+                    run_on = false;
+                }
             }
         } else {
-            live.resume();
+            live.prepare_resume();
         }
         frontend.resumed();
         self.debug = Some(session);
+        if !self.breaks_armed() {
+            // No site breakpoint left: back to recording without a stop per call,
+            // while every thread is still held.
+            let held: Vec<Tid> = others.regs.iter().map(|(t, _)| *t).collect();
+            self.set_inline(true, &held);
+        }
+        if run_on {
+            self.resume(tid);
+        }
         self.resume_all(others);
         true
     }

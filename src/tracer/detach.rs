@@ -1,22 +1,27 @@
 //! Detaching: leave the process exactly as it was, and let it run on untraced.
 //!
-//! With every thread stopped: calls that finished are harvested; a thread whose pc is
-//! in memtrace's code (an out-of-line slot, a return stub, the trampoline) is moved
-//! to the program's own code; every swapped return address on a stack gets its real
-//! value back; every breakpoint gets its original bytes; the scratch pages and the
-//! stub region are unmapped with an injected munmap; then each thread is detached
-//! with any signal it was about to receive.
+//! First the recorder is told to let every call through (its thunks and stub then
+//! record nothing and no writer waits for room). Then, with every thread stopped: the
+//! records so far are read; a thread whose pc is in memtrace's code (a thunk, the
+//! displaced instructions, an out-of-line slot, the return stub, the trampoline) is
+//! moved to the program's own code; every swapped return address on a stack gets
+//! its real value back; every breakpoint and entry jump gets its original bytes; the
+//! scratch pages and the recorder's memory are unmapped with an injected munmap;
+//! then each thread is detached with any signal it was about to receive.
 
 use super::settle::Held;
 use super::{End, TraceError, Tracer};
-use crate::event::{Event, Tid};
+use crate::event::Tid;
 use crate::ptrace::{self, Stop};
-use memtrace_arch::{Arch, Native, ReturnSlot, STUB_CODE_SIZE, STUB_RET};
+use memtrace_arch::{Arch, Native};
 use std::collections::HashMap;
 
-/// At most this many single steps to leave an out-of-line slot (one relocated
-/// instruction, then the jump back).
-const MAX_STEPS: usize = 16;
+/// At most this many single steps to leave an out-of-line slot or displaced code
+/// (a few relocated instructions, then the jump back).
+const MAX_STEPS: usize = 32;
+/// At most this many to leave the return stub (a few dozen instructions, more with
+/// abandoned frames to pop).
+const MAX_STUB_STEPS: usize = 2000;
 
 impl Tracer<'_> {
     /// Restores everything and detaches from every thread. Returns how the trace
@@ -35,6 +40,12 @@ impl Tracer<'_> {
 
     /// The detach itself (also when an attach fails half-way: nothing to report).
     pub(super) fn detach_without_scan(&mut self) -> Result<End, TraceError> {
+        // From now on the thunks and the stub let every call through unrecorded, and
+        // writers waiting for room in the ring leave: no thread stays in memtrace's
+        // code for long.
+        if let Some(r) = &self.rec {
+            r.ring.set_flags(memtrace_arch::recorder::FLAG_BYPASS);
+        }
         let mut all = self.stop_all_to_detach()?;
         if let Some(end) = all.end {
             if let Some(g) = &self.guardian {
@@ -42,7 +53,7 @@ impl Tracer<'_> {
             }
             return Ok(end);
         }
-        self.harvest();
+        self.flush();
         let tids: Vec<Tid> = all.held.keys().copied().collect();
         for &tid in &tids {
             if let Some(h) = all.held.get_mut(&tid) {
@@ -53,8 +64,19 @@ impl Tracer<'_> {
             self.restore_return_addresses(tid);
         }
         for (addr, bp) in self.bps.iter() {
+            if bp.original.is_empty() {
+                continue; // a thunk's own trap: unmapped with it
+            }
             if let Err(e) = self.mem.write(addr, &bp.original) {
                 eprintln!("memtrace: warning: cannot restore the code at {addr:#x}: {e}");
+            }
+        }
+        for s in self.rec.iter().flat_map(|r| r.sites.iter()) {
+            if let Err(e) = self.mem.write(s.entry, &s.original) {
+                eprintln!(
+                    "memtrace: warning: cannot restore the code at {:#x}: {e}",
+                    s.entry
+                );
             }
         }
         self.unmap_ours(&mut all.held);
@@ -89,11 +111,43 @@ impl Tracer<'_> {
             return;
         };
         let pc = Native::pc(&regs);
-        if self.stubs.is_stub_code(pc) {
-            self.leave_stub(tid, &mut regs, pc);
+        let stub = self.rec.as_ref().map(|r| r.stub);
+        let site = self
+            .rec
+            .as_ref()
+            .and_then(|r| r.site_at(pc))
+            .map(|s| (s.entry, s.thunk, s.displaced, s.slow_trap));
+        if let Some((start, end)) = stub.filter(|&(s, e)| s <= pc && pc < e) {
+            if pc != start {
+                // Past its first instruction: let it finish (it records nothing now).
+                self.run_out_of(tid, h, start, end);
+                return;
+            }
+            if !self.finish_stub_return(tid, &mut regs) {
+                return;
+            }
         } else if self.scratch.is_trampoline(pc) {
             // About to trap at the trampoline: that is the call's return.
             if !self.finish_return(tid, &mut regs) {
+                return;
+            }
+        } else if let Some((entry, thunk, displaced, slow)) = site {
+            if pc == slow || pc == displaced || pc == thunk {
+                // Registers as at the function's entry: run the original code.
+                Native::set_pc(&mut regs, entry);
+            } else if pc < displaced {
+                // Inside the thunk: run it to its end (the displaced code, or the
+                // slow path's trap), then start the function over natively.
+                match self.run_to_trap(tid, h, &[displaced, slow]) {
+                    Some(at) if at == displaced || at == slow => {
+                        let Ok(r) = ptrace::get_regs(tid) else { return };
+                        regs = r;
+                        Native::set_pc(&mut regs, entry);
+                    }
+                    _ => return,
+                }
+            } else {
+                self.step_out_of_scratch(tid, h);
                 return;
             }
         } else if self.scratch.contains(pc) {
@@ -112,56 +166,92 @@ impl Tracer<'_> {
         let _ = ptrace::set_regs(tid, &regs);
     }
 
-    /// A thread inside a return stub: the stub only stores the return value (rax is
-    /// left as it is) and jumps to the real return address kept in its data. Do that
-    /// jump for it, and record the call's result if the stub had not yet done so.
-    fn leave_stub(&mut self, tid: Tid, regs: &mut memtrace_arch::Regs, pc: u64) {
-        let k = ((pc - self.stubs.code_addr(0)) / STUB_CODE_SIZE) as u32;
-        let Ok(real) = self.mem.read_u64(self.stubs.data_addr(k) + STUB_RET) else {
-            return;
-        };
-        let at_start = pc == self.stubs.code_addr(k);
-        let frame = self.threads.get_mut(&tid).and_then(|t| {
-            let i = t.frames.iter().position(|f| f.stub == Some(k))?;
-            let f = t.frames[i];
-            t.frames.truncate(i);
-            Some(f)
-        });
-        if let Some(f) = frame {
-            self.stubs.release(k);
-            // Past the first instruction the stub may have stored the value already;
-            // at the first, rax is the call's result.
-            if at_start {
-                let ret = Native::return_value(regs);
-                let ev = if f.nested {
-                    Some(Event::Nested { ptr: ret })
-                } else {
-                    f.func.exit(tid, f.args, ret, None, f.stack)
-                };
-                if let Some(ev) = ev {
-                    self.sink.event(ev);
+    /// Single-steps a thread until its pc leaves `[start, end)`.
+    fn run_out_of(&mut self, tid: Tid, h: &mut Held, start: u64, end: u64) {
+        for _ in 0..MAX_STUB_STEPS {
+            if !self.step_once(tid, h) {
+                return;
+            }
+            match ptrace::get_regs(tid) {
+                Ok(r) if !(start <= Native::pc(&r) && Native::pc(&r) < end) => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+        eprintln!("memtrace: warning: thread {tid} did not leave the return stub");
+    }
+
+    /// Runs one thread (the others stay stopped) until it traps at one of `at`,
+    /// planted for the while; returns where. Signals that come meanwhile are held.
+    fn run_to_trap(&mut self, tid: Tid, h: &mut Held, at: &[u64]) -> Option<u64> {
+        let mut saved = Vec::new();
+        for &a in at {
+            let mut b = [0u8; 1];
+            if self.mem.read(a, &mut b).is_ok() && b != *Native::BREAKPOINT {
+                let _ = self.mem.write(a, Native::BREAKPOINT);
+                saved.push((a, b));
+            }
+        }
+        let mut stopped = None;
+        if ptrace::cont(tid, 0).is_ok() {
+            loop {
+                match ptrace::wait_tid(tid) {
+                    Ok(Stop::Signal {
+                        signal: libc::SIGTRAP,
+                        ..
+                    }) => {
+                        stopped = ptrace::get_regs(tid)
+                            .ok()
+                            .map(|r| Native::pc(&r).wrapping_sub(Native::TRAP_PC_ADJUST));
+                        break;
+                    }
+                    Ok(Stop::Signal { signal, .. }) => {
+                        if h.signal == 0 {
+                            h.signal = signal;
+                        }
+                        if ptrace::cont(tid, 0).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Stop::Event { .. }) => {
+                        if ptrace::cont(tid, 0).is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
                 }
             }
         }
-        Native::set_pc(regs, real);
+        for (a, b) in saved {
+            let _ = self.mem.write(a, &b);
+        }
+        h.at_signal_stop = true;
+        stopped.filter(|p| at.contains(p))
+    }
+
+    fn step_once(&mut self, tid: Tid, h: &mut Held) -> bool {
+        if ptrace::single_step(tid, 0).is_err() {
+            return false;
+        }
+        match ptrace::wait_tid(tid) {
+            Ok(Stop::Signal { signal, .. }) => {
+                h.at_signal_stop = true;
+                if signal != libc::SIGTRAP && h.signal == 0 {
+                    h.signal = signal;
+                }
+                true
+            }
+            Ok(Stop::Event { .. }) => true,
+            _ => false,
+        }
     }
 
     /// Single-steps a thread until its pc leaves the scratch pages (it is past the
-    /// relocated instruction, at the jump back).
+    /// relocated instructions, at the jump back).
     fn step_out_of_scratch(&mut self, tid: Tid, h: &mut Held) {
         for _ in 0..MAX_STEPS {
-            if ptrace::single_step(tid, 0).is_err() {
+            if !self.step_once(tid, h) {
                 return;
-            }
-            match ptrace::wait_tid(tid) {
-                Ok(Stop::Signal { signal, .. }) => {
-                    h.at_signal_stop = true;
-                    if signal != libc::SIGTRAP && h.signal == 0 {
-                        h.signal = signal;
-                    }
-                }
-                Ok(Stop::Event { .. }) => {}
-                _ => return,
             }
             match ptrace::get_regs(tid) {
                 Ok(r) if !self.scratch.contains(Native::pc(&r)) => return,
@@ -172,50 +262,54 @@ impl Tracer<'_> {
         eprintln!("memtrace: warning: thread {tid} did not leave the scratch page");
     }
 
-    /// Puts the real return address back in place of every stub or trampoline address
-    /// this thread's pending calls still have on its stack.
+    /// Puts the real return address back in place of the stub's or the trampoline's
+    /// address wherever this thread's pending calls still have one on its stack.
     fn restore_return_addresses(&mut self, tid: Tid) {
-        let Some(t) = self.threads.get_mut(&tid) else {
+        let Ok(mut regs) = ptrace::get_regs(tid) else {
             return;
         };
-        let frames = std::mem::take(&mut t.frames);
-        for f in frames {
-            if let Some(k) = f.stub {
-                self.stubs.release(k);
-            }
-            if f.synthetic {
-                continue;
-            }
-            let ours = match f.stub {
-                Some(k) => self.stubs.code_addr(k),
-                None => self.scratch.trampoline().unwrap_or(0),
-            };
-            match Native::return_slot_at(f.entry_sp) {
-                ReturnSlot::Stack(a) => {
-                    // Only if the slot still holds our address: a frame left by longjmp
-                    // may have had its slot reused since.
-                    if self.mem.read_u64(a).ok() == Some(ours) {
-                        let _ = self.mem.write_u64(a, f.real_ret);
-                    }
-                }
-                ReturnSlot::LinkRegister => {
-                    if let Ok(mut r) = ptrace::get_regs(tid) {
-                        if Native::link_register(&r) == ours {
-                            Native::set_link_register(&mut r, f.real_ret);
-                            let _ = ptrace::set_regs(tid, &r);
-                        }
-                    }
-                }
-            }
+        let stub = self.rec.as_ref().map_or(0, |r| r.ring.addrs.ret_stub);
+        let tramp = self.scratch.trampoline().unwrap_or(0);
+        let tp = Native::thread_pointer(&regs);
+        let shadow = self
+            .rec
+            .as_ref()
+            .map(|r| r.ring.shadow(tp))
+            .unwrap_or_default();
+        for f in shadow.iter().rev() {
+            // Only if the slot still holds our address: a frame left by longjmp may
+            // have had its slot reused since.
+            self.put_back(&mut regs, f.sp, stub, f.ret);
         }
+        let frames = self
+            .threads
+            .get_mut(&tid)
+            .map(|t| std::mem::take(&mut t.frames))
+            .unwrap_or_default();
+        for f in frames.iter().rev() {
+            self.put_back(&mut regs, f.entry_sp, tramp, f.real_ret);
+        }
+        if let Some(r) = self.rec.as_mut() {
+            r.ring.truncate_shadow(tp, 0);
+        }
+        let _ = ptrace::set_regs(tid, &regs);
     }
 
-    /// Unmaps the scratch regions and the stub region, with munmap injected into a
-    /// stopped thread. The syscall instruction is written over the code at that
-    /// thread's pc for the duration (every thread is stopped), not taken from the
-    /// scratch page being unmapped.
+    /// Unmaps the scratch regions and the recorder's memory, with munmap injected
+    /// into a stopped thread. The syscall instruction is written over the code at
+    /// that thread's pc for the duration (every thread is stopped), not taken from
+    /// the scratch page being unmapped.
     fn unmap_ours(&mut self, held: &mut HashMap<Tid, Held>) {
-        let regions: Vec<(u64, u64)> = self.scratch.regions().chain(self.stubs.mapping()).collect();
+        let regions: Vec<(u64, u64)> = self
+            .scratch
+            .regions()
+            .chain(
+                self.rec
+                    .iter()
+                    .flat_map(|r| r.ring.addrs.ranges())
+                    .map(|(s, e)| (s, e - s)),
+            )
+            .collect();
         if regions.is_empty() {
             return;
         }
@@ -230,7 +324,10 @@ impl Tracer<'_> {
         };
         // From now on no scratch page is used: the injection patches code at the pc.
         self.scratch = Default::default();
-        self.stubs = Default::default();
+        if let Some(r) = self.record_stats() {
+            self.stats.recording = Some(r);
+        }
+        self.rec = None;
         for (addr, len) in regions {
             match self.inject_syscall(tid, Native::SYS_MUNMAP, [addr, len, 0, 0, 0, 0]) {
                 Ok(0) => {}

@@ -28,6 +28,9 @@ pub struct Image {
     internal: Vec<(u64, u64)>,
     /// The hooked functions' code: start, end, function.
     pub hooked: Vec<(u64, u64, HookFn)>,
+    /// The C++ runtime and unwinder: inside a hooked call, a call made from there
+    /// (the exception object of a failing operator new) is the allocator's.
+    runtime: Vec<(u64, u64)>,
 }
 
 impl Image {
@@ -38,6 +41,15 @@ impl Image {
 
     pub fn is_internal(&self, addr: u64) -> bool {
         self.internal.iter().any(|&(s, e)| s <= addr && addr < e)
+    }
+
+    /// Whether a call returning to `ret` was made by the allocator's own code: a
+    /// hooked function (operator new calling malloc), or the C++ runtime.
+    pub fn is_allocator_code(&self, ret: u64) -> bool {
+        // A return address follows its call, which may be a function's last bytes.
+        let call = ret.wrapping_sub(1);
+        self.hooked.iter().any(|&(s, e, _)| s <= call && call < e)
+            || self.runtime.iter().any(|&(s, e)| s <= ret && ret < e)
     }
 }
 
@@ -125,7 +137,7 @@ impl Tracer<'_> {
     /// mapped now.
     pub(super) fn setup_hooks(&mut self, tid: Tid) -> Result<(), TraceError> {
         self.map_scratch(tid, 0)?;
-        self.map_stubs(tid)?;
+        self.setup_recording(tid)?;
         let auxv = read_auxv(self.pid);
         let get = |k| auxv.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
         self.image.entry = get(AT_ENTRY).unwrap_or(0);
@@ -177,6 +189,10 @@ impl Tracer<'_> {
             self.bps.forget_module(m.base);
             self.image.hooked.retain(|&(s, _, _)| !m.contains(s));
             self.image.internal.retain(|&(s, _)| !m.contains(s));
+            self.image.runtime.retain(|&(s, _)| !m.contains(s));
+            if let Some(r) = self.rec.as_mut() {
+                r.sites.retain(|site| site.module_base != m.base);
+            }
         }
         let new: Vec<Module> = now
             .iter()
@@ -195,12 +211,16 @@ impl Tracer<'_> {
             });
         }
         if !gone.is_empty() {
+            // Stacks held back for unwinding were taken with the old objects.
+            self.flush();
             self.generation += 1;
         }
         if !gone.is_empty() || !new.is_empty() {
             self.sink.modules(self.pid, &now, self.generation);
         }
         self.image.modules = now;
+        // New hooks jump to their thunks at once: no thread runs code just mapped.
+        self.sync_entries(&[]);
     }
 
     fn hook_module(&mut self, tid: Tid, m: &Module, role: Role) {
@@ -244,6 +264,17 @@ impl Tracer<'_> {
             }
             if let Err(e) = self.plant(tid, addr, kind, m.base) {
                 eprintln!("memtrace: warning: cannot hook {name} in {}: {e}", m.path);
+                continue;
+            }
+            if let (BpKind::Hook(f), true) = (kind, self.inline_wanted) {
+                let mut code = vec![0u8; sym.size.clamp(16, 64 << 10) as usize];
+                let n = self.mem.read_partial(addr, &mut code).unwrap_or(0);
+                code.truncate(n.min(sym.size.max(1) as usize));
+                // The breakpoint is in the code now: its first byte was the original's.
+                if let (Some(b), Some(bp)) = (code.first_mut(), self.bps.get(addr)) {
+                    *b = bp.original[0];
+                }
+                self.add_thunk(tid, addr, f, &code, m.base);
             }
         }
         match role {
@@ -256,7 +287,7 @@ impl Tracer<'_> {
                     }
                 }
             }
-            Role::Cxx | Role::Unwinder => {}
+            Role::Cxx | Role::Unwinder => self.image.runtime.push((m.start, m.end)),
         }
     }
 

@@ -10,8 +10,7 @@
 //! the thread's first hooked call made above it (the tracer already drops pending
 //! frames whose stack slot lies below the stack pointer).
 
-use super::{Frame, Tracer};
-use crate::event::StackId;
+use super::Tracer;
 use crate::hooks::HookFn;
 use crate::unwind::Start;
 use memtrace_arch::{Arch, Native};
@@ -76,19 +75,10 @@ impl Tracer<'_> {
                 continue;
             };
             self.stats.in_flight_at_attach += 1;
-            if let Some(t) = self.threads.get_mut(&tid) {
-                t.frames.push(Frame {
-                    synthetic: true,
-                    func,
-                    args: [0; 3],
-                    // One below the slot: a call made later from the same depth (stack
-                    // pointer at the slot) is above it and drops it.
-                    entry_sp: slot - 1,
-                    real_ret: ret,
-                    stack: StackId(u32::MAX),
-                    stub: None,
-                    nested: false,
-                });
+            if let Some(r) = self.rec.as_mut() {
+                // One below the slot: a call made later from the same depth (stack
+                // pointer at the slot) is above it and drops it.
+                r.calls.push_in_flight(tid, func, slot - 1);
             }
         }
     }

@@ -125,38 +125,3 @@ impl Tracer<'_> {
         Ok(addr)
     }
 }
-
-impl Tracer<'_> {
-    /// Maps the return-stub region: stub code (read-only, executable) followed by the
-    /// stubs' data (writable by the target, which stores return values there).
-    pub(super) fn map_stubs(&mut self, tid: Tid) -> Result<(), TraceError> {
-        use super::stubs::{Stubs, STUB_COUNT};
-        use memtrace_arch::{STUB_CODE_SIZE, STUB_DATA_SIZE};
-        let half = (STUB_COUNT as u64 * STUB_CODE_SIZE.max(STUB_DATA_SIZE)).next_multiple_of(4096);
-        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        let base =
-            self.inject_syscall(tid, Native::SYS_MMAP, [0, 2 * half, rw, flags, u64::MAX, 0])?;
-        if (-4095..0).contains(&base) {
-            return Err(TraceError::Setup(format!(
-                "mmap of the return stubs failed: {}",
-                std::io::Error::from_raw_os_error(-base as i32)
-            )));
-        }
-        let (code, data) = (base as u64, base as u64 + half);
-        let stub = Native::return_stub((data - code) as i64);
-        let all: Vec<u8> = (0..STUB_COUNT).flat_map(|_| stub.iter().copied()).collect();
-        self.mem
-            .write(code, &all)
-            .map_err(|e| TraceError::Setup(format!("writing the return stubs: {e}")))?;
-        let rx = (libc::PROT_READ | libc::PROT_EXEC) as u64;
-        let r = self.inject_syscall(tid, Native::SYS_MPROTECT, [code, half, rx, 0, 0, 0])?;
-        if r != 0 {
-            return Err(TraceError::Setup(format!(
-                "mprotect of the return stubs failed: {r}"
-            )));
-        }
-        self.stubs = Stubs::new(code, data);
-        Ok(())
-    }
-}

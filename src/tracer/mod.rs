@@ -21,17 +21,18 @@ mod detach;
 mod image;
 mod inflight;
 mod inject;
+mod recording;
 mod scan;
 pub mod scratch;
 mod settle;
 mod step;
 mod stopall;
-mod stubs;
 
 pub use attach::AttachError;
+pub use recording::RecordStats;
 pub use scan::{Scan, ScanError, ScanStats, ScanWhen};
 
-use crate::event::{Event, StackTable, Tid};
+use crate::event::{Event, StackId, StackTable, Tid};
 use crate::hooks::HookFn;
 use crate::maps::Module;
 use crate::ptrace::{self, Memory, PtraceEvent, Stop, Waiter, Wake};
@@ -40,7 +41,6 @@ use memtrace_arch::{Arch, Native};
 use scratch::{BpKind, Breakpoints, Scratch};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use stubs::Stubs;
 
 /// Frames kept per stack unless told otherwise (the contract's `--depth` default).
 pub const DEFAULT_DEPTH: usize = 32;
@@ -62,6 +62,13 @@ pub trait Sink {
     }
     /// A reachability scan's outcome: a kind for each block `live_blocks` gave.
     fn classified(&mut self, _scan: &Scan) {}
+    /// Whether applying `ev` (a free) would be a heap error: only then is its stack
+    /// unwound (see [`crate::recorder::defer`]).
+    fn check_free(&self, _ev: &Event) -> crate::recorder::FreeCheck {
+        crate::recorder::FreeCheck::Fine
+    }
+    /// The stacks of a freed block, unwound late (a double free of it came).
+    fn amend_freed(&mut self, _ptr: u64, _alloc: Option<StackId>, _free: Option<StackId>) {}
     /// Every thread was held (`paused`), or let go again.
     fn paused(&mut self, _paused: bool, _stacks: &StackTable) {}
 }
@@ -109,6 +116,24 @@ impl Drop for CommandSender {
     }
 }
 
+/// What must be known before anything is planted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setup {
+    /// A stop per allocator call (`--stops`), not recording inline.
+    pub stops: bool,
+    /// Frames kept per stack (`--depth`).
+    pub depth: usize,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            stops: false,
+            depth: DEFAULT_DEPTH,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     Launch,
@@ -129,10 +154,8 @@ pub enum TraceError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TraceStats {
     pub breakpoint_hits: u64,
-    /// Returns caught by a stop at the trampoline.
+    /// Returns caught by a stop at the trampoline (a shadow stack full).
     pub return_hits: u64,
-    /// Returns caught without a stop, through a return stub.
-    pub stub_returns: u64,
     pub nested_calls: u64,
     pub threads_seen: u64,
     pub forks_cleaned: u64,
@@ -142,34 +165,36 @@ pub struct TraceStats {
     pub abandoned_frames: u64,
     /// Threads caught inside a hooked call when memtrace attached.
     pub in_flight_at_attach: u64,
-    /// Stacks unwound (one per recorded allocator call), the frames they held, and
-    /// the time spent unwinding them (stack copy included): the cost of full stacks.
+    /// Stacks unwound (only those that matter: see `recording`), the frames they
+    /// held, and the time spent unwinding them: the cost of full stacks.
     pub stacks_captured: u64,
     pub frames_captured: u64,
     pub unwind_ns: u64,
+    /// How the calls were recorded (inline or at stops), and what it cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordStats>,
 }
 
-/// A hooked call that has not returned yet.
+/// A hooked call returning through the trampoline (its thread's shadow stack was
+/// full, or it has no slot): memtrace writes its return record at that stop.
 #[derive(Clone, Copy, Debug)]
 struct Frame {
-    /// Made up at attach for a call already in flight: its return is not hooked (no
-    /// stack slot of ours to restore); it only makes the calls it makes nested.
-    synthetic: bool,
     func: HookFn,
-    args: [u64; 3],
     /// Stack pointer at the function's entry.
     entry_sp: u64,
     real_ret: u64,
-    stack: crate::event::StackId,
-    /// The return stub the call returns through; None: the trampoline.
-    stub: Option<u32>,
-    /// Made inside another hooked call: its result becomes [`Event::Nested`].
-    nested: bool,
+    /// The entry record's position.
+    pos: u64,
+    /// posix_memalign's first argument.
+    out_ptr: u64,
 }
 
 #[derive(Debug, Default)]
 struct Thread {
+    /// Calls returning through the trampoline.
     frames: Vec<Frame>,
+    /// The thread pointer, once known: the key of its slot in the recorder's table.
+    tp: u64,
     /// Has had its first (PTRACE_EVENT_STOP) stop: later stop events are group-stops.
     started: bool,
     /// In a group-stop (job control), left there with PTRACE_LISTEN until its next stop.
@@ -190,14 +215,17 @@ pub struct Tracer<'s> {
     sink: &'s mut dyn Sink,
     mem: Memory,
     scratch: Scratch,
-    stubs: Stubs,
-    /// Reused buffer for reading stub data.
-    stub_data: Vec<u8>,
+    /// The recorder's memory and the records read from it (see `recording.rs`).
+    rec: Option<recording::Recording>,
+    /// Record inline (entries jump to thunks), not with a stop per call.
+    inline_wanted: bool,
     bps: Breakpoints,
     threads: HashMap<Tid, Thread>,
     children: HashMap<Tid, Child>,
     /// Stopped processes that are not our threads, whose fork event has not come yet.
     early_children: HashSet<Tid>,
+    /// vfork children, and the thread pointer (slot) of the parent they run on.
+    vfork_slots: HashMap<Tid, u64>,
     /// Signals that arrived while a system call was being injected, to deliver later.
     held_signals: HashMap<Tid, i32>,
     image: image::Image,
@@ -252,6 +280,7 @@ impl<'s> Tracer<'s> {
         argv: &[std::ffi::CString],
         sink: &'s mut dyn Sink,
         waiter: Waiter,
+        setup: Setup,
     ) -> Result<Tracer<'s>, TraceError> {
         let pid = ptrace::spawn_seized(path, argv).map_err(|e| TraceError::Start(e.to_string()))?;
         match ptrace::wait_tid(pid).map_err(TraceError::Wait)? {
@@ -267,6 +296,7 @@ impl<'s> Tracer<'s> {
         }
         let mem = Memory::open(pid).map_err(|e| TraceError::Setup(e.to_string()))?;
         let mut t = Tracer::new(pid, sink, mem, waiter, Mode::Launch);
+        t.apply(setup);
         t.threads.insert(
             pid,
             Thread {
@@ -285,12 +315,13 @@ impl<'s> Tracer<'s> {
             sink,
             mem,
             scratch: Scratch::default(),
-            stubs: Stubs::default(),
-            stub_data: Vec::new(),
+            rec: None,
+            inline_wanted: true,
             bps: Breakpoints::default(),
             threads: HashMap::new(),
             children: HashMap::new(),
             early_children: HashSet::new(),
+            vfork_slots: HashMap::new(),
             held_signals: HashMap::new(),
             image: image::Image::default(),
             walker: StackWalker::new(),
@@ -334,9 +365,20 @@ impl<'s> Tracer<'s> {
         }
     }
 
+    fn apply(&mut self, setup: Setup) {
+        self.inline_wanted = !setup.stops;
+        self.set_depth(setup.depth);
+    }
+
     /// Keeps at most `depth` frames per stack (at least one: the allocator's caller).
     pub fn set_depth(&mut self, depth: usize) {
         self.depth = depth.max(1);
+        if self.depth == 1 {
+            // The caller alone: no stack to copy.
+            if let Some(r) = &self.rec {
+                r.ring.set_copy_len(0);
+            }
+        }
     }
 
     /// Polls for the next stop for `spin` before sleeping. Ignored (no polling) when
@@ -357,6 +399,9 @@ impl<'s> Tracer<'s> {
             self.resume(self.pid);
         }
         loop {
+            // The records written since the last look: with inline recording, the
+            // only news of most allocator calls.
+            let busy = self.drain();
             // Stops taken out of turn (while every thread was being stopped, or one
             // was stepped) come first; not while paused, when they wait for the resume.
             let deferred = if self.is_paused() {
@@ -366,10 +411,21 @@ impl<'s> Tracer<'s> {
             };
             let wake = match deferred {
                 Some(stop) => Wake::Stop(stop),
-                None => self
+                // More records are likely coming: look, but do not sleep.
+                None if busy => match self
                     .waiter
-                    .wait(self.spin, self.next_wake())
-                    .map_err(TraceError::Wait)?,
+                    .poll_now(self.next_wake())
+                    .map_err(TraceError::Wait)?
+                {
+                    Some(w) => w,
+                    None => continue,
+                },
+                None => {
+                    let wake = self.next_wake_or_look();
+                    self.waiter
+                        .wait(self.spin, wake)
+                        .map_err(TraceError::Wait)?
+                }
             };
             match wake {
                 Wake::Stop(stop) => {
@@ -377,6 +433,10 @@ impl<'s> Tracer<'s> {
                     if self.is_paused() && !ends {
                         self.deferred.push_back(stop);
                         continue;
+                    }
+                    if ends {
+                        // The last records, and every event held back.
+                        self.flush();
                     }
                     let end = self.handle(stop)?;
                     self.sink.tick(&self.stacks);
@@ -434,14 +494,11 @@ impl<'s> Tracer<'s> {
     }
 
     fn gone(&mut self, tid: Tid) {
-        if let Some(t) = self.threads.remove(&tid) {
-            for f in t.frames {
-                if let Some(k) = f.stub {
-                    self.stubs.release(k);
-                }
-            }
-        }
+        self.drain();
+        self.unregister_thread(tid);
+        self.threads.remove(&tid);
         self.children.remove(&tid);
+        self.vfork_done(tid);
         self.early_children.remove(&tid);
         self.held_signals.remove(&tid);
         self.holding.remove(&tid);
@@ -473,6 +530,16 @@ impl<'s> Tracer<'s> {
                     } else {
                         Child::Vfork
                     };
+                    if kind == Child::Vfork {
+                        // The child runs on this thread's stack and thread pointer,
+                        // so on its slot: until it execs or exits, every call made
+                        // there stops, and the child's are kept out of the heap.
+                        let tp = self.threads.get(&tid).map_or(0, |t| t.tp);
+                        if let Some(r) = self.rec.as_mut() {
+                            r.ring.set_slow(tp, true);
+                        }
+                        self.vfork_slots.insert(child, tp);
+                    }
                     if self.early_children.remove(&child) {
                         self.child_started(tid, child, kind);
                     } else {
@@ -483,6 +550,7 @@ impl<'s> Tracer<'s> {
             }
             PtraceEvent::Exec => {
                 if self.children.remove(&tid).is_some() {
+                    self.vfork_done(tid);
                     // A vfork child became a new program: it no longer shares our memory.
                     let _ = ptrace::detach(tid, 0);
                 } else {
@@ -492,10 +560,9 @@ impl<'s> Tracer<'s> {
             }
             PtraceEvent::Stop => self.on_stop_event(tid, signal),
             PtraceEvent::Exit => {
-                // The thread is about to exit and its memory is still there: collect
-                // the calls that returned through stubs since the last stop, and scan
-                // if this is the end of the process.
-                self.harvest();
+                // The thread is about to exit and its memory is still there: read the
+                // records so far, and scan if this is the end of the process.
+                self.drain();
                 self.on_thread_exit(tid);
                 self.resume(tid);
             }
@@ -515,6 +582,10 @@ impl<'s> Tracer<'s> {
         match self.threads.get_mut(&tid) {
             Some(t) if !t.started => {
                 t.started = true;
+                // A new thread: registered before it runs a single instruction.
+                if let Ok(regs) = ptrace::get_regs(tid) {
+                    self.register_thread(tid, &regs);
+                }
                 self.resume(tid);
             }
             Some(_) => {
@@ -542,6 +613,9 @@ impl<'s> Tracer<'s> {
                             ..Thread::default()
                         },
                     );
+                    if let Ok(regs) = ptrace::get_regs(tid) {
+                        self.register_thread(tid, &regs);
+                    }
                     self.resume(tid);
                 } else {
                     // A fork child whose fork event is still queued: hold it.
@@ -566,22 +640,48 @@ impl<'s> Tracer<'s> {
         }
     }
 
-    /// The forked child has a copy of our breakpoints and return hooks: put the
-    /// original bytes and return addresses back in its copy, then let it go.
+    /// A vfork child no longer runs on its parent's slot (it exec'd or exited).
+    fn vfork_done(&mut self, child: Tid) {
+        if let Some(tp) = self.vfork_slots.remove(&child) {
+            if let Some(r) = self.rec.as_mut() {
+                r.ring.set_slow(tp, false);
+            }
+        }
+    }
+
+    /// The forked child has a copy of our breakpoints, entry jumps and return hooks
+    /// (not of the recorder's memory, which forks leave out): put the original bytes
+    /// and return addresses back in its copy, then let it go.
     fn clean_fork_child(&mut self, parent: Tid, child: Tid) {
         let Ok(mem) = Memory::open(child) else { return };
         for (addr, bp) in self.bps.iter() {
-            let _ = mem.write(addr, &bp.original);
+            if !bp.original.is_empty() {
+                let _ = mem.write(addr, &bp.original);
+            }
+        }
+        let mut returns: Vec<(u64, u64)> = Vec::new();
+        if let Some(rec) = &self.rec {
+            for s in &rec.sites {
+                let _ = mem.write(s.entry, &s.original);
+            }
+            // The forking thread's calls in flight (fork from a new_handler, say).
+            let tp = self.threads.get(&parent).map_or(0, |t| t.tp);
+            returns.extend(rec.ring.shadow(tp).iter().map(|f| (f.sp, f.ret)));
         }
         if let Some(t) = self.threads.get(&parent) {
-            for f in t.frames.iter().filter(|f| !f.synthetic) {
-                let _ = mem.write_u64(f.entry_sp, f.real_ret);
+            returns.extend(t.frames.iter().map(|f| (f.entry_sp, f.real_ret)));
+        }
+        for (sp, ret) in returns {
+            if let memtrace_arch::ReturnSlot::Stack(a) = Native::return_slot_at(sp) {
+                let _ = mem.write_u64(a, ret);
             }
         }
     }
 
     fn on_exec(&mut self) -> Result<(), TraceError> {
         self.stats.execs += 1;
+        // The old image's last records (memtrace's mapping of its ring outlives it).
+        self.flush();
         self.forget_image();
         self.mem = Memory::open(self.pid).map_err(|e| TraceError::Setup(e.to_string()))?;
         self.sink.event(Event::Exec);
@@ -606,14 +706,13 @@ impl<'s> Tracer<'s> {
         self.holding.clear();
         self.scan = ScanState::default();
         self.scratch = Scratch::default();
-        self.stubs = Stubs::default();
+        self.rec = None;
         self.bps = Breakpoints::default();
         self.image = image::Image::default();
         self.walker = StackWalker::new();
     }
 
     fn on_trap(&mut self, tid: Tid) {
-        self.harvest();
         let Ok(mut regs) = ptrace::get_regs(tid) else {
             return;
         };
@@ -622,16 +721,53 @@ impl<'s> Tracer<'s> {
             self.on_return(tid, regs);
             return;
         }
+        if self.rec.as_ref().is_some_and(|r| r.is_stub(at)) {
+            // The return stub found no frame for this return on the shadow stack.
+            Native::set_pc(&mut regs, at);
+            if self.finish_stub_return(tid, &mut regs) {
+                let _ = ptrace::set_regs(tid, &regs);
+                self.resume(tid);
+            } else {
+                eprintln!("memtrace: internal error: thread {tid} returned through the stub with no pending call");
+                let _ = ptrace::cont(tid, libc::SIGSEGV);
+            }
+            return;
+        }
         let Some(bp) = self.bps.get(at) else {
             // A SIGTRAP that is not ours (the program's own int3 or raise).
             let _ = ptrace::cont(tid, libc::SIGTRAP);
             return;
         };
         let (kind, ool) = (bp.kind, bp.ool);
+        let slow = self
+            .rec
+            .as_ref()
+            .and_then(|r| r.sites.iter().find(|s| s.slow_trap == at))
+            .map(|s| s.entry);
+        let at = match slow {
+            Some(entry) => {
+                // A thunk's slow path: registers as at the function's entry, which is
+                // where the thread is, as far as anyone can tell.
+                if let Some(r) = self.rec.as_mut() {
+                    r.stats.slow_path_stops += 1;
+                }
+                Native::set_pc(&mut regs, entry);
+                entry
+            }
+            None => at,
+        };
         self.on_breakpoint(tid, kind, &mut regs);
         if self.debug_stop(tid, at, &regs) {
             return; // a site breakpoint: the debugger session resumed the threads
         }
+        // An entry that jumps to its thunk now (it trapped before the switch): its
+        // first instruction alone would return into the jump's bytes; the thunk's
+        // displaced instructions go past them.
+        let ool = self
+            .rec
+            .as_ref()
+            .and_then(|r| r.sites.iter().find(|s| s.entry == at && s.jumping))
+            .map_or(ool, |s| s.displaced);
         Native::set_pc(&mut regs, ool);
         let _ = ptrace::set_regs(tid, &regs);
         self.resume(tid);
@@ -645,7 +781,7 @@ impl Tracer<'_> {
         self.stats.breakpoint_hits += 1;
         match kind {
             BpKind::Loader => self.rescan(tid),
-            BpKind::Unwind => self.unhook_returns(tid, regs),
+            BpKind::Unwind => self.record_unwind(tid, regs),
             BpKind::Hook(f) => self.on_entry(tid, f, regs),
             BpKind::ExitCall => self.on_exit_call(tid, Native::sp(regs)),
             BpKind::Exit => self.scan_at_exit(tid),

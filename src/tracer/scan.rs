@@ -11,7 +11,7 @@
 //! registers, minus what a native glibc process has that valgrind's does not: the
 //! heap itself (`[heap]`, anonymous mappings holding a live block, the heaps of
 //! other arenas; their free chunks hold stale pointers), memtrace's own mappings (the
-//! return stubs' data holds recent return values), and stacks below their stack
+//! ring and the thread table hold recent pointers), and stacks below their stack
 //! pointer (stale).
 
 use super::stopall::AllStopped;
@@ -207,8 +207,8 @@ impl Tracer<'_> {
         if all.regs.is_empty() {
             return Err(ScanError::NoThread);
         }
-        // Calls that returned since the last stop: their blocks must be live for the scan.
-        self.harvest();
+        // Every record so far, every event held back: the heap as it is now.
+        self.flush();
         let started = std::time::Instant::now();
         let maps = maps::read(self.pid).map_err(ScanError::Maps)?;
         let mut blocks = self.sink.live_blocks();
@@ -218,7 +218,11 @@ impl Tracer<'_> {
             .iter()
             .map(|(tid, r)| self.live_stack_start(*tid, Native::sp(r)))
             .collect();
-        let own: Vec<(u64, u64)> = self.scratch.ranges().chain(self.stubs.region()).collect();
+        let own: Vec<(u64, u64)> = self
+            .scratch
+            .ranges()
+            .chain(self.rec.iter().flat_map(|r| r.ring.addrs.ranges()))
+            .collect();
         let arenas = self.arena_heaps(&maps);
         let devices = self.devices(&maps);
         let layout = Layout {

@@ -13,9 +13,12 @@ use crate::hooks::HookFn;
 use memtrace_arch::{Arch, Native};
 use std::collections::HashMap;
 
-pub const REGION_SIZE: u64 = 16 * 1024;
+pub const REGION_SIZE: u64 = 64 * 1024;
 const TRAMPOLINE_OFFSET: u64 = 0;
 const SYSCALL_OFFSET: u64 = 8;
+/// A name for the system calls that take one (the recorder's memfd).
+const NAME_OFFSET: u64 = 32;
+pub const NAME: &[u8] = b"memtrace\0";
 const FIRST_SLOT: u64 = 64;
 /// How far (in either direction) a RIP-relative operand reaches.
 const REACH: u64 = 0x7000_0000;
@@ -27,6 +30,8 @@ pub fn region_header() -> Vec<u8> {
     page[tramp..tramp + Native::BREAKPOINT.len()].copy_from_slice(Native::BREAKPOINT);
     let sys = SYSCALL_OFFSET as usize;
     page[sys..sys + Native::SYSCALL_THEN_BREAK.len()].copy_from_slice(Native::SYSCALL_THEN_BREAK);
+    let name = NAME_OFFSET as usize;
+    page[name..name + NAME.len()].copy_from_slice(NAME);
     page
 }
 
@@ -74,6 +79,11 @@ impl Scratch {
         self.regions.first().map(|r| r.start + SYSCALL_OFFSET)
     }
 
+    /// The address of [`NAME`] in the first region.
+    pub fn name(&self) -> Option<u64> {
+        self.regions.first().map(|r| r.start + NAME_OFFSET)
+    }
+
     /// Whether `addr` is inside any scratch region.
     pub fn contains(&self, addr: u64) -> bool {
         self.regions
@@ -90,11 +100,14 @@ impl Scratch {
 
     /// A free slot within RIP-relative reach of `near`, if a region has one.
     pub fn take_slot(&mut self, near: u64) -> Option<u64> {
-        let size = Native::MAX_RELOCATED_LEN as u64;
-        let r = self
-            .regions
-            .iter_mut()
-            .find(|r| r.next + size <= r.start + REGION_SIZE && r.start.abs_diff(near) < REACH)?;
+        self.take(Native::MAX_RELOCATED_LEN as u64, near)
+    }
+
+    /// `size` bytes of code within RIP-relative reach of `near` (0: anywhere).
+    pub fn take(&mut self, size: u64, near: u64) -> Option<u64> {
+        let r = self.regions.iter_mut().find(|r| {
+            r.next + size <= r.start + REGION_SIZE && (near == 0 || r.start.abs_diff(near) < REACH)
+        })?;
         let slot = r.next;
         r.next += size.next_multiple_of(16);
         Some(slot)
@@ -201,10 +214,17 @@ mod tests {
         // Too far for a 32-bit displacement: no slot.
         assert_eq!(s.take_slot(0x5555_0000_0000), None);
         // The region fills up.
-        let n = (0..1000)
+        let n = (0..10_000)
             .filter_map(|_| s.take_slot(0x7f00_0000_0000))
             .count();
-        assert!(n < 1000 && n > 100);
+        let per_region = (REGION_SIZE - FIRST_SLOT) / 48;
+        assert!(n as u64 <= per_region && n > 100, "{n}");
+        // Room of any size, anywhere.
+        let mut t = Scratch::default();
+        t.add_region(0x1000_0000);
+        assert_eq!(t.take(1000, 0), Some(0x1000_0000 + FIRST_SLOT));
+        assert_eq!(t.take(10, 0), Some(0x1000_0000 + FIRST_SLOT + 1008));
+        assert_eq!(t.take(REGION_SIZE, 0), None);
     }
 
     #[test]

@@ -166,7 +166,6 @@ impl Tracer<'_> {
         };
         let at = Native::pc(&regs).wrapping_sub(Native::TRAP_PC_ADJUST);
         let ours = if self.scratch.is_trampoline(at) {
-            self.harvest();
             self.finish_return(tid, &mut regs)
         } else if self.bps.contains(at) {
             Native::set_pc(&mut regs, at);

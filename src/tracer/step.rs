@@ -17,7 +17,7 @@ use crate::debug::{DebugError, Progress, Target};
 use crate::event::Tid;
 use crate::ptrace::{self, PtraceEvent, Stop};
 use crate::unwind::Start;
-use memtrace_arch::{Arch, Native, Regs, ReturnSlot};
+use memtrace_arch::{Arch, Native, Regs};
 
 /// How a thread was set going, to set it going the same way after an unrelated stop.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -51,7 +51,7 @@ impl Live<'_, '_> {
     /// A breakpoint's work, as `Tracer::on_trap` does it, without resuming.
     fn enter(&mut self, kind: BpKind) {
         let (t, tid) = (&mut *self.t, self.tid);
-        t.harvest();
+        t.drain();
         t.on_breakpoint(tid, kind, &mut self.regs);
     }
 
@@ -107,7 +107,7 @@ impl Live<'_, '_> {
                     event: PtraceEvent::Exit,
                     ..
                 } => {
-                    self.t.harvest();
+                    self.t.drain();
                     self.t.on_thread_exit(tid);
                 }
                 Stop::Event {
@@ -138,34 +138,44 @@ impl Live<'_, '_> {
         }
     }
 
-    /// After a step: out of a return stub or the trampoline, to the real return
+    /// After a step: out of the return stub or the trampoline, to the real return
     /// address.
     fn leave_memtrace_pages(&mut self) -> Result<Progress, DebugError> {
-        // A stub is four instructions; a few more for safety.
-        for _ in 0..8 {
+        // The stub is a few dozen instructions; a shadow stack full of abandoned
+        // frames makes it loop a little more.
+        for _ in 0..2000 {
             let pc = self.pc();
-            if self.t.stubs.is_stub_code(pc) {
-                if let p @ Progress::Gone(_) = self.go(Go::Step)? {
-                    return Ok(p);
+            let stub = self.t.rec.as_ref().map(|r| r.stub);
+            match stub {
+                Some((start, _)) if pc == start => {
+                    if !self.t.finish_stub_return(self.tid, &mut self.regs) {
+                        break;
+                    }
+                    self.set_regs()?;
                 }
-            } else if self.t.scratch.is_trampoline(pc) {
-                if !self.t.finish_return(self.tid, &mut self.regs) {
-                    break;
+                Some((start, end)) if start < pc && pc < end => {
+                    if let p @ Progress::Gone(_) = self.go(Go::Step)? {
+                        return Ok(p);
+                    }
                 }
-                self.set_regs()?;
-            } else {
-                break;
+                _ if self.t.scratch.is_trampoline(pc) => {
+                    if !self.t.finish_return(self.tid, &mut self.regs) {
+                        break;
+                    }
+                    self.set_regs()?;
+                }
+                _ => break,
             }
         }
         Ok(Progress::Stopped)
     }
 
-    /// Resumes the thread for good (the session is over).
-    pub fn resume(&mut self) {
+    /// Readies the thread to run on (the session is over): out of an entry already
+    /// taken, its registers written. The caller resumes it.
+    pub fn prepare_resume(&mut self) {
         if self.leave_entered().is_ok() {
             let _ = self.set_regs();
         }
-        self.t.resume(self.tid);
     }
 
     fn run_to_planted(
@@ -184,7 +194,7 @@ impl Live<'_, '_> {
                 Native::set_pc(&mut self.regs, addr);
                 self.set_regs()?;
                 if Native::sp(&self.regs) >= min_sp {
-                    self.t.harvest();
+                    self.t.drain();
                     return Ok(Progress::Stopped);
                 }
                 // A deeper call returning to the same place (recursion): past it.
@@ -261,7 +271,7 @@ impl Target for Live<'_, '_> {
             return Ok(p);
         }
         let p = self.leave_memtrace_pages()?;
-        self.t.harvest();
+        self.t.drain();
         Ok(p)
     }
 
@@ -284,21 +294,8 @@ impl Target for Live<'_, '_> {
 
     fn backtrace(&mut self, depth: usize) -> Vec<u64> {
         let regs = self.regs;
-        // Return addresses memtrace swapped for its stubs, put back for the unwinder.
-        let swapped: Vec<(u64, u64)> = self
-            .t
-            .threads
-            .get(&self.tid)
-            .map(|th| {
-                th.frames
-                    .iter()
-                    .filter_map(|f| match Native::return_slot_at(f.entry_sp) {
-                        ReturnSlot::Stack(a) => Some((a, f.real_ret)),
-                        ReturnSlot::LinkRegister => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        // Return addresses memtrace swapped for its stub, put back for the unwinder.
+        let swapped = self.t.swapped_returns(self.tid, &regs);
         let start = Start {
             return_address: Native::pc(&regs),
             sp: Native::sp(&regs),

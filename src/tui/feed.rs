@@ -141,6 +141,17 @@ impl Sink for Feed {
         self.scan = Some(scan.stats);
         self.send_leak_check();
     }
+    fn check_free(&self, ev: &Event) -> crate::recorder::FreeCheck {
+        self.heap.check_free(ev)
+    }
+    fn amend_freed(
+        &mut self,
+        ptr: u64,
+        alloc: Option<crate::event::StackId>,
+        free: Option<crate::event::StackId>,
+    ) {
+        self.heap.amend_freed(ptr, alloc, free);
+    }
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ pub fn run(
                 updates: frontend_tx,
                 commands: debug_rx,
             };
-            let mut t = session::start_tracer(&start, &mut feed, waiter)?;
+            let mut t = session::start_tracer(&start, &mut feed, waiter, &common_copy)?;
             session::configure(&mut t, &common_copy, started);
             t.set_tick(SNAPSHOT_EVERY);
             t.set_debugger(breaks, Box::new(frontend));

@@ -91,8 +91,10 @@ impl Snapshotter {
             state,
             totals: heap.totals(),
             errors: heap.errors().iter().map(|e| e.count).sum(),
+            // Blocks freed before their stack was ever needed have no site.
             sites: heap
                 .sites()
+                .filter(|(stack, _)| *stack != crate::recorder::NOT_UNWOUND)
                 .map(|(stack, counts)| SiteSnapshot { stack, counts })
                 .collect(),
             new_stacks,

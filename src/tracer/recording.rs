@@ -1,0 +1,989 @@
+//! Recording allocator calls, the tracer's side: the recorder's memory set up in the
+//! target, threads registered in its table, hooked functions given their thunks,
+//! and the ring read into events (see [`crate::recorder`]).
+//!
+//! Two ways a call gets into the ring, one way out:
+//! - **inline** (the default): the function's entry jumps to its thunk, which writes
+//!   the record without stopping the thread;
+//! - **at a stop** (`--stops`, and the slow path: a thread not registered yet, a
+//!   stack the thunk cannot copy, a site breakpoint armed): the entry is an int3 and
+//!   memtrace writes the same record itself.
+//!
+//! Either way the return address is swapped for the one return stub (its real value on
+//! the thread's shadow stack), which writes the return record. The records are read
+//! in order by [`Tracer::drain`], on this thread, between stops and whenever the
+//! loop has nothing else to do.
+
+use super::scratch::{BpKind, Breakpoint};
+use super::{TraceError, Tracer};
+use crate::event::{Event, StackId, Tid};
+use crate::hooks::HookFn;
+use crate::ptrace::{self, SharedMem};
+use crate::recorder::defer::{FreeCheck, Heap, Unwind};
+use crate::recorder::record::{self, Entry, Return};
+use crate::recorder::{Addrs, Caller, Calls, Defer, RawStack, Record, Ring, ShadowFrame};
+use crate::unwind::{StackWalker, Start};
+use memtrace_arch::recorder::{entry_len, MAX_STACK_COPY, RETURN_LEN, RING_SIZE};
+use memtrace_arch::{Arch, Native, Regs, ReturnSlot, ThunkSpec};
+use std::time::Instant;
+
+/// Stack bytes a record copies at first: perf's default for its DWARF call graphs
+/// (`--call-graph dwarf`). Never more than the thread's stack holds above the stack
+/// pointer, so a shallow stack costs what it is; an unwind that runs off the end of a
+/// copy before `--depth` frames doubles it, up to [`MAX_STACK_COPY`].
+pub const FIRST_COPY_LEN: u64 = 8 << 10;
+/// Room for one thunk and its displaced instructions.
+const THUNK_ROOM: u64 = 1024;
+/// Room for the return stub.
+const STUB_ROOM: u64 = 512;
+/// Where the displaced instructions go, from the thunk's start.
+const DISPLACED_AT: u64 = THUNK_ROOM - 128;
+/// Past this much of the ring in use, stack copies are taken out of it.
+const PRESSURE: u64 = RING_SIZE / 2;
+
+/// One hooked function whose entry can jump to a thunk.
+#[derive(Clone, Debug)]
+pub(super) struct Site {
+    pub entry: u64,
+    /// The entry jump, and the original bytes it covers.
+    pub jump: Vec<u8>,
+    pub original: Vec<u8>,
+    /// Length of the whole instructions the jump displaces.
+    pub covered: u64,
+    pub thunk: u64,
+    pub displaced: u64,
+    pub slow_trap: u64,
+    pub module_base: u64,
+    /// The entry jumps now (else it traps: the breakpoint planted first).
+    pub jumping: bool,
+}
+
+/// Counters of the recording, for the report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecordStats {
+    /// `inline` or `stops`.
+    pub mode: &'static str,
+    /// Records read from the ring.
+    pub records: u64,
+    pub record_bytes: u64,
+    /// Calls that took the slow path (a stop) in inline mode.
+    pub slow_path_stops: u64,
+    /// Stacks unwound, and those never needed (blocks freed young, frees that were
+    /// no error).
+    pub stacks_unwound: u64,
+    pub stacks_never_needed: u64,
+    /// Stack copies taken out of the ring because it filled up.
+    pub stacks_evacuated: u64,
+    /// Times the program waited for room in the ring, and for how long.
+    pub ring_waits: u64,
+    pub ring_wait_ns: u64,
+    /// Stack bytes a record copied at most, at the end; unwinds that ran off a copy.
+    pub stack_copy_len: u64,
+    pub stack_copies_short: u64,
+    /// Records still being written when read (stepped over, read later), and
+    /// records never finished (their thread died in the middle).
+    pub records_in_progress: u64,
+    pub records_abandoned: u64,
+    /// Hooked functions recorded inline, and those that stay at a stop per call
+    /// (their first bytes cannot be moved).
+    pub inline_functions: u64,
+    pub stop_functions: u64,
+}
+
+pub(super) struct Recording {
+    pub ring: Ring,
+    pub calls: Calls,
+    pub defer: Defer,
+    pub sites: Vec<Site>,
+    /// Entries are to jump to their thunks (else an int3: a stop per call); see
+    /// [`Tracer::sync_entries`].
+    pub inline: bool,
+    /// The return stub's code.
+    pub stub: (u64, u64),
+    pub stats: RecordStats,
+    /// When the ring last had records: the loop looks again soon after.
+    pub busy: bool,
+    /// Looks at the ring in a row that found nothing (the wait grows with them).
+    pub idle_looks: u32,
+    /// Time stamp counter ticks per nanosecond, for the waits' time.
+    ticks_per_ns: f64,
+}
+
+impl Recording {
+    pub fn is_stub(&self, addr: u64) -> bool {
+        self.stub.0 <= addr && addr < self.stub.1
+    }
+
+    /// The site whose thunk or displaced code holds `addr`.
+    pub fn site_at(&self, addr: u64) -> Option<&Site> {
+        self.sites
+            .iter()
+            .find(|s| s.thunk <= addr && addr < s.thunk + THUNK_ROOM)
+    }
+}
+
+/// The heap's side of the deferral, over the trace's sink.
+struct SinkHeap<'a, 's>(&'a mut (dyn super::Sink + 's));
+
+impl Heap for SinkHeap<'_, '_> {
+    fn check_free(&self, ev: &Event) -> FreeCheck {
+        self.0.check_free(ev)
+    }
+    fn amend_freed(&mut self, ptr: u64, a: Option<StackId>, f: Option<StackId>) {
+        self.0.amend_freed(ptr, a, f);
+    }
+    fn event(&mut self, ev: Event) {
+        self.0.event(ev);
+    }
+}
+
+/// Unwinds raw stacks from their copies.
+struct Unwinder<'a> {
+    ring: &'a Ring,
+    walker: &'a mut StackWalker,
+    stacks: &'a mut crate::event::StackTable,
+    frames: &'a mut Vec<u64>,
+    stats: &'a mut super::TraceStats,
+    depth: usize,
+    generation: u32,
+    pid: i32,
+    stack_top: u64,
+    /// An unwind asked for stack beyond a copy that was cut by the copy length.
+    short: bool,
+}
+
+impl Unwind for Unwinder<'_> {
+    fn unwind(&mut self, raw: &RawStack) -> StackId {
+        let started = Instant::now();
+        let bytes: &[u8] = match &raw.owned {
+            Some(b) => b,
+            None => self.ring.stack(raw.pos, raw.len),
+        };
+        let base = Native::sp_after_return(raw.sp);
+        let mut beyond = false;
+        let mut read = |addr: u64, buf: &mut [u8]| -> usize {
+            let Some(off) = addr.checked_sub(base) else {
+                return 0;
+            };
+            let off = off as usize;
+            if off >= bytes.len() {
+                beyond = true;
+                return 0;
+            }
+            let n = buf.len().min(bytes.len() - off);
+            buf[..n].copy_from_slice(&bytes[off..off + n]);
+            if n < buf.len() {
+                beyond = true;
+            }
+            n
+        };
+        let start = Start {
+            return_address: raw.ret,
+            sp: base,
+            frame_pointer: raw.fp,
+            stack_top: if raw.tid == self.pid {
+                self.stack_top
+            } else {
+                0
+            },
+        };
+        let ending = self.walker.walk(start, &mut read, self.depth, self.frames);
+        if beyond && ending == crate::unwind::Ending::Failed && raw.len >= self.ring.copy_len() {
+            self.short = true;
+        }
+        self.stats.unwind_ns += started.elapsed().as_nanos() as u64;
+        self.stats.stacks_captured += 1;
+        self.stats.frames_captured += self.frames.len() as u64;
+        self.stacks
+            .intern(self.frames, ending.truncated(), self.generation)
+    }
+
+    fn still_there(&mut self, raw: &RawStack) -> Option<Box<[u8]>> {
+        self.ring.copy_if_intact(raw.pos, raw.len)
+    }
+}
+
+/// The bounds of the stack `sp` is on: `[lo, hi)`, where `hi` is as high as an
+/// unwinder reads. The main thread's stack ends a little above its first stack
+/// pointer (argc); a glibc thread's at its thread pointer (its descriptor sits on top
+/// of its stack); any other at its mapping's end.
+fn stack_bounds(pid: i32, sp: u64, tp: u64, main_top: u64) -> Option<(u64, u64)> {
+    let maps = crate::maps::read(pid).ok()?;
+    let m = maps.iter().find(|m| m.start <= sp && sp < m.end)?;
+    if main_top != 0 && m.start <= main_top && main_top < m.end {
+        // It grows down: any stack pointer within the usual limit is on it.
+        let hi = (main_top + 512).min(m.end);
+        return Some((hi.saturating_sub(1 << 30), hi));
+    }
+    let hi = if tp > sp && tp <= m.end { tp } else { m.end };
+    Some((m.start, hi))
+}
+
+/// Time stamp counter ticks per nanosecond, measured (the waits are timed in ticks).
+fn measure_ticks() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY-free: rdtsc is not unsafe in core::arch? It is; avoid it here and
+        // estimate from /proc/cpuinfo's "cpu MHz" (what the kernel calibrated).
+        let mhz = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("cpu MHz"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(1000.0);
+        mhz / 1000.0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        1.0
+    }
+}
+
+impl Tracer<'_> {
+    /// Maps the recorder's memory into the target (thread `tid` stopped, every other
+    /// thread too) and into memtrace, and writes the return stub.
+    pub(super) fn setup_recording(&mut self, tid: Tid) -> Result<(), TraceError> {
+        let err = |what: &str, r: i64| {
+            TraceError::Setup(format!(
+                "{what} in the target failed: {}",
+                std::io::Error::from_raw_os_error((-r) as i32)
+            ))
+        };
+        let failed = |r: i64| (-4095..0).contains(&r);
+        let name = self
+            .scratch
+            .name()
+            .ok_or_else(|| TraceError::Setup("no scratch page".into()))?;
+        let fd = self.inject_syscall(
+            tid,
+            Native::SYS_MEMFD_CREATE,
+            [name, libc::MFD_CLOEXEC as u64, 0, 0, 0, 0],
+        )?;
+        if failed(fd) {
+            return Err(err("memfd_create", fd));
+        }
+        let result = self.map_shared(tid, fd as u64);
+        // Closed in the target whatever happened: its mappings keep the file.
+        let _ = self.inject_syscall(tid, Native::SYS_CLOSE, [fd as u64, 0, 0, 0, 0, 0]);
+        let (mem, addrs) = result?;
+        let stub_at = self
+            .scratch
+            .take(STUB_ROOM, 0)
+            .ok_or_else(|| TraceError::Setup("no room for the return stub".into()))?;
+        let stub = Native::recorder_return_stub(stub_at, addrs.ctrl)
+            .map_err(|e| TraceError::Setup(format!("the return stub: {e}")))?;
+        self.mem
+            .write(stub_at, &stub.code)
+            .map_err(|e| TraceError::Setup(format!("writing the return stub: {e}")))?;
+        let addrs = Addrs {
+            ret_stub: stub_at,
+            ..addrs
+        };
+        let copy_len = if self.depth <= 1 { 0 } else { FIRST_COPY_LEN };
+        let ring = Ring::new(mem, addrs, copy_len);
+        if let Some(g) = &self.guardian {
+            // First thing restored if memtrace dies: every thunk and stub then lets
+            // calls through untouched, and no writer waits for room.
+            g.record(
+                addrs.ctrl + memtrace_arch::recorder::CTRL_FLAGS,
+                &memtrace_arch::recorder::FLAG_BYPASS.to_le_bytes(),
+            );
+        }
+        // At attach, entries start jumping once every thread is stepped out of them.
+        let inline = self.inline_wanted && self.mode == super::Mode::Launch && !self.breaks_armed();
+        self.rec = Some(super::recording::Recording {
+            ring,
+            calls: Calls::new(),
+            defer: Defer::new(),
+            sites: Vec::new(),
+            inline,
+            stub: (stub_at, stub_at + stub.code.len() as u64),
+            stats: RecordStats {
+                mode: if self.inline_wanted {
+                    "inline"
+                } else {
+                    "stops"
+                },
+                ..RecordStats::default()
+            },
+            busy: false,
+            idle_looks: 0,
+            ticks_per_ns: measure_ticks(),
+        });
+        Ok(())
+    }
+
+    /// Maps the memfd `fd` of the target: in memtrace, and in the target (the control
+    /// page and table once, the ring twice back to back), out of forked children.
+    fn map_shared(&mut self, tid: Tid, fd: u64) -> Result<(SharedMem, Addrs), TraceError> {
+        use memtrace_arch::recorder::RING_OFFSET;
+        let setup = |e: std::io::Error| TraceError::Setup(format!("the recorder's memory: {e}"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{}/fd/{fd}", self.pid))
+            .map_err(setup)?;
+        let mem = SharedMem::map(file).map_err(setup)?;
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let shared = libc::MAP_SHARED as u64;
+        let mmap = |t: &mut Self, args: [u64; 6]| -> Result<u64, TraceError> {
+            let r = t.inject_syscall(tid, Native::SYS_MMAP, args)?;
+            if (-4095..0).contains(&r) {
+                return Err(TraceError::Setup(format!(
+                    "mmap of the recorder's memory in the target failed: {}",
+                    std::io::Error::from_raw_os_error((-r) as i32)
+                )));
+            }
+            Ok(r as u64)
+        };
+        let ctrl = mmap(self, [0, RING_OFFSET, rw, shared, fd, 0])?;
+        let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let ring = mmap(self, [0, 2 * RING_SIZE, 0, anon, u64::MAX, 0])?;
+        let fixed = shared | libc::MAP_FIXED as u64;
+        for half in [ring, ring + RING_SIZE] {
+            mmap(self, [half, RING_SIZE, rw, fixed, fd, RING_OFFSET])?;
+        }
+        for (at, len) in [(ctrl, RING_OFFSET), (ring, 2 * RING_SIZE)] {
+            // A forked child must never write into the parent's ring.
+            let _ = self.inject_syscall(
+                tid,
+                Native::SYS_MADVISE,
+                [at, len, libc::MADV_DONTFORK as u64, 0, 0, 0],
+            );
+        }
+        Ok((
+            mem,
+            Addrs {
+                ctrl,
+                ring,
+                ret_stub: 0,
+            },
+        ))
+    }
+
+    /// Writes the thunk of the hooked function at `addr` (its breakpoint planted
+    /// already), whose code is `function`. Returns false when its first bytes cannot
+    /// be moved: it stays at a stop per call.
+    pub(super) fn add_thunk(
+        &mut self,
+        tid: Tid,
+        addr: u64,
+        func: HookFn,
+        function: &[u8],
+        module_base: u64,
+    ) -> bool {
+        let Some(rec) = self.rec.as_ref() else {
+            return false;
+        };
+        let ctrl = rec.ring.addrs.ctrl;
+        let thunk = match self.scratch.take(THUNK_ROOM, addr) {
+            Some(t) => t,
+            None => {
+                if self
+                    .map_scratch(tid, super::scratch::Scratch::hint_near(addr))
+                    .is_err()
+                {
+                    return false;
+                }
+                match self.scratch.take(THUNK_ROOM, addr) {
+                    Some(t) => t,
+                    None => return false,
+                }
+            }
+        };
+        let displaced = thunk + DISPLACED_AT;
+        let made = (|| {
+            let jump = Native::entry_jump(addr, thunk)?;
+            let moved = Native::relocate_entry(function, addr, displaced).ok()?;
+            if moved.code.len() as u64 > THUNK_ROOM - DISPLACED_AT {
+                return None;
+            }
+            let spec = ThunkSpec {
+                ctrl,
+                func: func.id(),
+                hook_return: func.hooks_return(),
+                out_ptr_arg: func == HookFn::PosixMemalign,
+                displaced,
+            };
+            let code = Native::recorder_thunk(thunk, &spec).ok()?;
+            if code.code.len() as u64 > DISPLACED_AT {
+                return None;
+            }
+            Some((jump, moved, code))
+        })();
+        let Some((jump, moved, code)) = made else {
+            if let Some(r) = self.rec.as_mut() {
+                r.stats.stop_functions += 1;
+            }
+            return false;
+        };
+        if self.mem.write(thunk, &code.code).is_err()
+            || self.mem.write(displaced, &moved.code).is_err()
+        {
+            return false;
+        }
+        let slow_trap = thunk + code.slow_trap as u64;
+        // The slow path stops as the entry's breakpoint does, then runs the displaced
+        // instructions.
+        self.bps.insert(
+            slow_trap,
+            Breakpoint {
+                kind: BpKind::Hook(func),
+                ool: displaced,
+                ool_len: moved.relocated_len as u64,
+                resume: addr + moved.original_len as u64,
+                original: Vec::new(),
+                module_base,
+            },
+        );
+        let original = function[..jump.len()].to_vec();
+        if let Some(r) = self.rec.as_mut() {
+            r.stats.inline_functions += 1;
+            r.sites.push(Site {
+                entry: addr,
+                jump,
+                original,
+                covered: moved.original_len as u64,
+                thunk,
+                displaced,
+                slow_trap,
+                module_base,
+                jumping: false,
+            });
+        }
+        true
+    }
+
+    /// Makes every entry jump to its thunk, or trap, as `Recording::inline` says.
+    /// A thread whose pc is inside the bytes about to change (past a trapping
+    /// entry's first instruction) must not run them: `held` are the threads the
+    /// caller holds stopped, stepped past them first; others must not be inside
+    /// (code just mapped, or a process of one thread).
+    pub(super) fn sync_entries(&mut self, held: &[Tid]) {
+        let Some(rec) = self.rec.as_ref() else { return };
+        let on = rec.inline;
+        let sites: Vec<Site> = rec
+            .sites
+            .iter()
+            .filter(|s| s.jumping != on)
+            .cloned()
+            .collect();
+        if sites.is_empty() {
+            return;
+        }
+        if on {
+            for &tid in held {
+                self.step_out_of_entries(tid, &sites);
+            }
+        }
+        for s in &sites {
+            if on {
+                if let Some(g) = &self.guardian {
+                    g.record(s.entry, &s.original);
+                }
+                // The rest first, behind the int3 still at the first byte; then the
+                // first byte: every thread sees either the int3 or the whole jump.
+                let _ = self.mem.write(s.entry + 1, &s.jump[1..]);
+                let _ = self.mem.write(s.entry, &s.jump[..1]);
+            } else {
+                let _ = self.mem.write(s.entry, Native::BREAKPOINT);
+                let _ = self.mem.write(s.entry + 1, &s.original[1..]);
+            }
+        }
+        if let Some(rec) = self.rec.as_mut() {
+            for site in rec.sites.iter_mut() {
+                site.jumping = on;
+            }
+        }
+    }
+
+    /// Records inline from now on, or with a stop per call (a site breakpoint needs
+    /// the stop), if the trace records inline at all. `held` as for `sync_entries`.
+    pub(super) fn set_inline(&mut self, on: bool, held: &[Tid]) {
+        let on = on && self.inline_wanted;
+        if let Some(rec) = self.rec.as_mut() {
+            rec.inline = on;
+        }
+        self.sync_entries(held);
+    }
+
+    /// Single-steps a stopped thread out of the first bytes of hooked functions
+    /// (past their first instruction, inside what an entry jump overwrites), and out
+    /// of the out-of-line slot of their first instruction (which jumps back there).
+    fn step_out_of_entries(&mut self, tid: Tid, sites: &[Site]) {
+        let slots: Vec<(u64, u64)> = sites
+            .iter()
+            .filter_map(|s| self.bps.get(s.entry))
+            .map(|bp| (bp.ool, bp.ool + Native::MAX_RELOCATED_LEN as u64))
+            .collect();
+        // Trapped at an entry, its stop not handled yet: it is at the entry, not
+        // inside it (the stop handler sends it past the entry jump).
+        let trapped = self.deferred.iter().any(
+            |s| matches!(*s, ptrace::Stop::Signal { tid: t, signal: libc::SIGTRAP } if t == tid),
+        );
+        if trapped {
+            return;
+        }
+        for _ in 0..16 {
+            let Ok(regs) = ptrace::get_regs(tid) else {
+                return;
+            };
+            let pc = Native::pc(&regs);
+            let inside = sites
+                .iter()
+                .any(|s| pc > s.entry && pc < s.entry + s.covered)
+                || slots.iter().any(|&(a, b)| a <= pc && pc < b);
+            if !inside {
+                return;
+            }
+            if ptrace::single_step(tid, 0).is_err() {
+                return;
+            }
+            match ptrace::wait_tid(tid) {
+                Ok(ptrace::Stop::Signal { signal, .. }) if signal != libc::SIGTRAP => {
+                    self.held_signals.insert(tid, signal);
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Registers a stopped thread in the recorder's table (its thread pointer and
+    /// stack), so that its calls are recorded without a stop.
+    pub(super) fn register_thread(&mut self, tid: Tid, regs: &Regs) {
+        let tp = Native::thread_pointer(regs);
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.tp = tp;
+        }
+        let main_top = if tid == self.pid {
+            self.image.stack_top
+        } else {
+            0
+        };
+        let Some(rec) = self.rec.as_mut() else { return };
+        if tp == 0 || rec.ring.is_registered(tp) {
+            return;
+        }
+        if let Some((lo, hi)) = stack_bounds(self.pid, Native::sp(regs), tp, main_top) {
+            rec.ring.register(tp, tid, lo, hi);
+        }
+    }
+
+    /// A thread is gone: its slot too (its records were read first).
+    pub(super) fn unregister_thread(&mut self, tid: Tid) {
+        let tp = self.threads.get(&tid).map_or(0, |t| t.tp);
+        if let Some(rec) = self.rec.as_mut() {
+            if tp != 0 {
+                rec.ring.unregister(tp);
+            }
+            rec.calls.thread_gone(tid);
+            let holes: Vec<u64> = rec
+                .ring
+                .holes()
+                .filter(|(_, h)| h.tid == tid)
+                .map(|(p, _)| p)
+                .collect();
+            for p in holes {
+                rec.ring.abandon(p);
+            }
+        }
+    }
+
+    /// Where a call whose return address is `ret` was made from.
+    fn caller(&self, ret: u64) -> Caller {
+        let stub = self.rec.as_ref().is_some_and(|r| r.is_stub(ret));
+        Caller {
+            allocator: stub || self.image.is_allocator_code(ret),
+            internal: self.image.is_internal(ret),
+        }
+    }
+
+    /// Reads every record committed so far into events (some held back a moment,
+    /// see [`crate::recorder::defer`]); releases what is no longer needed. True when
+    /// there were records.
+    pub(super) fn drain(&mut self) -> bool {
+        let mut any = false;
+        let now = Instant::now();
+        loop {
+            let next = match self.rec.as_mut() {
+                Some(r) => r.ring.next_record(),
+                None => return false,
+            };
+            let rec = match next {
+                None => break,
+                Some(Ok(rec)) => rec,
+                Some(Err(e)) => {
+                    self.recording_broken(&e.to_string());
+                    break;
+                }
+            };
+            any = true;
+            self.take_record(rec, now);
+        }
+        self.release(false);
+        if let Some(r) = self.rec.as_mut() {
+            r.busy = any;
+            if any {
+                r.idle_looks = 0;
+            }
+        }
+        any
+    }
+
+    /// Every record read and every event handed to the heap: before a scan, a report,
+    /// a debugger stop, a change of image or of objects.
+    pub(super) fn flush(&mut self) {
+        self.drain();
+        self.release(true);
+    }
+
+    fn take_record(&mut self, rec: Record, now: Instant) {
+        let out = match rec {
+            Record::Entry(e) => {
+                let caller = self.caller(e.ret);
+                let Some(r) = self.rec.as_mut() else { return };
+                r.calls.entry(&e, caller)
+            }
+            Record::Return(ret) => {
+                let Some(r) = self.rec.as_mut() else { return };
+                r.calls.ret(&ret)
+            }
+            Record::Unwind { tid, .. } => {
+                if let Some(r) = self.rec.as_mut() {
+                    r.calls.unwind(tid);
+                }
+                None
+            }
+        };
+        if let (Some(out), Some(r)) = (out, self.rec.as_mut()) {
+            r.defer.push(out, now);
+        }
+    }
+
+    /// Hands the heap the events that are due (all of them with `all`) and releases
+    /// the ring below what is still needed.
+    fn release(&mut self, all: bool) {
+        let Some(rec) = self.rec.as_mut() else { return };
+        let mut unwinder = Unwinder {
+            ring: &rec.ring,
+            walker: &mut self.walker,
+            stacks: &mut self.stacks,
+            frames: &mut self.frame_buf,
+            stats: &mut self.stats,
+            depth: self.depth,
+            generation: self.generation,
+            pid: self.pid,
+            stack_top: self.image.stack_top,
+            short: false,
+        };
+        let mut heap = SinkHeap(&mut *self.sink);
+        let now = Instant::now();
+        if rec.ring.used() > PRESSURE {
+            // The ring fills: what holds its oldest half leaves now. The few calls
+            // still open there take their copies out of it.
+            let limit = rec.ring.head().saturating_sub(PRESSURE / 2);
+            rec.defer.relieve(limit, now, &mut unwinder, &mut heap);
+            let ring = unwinder.ring;
+            for raw in rec.calls.raw_stacks_mut() {
+                if raw.owned.is_none() && raw.pos < limit {
+                    raw.owned = Some(ring.stack(raw.pos, raw.len).into());
+                    rec.stats.stacks_evacuated += 1;
+                }
+            }
+        }
+        rec.defer.release(now, all, &mut unwinder, &mut heap);
+        if unwinder.short {
+            let len = (rec.ring.copy_len() * 2).min(MAX_STACK_COPY);
+            rec.ring.set_copy_len(len);
+            rec.stats.stack_copies_short += 1;
+        }
+        let mut upto = rec.ring.read_pos();
+        if let Some(p) = rec.defer.oldest_pin() {
+            upto = upto.min(p);
+        }
+        for raw in rec.calls.raw_stacks_mut() {
+            if raw.owned.is_none() {
+                upto = upto.min(raw.pos);
+            }
+        }
+        rec.ring.release(upto);
+    }
+
+    /// A record made no sense: stop recording (the program runs on, untouched), say so.
+    fn recording_broken(&mut self, why: &str) {
+        eprintln!(
+            "memtrace: warning: the recording stopped ({why}); the report covers the calls before"
+        );
+        if let Some(r) = self.rec.as_mut() {
+            r.ring.set_flags(memtrace_arch::recorder::FLAG_BYPASS);
+        }
+    }
+
+    /// Reserves room for a record of memtrace's own, reading the ring until there is.
+    fn reserve(&mut self, len: u64) -> Option<u64> {
+        let pos = self.rec.as_mut()?.ring.reserve(len);
+        for _ in 0..1_000_000 {
+            let rec = self.rec.as_ref()?;
+            if rec.ring.has_room(pos, len) {
+                return Some(pos);
+            }
+            self.drain();
+            self.release(true);
+            if let Some(r) = self.rec.as_mut() {
+                if !r.ring.has_room(pos, len) {
+                    // Copies held for old frees or open calls: out of the ring.
+                    let ring = &r.ring;
+                    let mut copy =
+                        |raw: &RawStack| -> Box<[u8]> { ring.stack(raw.pos, raw.len).into() };
+                    r.defer.evacuate(&mut copy);
+                    for raw in r.calls.raw_stacks_mut() {
+                        if raw.owned.is_none() {
+                            raw.owned = Some(ring.stack(raw.pos, raw.len).into());
+                        }
+                    }
+                    std::thread::yield_now();
+                }
+            }
+        }
+        None
+    }
+
+    /// The entry of a hooked call memtrace stopped at (`--stops`, or the slow path):
+    /// the record the thunk would have written, and the return hooked through the
+    /// stub (or the trampoline, when the shadow stack is full). Returns the entry.
+    pub(super) fn record_entry(
+        &mut self,
+        tid: Tid,
+        func: HookFn,
+        regs: &mut Regs,
+    ) -> Option<Entry> {
+        let sp = Native::sp(regs);
+        let ret = match Native::return_slot(regs) {
+            ReturnSlot::Stack(a) => self.mem.read_u64(a).ok()?,
+            ReturnSlot::LinkRegister => Native::link_register(regs),
+        };
+        self.register_thread(tid, regs);
+        let tp = Native::thread_pointer(regs);
+        let rec = self.rec.as_ref()?;
+        let tail_call = rec.is_stub(ret) || Some(ret) == self.scratch.trampoline();
+        let copy_len = rec.ring.copy_len();
+        let bounds = rec.ring.bounds(tp);
+        let from = Native::sp_after_return(sp);
+        let want = match bounds {
+            Some((_, hi)) if hi > from => copy_len.min(hi - from),
+            Some(_) => 0,
+            None => copy_len,
+        };
+        let mut stack = vec![0u8; want as usize];
+        let got = self.mem.read_vm_partial(from, &mut stack).unwrap_or(0);
+        stack.truncate(got);
+        let hook = func.hooks_return() && !tail_call;
+        let mut e = Entry {
+            pos: 0,
+            tid,
+            func,
+            hooked_return: hook,
+            args: std::array::from_fn(|n| Native::arg(regs, n)),
+            ret,
+            sp,
+            fp: Native::frame_pointer(regs),
+            stack_len: stack.len() as u64,
+        };
+        let len = entry_len(e.stack_len);
+        let pos = self.reserve(len)?;
+        e.pos = pos;
+        let header = record::encode_entry(&e);
+        let stub = self.rec.as_ref()?.ring.addrs.ret_stub;
+        let mut swapped = false;
+        if hook {
+            let out_ptr = if func == HookFn::PosixMemalign {
+                e.args[0]
+            } else {
+                0
+            };
+            let frame = ShadowFrame {
+                ret,
+                sp,
+                pos,
+                out_ptr,
+            };
+            let on_shadow = self.rec.as_mut()?.ring.push_shadow(tp, frame);
+            let to = if on_shadow {
+                Some(stub)
+            } else {
+                // No slot or a full shadow stack: the trampoline, a stop at the return.
+                let t = self.scratch.trampoline();
+                if let (Some(_), Some(th)) = (t, self.threads.get_mut(&tid)) {
+                    th.frames.push(super::Frame {
+                        func,
+                        entry_sp: sp,
+                        real_ret: ret,
+                        pos,
+                        out_ptr,
+                    });
+                }
+                t
+            };
+            if let Some(to) = to {
+                swapped = match Native::return_slot(regs) {
+                    ReturnSlot::Stack(a) => self.mem.write_u64(a, to).is_ok(),
+                    ReturnSlot::LinkRegister => {
+                        Native::set_link_register(regs, to);
+                        true
+                    }
+                };
+                if !swapped {
+                    if on_shadow {
+                        if let Some(r) = self.rec.as_mut() {
+                            let depth = r.ring.shadow(tp).len();
+                            r.ring.truncate_shadow(tp, depth.saturating_sub(1));
+                        }
+                    } else if let Some(th) = self.threads.get_mut(&tid) {
+                        th.frames.pop();
+                    }
+                }
+            }
+        }
+        let header = if hook && !swapped {
+            e.hooked_return = false;
+            record::encode_entry(&e)
+        } else {
+            header
+        };
+        self.rec.as_mut()?.ring.write(pos, &header, &stack);
+        Some(e)
+    }
+
+    /// A call returned through the trampoline: its return record.
+    pub(super) fn record_trampoline_return(&mut self, tid: Tid, f: &super::Frame, value: u64) {
+        let out = if f.func == HookFn::PosixMemalign && value as u32 == 0 {
+            self.mem.read_u64(f.out_ptr).unwrap_or(0)
+        } else {
+            0
+        };
+        let r = Return {
+            pos: 0,
+            tid,
+            entry_pos: f.pos,
+            value,
+            out,
+        };
+        if let Some(pos) = self.reserve(RETURN_LEN) {
+            if let Some(rec) = self.rec.as_mut() {
+                rec.ring.write(pos, &record::encode_return(&r), &[]);
+            }
+        }
+    }
+
+    /// The thread is about to unwind its stack (an exception): its swapped return
+    /// addresses are put back (the unwinder must see the real ones) and its calls
+    /// will not return.
+    pub(super) fn record_unwind(&mut self, tid: Tid, regs: &mut Regs) {
+        let tp = Native::thread_pointer(regs);
+        let stub = self.rec.as_ref().map_or(0, |r| r.ring.addrs.ret_stub);
+        let shadow = self
+            .rec
+            .as_ref()
+            .map(|r| r.ring.shadow(tp))
+            .unwrap_or_default();
+        for f in shadow.iter().rev() {
+            self.put_back(regs, f.sp, stub, f.ret);
+        }
+        let tramp = self.scratch.trampoline().unwrap_or(0);
+        let frames = self
+            .threads
+            .get_mut(&tid)
+            .map(|t| std::mem::take(&mut t.frames))
+            .unwrap_or_default();
+        self.stats.abandoned_frames += frames.len() as u64;
+        for f in frames.iter().rev() {
+            self.put_back(regs, f.entry_sp, tramp, f.real_ret);
+        }
+        if let Some(r) = self.rec.as_mut() {
+            r.ring.truncate_shadow(tp, 0);
+        }
+        if let Some(pos) = self.reserve(RETURN_LEN) {
+            if let Some(rec) = self.rec.as_mut() {
+                rec.ring.write(pos, &record::encode_unwind(tid), &[]);
+            }
+        }
+    }
+
+    /// The innermost hooked call of `tid` whose return memtrace holds: its stack
+    /// pointer at entry, and its real return address.
+    pub(super) fn pending_return(&self, tid: Tid, regs: &Regs) -> Option<(u64, u64)> {
+        let tramp = self
+            .threads
+            .get(&tid)
+            .and_then(|t| t.frames.last())
+            .map(|f| (f.entry_sp, f.real_ret));
+        let tp = Native::thread_pointer(regs);
+        let shadow = self
+            .rec
+            .as_ref()
+            .and_then(|r| r.ring.shadow(tp).last().map(|f| (f.sp, f.ret)));
+        // The innermost is the one lowest on the stack.
+        match (tramp, shadow) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Every return address memtrace swapped on `tid`'s stack, as (slot, real value).
+    pub(super) fn swapped_returns(&self, tid: Tid, regs: &Regs) -> Vec<(u64, u64)> {
+        let tp = Native::thread_pointer(regs);
+        let mut v: Vec<(u64, u64)> = self
+            .rec
+            .as_ref()
+            .map(|r| r.ring.shadow(tp).iter().map(|f| (f.sp, f.ret)).collect())
+            .unwrap_or_default();
+        if let Some(t) = self.threads.get(&tid) {
+            v.extend(t.frames.iter().map(|f| (f.entry_sp, f.real_ret)));
+        }
+        v.into_iter()
+            .filter_map(|(sp, ret)| match Native::return_slot_at(sp) {
+                ReturnSlot::Stack(a) => Some((a, ret)),
+                ReturnSlot::LinkRegister => None,
+            })
+            .collect()
+    }
+
+    /// Puts `real` back where a call that entered at `sp` keeps its return address,
+    /// if memtrace's `ours` is still there.
+    pub(super) fn put_back(&mut self, regs: &mut Regs, sp: u64, ours: u64, real: u64) {
+        match Native::return_slot_at(sp) {
+            ReturnSlot::Stack(a) => {
+                if self.mem.read_u64(a).ok() == Some(ours) {
+                    let _ = self.mem.write_u64(a, real);
+                }
+            }
+            ReturnSlot::LinkRegister => {
+                if Native::link_register(regs) == ours {
+                    Native::set_link_register(regs, real);
+                }
+            }
+        }
+    }
+
+    /// The figures of the recording, for the report.
+    pub fn record_stats(&self) -> Option<RecordStats> {
+        let r = self.rec.as_ref()?;
+        let (waits, ticks) = r.ring.waits();
+        let mut s = r.stats;
+        s.records = r.ring.stats.records;
+        s.record_bytes = r.ring.stats.bytes;
+        s.stacks_unwound = r.defer.stats.unwound;
+        s.stacks_never_needed = r.defer.stats.never_needed;
+        s.stacks_evacuated = r.defer.stats.evacuated;
+        s.ring_waits = waits;
+        s.ring_wait_ns = (ticks as f64 / r.ticks_per_ns) as u64;
+        s.stack_copy_len = r.ring.copy_len();
+        s.records_in_progress = r.ring.stats.holes;
+        s.records_abandoned = r.ring.stats.abandoned;
+        Some(s)
+    }
+}
