@@ -140,6 +140,11 @@ pub fn ctor() -> Case {
 pub fn fork() -> Case {
     Case::new("fork", DEBUG)
 }
+/// vfork.c: children that run on the parent's memory and slot; only the parent's
+/// calls count.
+pub fn vfork() -> Case {
+    Case::new("vfork", DEBUG)
+}
 /// exec.c leaks, then execs the leak fixture: only leak.c's markers may show, and
 /// valgrind follows the exec to report on the new image.
 pub fn exec() -> Case {

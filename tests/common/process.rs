@@ -220,13 +220,47 @@ pub fn memtrace_binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_memtrace"))
 }
 
-/// `memtrace launch --no-tui --json <tmp> -- PROGRAM ARGS...`
+/// `memtrace launch --no-tui --json <tmp> -- PROGRAM ARGS...`, in both recording
+/// modes (see [`run_memtrace_opts`]).
 pub fn run_memtrace(target: &Target) -> Run {
     run_memtrace_opts(&[], target)
 }
 
-/// `memtrace launch --no-tui --json <tmp> OPTIONS -- PROGRAM ARGS...`
+/// `memtrace launch --no-tui --json <tmp> OPTIONS -- PROGRAM ARGS...`, run twice:
+/// recording inline (the default) and with `--stops`. Both must end the same way
+/// and, unless the trace is cut by time (`--duration`), give the same report
+/// ([`super::report::comparable`]). Returns the default run.
 pub fn run_memtrace_opts(options: &[&str], target: &Target) -> Run {
+    if options.contains(&"--stops") {
+        return run_memtrace_once(options, target);
+    }
+    let inline = run_memtrace_once(options, target);
+    let mut with_stops = options.to_vec();
+    with_stops.push("--stops");
+    let stops = run_memtrace_once(&with_stops, target);
+    let what = format!("{} {}", options.join(" "), target.display());
+    assert_eq!(
+        inline.exit, stops.exit,
+        "{what}: inline and --stops runs end differently\ninline stderr:\n{}\n--stops stderr:\n{}",
+        inline.stderr, stops.stderr
+    );
+    let timed = options.contains(&"--duration");
+    if !timed && inline.json_error.is_none() {
+        let (a, b) = (
+            super::report::comparable(stops.report()),
+            super::report::comparable(inline.report()),
+        );
+        assert_eq!(
+            a, b,
+            "{what}: the --stops report (left) and the inline one (right) differ\ninline stderr:\n{}\n--stops stderr:\n{}",
+            inline.stderr, stops.stderr
+        );
+    }
+    inline
+}
+
+/// One run of `memtrace launch --no-tui --json <tmp> OPTIONS -- PROGRAM ARGS...`.
+pub fn run_memtrace_once(options: &[&str], target: &Target) -> Run {
     let dir =
         tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
     let json_path = dir.path().join("report.json");

@@ -210,3 +210,66 @@ pub fn errors(report: &Value) -> Vec<HeapError> {
         })
         .collect()
 }
+
+/// What two runs of the same deterministic program must agree on whatever way the
+/// calls were recorded: how it ended, the totals (but the peak), the leaks (kind, blocks, bytes,
+/// and each frame's function, file, line and object) and the errors, in a stable
+/// order. Addresses (which ASLR moves), times and the tracer's own figures are
+/// left out.
+pub fn comparable(report: &Value) -> Value {
+    let frames = |v: &Value| -> Value {
+        Value::Array(
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|f| {
+                            serde_json::json!([f["function"], f["file"], f["line"], f["object"]])
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    };
+    let mut leaks: Vec<Value> = report["leaks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|l| {
+                    serde_json::json!({
+                        "kind": l["kind"], "blocks": l["blocks"], "bytes": l["bytes"],
+                        "indirect_bytes": l["indirect_bytes"], "stack": frames(&l["stack"]),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    leaks.sort_by_key(|v| v.to_string());
+    let mut errors: Vec<Value> = report["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "kind": e["kind"], "count": e["count"], "block_size": e["block_size"],
+                        "stack": frames(&e["stack"]),
+                        "alloc_stack": frames(&e["alloc_stack"]),
+                        "first_free_stack": frames(&e["first_free_stack"]),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    errors.sort_by_key(|v| v.to_string());
+    // The peak depends on how threads interleaved, which no two runs share.
+    let mut totals = report["totals"].clone();
+    if let Some(t) = totals.as_object_mut() {
+        t.remove("peak_live_bytes");
+    }
+    serde_json::json!({
+        "end": report["end"],
+        "totals": totals,
+        "leaks": leaks,
+        "errors": errors,
+        "scanned": report["scan"].is_object(),
+    })
+}
