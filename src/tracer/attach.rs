@@ -150,7 +150,7 @@ impl<'s> Tracer<'s> {
                     PtraceEvent::Fork | PtraceEvent::Vfork => {
                         if let Ok(child) = ptrace::event_msg(tid) {
                             self.children
-                                .insert(child as Tid, super::Child::ForkPending);
+                                .insert(child as Tid, super::Child::ForkPending(Vec::new()));
                         }
                     }
                     PtraceEvent::Exit => {

@@ -1,7 +1,8 @@
 //! The tracer: one thread that owns the traced process and turns its stops into events.
 //!
 //! See `lib.rs` for the path one malloc takes. This module holds the stop loop and
-//! what happens to threads and processes (clone, fork, vfork, exec, signals). One
+//! what happens to threads and processes (clone, exec, signals; a forked child's
+//! copy of the image is cleaned in `fork.rs`). One
 //! hooked call's entry and return are in `calls.rs`; the process image (loader
 //! rendezvous, which objects get hooks, planting) in `image.rs`; scratch pages and
 //! breakpoints in `scratch.rs`; return stubs in `stubs.rs`; injected system calls in
@@ -18,6 +19,7 @@ mod calls;
 mod control;
 pub mod debug;
 mod detach;
+mod fork;
 mod image;
 mod inflight;
 mod inject;
@@ -176,10 +178,11 @@ struct Thread {
     listening: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Child {
-    /// A forked child that has not yet had its initial stop: clean it then.
-    ForkPending,
+    /// A forked child that has not yet had its initial stop: clean it then, putting
+    /// back these return addresses (the forking thread's pending calls at the fork).
+    ForkPending(Vec<fork::Swapped>),
     /// A vfork child: it shares our target's memory (breakpoints included) until it
     /// execs or exits, so it stays traced and its hits just run out of line.
     Vfork,
@@ -467,17 +470,7 @@ impl<'s> Tracer<'s> {
             }
             PtraceEvent::Fork | PtraceEvent::Vfork => {
                 if let Ok(child) = ptrace::event_msg(tid) {
-                    let child = child as Tid;
-                    let kind = if event == PtraceEvent::Fork {
-                        Child::ForkPending
-                    } else {
-                        Child::Vfork
-                    };
-                    if self.early_children.remove(&child) {
-                        self.child_started(tid, child, kind);
-                    } else {
-                        self.children.insert(child, kind);
-                    }
+                    self.on_fork_event(tid, child as Tid, event == PtraceEvent::Vfork);
                 }
                 self.resume(tid);
             }
@@ -506,10 +499,8 @@ impl<'s> Tracer<'s> {
 
     /// PTRACE_EVENT_STOP: a new thread's or child's first stop, or a group-stop.
     fn on_stop_event(&mut self, tid: Tid, signal: i32) {
-        if let Some(&kind) = self.children.get(&tid) {
-            self.children.remove(&tid);
-            // The parent is the thread that forked; any of ours will do for frames.
-            self.child_started(self.pid, tid, kind);
+        if let Some(kind) = self.children.remove(&tid) {
+            self.child_started(tid, kind);
             return;
         }
         match self.threads.get_mut(&tid) {
@@ -547,35 +538,6 @@ impl<'s> Tracer<'s> {
                     // A fork child whose fork event is still queued: hold it.
                     self.early_children.insert(tid);
                 }
-            }
-        }
-    }
-
-    /// A fork or vfork child had its first stop.
-    fn child_started(&mut self, parent: Tid, child: Tid, kind: Child) {
-        match kind {
-            Child::ForkPending => {
-                self.clean_fork_child(parent, child);
-                self.stats.forks_cleaned += 1;
-                let _ = ptrace::detach(child, 0);
-            }
-            Child::Vfork => {
-                self.children.insert(child, Child::Vfork);
-                self.resume(child);
-            }
-        }
-    }
-
-    /// The forked child has a copy of our breakpoints and return hooks: put the
-    /// original bytes and return addresses back in its copy, then let it go.
-    fn clean_fork_child(&mut self, parent: Tid, child: Tid) {
-        let Ok(mem) = Memory::open(child) else { return };
-        for (addr, bp) in self.bps.iter() {
-            let _ = mem.write(addr, &bp.original);
-        }
-        if let Some(t) = self.threads.get(&parent) {
-            for f in t.frames.iter().filter(|f| !f.synthetic) {
-                let _ = mem.write_u64(f.entry_sp, f.real_ret);
             }
         }
     }

@@ -35,10 +35,8 @@ pub(super) struct Settled {
 impl Tracer<'_> {
     pub(super) fn stop_all_to_detach(&mut self) -> Result<Settled, TraceError> {
         let mut held: HashMap<Tid, Held> = HashMap::new();
-        // Fork children already stopped whose fork event has not come: clean them now.
-        for child in std::mem::take(&mut self.early_children) {
-            self.let_child_go(child);
-        }
+        // Fork children already stopped whose fork event has not come stay held: the
+        // forking thread is one of those waited for, and its next stop is that event.
         let mut want: HashSet<Tid> = self.threads.keys().copied().collect();
         want.extend(self.children.keys().copied());
         for &tid in &want {
@@ -76,11 +74,12 @@ impl Tracer<'_> {
                     self.forget(tid, &mut want, &mut held);
                     continue;
                 }
-                _ if self.children.get(&stop.tid()) == Some(&Child::ForkPending) => {
+                _ if matches!(self.children.get(&stop.tid()), Some(Child::ForkPending(_))) => {
                     let child = stop.tid();
-                    self.children.remove(&child);
                     want.remove(&child);
-                    self.let_child_go(child);
+                    if let Some(Child::ForkPending(swapped)) = self.children.remove(&child) {
+                        self.let_child_go(child, &swapped);
+                    }
                     continue;
                 }
                 Stop::Signal { tid, signal } => (tid, self.held_at_signal(tid, signal)),
@@ -98,8 +97,9 @@ impl Tracer<'_> {
                             if !self.threads.contains_key(&tid) && !self.children.contains_key(&tid)
                             {
                                 if super::thread_group_of(tid) != Some(self.pid) {
-                                    // A fork child whose fork event is still queued.
-                                    self.let_child_go(tid);
+                                    // A fork child whose fork event is still to come:
+                                    // cleaned there.
+                                    self.early_children.insert(tid);
                                     continue;
                                 }
                                 self.threads.insert(tid, Thread::default());
@@ -120,8 +120,15 @@ impl Tracer<'_> {
                         }
                         PtraceEvent::Fork | PtraceEvent::Vfork => {
                             if let Ok(child) = ptrace::event_msg(tid) {
-                                self.children.insert(child as Tid, Child::ForkPending);
-                                want.insert(child as Tid);
+                                // A vfork child too: it is let go with the rest.
+                                let child = child as Tid;
+                                let swapped = self.swapped_returns(tid);
+                                if self.early_children.remove(&child) {
+                                    self.let_child_go(child, &swapped);
+                                } else {
+                                    self.children.insert(child, Child::ForkPending(swapped));
+                                    want.insert(child);
+                                }
                             }
                         }
                         PtraceEvent::Exec => {
@@ -139,6 +146,11 @@ impl Tracer<'_> {
             };
             want.remove(&tid);
             held.insert(tid, h);
+        }
+        // Children whose forking thread died before its fork event: nothing is known
+        // of its pending calls, the breakpoints at least go.
+        for child in std::mem::take(&mut self.early_children) {
+            self.let_child_go(child, &[]);
         }
         Ok(Settled { held, end: None })
     }
@@ -182,8 +194,8 @@ impl Tracer<'_> {
     }
 
     /// A fork child with a copy of our breakpoints: clean its copy and let it go.
-    fn let_child_go(&mut self, child: Tid) {
-        self.clean_fork_child(self.pid, child);
+    fn let_child_go(&mut self, child: Tid, swapped: &[super::fork::Swapped]) {
+        self.clean_fork_child(child, swapped);
         self.stats.forks_cleaned += 1;
         let _ = ptrace::detach(child, 0);
     }
