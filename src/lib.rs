@@ -2,7 +2,8 @@
 //!
 //! # The path one malloc takes
 //!
-//! 1. `memtrace launch` checks the program ([`elf::check_program`]), forks, seizes the
+//! 1. `memtrace launch` checks the program ([`launchable::check_program`]; a
+//!    `#!` script's chain of interpreters too), forks, seizes the
 //!    child with ptrace and lets it exec ([`ptrace::spawn_seized`]). The tracer
 //!    ([`tracer::Tracer`]) sees the exec before the dynamic loader runs.
 //! 2. At exec the tracer maps a scratch page into the target (an injected `mmap`) and
@@ -71,6 +72,7 @@ pub mod elf;
 pub mod event;
 pub mod heap;
 pub mod hooks;
+pub mod launchable;
 pub mod leakcheck;
 pub mod maps;
 pub mod ptrace;

@@ -5,8 +5,8 @@ use memtrace::attachable;
 use memtrace::cli::{AttachArgs, Cli, Command, Common, LaunchArgs};
 use memtrace::debug::batch::Batch;
 use memtrace::debug::BreakSpec;
-use memtrace::elf;
 use memtrace::heap::Heap;
+use memtrace::launchable;
 use memtrace::ptrace::{self, Stop, Waiter};
 use memtrace::report::{self, End, Target, Timing};
 use memtrace::session::{self, Collector, Start, StartError, Traced};
@@ -28,7 +28,7 @@ fn main() {
 
 fn launch(args: LaunchArgs) -> i32 {
     let name = &args.command[0];
-    let program = match elf::check_program(name) {
+    let program = match launchable::check_program(name) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("memtrace: {e}");
@@ -82,6 +82,7 @@ fn launch(args: LaunchArgs) -> i32 {
         pid: traced.pid,
         argv: args.command.clone(),
         mode: "launch".into(),
+        images: Vec::new(),
     };
     let report = match finish(traced, target, &args.common, started) {
         Ok(r) => r,
@@ -149,6 +150,7 @@ fn attach(args: AttachArgs) -> i32 {
         pid,
         argv,
         mode: "attach".into(),
+        images: Vec::new(),
     };
     match finish(traced, target, &args.common, started) {
         // The process's own status is its parent's business: memtrace succeeded.
@@ -219,13 +221,14 @@ fn trace_plain(
         scan: collector.scan,
         scan_error: end.scan_error,
         unmatched_breaks: end.unmatched_breaks,
+        images: end.images,
     })
 }
 
 /// Builds, prints and writes the report. Err: the exit status for a failure.
 fn finish(
     traced: Traced,
-    target: Target,
+    mut target: Target,
     common: &Common,
     started: Instant,
 ) -> Result<report::Report, i32> {
@@ -242,6 +245,7 @@ fn finish(
         min_age_ns: common.min_age.map(|s| (s * 1e9) as u64),
     };
     let pid = traced.pid;
+    target.images = traced.images;
     let mut heap = traced.heap;
     heap.end_of_trace();
     let mut sym = traced.sym.unwrap_or_else(|| Symbolizer::new(pid));

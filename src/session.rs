@@ -7,7 +7,7 @@ use crate::heap::Heap;
 use crate::maps::Module;
 use crate::ptrace::Waiter;
 use crate::symbols::Symbolizer;
-use crate::tracer::{End, Scan, ScanStats, Sink, TraceStats, Tracer};
+use crate::tracer::{End, ExecImage, Scan, ScanStats, Sink, TraceStats, Tracer};
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,8 @@ pub struct Traced {
     pub scan_error: Option<String>,
     /// `--break-at` specs no allocation ever matched.
     pub unmatched_breaks: Vec<String>,
+    /// The images the process went through, the reported one last.
+    pub images: Vec<ExecImage>,
 }
 
 /// What the tracer itself leaves at the end (the heap stays with the sink).
@@ -100,6 +102,8 @@ pub struct TracerEnd {
     pub stats: TraceStats,
     pub scan_error: Option<String>,
     pub unmatched_breaks: Vec<String>,
+    /// The images the process went through (see [`Tracer::images`]).
+    pub images: Vec<ExecImage>,
 }
 
 /// Runs a started tracer to its end and takes what it leaves.
@@ -113,6 +117,7 @@ pub fn run_to_end(mut t: Tracer<'_>) -> Result<TracerEnd, String> {
         stats: t.stats,
         scan_error: t.scan_error().map(String::from),
         unmatched_breaks: t.armed_breaks(),
+        images: std::mem::take(&mut t.images),
     })
 }
 

@@ -61,6 +61,7 @@ impl<'s> Tracer<'s> {
         let seized = seize_all(pid)?;
         let mem = Memory::open(pid).map_err(|e| TraceError::Setup(e.to_string()))?;
         let mut t = Tracer::new(pid, sink, mem, waiter, Mode::Attach);
+        t.images.push(super::ExecImage::of(pid));
         // Before anything is planted: nothing to restore yet.
         match ptrace::Guardian::start(pid, t.mem.raw_fd()) {
             Ok(g) => t.guardian = Some(g),

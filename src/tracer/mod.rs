@@ -21,6 +21,7 @@ pub mod debug;
 mod detach;
 mod fork;
 mod image;
+mod images;
 mod inflight;
 mod inject;
 mod scan;
@@ -31,6 +32,7 @@ mod stopall;
 mod stubs;
 
 pub use attach::AttachError;
+pub use images::ExecImage;
 pub use scan::{Scan, ScanError, ScanStats, ScanWhen};
 
 use crate::event::{Event, StackTable, Tid};
@@ -213,6 +215,8 @@ pub struct Tracer<'s> {
     generation: u32,
     pub stacks: StackTable,
     pub stats: TraceStats,
+    /// The images the process went through, the one traced now last.
+    pub images: Vec<ExecImage>,
     /// How long to poll for the next stop before sleeping (see `ptrace::Waiter`).
     spin: std::time::Duration,
     waiter: Waiter,
@@ -270,6 +274,7 @@ impl<'s> Tracer<'s> {
         }
         let mem = Memory::open(pid).map_err(|e| TraceError::Setup(e.to_string()))?;
         let mut t = Tracer::new(pid, sink, mem, waiter, Mode::Launch);
+        t.images.push(ExecImage::of(pid));
         t.threads.insert(
             pid,
             Thread {
@@ -302,6 +307,7 @@ impl<'s> Tracer<'s> {
             generation: 0,
             stacks: StackTable::new(),
             stats: TraceStats::default(),
+            images: Vec::new(),
             spin: std::time::Duration::ZERO,
             waiter,
             mode,
@@ -544,6 +550,7 @@ impl<'s> Tracer<'s> {
 
     fn on_exec(&mut self) -> Result<(), TraceError> {
         self.stats.execs += 1;
+        self.images.push(ExecImage::of(self.pid));
         self.forget_image();
         self.mem = Memory::open(self.pid).map_err(|e| TraceError::Setup(e.to_string()))?;
         self.sink.event(Event::Exec);

@@ -134,6 +134,7 @@ impl Tracer<'_> {
                         PtraceEvent::Exec => {
                             // A new image: nothing of ours is left in it, and its other
                             // threads are gone.
+                            self.images.push(super::ExecImage::of(self.pid));
                             self.forget_image();
                             held.retain(|&t, _| t == tid);
                             want.clear();

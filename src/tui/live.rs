@@ -139,5 +139,6 @@ pub fn run(
         scan: feed.scan,
         scan_error: end.scan_error,
         unmatched_breaks: end.unmatched_breaks,
+        images: end.images,
     })
 }

@@ -227,6 +227,12 @@ pub fn run_memtrace(target: &Target) -> Run {
 
 /// `memtrace launch --no-tui --json <tmp> OPTIONS -- PROGRAM ARGS...`
 pub fn run_memtrace_opts(options: &[&str], target: &Target) -> Run {
+    run_memtrace_env(&[], options, target)
+}
+
+/// [`run_memtrace_opts`] with these variables set in memtrace's environment (which
+/// the program inherits), PATH for one.
+pub fn run_memtrace_env(env: &[(&str, OsString)], options: &[&str], target: &Target) -> Run {
     let dir =
         tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
     let json_path = dir.path().join("report.json");
@@ -239,7 +245,8 @@ pub fn run_memtrace_opts(options: &[&str], target: &Target) -> Run {
         .args(options)
         .arg("--")
         .arg(&target.program)
-        .args(&target.args);
+        .args(&target.args)
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let output = run_with_watchdog(
         command,
         MEMTRACE_LIMIT,
