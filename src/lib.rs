@@ -65,6 +65,7 @@
 //! loop's own timer). The view's thread owns the terminal and the symbolizer, so
 //! symbols never hold up the trace; its keys come back as [`tracer::Command`]s
 //! (pause, scan, detach) that wake the stop loop, or as debugger commands.
+pub mod aliases;
 pub mod attachable;
 pub mod cli;
 pub mod debug;
