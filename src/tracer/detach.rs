@@ -12,7 +12,7 @@ use super::{End, TraceError, Tracer};
 use crate::event::{Event, Tid};
 use crate::ptrace::{self, Stop};
 use memtrace_arch::{Arch, Native, ReturnSlot, STUB_CODE_SIZE, STUB_RET};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// At most this many single steps to leave an out-of-line slot (one relocated
 /// instruction, then the jump back).
@@ -49,7 +49,9 @@ impl Tracer<'_> {
                 self.leave_our_code(tid, h);
             }
         }
-        for &tid in &tids {
+        // A thread that did not stop runs none of the program's code until it does
+        // (the interrupt is pending): its stack can be written all the same.
+        for &tid in tids.iter().chain(&all.unstopped) {
             self.restore_return_addresses(tid);
         }
         for (addr, bp) in self.bps.iter() {
@@ -57,7 +59,15 @@ impl Tracer<'_> {
                 eprintln!("memtrace: warning: cannot restore the code at {addr:#x}: {e}");
             }
         }
-        self.unmap_ours(&mut all.held);
+        if all.unstopped.is_empty() {
+            self.unmap_ours(&mut all.held);
+        } else {
+            // Where such a thread will go on is unknown (a signal handler's saved
+            // context may point into a slot), and an injected munmap could wait
+            // behind it (a page fault on a hung file holds the address space's lock):
+            // the pages stay.
+            self.left_behind = Some(self.left_behind_message(&all.unstopped));
+        }
         for (tid, h) in all.held {
             let sig = if h.signal != 0 {
                 h.signal
@@ -81,6 +91,25 @@ impl Tracer<'_> {
         self.threads.clear();
         self.children.clear();
         Ok(End::Detached)
+    }
+
+    /// What a detach that could not stop every thread left, in one line.
+    fn left_behind_message(&self, unstopped: &HashSet<Tid>) -> String {
+        let bytes: u64 = self
+            .scratch
+            .regions()
+            .chain(self.stubs.mapping())
+            .map(|(_, len)| len)
+            .sum();
+        let when = match self.mode {
+            super::Mode::Attach => "when memtrace exits",
+            super::Mode::Launch => "as soon as it stops",
+        };
+        format!(
+            "{} did not stop, so the detach is incomplete: it is let go {when}; the original code is back, but memtrace's pages ({} KiB, unused) stay mapped in the process",
+            super::stopwait::threads(unstopped),
+            bytes / 1024
+        )
     }
 
     /// Moves a thread whose pc is in memtrace's code back to the program's.

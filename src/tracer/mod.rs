@@ -7,7 +7,8 @@
 //! rendezvous, which objects get hooks, planting) in `image.rs`; scratch pages and
 //! breakpoints in `scratch.rs`; return stubs in `stubs.rs`; injected system calls in
 //! `inject.rs`; stopping every thread for a moment in `stopall.rs` (a scan, a pause,
-//! a debugger stop) and for good in `settle.rs` (a detach); the reachability scan
+//! a debugger stop) and for good in `settle.rs` (a detach), each wait with a time
+//! limit and Ctrl-C (`stopwait.rs`); the reachability scan
 //! (when, and which memory is a root) in `scan.rs`; joining a running process in
 //! `attach.rs` (calls caught in flight there: `inflight.rs`) and leaving it in
 //! `detach.rs`; the commands another thread sends (pause, scan, detach) and the
@@ -29,6 +30,7 @@ pub mod scratch;
 mod settle;
 mod step;
 mod stopall;
+mod stopwait;
 mod stubs;
 
 pub use attach::AttachError;
@@ -230,6 +232,11 @@ pub struct Tracer<'s> {
     control: control::Control,
     /// Stops that came while every thread was being stopped, to handle next.
     deferred: VecDeque<Stop>,
+    /// A terminating signal that came while threads were being stopped: the stop
+    /// loop detaches next (see `stopwait.rs`).
+    signal: Option<i32>,
+    /// What a detach could not do (threads that did not stop), in one line.
+    left_behind: Option<String>,
     /// Threads held stopped by `stop_all` until its `resume_all`.
     holding: HashSet<Tid>,
     scan: ScanState,
@@ -316,6 +323,8 @@ impl<'s> Tracer<'s> {
             guardian: None,
             control: control::Control::default(),
             deferred: VecDeque::new(),
+            signal: None,
+            left_behind: None,
             holding: HashSet::new(),
             scan: ScanState::default(),
             debug: None,
@@ -324,6 +333,29 @@ impl<'s> Tracer<'s> {
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// When the detach could not stop every thread: what it left, in one line (the
+    /// process runs on; memtrace should exit non-zero).
+    pub fn left_behind(&self) -> Option<&str> {
+        self.left_behind.as_deref()
+    }
+
+    /// After a detach that left a launched program's thread traced: waits for the
+    /// program's end here, on the tracing thread, letting such a thread go at its
+    /// first stop. A launched program has PTRACE_O_EXITKILL: were this thread to end
+    /// first (the live view's tracer thread does), the kernel would kill it. Returns
+    /// the program's exit status as a shell gives it, or None when there was nothing
+    /// to wait for.
+    pub fn wait_for_left_behind(&mut self) -> Option<i32> {
+        if self.mode != Mode::Launch || self.left_behind.is_none() {
+            return None;
+        }
+        match ptrace::wait_exit_letting_go(self.pid) {
+            Ok(Stop::Exited { code, .. }) => Some(code),
+            Ok(Stop::Killed { signal, .. }) => Some(128 + signal),
+            _ => Some(1),
+        }
     }
 
     /// Ends the trace (detaching) at `deadline`.
@@ -366,6 +398,9 @@ impl<'s> Tracer<'s> {
             self.resume(self.pid);
         }
         loop {
+            if self.signal.take().is_some() {
+                return self.detach();
+            }
             // Stops taken out of turn (while every thread was being stopped, or one
             // was stepped) come first; not while paused, when they wait for the resume.
             let deferred = if self.is_paused() {

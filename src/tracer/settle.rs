@@ -6,7 +6,13 @@
 //! first, until every thread is in one. A thread may report something else (a
 //! breakpoint it hit, a signal, a clone, its exit): each is settled here as that
 //! thread's stop, so nothing is lost and nothing is resumed.
+//!
+//! A thread that does not stop within the stop timeout (or before Ctrl-C) is left
+//! out (`unstopped`): it cannot be detached (PTRACE_DETACH needs a stopped thread),
+//! but it runs no code of the program's until it stops, since the interrupt is still
+//! pending, and it is let go when memtrace's tracing thread ends.
 
+use super::stopwait::StopWait;
 use super::{Child, End, Thread, TraceError, Tracer};
 use crate::event::Tid;
 use crate::ptrace::{self, PtraceEvent, Stop};
@@ -30,6 +36,8 @@ pub(super) struct Settled {
     pub held: HashMap<Tid, Held>,
     /// The process ended while being stopped.
     pub end: Option<End>,
+    /// Threads (and vfork children) that did not stop in time.
+    pub unstopped: HashSet<Tid>,
 }
 
 impl Tracer<'_> {
@@ -43,22 +51,29 @@ impl Tracer<'_> {
             // ESRCH: it is exiting; its exit comes through waitpid.
             let _ = ptrace::interrupt(tid);
         }
+        let mut wait = StopWait::new(self.waiter.stop_timeout());
         while !want.is_empty() {
             let next = match self.deferred.pop_front() {
-                Some(stop) => Ok(stop),
-                None => ptrace::wait_tid(-1),
+                Some(stop) => Ok(Some(stop)),
+                None => self.next_stop(&mut wait, &want),
             };
             let stop = match next {
-                Ok(s) => s,
+                Ok(Some(s)) => s,
+                // The time limit passed, or Ctrl-C: the threads still wanted stay out.
+                Ok(None) => break,
                 Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
                 Err(e) => return Err(TraceError::Wait(e)),
             };
+            if want.contains(&stop.tid()) {
+                wait.progress();
+            }
             let (tid, h) = match stop {
                 Stop::Exited { tid, code } => {
                     if tid == self.pid {
                         return Ok(Settled {
                             held,
                             end: Some(End::Exited(code)),
+                            unstopped: HashSet::new(),
                         });
                     }
                     self.forget(tid, &mut want, &mut held);
@@ -69,6 +84,7 @@ impl Tracer<'_> {
                         return Ok(Settled {
                             held,
                             end: Some(End::Signaled(signal)),
+                            unstopped: HashSet::new(),
                         });
                     }
                     self.forget(tid, &mut want, &mut held);
@@ -148,12 +164,30 @@ impl Tracer<'_> {
             want.remove(&tid);
             held.insert(tid, h);
         }
-        // Children whose forking thread died before its fork event: nothing is known
-        // of its pending calls, the breakpoints at least go.
+        // Children whose forking thread died (or did not stop) before its fork event:
+        // nothing is known of its pending calls, the breakpoints at least go.
         for child in std::mem::take(&mut self.early_children) {
             self.let_child_go(child, &[]);
         }
-        Ok(Settled { held, end: None })
+        // A fork child that never had its first stop has run none of its code yet:
+        // its copy is cleaned in place, and it is let go with the rest.
+        let pending: Vec<(Tid, Vec<super::fork::Swapped>)> = want
+            .iter()
+            .filter_map(|&t| match self.children.get(&t) {
+                Some(Child::ForkPending(s)) => Some((t, s.clone())),
+                _ => None,
+            })
+            .collect();
+        for (child, swapped) in pending {
+            self.clean_fork_child(child, &swapped);
+            self.children.remove(&child);
+            want.remove(&child);
+        }
+        Ok(Settled {
+            held,
+            end: None,
+            unstopped: want,
+        })
     }
 
     fn forget(&mut self, tid: Tid, want: &mut HashSet<Tid>, held: &mut HashMap<Tid, Held>) {
