@@ -12,9 +12,13 @@
 //! the target's `/proc/PID/mem`, opened by memtrace while it was the tracer.
 //!
 //! What it cannot undo: a thread stopped at one of memtrace's breakpoints at that
-//! moment (the kernel resumes it with its SIGTRAP pending), and a posix_memalign call
-//! in flight (it returns into the trampoline's int3). Calls returning through stubs,
-//! and threads in an out-of-line slot, go on: those pages stay mapped.
+//! moment (the kernel resumes it with its SIGTRAP pending, its pc one byte into the
+//! patched instruction; only the tracer could have cancelled the signal), a thread
+//! that reaches a breakpoint before the guardian has written, and a posix_memalign
+//! call in flight (it returns into the trampoline's int3). With threads that
+//! allocate all the time one of these is nearly certain (`tests/guardian.rs`). Calls
+//! returning through stubs, and threads in an out-of-line slot, go on: those pages
+//! stay mapped.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};

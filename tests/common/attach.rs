@@ -157,6 +157,27 @@ impl Drop for Background {
     }
 }
 
+/// Waits until process `pid` is traced (or no longer traced).
+pub fn wait_tracer(pid: i32, traced: bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let tracer = status
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .map(|v| v.trim() != "0");
+        if tracer == Some(traced) {
+            return;
+        }
+        assert!(
+            tracer.is_some() && std::time::Instant::now() < until,
+            "process {pid} never became {}traced",
+            if traced { "" } else { "un" }
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// One `memtrace attach` run.
 #[derive(Debug)]
 pub struct AttachRun {
