@@ -19,6 +19,29 @@ use std::collections::{HashMap, HashSet};
 const MAX_STEPS: usize = 16;
 
 impl Tracer<'_> {
+    /// When the detach could not stop every thread: what it left, in one line (the
+    /// process runs on; memtrace should exit non-zero).
+    pub fn left_behind(&self) -> Option<&str> {
+        self.left_behind.as_deref()
+    }
+
+    /// After a detach that left a launched program's thread traced: waits for the
+    /// program's end here, on the tracing thread, letting such a thread go at its
+    /// first stop. A launched program has PTRACE_O_EXITKILL: were this thread to end
+    /// first (the live view's tracer thread does), the kernel would kill it. Returns
+    /// the program's exit status as a shell gives it, or None when there was nothing
+    /// to wait for.
+    pub fn wait_for_left_behind(&mut self) -> Option<i32> {
+        if self.mode != super::Mode::Launch || self.left_behind.is_none() {
+            return None;
+        }
+        match ptrace::wait_exit_letting_go(self.pid) {
+            Ok(Stop::Exited { code, .. }) => Some(code),
+            Ok(Stop::Killed { signal, .. }) => Some(128 + signal),
+            _ => Some(1),
+        }
+    }
+
     /// Restores everything and detaches from every thread. Returns how the trace
     /// ended: detached, or the process's own end if it came first.
     pub(super) fn detach(&mut self) -> Result<End, TraceError> {

@@ -335,29 +335,6 @@ impl<'s> Tracer<'s> {
         self.pid
     }
 
-    /// When the detach could not stop every thread: what it left, in one line (the
-    /// process runs on; memtrace should exit non-zero).
-    pub fn left_behind(&self) -> Option<&str> {
-        self.left_behind.as_deref()
-    }
-
-    /// After a detach that left a launched program's thread traced: waits for the
-    /// program's end here, on the tracing thread, letting such a thread go at its
-    /// first stop. A launched program has PTRACE_O_EXITKILL: were this thread to end
-    /// first (the live view's tracer thread does), the kernel would kill it. Returns
-    /// the program's exit status as a shell gives it, or None when there was nothing
-    /// to wait for.
-    pub fn wait_for_left_behind(&mut self) -> Option<i32> {
-        if self.mode != Mode::Launch || self.left_behind.is_none() {
-            return None;
-        }
-        match ptrace::wait_exit_letting_go(self.pid) {
-            Ok(Stop::Exited { code, .. }) => Some(code),
-            Ok(Stop::Killed { signal, .. }) => Some(128 + signal),
-            _ => Some(1),
-        }
-    }
-
     /// Ends the trace (detaching) at `deadline`.
     pub fn set_deadline(&mut self, deadline: std::time::Instant) {
         self.deadline = Some(deadline);
