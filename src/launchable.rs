@@ -93,7 +93,9 @@ pub fn check_program(name: &str) -> Result<Program, LaunchError> {
         let interp = PathBuf::from(&shebang.interpreter);
         // The kernel opens the interpreter as given, relative to the cwd, not on PATH.
         if !interp.exists() {
-            return Err(LaunchError::BadInterpreter(shown, shebang.interpreter));
+            // Escaped: a DOS line ending leaves a `\r` in the name, which would hide it.
+            let name = shebang.interpreter.escape_debug().to_string();
+            return Err(LaunchError::BadInterpreter(shown, name));
         }
         shown = format!("{shown} -> {}", shebang.interpreter);
         interpreters.push(interp.clone());
