@@ -62,6 +62,11 @@ pub struct Common {
     /// report.
     #[arg(long)]
     pub stops: bool,
+    /// How long to wait for a thread to stop (to attach, scan, pause, detach) before
+    /// going on without it: a thread in uninterruptible sleep (a hung NFS or FUSE
+    /// file) does not stop until the kernel lets it go. Ctrl-C stops the wait too.
+    #[arg(long, value_name = "SECS", value_parser = seconds, default_value_t = 2.0)]
+    pub stop_timeout: f64,
 }
 
 /// A number of seconds: finite, not negative.

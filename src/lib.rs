@@ -2,7 +2,8 @@
 //!
 //! # The path one malloc takes
 //!
-//! 1. `memtrace launch` checks the program ([`elf::check_program`]), forks, seizes the
+//! 1. `memtrace launch` checks the program ([`launchable::check_program`]; a
+//!    `#!` script's chain of interpreters too), forks, seizes the
 //!    child with ptrace and lets it exec ([`ptrace::spawn_seized`]). The tracer
 //!    ([`tracer::Tracer`]) sees the exec before the dynamic loader runs.
 //! 2. At exec the tracer maps a scratch page into the target (an injected `mmap`) and
@@ -64,6 +65,7 @@
 //! loop's own timer). The view's thread owns the terminal and the symbolizer, so
 //! symbols never hold up the trace; its keys come back as [`tracer::Command`]s
 //! (pause, scan, detach) that wake the stop loop, or as debugger commands.
+pub mod aliases;
 pub mod attachable;
 pub mod cli;
 pub mod debug;
@@ -71,6 +73,7 @@ pub mod elf;
 pub mod event;
 pub mod heap;
 pub mod hooks;
+pub mod launchable;
 pub mod leakcheck;
 pub mod maps;
 pub mod ptrace;

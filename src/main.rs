@@ -5,8 +5,8 @@ use memtrace::attachable;
 use memtrace::cli::{AttachArgs, Cli, Command, Common, LaunchArgs};
 use memtrace::debug::batch::Batch;
 use memtrace::debug::BreakSpec;
-use memtrace::elf;
 use memtrace::heap::Heap;
+use memtrace::launchable;
 use memtrace::ptrace::{self, Stop, Waiter};
 use memtrace::report::{self, End, Target, Timing};
 use memtrace::session::{self, Collector, Start, StartError, Traced};
@@ -15,7 +15,7 @@ use memtrace::tracer;
 use memtrace::tui;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 fn main() {
     let cli = Cli::parse();
@@ -28,7 +28,7 @@ fn main() {
 
 fn launch(args: LaunchArgs) -> i32 {
     let name = &args.command[0];
-    let program = match elf::check_program(name) {
+    let program = match launchable::check_program(name) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("memtrace: {e}");
@@ -53,7 +53,10 @@ fn launch(args: LaunchArgs) -> i32 {
     // Ctrl-C goes to the program (same process group); memtrace stays to report.
     ptrace::survive_terminal_signals();
     let waiter = match Waiter::new(false) {
-        Ok(w) => w,
+        Ok(mut w) => {
+            w.set_stop_timeout(Duration::from_secs_f64(args.common.stop_timeout));
+            w
+        }
         Err(e) => {
             eprintln!("memtrace: cannot set up waiting for the program: {e}");
             return 1;
@@ -78,25 +81,36 @@ fn launch(args: LaunchArgs) -> i32 {
         }
     };
     let end = traced.end;
+    let left_behind = traced.left_behind.clone();
+    let status_after_detach = traced.status_after_detach;
     let target = Target {
         pid: traced.pid,
         argv: args.command.clone(),
         mode: "launch".into(),
+        images: Vec::new(),
     };
     let report = match finish(traced, target, &args.common, started) {
         Ok(r) => r,
         Err(code) => return code,
     };
+    if let Some(line) = &left_behind {
+        eprintln!("memtrace: {line}");
+    }
     let status = match end {
         tracer::End::Exited(code) => code,
         tracer::End::Signaled(sig) => 128 + sig,
         // Detached (--duration, or the live view's q): the program runs on untraced,
         // and memtrace, still its parent, waits for it so that a shell sees the
-        // program's own status.
-        tracer::End::Detached => match ptrace::wait_tid(report.target.pid) {
-            Ok(Stop::Exited { code, .. }) => code,
-            Ok(Stop::Killed { signal, .. }) => 128 + signal,
-            _ => 1,
+        // program's own status. A thread the detach could not stop is still traced
+        // (and would die with memtrace): it is let go at its first stop, by the
+        // tracing thread, which then waited for the end itself.
+        tracer::End::Detached => match status_after_detach {
+            Some(status) => status,
+            None => match ptrace::wait_tid(report.target.pid) {
+                Ok(Stop::Exited { code, .. }) => code,
+                Ok(Stop::Killed { signal, .. }) => 128 + signal,
+                _ => 1,
+            },
         },
     };
     report::exit_code(&report, status, args.common.error_exitcode)
@@ -118,7 +132,10 @@ fn attach(args: AttachArgs) -> i32 {
         .unwrap_or_default();
     // SIGINT, SIGTERM and SIGHUP now mean: detach and report.
     let waiter = match Waiter::new(true) {
-        Ok(w) => w,
+        Ok(mut w) => {
+            w.set_stop_timeout(Duration::from_secs_f64(args.common.stop_timeout));
+            w
+        }
         Err(e) => {
             eprintln!("memtrace: cannot set up waiting for the process: {e}");
             return 1;
@@ -149,11 +166,21 @@ fn attach(args: AttachArgs) -> i32 {
         pid,
         argv,
         mode: "attach".into(),
+        images: Vec::new(),
     };
-    match finish(traced, target, &args.common, started) {
+    let left_behind = traced.left_behind.clone();
+    let code = match finish(traced, target, &args.common, started) {
         // The process's own status is its parent's business: memtrace succeeded.
         Ok(report) => report::exit_code(&report, 0, args.common.error_exitcode),
         Err(code) => code,
+    };
+    match left_behind {
+        // The process runs on, but memtrace did not leave it as it found it.
+        Some(line) => {
+            eprintln!("memtrace: {line}");
+            1
+        }
+        None => code,
     }
 }
 
@@ -219,13 +246,16 @@ fn trace_plain(
         scan: collector.scan,
         scan_error: end.scan_error,
         unmatched_breaks: end.unmatched_breaks,
+        images: end.images,
+        left_behind: end.left_behind,
+        status_after_detach: end.status_after_detach,
     })
 }
 
 /// Builds, prints and writes the report. Err: the exit status for a failure.
 fn finish(
     traced: Traced,
-    target: Target,
+    mut target: Target,
     common: &Common,
     started: Instant,
 ) -> Result<report::Report, i32> {
@@ -242,6 +272,7 @@ fn finish(
         min_age_ns: common.min_age.map(|s| (s * 1e9) as u64),
     };
     let pid = traced.pid;
+    target.images = traced.images;
     let mut heap = traced.heap;
     heap.end_of_trace();
     let mut sym = traced.sym.unwrap_or_else(|| Symbolizer::new(pid));

@@ -7,7 +7,7 @@ use crate::heap::Heap;
 use crate::maps::Module;
 use crate::ptrace::Waiter;
 use crate::symbols::Symbolizer;
-use crate::tracer::{End, Scan, ScanStats, Setup, Sink, TraceStats, Tracer};
+use crate::tracer::{End, ExecImage, Scan, ScanStats, Setup, Sink, TraceStats, Tracer};
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,7 @@ pub fn start_tracer<'s>(
 
 /// The options every mode shares.
 pub fn configure(t: &mut Tracer<'_>, common: &Common, started: Instant) {
+    // (`--stop-timeout` is the waiter's: attach waits for threads before this.)
     t.set_poll(Duration::from_micros(common.poll_us));
     t.set_depth(common.depth as usize);
     if let Some(secs) = common.duration {
@@ -91,6 +92,12 @@ pub struct Traced {
     pub scan_error: Option<String>,
     /// `--break-at` specs no allocation ever matched.
     pub unmatched_breaks: Vec<String>,
+    /// The images the process went through, the reported one last.
+    pub images: Vec<ExecImage>,
+    /// What an incomplete detach left (threads that did not stop), in one line.
+    pub left_behind: Option<String>,
+    /// See [`TracerEnd::status_after_detach`].
+    pub status_after_detach: Option<i32>,
 }
 
 /// What the tracer itself leaves at the end (the heap stays with the sink).
@@ -105,6 +112,13 @@ pub struct TracerEnd {
     pub stats: TraceStats,
     pub scan_error: Option<String>,
     pub unmatched_breaks: Vec<String>,
+    /// The images the process went through (see [`Tracer::images`]).
+    pub images: Vec<ExecImage>,
+    /// See [`Tracer::left_behind`].
+    pub left_behind: Option<String>,
+    /// The launched program's status, when the tracer had to wait for its end (see
+    /// [`Tracer::wait_for_left_behind`]).
+    pub status_after_detach: Option<i32>,
 }
 
 /// Runs a started tracer to its end and takes what it leaves.
@@ -114,14 +128,19 @@ pub fn run_to_end(mut t: Tracer<'_>) -> Result<TracerEnd, String> {
     if let Some(r) = t.record_stats() {
         stats.recording = Some(r);
     }
+    let ended_at = Instant::now();
+    let status_after_detach = t.wait_for_left_behind();
     Ok(TracerEnd {
         pid: t.pid(),
         end,
-        ended_at: Instant::now(),
+        ended_at,
         stacks: std::mem::take(&mut t.stacks),
         stats,
         scan_error: t.scan_error().map(String::from),
         unmatched_breaks: t.armed_breaks(),
+        images: std::mem::take(&mut t.images),
+        left_behind: t.left_behind().map(String::from),
+        status_after_detach,
     })
 }
 

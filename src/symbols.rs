@@ -12,6 +12,7 @@
 //! object is unloaded), and a stack is symbolized in the generation it was taken in:
 //! a library mapped where an unloaded one was cannot take the old one's frames.
 
+use crate::aliases::{is_mangled, Aliases};
 use crate::maps::{target_path, Module};
 use addr2line::Loader;
 use object::{Object, ObjectKind, ObjectSection, ObjectSegment, ReadCache};
@@ -82,6 +83,8 @@ struct Loaded {
     /// The object itself when `primary` is a separate debug file: its `.dynsym` answers
     /// when the debug file has no symbol table.
     secondary: Option<Loader>,
+    /// The functions known by several names (glibc's), and the name to show for each.
+    aliases: Aliases,
 }
 
 pub struct Symbolizer {
@@ -221,6 +224,13 @@ impl Symbolizer {
             Some(outer) => {
                 if let Some((raw, _)) = loaded.raw_symbol(probe).filter(|(n, _)| is_mangled(n)) {
                     outer.function = Some(demangle(&raw));
+                } else if let Some(best) = outer
+                    .function
+                    .as_deref()
+                    .and_then(|name| loaded.best_name(probe, name))
+                {
+                    // `__GI___strdup` -> `strdup`, as valgrind says.
+                    outer.function = Some(best);
                 }
             }
             None => {
@@ -343,19 +353,27 @@ impl Loaded {
         self.raw_symbol(probe).map(|(n, a)| (demangle(&n), a))
     }
 
-    /// The same, with the name as the symbol table spells it.
+    /// The same, with the name as the symbol table spells it (the best of its names,
+    /// see [`Aliases`]).
     fn raw_symbol(&self, probe: u64) -> Option<(String, u64)> {
         let from = |l: &Loader| {
             l.find_symbol_info(probe)
                 .map(|s| (s.name().to_string(), s.address()))
         };
-        from(&self.primary).or_else(|| self.secondary.as_ref().and_then(from))
+        let (name, start) =
+            from(&self.primary).or_else(|| self.secondary.as_ref().and_then(from))?;
+        match self.aliases.best(start, &name) {
+            Some(best) => Some((best.to_string(), start)),
+            None => Some((name, start)),
+        }
     }
-}
 
-/// An Itanium C++ (`_Z`) or Rust v0 (`_R`) mangled name.
-fn is_mangled(name: &str) -> bool {
-    name.starts_with("_Z") || name.starts_with("_R")
+    /// The best name of the function that holds `probe`, when `name` is one of its
+    /// names (DWARF's linkage name of a glibc function is its internal alias).
+    fn best_name(&self, probe: u64, name: &str) -> Option<String> {
+        let (best, start) = self.raw_symbol(probe)?;
+        (best != name && self.aliases.best(start, name).is_some()).then_some(best)
+    }
 }
 
 /// Every frame addr2line knows at `probe`, innermost first; empty without DWARF there.
@@ -405,21 +423,38 @@ fn load(pid: Option<i32>, module: &Module, file: Option<&File>) -> Option<Loaded
         Some(pid) => target_path(pid, p),
         None => PathBuf::from(p),
     };
-    let debug = if has_dwarf(&obj) {
+    let debug_path = if has_dwarf(&obj) {
         None
     } else {
-        find_debug_file(&obj, &module.path, &resolve).and_then(|p| open_debug(&p, &resolve))
+        find_debug_file(&obj, &module.path, &resolve)
     };
+    let debug = debug_path.as_ref().and_then(|p| open_debug(p, &resolve));
+    let mut aliases = Aliases::default();
+    aliases.add(&obj);
+    // The debug file's symbol table has the local aliases the object's lacks.
+    if let Some(file) = debug
+        .as_ref()
+        .and(debug_path)
+        .and_then(|p| File::open(p).ok())
+    {
+        let cache = ReadCache::new(&file);
+        if let Ok(d) = object::File::parse(&cache) {
+            aliases.add(&d);
+        }
+    }
+    let aliases = aliases.finish();
     match debug {
         Some(primary) => Some(Loaded {
             bias,
             primary,
             secondary: Loader::new(&self_path).ok(),
+            aliases,
         }),
         None => Some(Loaded {
             bias,
             primary: Loader::new(&self_path).ok()?,
             secondary: None,
+            aliases,
         }),
     }
 }

@@ -8,7 +8,7 @@
 #[macro_use]
 mod common;
 
-use common::attach::{anonymous_code, patched_code, run_attach, Background, Finished};
+use common::attach::{anonymous_code, patched_code, run_attach, wait_tracer, Background, Finished};
 use common::{basename, build_fixture, build_stripped, report, Exit, Target, DEBUG};
 use std::time::Duration;
 
@@ -69,27 +69,6 @@ fn attach_and_detach(target: &Target, threads: usize, options: &[&str]) -> Finis
     );
     assert_leak_site(r);
     bg.finish()
-}
-
-/// Waits until process `pid` is traced (or no longer traced).
-fn wait_tracer(pid: i32, traced: bool) {
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let tracer = status
-            .lines()
-            .find_map(|l| l.strip_prefix("TracerPid:"))
-            .map(|v| v.trim() != "0");
-        if tracer == Some(traced) {
-            return;
-        }
-        assert!(
-            tracer.is_some() && std::time::Instant::now() < until,
-            "process {pid} never became {}traced",
-            if traced { "" } else { "un" }
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// The fixture's one leaking line is a leak site of the report.
@@ -358,77 +337,6 @@ mod refusals {
         );
         assert_eq!(bg.finish().exit, Exit::Code(7));
     }
-}
-
-/// memtrace killed with SIGKILL while attached: its guardian puts the original code
-/// back every time, and the process runs on to its normal end (without the guardian
-/// it dies of SIGTRAP at its next malloc, every time). memtrace is killed while the
-/// process sleeps between two allocations, 100 ms apart. The guardian races the
-/// process's threads as the dying tracer lets them go, and on a loaded machine a
-/// thread sometimes reaches a breakpoint first (see the README): so of three
-/// attempts, one at least must end well, and every one must have its code restored.
-#[test]
-fn killed_memtrace_leaves_a_working_process() {
-    let target = Target::new(build_fixture("attach_ages", DEBUG)).arg("100");
-    let mut attempts = Vec::new();
-    for _ in 0..3 {
-        let bg = Background::start(&target);
-        let pid = bg.pid();
-        let mut memtrace = std::process::Command::new(common::process::memtrace_binary())
-            .args(["attach", "--no-tui"])
-            .arg(pid.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run memtrace: {e}"));
-        // Attached and hooked when memtrace says so (killed during its setup, it
-        // could leave a thread in the middle of an injected system call).
-        let mut stderr = std::io::BufReader::new(memtrace.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        use std::io::BufRead;
-        let _ = stderr.read_line(&mut line);
-        assert!(line.contains("attached to"), "memtrace said {line:?}");
-        std::thread::sleep(Duration::from_millis(300));
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        // Sleeping in usleep (S), not stopped by its tracer (t).
-        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") S ")
-        {
-            assert!(std::time::Instant::now() < until, "the process never slept");
-            // Not a busy loop: it would take a CPU from the process and its guardian.
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        // For the failure message: what the process was doing (its system call).
-        let before_kill =
-            std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
-        let _ = memtrace.kill();
-        let _ = memtrace.wait();
-        wait_tracer(pid, false);
-        let restored = std::time::Instant::now() + Duration::from_secs(5);
-        while !patched_code(pid).is_empty() && std::time::Instant::now() < restored {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let patched = patched_code(pid);
-        // The guardian's word, once it is done (it holds memtrace's stderr till then).
-        let mut said = String::new();
-        use std::io::Read;
-        let _ = stderr.read_to_string(&mut said);
-        let finished = bg.finish();
-        let restored = said
-            .lines()
-            .find_map(|l| l.split_once("its guardian restored "))
-            .map(|(_, n)| n.split_whitespace().collect::<Vec<_>>())
-            .is_some_and(|w| w.len() > 2 && w[0] == w[2]);
-        assert!(restored, "the guardian did not restore everything: {said}");
-        attempts.push(format!(
-            "{finished:?}, left patched: {patched:?}, before the kill: {before_kill}"
-        ));
-        if patched.is_empty() && finished.exit == Exit::Code(0) {
-            return;
-        }
-    }
-    panic!("the process never survived memtrace's death: {attempts:#?}");
 }
 
 /// Threads are caught inside operator new, realloc and delete when memtrace

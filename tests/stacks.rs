@@ -8,7 +8,7 @@ mod common;
 
 use common::cases::{self, check_fixture, check_run, Case};
 use common::markers::frame_markers;
-use common::stacks::{check_frames, compare_names, compare_stacks};
+use common::stacks::{check_frames, compare_names, compare_names_where, compare_stacks};
 use common::{
     basename, build_fixture, build_shared, build_stripped, report, run_memtrace_opts, run_native,
     Target, DEBUG,
@@ -243,4 +243,47 @@ fn unloaded_library_keeps_its_frames() {
     if in_plugin[0].stack[0].address == in_plugin[1].stack[0].address {
         eprintln!("plugin_copy.so was mapped where plugin.so had been");
     }
+}
+
+/// glibc's functions have several names at one address (`strdup`, `__strdup`,
+/// `__GI___strdup`); its DWARF and its debug file's symbol table name the internal
+/// one. Every frame in libc and the loader is named as valgrind names it: the public
+/// name.
+#[test]
+fn glibc_frames_have_their_public_names() {
+    let target = Target::new(build_fixture("libc_names", DEBUG));
+    let (run, valgrind) = run_beside_valgrind(ALL_FRAMES, &target);
+    let mut leaks = report::leaks(run.report());
+    // The stacks are what is compared here; the loader's blocks are the kinds'
+    // business of other tests (their kinds depend on the heap's layout).
+    for leak in &mut leaks {
+        leak.kind = "unclassified".into();
+    }
+    compare_stacks(&leaks, &valgrind.records)
+        .unwrap_or_else(|e| panic!("stacks against valgrind:\n{e}"));
+    let in_glibc = |f: &common::Frame| {
+        f.object
+            .as_deref()
+            .map(basename)
+            .is_some_and(|o| o.starts_with("libc.so") || o.starts_with("ld-linux"))
+    };
+    let compared = compare_names_where(&leaks, &valgrind.records, in_glibc)
+        .unwrap_or_else(|e| panic!("names in glibc against valgrind:\n{e}"));
+    let names: Vec<&str> = leaks
+        .iter()
+        .flat_map(|l| &l.stack)
+        .filter_map(|f| f.function.as_deref())
+        .collect();
+    for expected in [
+        "strdup",
+        "getdelim",
+        "_dl_catch_exception",
+        "_dl_allocate_tls",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "no frame of {expected}: {names:?}"
+        );
+    }
+    assert!(compared >= 4, "only {compared} frames compared");
 }

@@ -1,6 +1,8 @@
 //! memcheck's marking, on the pointer graph: from the roots, then clique by clique.
 
+use super::edges::Hit;
 use super::{Blocks, Edges, Kind, Memory, Options, Segment};
+use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -14,7 +16,8 @@ enum State {
 struct Marker<'a> {
     blocks: &'a Blocks,
     edges: &'a Edges,
-    segments: &'a [Segment],
+    /// Sorted by start, for a binary search.
+    segments: Vec<Segment>,
     options: Options,
     mem: &'a mut dyn Memory,
     state: Vec<State>,
@@ -22,6 +25,11 @@ struct Marker<'a> {
     indirect: Vec<u64>,
     pending: Vec<bool>,
     stack: Vec<usize>,
+    /// Whether a word is a vtable's address, per word asked about: the heuristic is
+    /// asked at every interior pointer into a block not yet reached, and a real heap
+    /// has many (perl's SV arenas: tens of thousands), so each answer that needs a
+    /// read of the target is read once.
+    vtables: HashMap<u64, bool>,
 }
 
 /// A kind per block of `blocks` (address order), and for each definitely lost block
@@ -33,19 +41,22 @@ pub fn classify_edges(
     options: Options,
     mem: &mut dyn Memory,
 ) -> (Vec<Kind>, Vec<u64>) {
+    let mut sorted = segments.to_vec();
+    sorted.sort_unstable_by_key(|s| s.start);
     let mut m = Marker {
         blocks,
         edges,
-        segments,
+        segments: sorted,
         options,
         mem,
         state: vec![State::Unreached; blocks.len()],
         indirect: vec![0; blocks.len()],
         pending: vec![false; blocks.len()],
         stack: Vec::new(),
+        vtables: HashMap::new(),
     };
-    for &w in &edges.roots {
-        m.mark_from_reached(w, true);
+    for &h in &edges.roots {
+        m.mark_from_reached(h, true);
     }
     m.process(None);
     for leader in 0..blocks.len() {
@@ -89,10 +100,10 @@ impl Marker<'_> {
             self.pending[i] = false;
             // A block only possibly reached passes on no more than that.
             let definite = self.state[i] != State::Possible;
-            for &w in self.edges.of(i) {
+            for &h in self.edges.of(i) {
                 match clique {
-                    None => self.mark_from_reached(w, definite),
-                    Some(leader) => self.join_clique(w, leader),
+                    None => self.mark_from_reached(h, definite),
+                    Some(leader) => self.join_clique(h, leader),
                 }
             }
         }
@@ -100,13 +111,12 @@ impl Marker<'_> {
 
     /// `lc_push_without_clique_if_a_chunk_ptr`: a word found in a root or a reached
     /// block (`definite`: not a block only possibly reached).
-    fn mark_from_reached(&mut self, w: u64, definite: bool) {
-        let Some((i, at_start)) = self.blocks.hit(w) else {
-            return;
-        };
+    fn mark_from_reached(&mut self, h: Hit, definite: bool) {
+        let (i, w) = (h.block as usize, h.word);
         if self.state[i] == State::Reachable {
             return;
         }
+        let at_start = w == self.blocks.start(i);
         let as_start = at_start || (self.options.heuristics && self.heuristic(i, w));
         if as_start && definite {
             self.state[i] = State::Reachable;
@@ -118,10 +128,8 @@ impl Marker<'_> {
     }
 
     /// `lc_push_with_clique_if_a_chunk_ptr`: start and interior pointers alike.
-    fn join_clique(&mut self, w: u64, leader: usize) {
-        let Some((i, _)) = self.blocks.hit(w) else {
-            return;
-        };
+    fn join_clique(&mut self, h: Hit, leader: usize) {
+        let i = h.block as usize;
         if self.state[i] == State::Unreached && i != leader {
             self.state[i] = State::Indirect;
             // A former leader joins with the clique it led.
@@ -150,9 +158,15 @@ impl Marker<'_> {
     }
 
     /// An inner object's pointer into a block whose first word, and the word pointed
-    /// to, are both vtable pointers.
+    /// to, are both vtable pointers. The block's first word is known without a read
+    /// and rules out most blocks (those of C programs, of perl...): it is asked first,
+    /// and the word at `w` is read only for a block that starts with a vtable pointer.
     fn multiple_inheritance(&mut self, start: u64, first: u64, w: u64) -> bool {
         if w % 8 != 0 || w == start {
+            return false;
+        }
+        let plausible = |p: u64| p % 8 == 0 && p >= 4096;
+        if !plausible(first) || !self.is_vtable(first) {
             return false;
         }
         let mut b = [0u8; 8];
@@ -160,14 +174,22 @@ impl Marker<'_> {
             return false;
         }
         let inner = u64::from_le_bytes(b);
-        let plausible = |p: u64| p % 8 == 0 && p >= 4096;
-        plausible(inner) && plausible(first) && self.is_vtable(inner) && self.is_vtable(first)
+        plausible(inner) && self.is_vtable(inner)
     }
 
     /// memcheck's `aligned_ptr_above_page0_is_vtable_addr`: in a readable file
     /// mapping, and of the (up to) 20 words there, two non-null ones come before any
     /// that does not point into code of a file mapping.
     fn is_vtable(&mut self, p: u64) -> bool {
+        if let Some(&known) = self.vtables.get(&p) {
+            return known;
+        }
+        let answer = self.read_vtable(p);
+        self.vtables.insert(p, answer);
+        answer
+    }
+
+    fn read_vtable(&mut self, p: u64) -> bool {
         let Some(seg) = self.segment(p).filter(|s| s.file && s.read) else {
             return false;
         };
@@ -193,9 +215,10 @@ impl Marker<'_> {
     }
 
     fn segment(&self, p: u64) -> Option<Segment> {
-        self.segments
-            .iter()
-            .find(|s| s.start <= p && p < s.end)
-            .copied()
+        let i = self
+            .segments
+            .partition_point(|s| s.start <= p)
+            .checked_sub(1)?;
+        Some(self.segments[i]).filter(|s| p < s.end)
     }
 }

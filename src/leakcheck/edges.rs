@@ -3,23 +3,31 @@
 //!
 //! Memory is read in chunks of [`CHUNK`] bytes in address order: one system call per
 //! root region piece, and one per run of neighbouring blocks, not one per block. Only
-//! the words that hit a block are kept (plus each block's first two words, which the
-//! heuristics look at), so the graph costs memory in proportion to the pointers, not
-//! to the bytes of the heap.
+//! the words that hit a block are kept, each with the block it hits (plus each
+//! block's first two words, which the heuristics look at), so the graph costs memory
+//! in proportion to the pointers, not to the bytes of the heap.
 
 use super::{Blocks, Memory, Roots, Stats};
 
 /// Bytes read per system call.
 pub const CHUNK: usize = 4 << 20;
 
+/// A word that hits a block, and that block (its index): which block a word hits is
+/// looked up once, here, not again at each step of the marking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hit {
+    pub word: u64,
+    pub block: u32,
+}
+
 /// The pointer graph of one scan.
 #[derive(Clone, Debug, Default)]
 pub struct Edges {
     /// Words of the roots (registers first) that hit a block.
-    pub roots: Vec<u64>,
+    pub roots: Vec<Hit>,
     /// Words of block `i` that hit a block: `words[offsets[i]..offsets[i + 1]]`.
     pub offsets: Vec<usize>,
-    pub words: Vec<u64>,
+    pub words: Vec<Hit>,
     /// The first two words of each block (0 where the block is shorter or unreadable).
     pub heads: Vec<[u64; 2]>,
     pub stats: Stats,
@@ -27,7 +35,7 @@ pub struct Edges {
 
 impl Edges {
     /// The pointers held by block `i`.
-    pub fn of(&self, i: usize) -> &[u64] {
+    pub fn of(&self, i: usize) -> &[Hit] {
         &self.words[self.offsets[i]..self.offsets[i + 1]]
     }
 }
@@ -39,18 +47,20 @@ pub fn extract(blocks: &Blocks, roots: &Roots, mem: &mut dyn Memory) -> Edges {
         heads: Vec::with_capacity(blocks.len()),
         ..Edges::default()
     };
-    edges.roots.extend(
-        roots
-            .words
-            .iter()
-            .copied()
-            .filter(|&w| blocks.hit(w).is_some()),
-    );
+    let hit = |word: u64| {
+        blocks.hit(word).map(|(i, _)| Hit {
+            word,
+            block: i as u32,
+        })
+    };
+    edges
+        .roots
+        .extend(roots.words.iter().filter_map(|&w| hit(w)));
     let mut buf = vec![0u8; CHUNK];
     for &(start, end) in &roots.regions {
         let (read, missed) = scan_range(mem, start, end, &mut buf, |w| {
-            if blocks.hit(w).is_some() {
-                edges.roots.push(w);
+            if let Some(h) = hit(w) {
+                edges.roots.push(h);
             }
         });
         edges.stats.roots_bytes += read;
@@ -69,8 +79,8 @@ pub fn extract(blocks: &Blocks, roots: &Roots, mem: &mut dyn Memory) -> Edges {
                 head[at] = w;
             }
             at += 1;
-            if blocks.hit(w).is_some() {
-                words.push(w);
+            if let Some(h) = hit(w) {
+                words.push(h);
             }
         };
         let (read, missed) = if size as usize <= CHUNK / 4 {

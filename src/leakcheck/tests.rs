@@ -322,3 +322,32 @@ fn neighbouring_blocks_are_read_in_large_chunks() {
     assert_eq!(kinds[0], Kind::Reachable);
     assert!(mem.reads <= 4, "{} reads", mem.reads);
 }
+
+#[test]
+fn interior_pointers_cost_no_read_each() {
+    // An arena of 10,000 slots, each known only by an interior pointer from a small
+    // block (perl's SV bodies), and its start pointer found last: the heuristics are
+    // asked about every one of those pointers. They read the target once per block
+    // that starts with a vtable pointer, not once per interior pointer.
+    const SLOTS: u64 = 10_000;
+    let arena = HEAP + 0x10;
+    let heads = arena + SLOTS * 16 + 0x100;
+    let mut mem = Fake::default();
+    mem.map(HEAP, 0x10_0000 + SLOTS * 32).map(DATA, 0x1000);
+    let mut blocks = vec![(arena, SLOTS * 16)];
+    for i in 0..SLOTS {
+        let head = heads + i * 32;
+        mem.set(head, arena + 8 + i * 16);
+        blocks.push((head, 16));
+    }
+    // The last small block holds the arena's start: it becomes reachable at the end.
+    let last = heads + (SLOTS - 1) * 32;
+    mem.set(last + 8, arena);
+    mem.set(DATA, heads);
+    for i in 0..SLOTS - 1 {
+        mem.set(heads + i * 32 + 8, heads + (i + 1) * 32);
+    }
+    let kinds = run(&blocks, &mut mem, &[]);
+    assert!(kinds.iter().all(|&k| k == Kind::Reachable), "{kinds:?}");
+    assert!(mem.reads <= 8, "{} reads", mem.reads);
+}

@@ -12,9 +12,13 @@
 //! the target's `/proc/PID/mem`, opened by memtrace while it was the tracer.
 //!
 //! What it cannot undo: a thread stopped at one of memtrace's breakpoints at that
-//! moment (the kernel resumes it with its SIGTRAP pending), and a posix_memalign call
-//! in flight (it returns into the trampoline's int3). Calls returning through stubs,
-//! and threads in an out-of-line slot, go on: those pages stay mapped.
+//! moment (the kernel resumes it with its SIGTRAP pending, its pc one byte into the
+//! patched instruction; only the tracer could have cancelled the signal), a thread
+//! that reaches a breakpoint before the guardian has written, and a posix_memalign
+//! call in flight (it returns into the trampoline's int3). With threads that
+//! allocate all the time one of these is nearly certain (`tests/guardian.rs`). Calls
+//! returning through stubs, and threads in an out-of-line slot, go on: those pages
+//! stay mapped.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -32,8 +36,14 @@ struct Entry {
     addr: AtomicU64,
     /// 0: unused or withdrawn; else the number of original bytes.
     len: AtomicU32,
+    /// The byte that must be at `addr` for the restore to be made (a breakpoint's),
+    /// or [`ALWAYS`].
+    expect: AtomicU32,
     bytes: [u8; MAX_BYTES],
 }
+
+/// An entry restored whatever is there now.
+const ALWAYS: u32 = 0x100;
 
 #[repr(C)]
 struct Shared {
@@ -132,8 +142,20 @@ impl Guardian {
         unsafe { &*self.shared }
     }
 
-    /// A breakpoint planted at `addr` over `original`.
+    /// Bytes memtrace wrote at `addr` over `original` (restored whatever is there).
     pub fn record(&self, addr: u64, original: &[u8]) {
+        self.record_if(addr, original, ALWAYS);
+    }
+
+    /// A breakpoint planted at `addr` over `original`, restored only if `trap` (the
+    /// breakpoint's first byte) is still there: the entry of a hooked function may be
+    /// a jump to its recording code by then, which must not be torn by a partial
+    /// write while the threads run (the recorder's bypass flag makes it harmless).
+    pub fn record_trap(&self, addr: u64, original: &[u8], trap: u8) {
+        self.record_if(addr, original, trap as u32);
+    }
+
+    fn record_if(&self, addr: u64, original: &[u8], expect: u32) {
         let s = self.shared();
         let i = s.count.load(Ordering::Relaxed) as usize;
         if i >= SLOTS || original.len() > MAX_BYTES {
@@ -147,6 +169,7 @@ impl Guardian {
             std::ptr::copy_nonoverlapping(original.as_ptr(), bytes, original.len());
         }
         e.addr.store(addr, Ordering::Relaxed);
+        e.expect.store(expect, Ordering::Relaxed);
         e.len.store(original.len() as u32, Ordering::Relaxed);
         s.count.store(i as u32 + 1, Ordering::Release);
     }
@@ -214,6 +237,17 @@ fn guard(s: &Shared, pipe: i32, target: i32, path: &str, mem_fd: i32) {
         }
         wanted += 1;
         let addr = e.addr.load(Ordering::Relaxed);
+        let expect = e.expect.load(Ordering::Relaxed);
+        if expect != ALWAYS {
+            let mut now = 0u8;
+            // SAFETY: reads one byte of the target's memory file into a valid local.
+            let n = unsafe { libc::pread(mem_fd, (&mut now as *mut u8).cast(), 1, addr as i64) };
+            if n == 1 && now as u32 != expect {
+                // Not our breakpoint any more (an entry jump): nothing to undo here.
+                restored += 1;
+                continue;
+            }
+        }
         let write = |fd: i32| {
             // SAFETY: writes `len` bytes of the entry to the target's memory file.
             unsafe { libc::pwrite(fd, e.bytes.as_ptr().cast(), len, addr as i64) }

@@ -15,7 +15,7 @@ mod wake;
 pub use guardian::Guardian;
 pub use shared::SharedMem;
 pub use spawn::{spawn_seized, SpawnError};
-pub use wake::{wait_nohang, Waiter, Wake, WakeHandle};
+pub use wake::{wait_nohang, Waiter, Wake, WakeHandle, STOP_TIMEOUT};
 
 use memtrace_arch::{Arch, Native, Regs};
 use std::fs::File;
@@ -107,33 +107,6 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
         Err(io::Error::last_os_error())
     } else {
         Ok(ret)
-    }
-}
-
-/// Waits for any traced thread until `deadline`: `None` when none stopped by then.
-/// For waits that must not hang on a thread that will never stop (one that is dying).
-pub fn wait_any_until(deadline: std::time::Instant) -> io::Result<Option<Stop>> {
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes only to `status`, a valid local.
-        let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::WNOHANG) };
-        if tid == 0 {
-            if std::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(std::time::Duration::from_micros(50));
-            continue;
-        }
-        if tid == -1 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(e);
-        }
-        if let Some(stop) = decode(tid, status) {
-            return Ok(Some(stop));
-        }
     }
 }
 
@@ -448,6 +421,26 @@ pub fn survive_terminal_signals() {
             sa.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Waits for process `pid` to end, after a detach: any stop of a thread still traced
+/// (one the detach could not stop) lets that thread go, with the signal it stopped
+/// for. Returns the end of `pid`.
+pub fn wait_exit_letting_go(pid: i32) -> io::Result<Stop> {
+    loop {
+        match wait_tid(-1)? {
+            stop @ (Stop::Exited { tid, .. } | Stop::Killed { tid, .. }) if tid == pid => {
+                return Ok(stop)
+            }
+            Stop::Exited { .. } | Stop::Killed { .. } => {}
+            Stop::Signal { tid, signal } => {
+                let _ = detach(tid, signal);
+            }
+            Stop::Event { tid, .. } => {
+                let _ = detach(tid, 0);
+            }
         }
     }
 }

@@ -56,7 +56,12 @@ pub struct Waiter {
     terminal: bool,
     /// When the fast path last looked at signals and the deadline.
     next_check: Instant,
+    /// How long a thread may take to stop (see [`Waiter::stop_timeout`]).
+    stop_timeout: Duration,
 }
+
+/// How long a thread may take to stop, unless told otherwise.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often a target that stops all the time still gets signals and the deadline
 /// looked at (the fast path skips them otherwise).
@@ -114,7 +119,20 @@ impl Waiter {
             },
             terminal,
             next_check: Instant::now(),
+            stop_timeout: STOP_TIMEOUT,
         })
+    }
+
+    /// Gives up on a thread that has not stopped after `d` (see [`Waiter::stop_timeout`]).
+    pub fn set_stop_timeout(&mut self, d: Duration) {
+        self.stop_timeout = d;
+    }
+
+    /// How long the tracer waits for a thread to stop (to attach, scan, pause or
+    /// detach) before it goes on without it: a thread in uninterruptible sleep (a hung
+    /// NFS or FUSE file, a vfork) does not stop until the kernel lets it go.
+    pub fn stop_timeout(&self) -> Duration {
+        self.stop_timeout
     }
 
     /// A handle that wakes this waiter from any thread.
@@ -209,6 +227,39 @@ impl Waiter {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(Wake::Deadline);
+            }
+        }
+    }
+
+    /// The next stop of any tracee before `deadline`, for a wait on particular threads
+    /// (stopping them all): [`Wake::Stop`], [`Wake::Deadline`], or [`Wake::Signal`]
+    /// when a terminating signal comes first (in terminal mode), so that Ctrl-C ends a
+    /// wait for a thread that does not stop. Commands are left for [`Waiter::wait`].
+    pub fn wait_stop(&mut self, deadline: Instant) -> io::Result<Wake> {
+        loop {
+            // Drained before waitpid looks, as in `wait`: no SIGCHLD is lost.
+            if let Some(s) = self.drain_signals() {
+                return Ok(Wake::Signal(s));
+            }
+            if let Some(stop) = wait_nohang()? {
+                return Ok(Wake::Stop(stop));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(Wake::Deadline);
+            }
+            let mut fd = libc::pollfd {
+                fd: self.sigfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let timeout = left.as_millis().min(i32::MAX as u128) as i32 + 1;
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut fd, 1, timeout) } == -1 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    return Err(e);
+                }
             }
         }
     }

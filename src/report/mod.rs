@@ -59,6 +59,11 @@ pub struct Target {
     pub argv: Vec<String>,
     /// `launch` or `attach`.
     pub mode: String,
+    /// Extension: the images the process ran, in order, each with its executable
+    /// and arguments (a `#!` script starts in its interpreter; each exec adds one).
+    /// The report covers the last.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<crate::tracer::ExecImage>,
 }
 
 /// How the trace ended.
@@ -405,6 +410,7 @@ pub(crate) fn sample() -> Report {
             pid: 1234,
             argv: vec!["./leak".into(), "x".into()],
             mode: "launch".into(),
+            images: Vec::new(),
         },
         end: End::signaled(11),
         totals: Totals {
@@ -551,6 +557,7 @@ mod tests {
             pid: 7,
             argv: vec!["a".into()],
             mode: "attach".into(),
+            images: Vec::new(),
         };
         let r = build(
             target,

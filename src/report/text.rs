@@ -223,6 +223,14 @@ fn render_footer(out: &mut Lines, r: &Report) {
             "leaks are unclassified: no reachability scan ({why})"
         ));
     }
+    if r.target.images.len() > 1 {
+        let chain: Vec<&str> = r.target.images.iter().map(|i| i.exe.as_str()).collect();
+        out.line(&format!(
+            "the process ran {} images: {}; this report covers the last",
+            r.target.images.len(),
+            chain.join(" -> ")
+        ));
+    }
     let end = match (r.end.how.as_str(), r.end.code, &r.end.signal) {
         ("exited", Some(code), _) => format!("program exited with status {code}"),
         ("signaled", _, Some(sig)) => format!("program killed by {sig}"),

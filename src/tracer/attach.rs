@@ -6,6 +6,7 @@
 //! by a thread not yet seized appears in the next listing, so the listing is read again
 //! until it brings no new thread.
 
+use super::stopwait::StopWait;
 use super::{Mode, Thread, TraceError, Tracer};
 use crate::event::Tid;
 use crate::ptrace::{self, Memory, PtraceEvent, Stop, Waiter};
@@ -63,6 +64,7 @@ impl<'s> Tracer<'s> {
         let mem = Memory::open(pid).map_err(|e| TraceError::Setup(e.to_string()))?;
         let mut t = Tracer::new(pid, sink, mem, waiter, Mode::Attach);
         t.apply(setup);
+        t.images.push(super::ExecImage::of(pid));
         // Before anything is planted: nothing to restore yet.
         match ptrace::Guardian::start(pid, t.mem.raw_fd()) {
             Ok(g) => t.guardian = Some(g),
@@ -81,14 +83,15 @@ impl<'s> Tracer<'s> {
         // Inject into a thread that is neither in a group-stop nor exiting.
         let inject = t
             .threads
-            .keys()
-            .copied()
+            .iter()
+            .filter(|(_, thread)| thread.started)
+            .map(|(&tid, _)| tid)
             .filter(|tid| !held.group_stopped.contains(tid) && !held.exiting.contains(tid))
             .min_by_key(|&tid| (tid != pid, tid));
         let Some(inject) = inject else {
             t.let_go();
             return Err(TraceError::Setup(
-                "every thread is stopped (job control) or exiting: nothing can run the setup"
+                "every thread is stopped (job control), exiting or unstoppable: nothing can run the setup"
                     .into(),
             )
             .into());
@@ -129,8 +132,27 @@ impl<'s> Tracer<'s> {
     fn wait_attached(&mut self, mut waiting: HashSet<Tid>) -> Result<Held, AttachError> {
         let mut held = Held::default();
         let mut known = waiting.clone();
+        let mut wait = StopWait::new(self.waiter.stop_timeout());
         while !waiting.is_empty() {
-            let stop = ptrace::wait_tid(-1).map_err(TraceError::Wait)?;
+            let Some(stop) = self
+                .next_stop(&mut wait, &waiting)
+                .map_err(TraceError::Wait)?
+            else {
+                // Time limit or Ctrl-C: the threads that have not stopped are traced
+                // all the same. They run none of the program's code until they stop
+                // (the interrupt is pending), and that first stop resumes them.
+                eprintln!(
+                    "memtrace: {} did not stop: traced from when it does",
+                    super::stopwait::threads(&waiting)
+                );
+                for &tid in &waiting {
+                    self.threads.insert(tid, Thread::default());
+                }
+                break;
+            };
+            if waiting.contains(&stop.tid()) {
+                wait.progress();
+            }
             match stop {
                 Stop::Exited { tid, .. } | Stop::Killed { tid, .. } => {
                     if tid == self.pid {
@@ -165,7 +187,7 @@ impl<'s> Tracer<'s> {
                     PtraceEvent::Fork | PtraceEvent::Vfork => {
                         if let Ok(child) = ptrace::event_msg(tid) {
                             self.children
-                                .insert(child as Tid, super::Child::ForkPending);
+                                .insert(child as Tid, super::Child::ForkPending(Vec::new()));
                         }
                     }
                     PtraceEvent::Exit => {

@@ -14,7 +14,7 @@ use super::{End, TraceError, Tracer};
 use crate::event::Tid;
 use crate::ptrace::{self, Stop};
 use memtrace_arch::{Arch, Native};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// At most this many single steps to leave an out-of-line slot or displaced code
 /// (a few relocated instructions, then the jump back).
@@ -24,6 +24,29 @@ const MAX_STEPS: usize = 32;
 const MAX_STUB_STEPS: usize = 2000;
 
 impl Tracer<'_> {
+    /// When the detach could not stop every thread: what it left, in one line (the
+    /// process runs on; memtrace should exit non-zero).
+    pub fn left_behind(&self) -> Option<&str> {
+        self.left_behind.as_deref()
+    }
+
+    /// After a detach that left a launched program's thread traced: waits for the
+    /// program's end here, on the tracing thread, letting such a thread go at its
+    /// first stop. A launched program has PTRACE_O_EXITKILL: were this thread to end
+    /// first (the live view's tracer thread does), the kernel would kill it. Returns
+    /// the program's exit status as a shell gives it, or None when there was nothing
+    /// to wait for.
+    pub fn wait_for_left_behind(&mut self) -> Option<i32> {
+        if self.mode != super::Mode::Launch || self.left_behind.is_none() {
+            return None;
+        }
+        match ptrace::wait_exit_letting_go(self.pid) {
+            Ok(Stop::Exited { code, .. }) => Some(code),
+            Ok(Stop::Killed { signal, .. }) => Some(128 + signal),
+            _ => Some(1),
+        }
+    }
+
     /// Restores everything and detaches from every thread. Returns how the trace
     /// ended: detached, or the process's own end if it came first.
     pub(super) fn detach(&mut self) -> Result<End, TraceError> {
@@ -60,7 +83,9 @@ impl Tracer<'_> {
                 self.leave_our_code(tid, h);
             }
         }
-        for &tid in &tids {
+        // A thread that did not stop runs none of the program's code until it does
+        // (the interrupt is pending): its stack can be written all the same.
+        for &tid in tids.iter().chain(&all.unstopped) {
             self.restore_return_addresses(tid);
         }
         for (addr, bp) in self.bps.iter() {
@@ -79,7 +104,15 @@ impl Tracer<'_> {
                 );
             }
         }
-        self.unmap_ours(&mut all.held);
+        if all.unstopped.is_empty() {
+            self.unmap_ours(&mut all.held);
+        } else {
+            // Where such a thread will go on is unknown (a signal handler's saved
+            // context may point into a slot), and an injected munmap could wait
+            // behind it (a page fault on a hung file holds the address space's lock):
+            // the pages stay.
+            self.left_behind = Some(self.left_behind_message(&all.unstopped));
+        }
         for (tid, h) in all.held {
             let sig = if h.signal != 0 {
                 h.signal
@@ -103,6 +136,30 @@ impl Tracer<'_> {
         self.threads.clear();
         self.children.clear();
         Ok(End::Detached)
+    }
+
+    /// What a detach that could not stop every thread left, in one line.
+    fn left_behind_message(&self, unstopped: &HashSet<Tid>) -> String {
+        let bytes: u64 = self
+            .scratch
+            .regions()
+            .map(|(_, len)| len)
+            .chain(
+                self.rec
+                    .iter()
+                    .flat_map(|r| r.ring.addrs.ranges())
+                    .map(|(s, e)| e - s),
+            )
+            .sum();
+        let when = match self.mode {
+            super::Mode::Attach => "when memtrace exits",
+            super::Mode::Launch => "as soon as it stops",
+        };
+        format!(
+            "{} did not stop, so the detach is incomplete: it is let go {when}; the original code is back, but memtrace's pages ({} KiB, unused) stay mapped in the process",
+            super::stopwait::threads(unstopped),
+            bytes / 1024
+        )
     }
 
     /// Moves a thread whose pc is in memtrace's code back to the program's.
@@ -264,35 +321,43 @@ impl Tracer<'_> {
 
     /// Puts the real return address back in place of the stub's or the trampoline's
     /// address wherever this thread's pending calls still have one on its stack.
+    /// Works on a thread that could not be stopped too: its shadow stack is found by
+    /// the thread pointer it was registered with, and its stack is memory.
     fn restore_return_addresses(&mut self, tid: Tid) {
-        let Ok(mut regs) = ptrace::get_regs(tid) else {
-            return;
-        };
+        let mut regs = ptrace::get_regs(tid).ok();
         let stub = self.rec.as_ref().map_or(0, |r| r.ring.addrs.ret_stub);
         let tramp = self.scratch.trampoline().unwrap_or(0);
-        let tp = Native::thread_pointer(&regs);
+        let tp = match (&regs, self.threads.get(&tid)) {
+            (Some(r), _) => Native::thread_pointer(r),
+            (None, Some(t)) => t.tp,
+            (None, None) => 0,
+        };
         let shadow = self
             .rec
             .as_ref()
             .map(|r| r.ring.shadow(tp))
             .unwrap_or_default();
-        for f in shadow.iter().rev() {
-            // Only if the slot still holds our address: a frame left by longjmp may
-            // have had its slot reused since.
-            self.put_back(&mut regs, f.sp, stub, f.ret);
-        }
         let frames = self
             .threads
             .get_mut(&tid)
             .map(|t| std::mem::take(&mut t.frames))
             .unwrap_or_default();
+        let mut scratch_regs = memtrace_arch::Regs::default();
+        let r = regs.as_mut().unwrap_or(&mut scratch_regs);
+        for f in shadow.iter().rev() {
+            // Only if the slot still holds our address: a frame left by longjmp may
+            // have had its slot reused since.
+            self.put_back(r, f.sp, stub, f.ret);
+        }
         for f in frames.iter().rev() {
-            self.put_back(&mut regs, f.entry_sp, tramp, f.real_ret);
+            self.put_back(r, f.entry_sp, tramp, f.real_ret);
         }
-        if let Some(r) = self.rec.as_mut() {
-            r.ring.truncate_shadow(tp, 0);
+        if let Some(rec) = self.rec.as_mut() {
+            rec.ring.truncate_shadow(tp, 0);
         }
-        let _ = ptrace::set_regs(tid, &regs);
+        if let Some(r) = regs {
+            let _ = ptrace::set_regs(tid, &r);
+        }
     }
 
     /// Unmaps the scratch regions and the recorder's memory, with munmap injected

@@ -317,7 +317,7 @@ impl Tracer<'_> {
         // Recorded before it is written: a memtrace killed in between leaves nothing
         // the guardian does not know of.
         if let Some(g) = &self.guardian {
-            g.record(addr, &original);
+            g.record_trap(addr, &original, Native::BREAKPOINT[0]);
         }
         self.mem
             .write(addr, Native::BREAKPOINT)

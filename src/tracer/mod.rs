@@ -1,12 +1,14 @@
 //! The tracer: one thread that owns the traced process and turns its stops into events.
 //!
 //! See `lib.rs` for the path one malloc takes. This module holds the stop loop and
-//! what happens to threads and processes (clone, fork, vfork, exec, signals). One
+//! what happens to threads and processes (clone, exec, signals; a forked child's
+//! copy of the image is cleaned in `fork.rs`). One
 //! hooked call's entry and return are in `calls.rs`; the process image (loader
 //! rendezvous, which objects get hooks, planting) in `image.rs`; scratch pages and
 //! breakpoints in `scratch.rs`; return stubs in `stubs.rs`; injected system calls in
 //! `inject.rs`; stopping every thread for a moment in `stopall.rs` (a scan, a pause,
-//! a debugger stop) and for good in `settle.rs` (a detach); the reachability scan
+//! a debugger stop) and for good in `settle.rs` (a detach), each wait with a time
+//! limit and Ctrl-C (`stopwait.rs`); the reachability scan
 //! (when, and which memory is a root) in `scan.rs`; joining a running process in
 //! `attach.rs` (calls caught in flight there: `inflight.rs`) and leaving it in
 //! `detach.rs`; the commands another thread sends (pause, scan, detach) and the
@@ -18,7 +20,9 @@ mod calls;
 mod control;
 pub mod debug;
 mod detach;
+mod fork;
 mod image;
+mod images;
 mod inflight;
 mod inject;
 mod recording;
@@ -27,8 +31,10 @@ pub mod scratch;
 mod settle;
 mod step;
 mod stopall;
+mod stopwait;
 
 pub use attach::AttachError;
+pub use images::ExecImage;
 pub use recording::RecordStats;
 pub use scan::{Scan, ScanError, ScanStats, ScanWhen};
 
@@ -201,10 +207,11 @@ struct Thread {
     listening: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Child {
-    /// A forked child that has not yet had its initial stop: clean it then.
-    ForkPending,
+    /// A forked child that has not yet had its initial stop: clean it then, putting
+    /// back these return addresses (the forking thread's pending calls at the fork).
+    ForkPending(Vec<fork::Swapped>),
     /// A vfork child: it shares our target's memory (breakpoints included) until it
     /// execs or exits, so it stays traced and its hits just run out of line.
     Vfork,
@@ -238,6 +245,8 @@ pub struct Tracer<'s> {
     generation: u32,
     pub stacks: StackTable,
     pub stats: TraceStats,
+    /// The images the process went through, the one traced now last.
+    pub images: Vec<ExecImage>,
     /// How long to poll for the next stop before sleeping (see `ptrace::Waiter`).
     spin: std::time::Duration,
     waiter: Waiter,
@@ -251,6 +260,11 @@ pub struct Tracer<'s> {
     control: control::Control,
     /// Stops that came while every thread was being stopped, to handle next.
     deferred: VecDeque<Stop>,
+    /// A terminating signal that came while threads were being stopped: the stop
+    /// loop detaches next (see `stopwait.rs`).
+    signal: Option<i32>,
+    /// What a detach could not do (threads that did not stop), in one line.
+    left_behind: Option<String>,
     /// Threads held stopped by `stop_all` until its `resume_all`.
     holding: HashSet<Tid>,
     scan: ScanState,
@@ -297,6 +311,7 @@ impl<'s> Tracer<'s> {
         let mem = Memory::open(pid).map_err(|e| TraceError::Setup(e.to_string()))?;
         let mut t = Tracer::new(pid, sink, mem, waiter, Mode::Launch);
         t.apply(setup);
+        t.images.push(ExecImage::of(pid));
         t.threads.insert(
             pid,
             Thread {
@@ -330,6 +345,7 @@ impl<'s> Tracer<'s> {
             generation: 0,
             stacks: StackTable::new(),
             stats: TraceStats::default(),
+            images: Vec::new(),
             spin: std::time::Duration::ZERO,
             waiter,
             mode,
@@ -338,6 +354,8 @@ impl<'s> Tracer<'s> {
             guardian: None,
             control: control::Control::default(),
             deferred: VecDeque::new(),
+            signal: None,
+            left_behind: None,
             holding: HashSet::new(),
             scan: ScanState::default(),
             debug: None,
@@ -399,6 +417,9 @@ impl<'s> Tracer<'s> {
             self.resume(self.pid);
         }
         loop {
+            if self.signal.take().is_some() {
+                return self.detach();
+            }
             // The records written since the last look: with inline recording, the
             // only news of most allocator calls.
             let busy = self.drain();
@@ -524,27 +545,7 @@ impl<'s> Tracer<'s> {
             }
             PtraceEvent::Fork | PtraceEvent::Vfork => {
                 if let Ok(child) = ptrace::event_msg(tid) {
-                    let child = child as Tid;
-                    let kind = if event == PtraceEvent::Fork {
-                        Child::ForkPending
-                    } else {
-                        Child::Vfork
-                    };
-                    if kind == Child::Vfork {
-                        // The child runs on this thread's stack and thread pointer,
-                        // so on its slot: until it execs or exits, every call made
-                        // there stops, and the child's are kept out of the heap.
-                        let tp = self.threads.get(&tid).map_or(0, |t| t.tp);
-                        if let Some(r) = self.rec.as_mut() {
-                            r.ring.set_slow(tp, true);
-                        }
-                        self.vfork_slots.insert(child, tp);
-                    }
-                    if self.early_children.remove(&child) {
-                        self.child_started(tid, child, kind);
-                    } else {
-                        self.children.insert(child, kind);
-                    }
+                    self.on_fork_event(tid, child as Tid, event == PtraceEvent::Vfork);
                 }
                 self.resume(tid);
             }
@@ -573,10 +574,8 @@ impl<'s> Tracer<'s> {
 
     /// PTRACE_EVENT_STOP: a new thread's or child's first stop, or a group-stop.
     fn on_stop_event(&mut self, tid: Tid, signal: i32) {
-        if let Some(&kind) = self.children.get(&tid) {
-            self.children.remove(&tid);
-            // The parent is the thread that forked; any of ours will do for frames.
-            self.child_started(self.pid, tid, kind);
+        if let Some(kind) = self.children.remove(&tid) {
+            self.child_started(tid, kind);
             return;
         }
         match self.threads.get_mut(&tid) {
@@ -625,61 +624,9 @@ impl<'s> Tracer<'s> {
         }
     }
 
-    /// A fork or vfork child had its first stop.
-    fn child_started(&mut self, parent: Tid, child: Tid, kind: Child) {
-        match kind {
-            Child::ForkPending => {
-                self.clean_fork_child(parent, child);
-                self.stats.forks_cleaned += 1;
-                let _ = ptrace::detach(child, 0);
-            }
-            Child::Vfork => {
-                self.children.insert(child, Child::Vfork);
-                self.resume(child);
-            }
-        }
-    }
-
-    /// A vfork child no longer runs on its parent's slot (it exec'd or exited).
-    fn vfork_done(&mut self, child: Tid) {
-        if let Some(tp) = self.vfork_slots.remove(&child) {
-            if let Some(r) = self.rec.as_mut() {
-                r.ring.set_slow(tp, false);
-            }
-        }
-    }
-
-    /// The forked child has a copy of our breakpoints, entry jumps and return hooks
-    /// (not of the recorder's memory, which forks leave out): put the original bytes
-    /// and return addresses back in its copy, then let it go.
-    fn clean_fork_child(&mut self, parent: Tid, child: Tid) {
-        let Ok(mem) = Memory::open(child) else { return };
-        for (addr, bp) in self.bps.iter() {
-            if !bp.original.is_empty() {
-                let _ = mem.write(addr, &bp.original);
-            }
-        }
-        let mut returns: Vec<(u64, u64)> = Vec::new();
-        if let Some(rec) = &self.rec {
-            for s in &rec.sites {
-                let _ = mem.write(s.entry, &s.original);
-            }
-            // The forking thread's calls in flight (fork from a new_handler, say).
-            let tp = self.threads.get(&parent).map_or(0, |t| t.tp);
-            returns.extend(rec.ring.shadow(tp).iter().map(|f| (f.sp, f.ret)));
-        }
-        if let Some(t) = self.threads.get(&parent) {
-            returns.extend(t.frames.iter().map(|f| (f.entry_sp, f.real_ret)));
-        }
-        for (sp, ret) in returns {
-            if let memtrace_arch::ReturnSlot::Stack(a) = Native::return_slot_at(sp) {
-                let _ = mem.write_u64(a, ret);
-            }
-        }
-    }
-
     fn on_exec(&mut self) -> Result<(), TraceError> {
         self.stats.execs += 1;
+        self.images.push(ExecImage::of(self.pid));
         // The old image's last records (memtrace's mapping of its ring outlives it).
         self.flush();
         self.forget_image();

@@ -481,9 +481,8 @@ impl Tracer<'_> {
         }
         for s in &sites {
             if on {
-                if let Some(g) = &self.guardian {
-                    g.record(s.entry, &s.original);
-                }
+                // The guardian restores the entry's breakpoint only while it is one: a
+                // jump is left as it is (the bypass flag makes it harmless).
                 // The rest first, behind the int3 still at the first byte; then the
                 // first byte: every thread sees either the int3 or the whole jump.
                 let _ = self.mem.write(s.entry + 1, &s.jump[1..]);

@@ -6,7 +6,13 @@
 //! first, until every thread is in one. A thread may report something else (a
 //! breakpoint it hit, a signal, a clone, its exit): each is settled here as that
 //! thread's stop, so nothing is lost and nothing is resumed.
+//!
+//! A thread that does not stop within the stop timeout (or before Ctrl-C) is left
+//! out (`unstopped`): it cannot be detached (PTRACE_DETACH needs a stopped thread),
+//! but it runs no code of the program's until it stops, since the interrupt is still
+//! pending, and it is let go when memtrace's tracing thread ends.
 
+use super::stopwait::StopWait;
 use super::{Child, End, Thread, TraceError, Tracer};
 use crate::event::Tid;
 use crate::ptrace::{self, PtraceEvent, Stop};
@@ -30,37 +36,44 @@ pub(super) struct Settled {
     pub held: HashMap<Tid, Held>,
     /// The process ended while being stopped.
     pub end: Option<End>,
+    /// Threads (and vfork children) that did not stop in time.
+    pub unstopped: HashSet<Tid>,
 }
 
 impl Tracer<'_> {
     pub(super) fn stop_all_to_detach(&mut self) -> Result<Settled, TraceError> {
         let mut held: HashMap<Tid, Held> = HashMap::new();
-        // Fork children already stopped whose fork event has not come: clean them now.
-        for child in std::mem::take(&mut self.early_children) {
-            self.let_child_go(child);
-        }
+        // Fork children already stopped whose fork event has not come stay held: the
+        // forking thread is one of those waited for, and its next stop is that event.
         let mut want: HashSet<Tid> = self.threads.keys().copied().collect();
         want.extend(self.children.keys().copied());
         for &tid in &want {
             // ESRCH: it is exiting; its exit comes through waitpid.
             let _ = ptrace::interrupt(tid);
         }
+        let mut wait = StopWait::new(self.waiter.stop_timeout());
         while !want.is_empty() {
             let next = match self.deferred.pop_front() {
-                Some(stop) => Ok(stop),
-                None => ptrace::wait_tid(-1),
+                Some(stop) => Ok(Some(stop)),
+                None => self.next_stop(&mut wait, &want),
             };
             let stop = match next {
-                Ok(s) => s,
+                Ok(Some(s)) => s,
+                // The time limit passed, or Ctrl-C: the threads still wanted stay out.
+                Ok(None) => break,
                 Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
                 Err(e) => return Err(TraceError::Wait(e)),
             };
+            if want.contains(&stop.tid()) {
+                wait.progress();
+            }
             let (tid, h) = match stop {
                 Stop::Exited { tid, code } => {
                     if tid == self.pid {
                         return Ok(Settled {
                             held,
                             end: Some(End::Exited(code)),
+                            unstopped: HashSet::new(),
                         });
                     }
                     self.forget(tid, &mut want, &mut held);
@@ -71,16 +84,18 @@ impl Tracer<'_> {
                         return Ok(Settled {
                             held,
                             end: Some(End::Signaled(signal)),
+                            unstopped: HashSet::new(),
                         });
                     }
                     self.forget(tid, &mut want, &mut held);
                     continue;
                 }
-                _ if self.children.get(&stop.tid()) == Some(&Child::ForkPending) => {
+                _ if matches!(self.children.get(&stop.tid()), Some(Child::ForkPending(_))) => {
                     let child = stop.tid();
-                    self.children.remove(&child);
                     want.remove(&child);
-                    self.let_child_go(child);
+                    if let Some(Child::ForkPending(swapped)) = self.children.remove(&child) {
+                        self.let_child_go(child, &swapped);
+                    }
                     continue;
                 }
                 Stop::Signal { tid, signal } => (tid, self.held_at_signal(tid, signal)),
@@ -98,8 +113,9 @@ impl Tracer<'_> {
                             if !self.threads.contains_key(&tid) && !self.children.contains_key(&tid)
                             {
                                 if super::thread_group_of(tid) != Some(self.pid) {
-                                    // A fork child whose fork event is still queued.
-                                    self.let_child_go(tid);
+                                    // A fork child whose fork event is still to come:
+                                    // cleaned there.
+                                    self.early_children.insert(tid);
                                     continue;
                                 }
                                 self.threads.insert(tid, Thread::default());
@@ -120,13 +136,21 @@ impl Tracer<'_> {
                         }
                         PtraceEvent::Fork | PtraceEvent::Vfork => {
                             if let Ok(child) = ptrace::event_msg(tid) {
-                                self.children.insert(child as Tid, Child::ForkPending);
-                                want.insert(child as Tid);
+                                // A vfork child too: it is let go with the rest.
+                                let child = child as Tid;
+                                let swapped = self.pending_at_fork(tid);
+                                if self.early_children.remove(&child) {
+                                    self.let_child_go(child, &swapped);
+                                } else {
+                                    self.children.insert(child, Child::ForkPending(swapped));
+                                    want.insert(child);
+                                }
                             }
                         }
                         PtraceEvent::Exec => {
                             // A new image: nothing of ours is left in it, and its other
                             // threads are gone.
+                            self.images.push(super::ExecImage::of(self.pid));
                             self.forget_image();
                             held.retain(|&t, _| t == tid);
                             want.clear();
@@ -140,7 +164,30 @@ impl Tracer<'_> {
             want.remove(&tid);
             held.insert(tid, h);
         }
-        Ok(Settled { held, end: None })
+        // Children whose forking thread died (or did not stop) before its fork event:
+        // nothing is known of its pending calls, the breakpoints at least go.
+        for child in std::mem::take(&mut self.early_children) {
+            self.let_child_go(child, &[]);
+        }
+        // A fork child that never had its first stop has run none of its code yet:
+        // its copy is cleaned in place, and it is let go with the rest.
+        let pending: Vec<(Tid, Vec<super::fork::Swapped>)> = want
+            .iter()
+            .filter_map(|&t| match self.children.get(&t) {
+                Some(Child::ForkPending(s)) => Some((t, s.clone())),
+                _ => None,
+            })
+            .collect();
+        for (child, swapped) in pending {
+            self.clean_fork_child(child, &swapped);
+            self.children.remove(&child);
+            want.remove(&child);
+        }
+        Ok(Settled {
+            held,
+            end: None,
+            unstopped: want,
+        })
     }
 
     fn forget(&mut self, tid: Tid, want: &mut HashSet<Tid>, held: &mut HashMap<Tid, Held>) {
@@ -181,8 +228,8 @@ impl Tracer<'_> {
     }
 
     /// A fork child with a copy of our breakpoints: clean its copy and let it go.
-    fn let_child_go(&mut self, child: Tid) {
-        self.clean_fork_child(self.pid, child);
+    fn let_child_go(&mut self, child: Tid, swapped: &[super::fork::Swapped]) {
+        self.clean_fork_child(child, swapped);
         self.stats.forks_cleaned += 1;
         let _ = ptrace::detach(child, 0);
     }

@@ -12,16 +12,13 @@
 //! afterwards. Its interrupt stop then comes later and just resumes it. Stops of
 //! threads not waited for (a new thread's first stop, a fork child) are deferred too.
 
+use super::stopwait::StopWait;
 use super::Tracer;
 use crate::event::Tid;
 use crate::ptrace::{self, PtraceEvent, Stop};
 use memtrace_arch::Regs;
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
-
-/// How long a thread may take to stop. A thread that is dying (killed by an
-/// exit_group) never stops: it is given up on after this.
-const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+use std::time::Duration;
 
 /// Threads held stopped by [`Tracer::stop_all`].
 #[derive(Debug, Default)]
@@ -36,9 +33,12 @@ pub struct AllStopped {
 
 impl Tracer<'_> {
     /// Stops every thread except `already` (a thread stopped by the caller, or None),
-    /// and reads every stopped thread's registers.
+    /// and reads every stopped thread's registers. A thread that does not stop within
+    /// the stop timeout (one in uninterruptible sleep, or dying in an exit_group) is
+    /// given up on (`missed`), as it is at Ctrl-C.
     pub(super) fn stop_all(&mut self, already: Option<Tid>) -> AllStopped {
-        self.stop_all_within(already, STOP_TIMEOUT)
+        let timeout = self.waiter.stop_timeout();
+        self.stop_all_within(already, timeout)
     }
 
     /// [`Tracer::stop_all`], giving up on the threads not stopped after `timeout`.
@@ -72,13 +72,16 @@ impl Tracer<'_> {
             }
         }
         let mut all = AllStopped::default();
-        let deadline = Instant::now() + timeout;
+        let mut wait = StopWait::new(timeout);
         while !waiting.is_empty() {
-            let stop = match ptrace::wait_any_until(deadline) {
+            let stop = match self.next_stop(&mut wait, &waiting) {
                 Ok(Some(stop)) => stop,
                 Ok(None) | Err(_) => break,
             };
             let tid = stop.tid();
+            if waiting.contains(&tid) {
+                wait.progress();
+            }
             match stop {
                 Stop::Event {
                     event: PtraceEvent::Stop,

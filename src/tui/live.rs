@@ -139,5 +139,8 @@ pub fn run(
         scan: feed.scan,
         scan_error: end.scan_error,
         unmatched_breaks: end.unmatched_breaks,
+        images: end.images,
+        left_behind: end.left_behind,
+        status_after_detach: end.status_after_detach,
     })
 }

@@ -34,6 +34,26 @@ pub struct Finished {
 
 impl Background {
     pub fn start(target: &Target) -> Background {
+        Background::start_with_stdin(target, Stdio::null())
+    }
+
+    /// Started with its stdin on a pipe, whose writing end is returned.
+    pub fn start_piped(target: &Target) -> (Background, std::process::ChildStdin) {
+        let mut bg = Background::start_with_stdin(target, Stdio::piped());
+        let stdin = bg
+            .child
+            .stdin
+            .take()
+            .unwrap_or_else(|| panic!("no pipe to the fixture's stdin"));
+        (bg, stdin)
+    }
+
+    /// What the fixture has written to stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        std::fs::read_to_string(self.stdout.path()).unwrap_or_default()
+    }
+
+    fn start_with_stdin(target: &Target, stdin: Stdio) -> Background {
         let stdout = tempfile::NamedTempFile::new()
             .unwrap_or_else(|e| panic!("cannot create a temporary file: {e}"));
         let out = stdout
@@ -43,7 +63,7 @@ impl Background {
         command
             .args(&target.args)
             .current_dir(run_dir())
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::from(out))
             .stderr(Stdio::null())
             .process_group(0);
@@ -134,6 +154,27 @@ impl Drop for Background {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Waits until process `pid` is traced (or no longer traced).
+pub fn wait_tracer(pid: i32, traced: bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let tracer = status
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .map(|v| v.trim() != "0");
+        if tracer == Some(traced) {
+            return;
+        }
+        assert!(
+            tracer.is_some() && std::time::Instant::now() < until,
+            "process {pid} never became {}traced",
+            if traced { "" } else { "un" }
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

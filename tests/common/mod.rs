@@ -48,7 +48,9 @@ pub mod valgrind;
 
 pub use build::{build_fixture, build_shared, build_stripped, crafted, Crafted, DEBUG, OPTIMIZED};
 pub use markers::{markers, parse_markers, Marker};
-pub use process::{run_memtrace, run_memtrace_opts, run_native, Exit, Run, Target};
+pub use process::{
+    run_memtrace, run_memtrace_env, run_memtrace_opts, run_native, Exit, Run, Target,
+};
 pub use report::{Frame, Leak, Totals};
 pub use valgrind::{parse_valgrind, run_valgrind, run_valgrind_with, Valgrind};
 

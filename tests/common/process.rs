@@ -231,13 +231,19 @@ pub fn run_memtrace(target: &Target) -> Run {
 /// and, unless the trace is cut by time (`--duration`), give the same report
 /// ([`super::report::comparable`]). Returns the default run.
 pub fn run_memtrace_opts(options: &[&str], target: &Target) -> Run {
+    run_memtrace_env(&[], options, target)
+}
+
+/// [`run_memtrace_opts`] with these variables set in memtrace's environment (which
+/// the program inherits), PATH for one.
+pub fn run_memtrace_env(env: &[(&str, OsString)], options: &[&str], target: &Target) -> Run {
     if options.contains(&"--stops") {
-        return run_memtrace_once(options, target);
+        return run_once(env, options, target);
     }
-    let inline = run_memtrace_once(options, target);
+    let inline = run_once(env, options, target);
     let mut with_stops = options.to_vec();
     with_stops.push("--stops");
-    let stops = run_memtrace_once(&with_stops, target);
+    let stops = run_once(env, &with_stops, target);
     let what = format!("{} {}", options.join(" "), target.display());
     assert_eq!(
         inline.exit, stops.exit,
@@ -261,6 +267,10 @@ pub fn run_memtrace_opts(options: &[&str], target: &Target) -> Run {
 
 /// One run of `memtrace launch --no-tui --json <tmp> OPTIONS -- PROGRAM ARGS...`.
 pub fn run_memtrace_once(options: &[&str], target: &Target) -> Run {
+    run_once(&[], options, target)
+}
+
+fn run_once(env: &[(&str, OsString)], options: &[&str], target: &Target) -> Run {
     let dir =
         tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
     let json_path = dir.path().join("report.json");
@@ -273,7 +283,8 @@ pub fn run_memtrace_once(options: &[&str], target: &Target) -> Run {
         .args(options)
         .arg("--")
         .arg(&target.program)
-        .args(&target.args);
+        .args(&target.args)
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let output = run_with_watchdog(
         command,
         MEMTRACE_LIMIT,

@@ -268,3 +268,38 @@ pub fn compare_names(
         Err(problems.join("\n"))
     }
 }
+
+/// Where valgrind names a frame for which `here` holds, memtrace names it the same,
+/// a symbol's version left out (`dlopen@@GLIBC_2.34` is `dlopen`). Stacks are paired
+/// as [`compare_stacks`] pairs them. Returns how many frames were compared.
+pub fn compare_names_where(
+    leaks: &[Leak],
+    records: &[LossRecord],
+    here: impl Fn(&Frame) -> bool,
+) -> Result<usize, String> {
+    let mut problems = Vec::new();
+    let mut compared = 0;
+    for leak in leaks {
+        let Some(record) = records.iter().find(|r| same_stack(leak, r)) else {
+            continue;
+        };
+        for (v, o) in valgrind_stack(record).iter().zip(&leak.stack) {
+            if v.function == "???" || !here(o) {
+                continue;
+            }
+            compared += 1;
+            if o.function.as_deref().map(plain) != Some(plain(&v.function)) {
+                problems.push(format!(
+                    "valgrind names {} where memtrace says {}",
+                    v.function,
+                    o.short()
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(compared)
+    } else {
+        Err(problems.join("\n"))
+    }
+}
