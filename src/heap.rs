@@ -16,6 +16,7 @@
 //! valgrind does once a block has left its freed-blocks queue.
 
 use crate::event::{AllocKind, Event, FreeKind, StackId, Tid};
+use crate::hooks::HookFn;
 use crate::leakcheck::Kind;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -31,6 +32,9 @@ struct Freed {
     free_stack: StackId,
     /// Sequence number of the free, to match the eviction queue.
     seq: u64,
+    /// The functions that allocated and freed it (a report's allocator frames).
+    alloc_func: HookFn,
+    free_func: HookFn,
 }
 
 /// What went wrong in one bad free.
@@ -75,6 +79,12 @@ pub struct HeapError {
     pub first_free_stack: Option<StackId>,
     /// How many times this very error happened.
     pub count: u64,
+    /// The deallocator of the bad call, the allocator of the block concerned and
+    /// the deallocator of a double free's first free: the first frame of each
+    /// stack in valgrind's reports and suppressions.
+    pub func: HookFn,
+    pub alloc_func: Option<HookFn>,
+    pub first_free_func: Option<HookFn>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +101,8 @@ pub struct Block {
     pub indirect_bytes: u64,
     /// When it was allocated: nanoseconds since the trace started.
     pub at_ns: u64,
+    /// The function that allocated it.
+    pub func: HookFn,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -120,8 +132,10 @@ pub struct Uncounted {
 /// so that a live view never has to walk every live block.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SiteCounts {
-    /// Allocations made from this stack over the whole trace.
+    /// Allocations made from this stack over the whole trace...
     pub allocs: u64,
+    /// ...and the bytes they asked for.
+    pub bytes: u64,
     pub live_blocks: u64,
     pub live_bytes: u64,
 }
@@ -137,6 +151,9 @@ pub struct LeakGroup {
     /// Bytes lost through these blocks (definite blocks only).
     pub indirect_bytes: u64,
     pub ages: Ages,
+    /// The function that allocated the oldest of them (one call site calls one
+    /// allocator, so in practice all of them).
+    pub func: HookFn,
 }
 
 /// When a group's live blocks were allocated, against the questions of [`AgeQuery`].
@@ -279,24 +296,26 @@ impl Heap {
                 ptr,
                 size,
                 stack,
-            } => self.alloc(tid, kind, ptr, size, stack),
+                func,
+            } => self.alloc(tid, kind, ptr, size, stack, func),
             Event::Free {
                 ptr,
                 kind,
                 stack,
                 internal,
+                func,
                 ..
             } => {
                 if let Some(&b) = self.live.get(&ptr) {
-                    self.check_family(ptr, &b, kind, stack);
-                    self.release(ptr, stack);
+                    self.check_family(ptr, &b, kind, stack, func);
+                    self.release(ptr, stack, func);
                 } else if internal || self.nested.remove(&ptr) {
                     self.uncounted.internal_frees += 1;
                 } else if self.before_trace(ptr) {
                     self.totals.frees_of_unknown += 1;
                 } else {
                     self.uncounted.frees_not_live += 1;
-                    self.bad_free(ptr, stack);
+                    self.bad_free(ptr, stack, func);
                 }
             }
             Event::ReallocStart {
@@ -304,14 +323,15 @@ impl Heap {
                 old,
                 stack,
                 internal,
+                func,
             } => {
                 let block = self.take(old);
                 let mut unknown = false;
                 match block {
-                    Some(b) => self.check_family(old, &b, FreeKind::Free, stack),
+                    Some(b) => self.check_family(old, &b, FreeKind::Free, stack, func),
                     None if internal || self.nested.remove(&old) => {}
                     None if self.before_trace(old) => unknown = true,
-                    None => self.bad_free(old, stack),
+                    None => self.bad_free(old, stack, func),
                 }
                 self.in_realloc.insert(tid, (old, block, unknown));
             }
@@ -321,6 +341,7 @@ impl Heap {
                 new,
                 size,
                 stack,
+                func,
             } => {
                 let (started, block, unknown) = match self.in_realloc.remove(&tid) {
                     Some((o, b, u)) if o == old => (true, b, u),
@@ -339,18 +360,18 @@ impl Heap {
                     // Success: the old block (if we knew it) is freed, the new one allocated.
                     if let Some(b) = block {
                         self.totals.frees += 1;
-                        self.remember_freed(old, &b, stack);
+                        self.remember_freed(old, &b, stack, func);
                     } else if unknown {
                         self.totals.frees_of_unknown += 1;
                     } else if old != 0 {
                         self.uncounted.frees_not_live += 1;
                     }
-                    self.alloc(tid, AllocKind::Malloc, new, size, stack);
+                    self.alloc(tid, AllocKind::Malloc, new, size, stack, func);
                 } else if size == 0 && old != 0 {
                     // glibc's realloc(p, 0) frees p and returns NULL.
                     if let Some(b) = block {
                         self.totals.frees += 1;
-                        self.remember_freed(old, &b, stack);
+                        self.remember_freed(old, &b, stack, func);
                     } else if unknown {
                         self.totals.frees_of_unknown += 1;
                     }
@@ -374,7 +395,15 @@ impl Heap {
         }
     }
 
-    fn alloc(&mut self, tid: Tid, kind: AllocKind, ptr: u64, size: u64, stack: StackId) {
+    fn alloc(
+        &mut self,
+        tid: Tid,
+        kind: AllocKind,
+        ptr: u64,
+        size: u64,
+        stack: StackId,
+        func: HookFn,
+    ) {
         if ptr == 0 {
             return;
         }
@@ -392,6 +421,7 @@ impl Heap {
         t.peak_live_bytes = t.peak_live_bytes.max(t.live_bytes);
         let site = self.sites.entry(stack).or_default();
         site.allocs += 1;
+        site.bytes += size;
         site.live_blocks += 1;
         site.live_bytes += size;
         self.live.insert(
@@ -405,6 +435,7 @@ impl Heap {
                 leak: None,
                 indirect_bytes: 0,
                 at_ns: self.now_ns,
+                func,
             },
         );
         self.seq += 1;
@@ -432,14 +463,14 @@ impl Heap {
     }
 
     /// Frees a live block.
-    fn release(&mut self, ptr: u64, stack: StackId) {
+    fn release(&mut self, ptr: u64, stack: StackId, func: HookFn) {
         if let Some(b) = self.take(ptr) {
             self.totals.frees += 1;
-            self.remember_freed(ptr, &b, stack);
+            self.remember_freed(ptr, &b, stack, func);
         }
     }
 
-    fn remember_freed(&mut self, ptr: u64, b: &Block, free_stack: StackId) {
+    fn remember_freed(&mut self, ptr: u64, b: &Block, free_stack: StackId, free_func: HookFn) {
         self.seq += 1;
         self.freed.insert(
             ptr,
@@ -448,6 +479,8 @@ impl Heap {
                 alloc_stack: b.stack,
                 free_stack,
                 seq: self.seq,
+                alloc_func: b.func,
+                free_func,
             },
         );
         self.freed_order.push_back((ptr, self.seq));
@@ -462,7 +495,7 @@ impl Heap {
     }
 
     /// A live block released by the wrong family of deallocator.
-    fn check_family(&mut self, ptr: u64, b: &Block, free: FreeKind, stack: StackId) {
+    fn check_family(&mut self, ptr: u64, b: &Block, free: FreeKind, stack: StackId, func: HookFn) {
         if free.matches() != b.kind {
             self.error(HeapError {
                 kind: ErrorKind::MismatchedFree {
@@ -475,12 +508,15 @@ impl Heap {
                 alloc_stack: Some(b.stack),
                 first_free_stack: None,
                 count: 1,
+                func,
+                alloc_func: Some(b.func),
+                first_free_func: None,
             });
         }
     }
 
     /// A free, by the program, of a pointer that is not live.
-    fn bad_free(&mut self, ptr: u64, stack: StackId) {
+    fn bad_free(&mut self, ptr: u64, stack: StackId, func: HookFn) {
         let error = if let Some(f) = self.freed.get(&ptr) {
             HeapError {
                 kind: ErrorKind::DoubleFree,
@@ -490,6 +526,9 @@ impl Heap {
                 alloc_stack: Some(f.alloc_stack),
                 first_free_stack: Some(f.free_stack),
                 count: 1,
+                func,
+                alloc_func: Some(f.alloc_func),
+                first_free_func: Some(f.free_func),
             }
         } else {
             // Into the middle of a live block?
@@ -502,6 +541,9 @@ impl Heap {
                 alloc_stack: inside.map(|(_, b)| b.stack),
                 first_free_stack: None,
                 count: 1,
+                func,
+                alloc_func: inside.map(|(_, b)| b.func),
+                first_free_func: None,
             }
         };
         self.error(error);
@@ -556,6 +598,7 @@ impl Heap {
                     first_ns: u64::MAX,
                     ..Ages::default()
                 },
+                func: b.func,
             });
             g.blocks += 1;
             g.bytes += b.size;
@@ -563,6 +606,7 @@ impl Heap {
             let a = &mut g.ages;
             if b.seq < a.oldest_seq || a.oldest == 0 {
                 (a.oldest_seq, a.oldest) = (b.seq, ptr);
+                g.func = b.func;
             }
             a.first_ns = a.first_ns.min(b.at_ns);
             a.last_ns = a.last_ns.max(b.at_ns);
@@ -590,6 +634,7 @@ impl Heap {
 mod tests {
     use super::*;
     use crate::event::FreeKind;
+    use crate::hooks::HookFn;
 
     const S: StackId = StackId(0);
 
@@ -600,6 +645,7 @@ mod tests {
             ptr,
             size,
             stack: S,
+            func: HookFn::Malloc,
         }
     }
     fn free(ptr: u64) -> Event {
@@ -609,6 +655,7 @@ mod tests {
             ptr,
             stack: S,
             internal: false,
+            func: HookFn::Free,
         }
     }
     fn realloc(h: &mut Heap, old: u64, new: u64, size: u64) {
@@ -617,6 +664,7 @@ mod tests {
             old,
             stack: S,
             internal: false,
+            func: HookFn::Realloc,
         });
         h.apply(&Event::ReallocEnd {
             tid: 1,
@@ -624,6 +672,7 @@ mod tests {
             new,
             size,
             stack: S,
+            func: HookFn::Realloc,
         });
     }
 
@@ -658,6 +707,7 @@ mod tests {
             ptr,
             stack: StackId(stack),
             internal: false,
+            func: HookFn::Free,
         }
     }
 
@@ -670,6 +720,7 @@ mod tests {
             ptr: 0x10,
             size: 8,
             stack: StackId(7),
+            func: HookFn::Malloc,
         });
         h.apply(&free_at(0x10, FreeKind::Free, 8));
         h.apply(&free_at(0x10, FreeKind::Free, 9));
@@ -681,6 +732,70 @@ mod tests {
             (StackId(9), Some(StackId(8)), Some(StackId(7)))
         );
         assert_eq!(e[0].block, Some((0x10, 8)));
+    }
+
+    #[test]
+    fn blocks_and_errors_know_their_allocator_and_deallocator() {
+        let mut h = Heap::new();
+        h.apply(&Event::Alloc {
+            tid: 1,
+            kind: AllocKind::New,
+            ptr: 0x10,
+            size: 8,
+            stack: S,
+            func: HookFn::new_op(false),
+        });
+        h.apply(&Event::Alloc {
+            tid: 1,
+            kind: AllocKind::Malloc,
+            ptr: 0x20,
+            size: 8,
+            stack: S,
+            func: HookFn::Calloc,
+        });
+        assert_eq!(h.get(0x20).map(|b| b.func), Some(HookFn::Calloc));
+        let group = h.leak_groups(AgeQuery::default());
+        assert_eq!(group[0].func, HookFn::new_op(false));
+        // free of new'd memory: a mismatch, by free, of a block from _Znwm.
+        h.apply(&free(0x10));
+        let e = h.errors()[0];
+        assert_eq!(
+            (e.func, e.alloc_func, e.first_free_func),
+            (HookFn::Free, Some(HookFn::new_op(false)), None)
+        );
+        // A double delete: the second call's function, the first one's, the block's.
+        h.apply(&Event::Free {
+            tid: 1,
+            kind: FreeKind::Free,
+            ptr: 0x20,
+            stack: S,
+            internal: false,
+            func: HookFn::Free,
+        });
+        h.apply(&Event::Free {
+            tid: 1,
+            kind: FreeKind::Delete,
+            ptr: 0x20,
+            stack: StackId(3),
+            internal: false,
+            func: HookFn::delete_op(false),
+        });
+        let e = h.errors()[1];
+        assert_eq!(e.kind, ErrorKind::DoubleFree);
+        assert_eq!(
+            (e.func, e.alloc_func, e.first_free_func),
+            (
+                HookFn::delete_op(false),
+                Some(HookFn::Calloc),
+                Some(HookFn::Free)
+            )
+        );
+        // Allocated bytes per site, freed or not.
+        let site = h.sites().find(|(s, _)| *s == S).map(|(_, c)| c);
+        assert_eq!(
+            site.map(|c| (c.allocs, c.bytes, c.live_blocks)),
+            Some((2, 16, 0))
+        );
     }
 
     #[test]
@@ -736,6 +851,7 @@ mod tests {
                 ptr: 0x10,
                 size: 4,
                 stack: S,
+                func: HookFn::Malloc,
             });
             h.apply(&free_at(0x10, free, 1));
             assert_eq!(
@@ -751,6 +867,7 @@ mod tests {
             ptr: 0x10,
             size: 4,
             stack: S,
+            func: HookFn::Malloc,
         });
         h.apply(&free_at(0x10, FreeKind::DeleteArray, 1));
         assert!(h.errors().is_empty());
@@ -805,6 +922,7 @@ mod tests {
             ptr: 0x50,
             size: 4,
             stack: S,
+            func: HookFn::Malloc,
         });
         h.apply(&free_at(0x50, FreeKind::Delete, 1));
         h.apply(&free_at(0x50, FreeKind::Delete, 2));
@@ -825,6 +943,7 @@ mod tests {
             ptr: 0x99,
             stack: S,
             internal: true,
+            func: HookFn::Free,
         });
         assert_eq!(h.totals().frees, 0);
         assert_eq!(h.uncounted().internal_frees, 1);
@@ -857,6 +976,7 @@ mod tests {
             old: 0x10,
             stack: S,
             internal: false,
+            func: HookFn::Realloc,
         });
         // Thread 2 is handed 0x10 while thread 1's realloc moves the block.
         h.apply(&Event::Alloc {
@@ -865,6 +985,7 @@ mod tests {
             ptr: 0x10,
             size: 4,
             stack: S,
+            func: HookFn::Malloc,
         });
         h.apply(&Event::ReallocEnd {
             tid: 1,
@@ -872,6 +993,7 @@ mod tests {
             new: 0x30,
             size: 16,
             stack: S,
+            func: HookFn::Realloc,
         });
         let t = h.totals();
         assert_eq!(
@@ -891,6 +1013,7 @@ mod tests {
                 ptr: 0x100 + i as u64 * 16,
                 size: *size,
                 stack: StackId(*stack),
+                func: HookFn::Malloc,
             });
         }
         let g = h.leak_groups(AgeQuery::default());
@@ -901,6 +1024,7 @@ mod tests {
             zero,
             Some(SiteCounts {
                 allocs: 2,
+                bytes: 20,
                 live_blocks: 1,
                 live_bytes: 10
             })
@@ -947,6 +1071,7 @@ mod tests {
             old: 0x100,
             stack: S,
             internal: false,
+            func: HookFn::Realloc,
         });
         // A scan now sees the block, and classifies it.
         assert_eq!(h.live_spans(), vec![(0x100, 10)]);

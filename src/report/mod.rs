@@ -522,6 +522,7 @@ pub(crate) fn check_golden(name: &str, actual: &str) {
 mod tests {
     use super::*;
     use crate::event::{AllocKind, Event};
+    use crate::hooks::HookFn;
 
     fn alloc(ptr: u64, size: u64, stack: StackId) -> Event {
         Event::Alloc {
@@ -530,6 +531,7 @@ mod tests {
             ptr,
             size,
             stack,
+            func: HookFn::Malloc,
         }
     }
 
