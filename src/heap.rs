@@ -105,7 +105,7 @@ pub struct Block {
     pub func: HookFn,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Totals {
     pub allocs: u64,
     pub frees: u64,
@@ -115,6 +115,7 @@ pub struct Totals {
     pub peak_live_bytes: u64,
     /// Frees of blocks allocated before memtrace attached (attach mode; 0 at launch,
     /// where every block is seen from its allocation). Not counted in `frees`.
+    #[serde(default)]
     pub frees_of_unknown: u64,
 }
 

@@ -283,7 +283,8 @@ pub fn thousands(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{check_golden, sample, End};
+    use crate::report::testing::{check_golden, sample};
+    use crate::report::End;
 
     #[test]
     fn golden_text() {
@@ -325,6 +326,7 @@ mod tests {
                 file: file.map(String::from),
                 line,
                 object: object.map(String::from),
+                mangled: None,
                 symbol_offset: off,
             })
         };

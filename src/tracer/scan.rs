@@ -38,7 +38,7 @@ const DYING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500)
 const EXIT_SPS_KEPT: usize = 4096;
 
 /// When a scan was made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScanWhen {
     /// At the call of `_exit`, every thread stopped.
@@ -50,7 +50,7 @@ pub enum ScanWhen {
 }
 
 /// What a scan cost and covered (the report's `scan` field).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ScanStats {
     pub when: ScanWhen,
     /// Wall time of the scan, from reading the maps to the last block classified.
