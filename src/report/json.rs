@@ -142,13 +142,19 @@ mod tests {
     fn bad_files_say_what_is_wrong() {
         let p = Path::new("x.json");
         let e = from_json_str("{not json", p).expect_err("not JSON");
-        assert!(e.to_string().starts_with("x.json: not a memtrace report"), "{e}");
+        assert!(
+            e.to_string().starts_with("x.json: not a memtrace report"),
+            "{e}"
+        );
         let e = from_json_str(r#"{"schema": "memtrace-maps/1"}"#, p).expect_err("schema");
         assert!(e.to_string().contains("\"memtrace-maps/1\""), "{e}");
         let e = from_json_str(r#"{"schema": "memtrace-report/1"}"#, p).expect_err("fields");
         assert!(e.to_string().contains("missing field"), "{e}");
         let e = read_json(Path::new("/nonexistent/r.json")).expect_err("no file");
-        assert!(e.to_string().starts_with("cannot read /nonexistent/r.json"), "{e}");
+        assert!(
+            e.to_string().starts_with("cannot read /nonexistent/r.json"),
+            "{e}"
+        );
     }
 
     #[test]

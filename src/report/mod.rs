@@ -2,6 +2,8 @@
 //! JSON contract (`memtrace-report/1`). [`json`] writes it, [`text`] renders it the way
 //! valgrind memcheck does.
 
+pub mod collapsed;
+pub mod flamegraph;
 pub mod json;
 pub mod model;
 #[cfg(test)]
