@@ -6,6 +6,7 @@ pub mod collapsed;
 pub mod flamegraph;
 pub mod json;
 pub mod model;
+pub mod pprof;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod text;
@@ -109,6 +110,7 @@ impl From<Frame> for JsonFrame {
             file: f.file,
             line: f.line,
             object: f.object,
+            inlined: f.inlined,
             mangled: f.mangled,
             symbol_offset: f.symbol_offset,
         }

@@ -116,7 +116,11 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct JsonFrame {
     /// Hex, `"0x55d0c0a01182"`.
     pub address: String,
@@ -124,6 +128,10 @@ pub struct JsonFrame {
     pub file: Option<String>,
     pub line: Option<u32>,
     pub object: Option<String>,
+    /// Extension: this frame was inlined into the next one (they share the
+    /// address); omitted when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub inlined: bool,
     /// Extension: the function's symbol as the object spells it (`_ZN3foo3barEi`),
     /// where that differs from `function`: what valgrind suppressions match.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,6 +18,7 @@ pub fn sample() -> Report {
             file: file.map(String::from),
             line,
             object: object.map(String::from),
+            inlined: false,
             mangled: None,
             symbol_offset: None,
         }
@@ -48,14 +49,16 @@ pub fn sample() -> Report {
         exe,
     );
     widget.mangled = Some("_ZN6Widget4makeEv".into());
+    let mut fill = frame(
+        "0x55d0c0a0116e",
+        Some("fill"),
+        Some("/src/util.h"),
+        Some(4),
+        exe,
+    );
+    fill.inlined = true;
     let leak_stack = vec![
-        frame(
-            "0x55d0c0a0116e",
-            Some("fill"),
-            Some("/src/util.h"),
-            Some(4),
-            exe,
-        ),
+        fill,
         frame(
             "0x55d0c0a0116e",
             Some("make_leak"),

@@ -326,6 +326,7 @@ mod tests {
                 file: file.map(String::from),
                 line,
                 object: object.map(String::from),
+                inlined: false,
                 mangled: None,
                 symbol_offset: off,
             })
