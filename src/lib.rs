@@ -76,6 +76,7 @@ pub mod maps;
 pub mod ptrace;
 pub mod report;
 pub mod session;
+pub mod suppress;
 pub mod symbols;
 pub mod tracer;
 pub mod tui;

@@ -203,6 +203,9 @@ pub struct AllocationSite {
 pub struct Suppressed {
     /// The suppression's name (its first line).
     pub name: String,
+    /// Where it was read: `FILE:LINE`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub origin: String,
     /// Leak records and error occurrences it hid (valgrind's count).
     pub count: u64,
     /// The live blocks and bytes of the leaks it hid.
