@@ -10,6 +10,7 @@ pub mod pprof;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod text;
+pub mod xml;
 
 pub use model::{
     AllocationSite, BlocksBytes, End, HeapError, JsonFrame, Leak, Report, Stats, Suppressed,

@@ -29,7 +29,7 @@ pub fn render_text_with(report: &Report, gen_suppressions: bool) -> String {
     for e in &report.errors {
         render_error(&mut out, e);
         if gen_suppressions {
-            out.text.push_str(&generate::for_error(e));
+            out.text.push_str(&generate::for_error(e).text());
         }
     }
     render_summary(&mut out, report);
@@ -42,7 +42,7 @@ pub fn render_text_with(report: &Report, gen_suppressions: bool) -> String {
         }
         out.line("");
         if gen_suppressions {
-            out.text.push_str(&generate::for_leak(leak));
+            out.text.push_str(&generate::for_leak(leak).text());
         }
     }
     render_leak_summary(&mut out, &report.leaks, &report.suppressed);

@@ -3,52 +3,67 @@
 
 use super::frames::{self, SuppFrame};
 use super::parse::{LeakKind, MAX_FRAMES};
-use crate::report::{HeapError, Leak};
+use crate::report::{HeapError, JsonFrame, Leak};
 
-const NAME: &str = "<insert_a_suppression_name_here>";
+/// valgrind's placeholder for the name the user gives.
+pub const NAME: &str = "insert_a_suppression_name_here";
+
+/// A generated suppression.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generated {
+    /// `Memcheck:Leak` or `Memcheck:Free`.
+    pub kind: &'static str,
+    /// `match-leak-kinds: definite`, for a leak.
+    pub aux: Option<String>,
+    /// `fun:malloc`, `obj:/lib/libx.so`..., innermost first.
+    pub frames: Vec<String>,
+}
+
+impl Generated {
+    /// The entry as a suppressions file holds it.
+    pub fn text(&self) -> String {
+        let mut s = format!("{{\n   <{NAME}>\n   {}\n", self.kind);
+        for line in self.aux.iter().chain(&self.frames) {
+            s.push_str("   ");
+            s.push_str(line);
+            s.push('\n');
+        }
+        s.push_str("}\n");
+        s
+    }
+}
 
 /// The suppression that hides exactly this leak's stack and kind.
-pub fn for_leak(leak: &Leak) -> String {
+pub fn for_leak(leak: &Leak) -> Generated {
     let kind = LeakKind::of_report(&leak.kind).unwrap_or(LeakKind::Definite);
-    let view = first_view(leak.allocator.as_deref(), &leak.stack);
-    entry(
-        "Memcheck:Leak",
-        Some(&format!("match-leak-kinds: {}", kind.name())),
-        &view,
-    )
+    Generated {
+        kind: "Memcheck:Leak",
+        aux: Some(format!("match-leak-kinds: {}", kind.name())),
+        frames: frame_lines(leak.allocator.as_deref(), &leak.stack),
+    }
 }
 
 /// The suppression that hides this heap error.
-pub fn for_error(e: &HeapError) -> String {
-    let view = first_view(e.deallocator.as_deref(), &e.stack);
-    entry("Memcheck:Free", None, &view)
+pub fn for_error(e: &HeapError) -> Generated {
+    Generated {
+        kind: "Memcheck:Free",
+        aux: None,
+        frames: frame_lines(e.deallocator.as_deref(), &e.stack),
+    }
 }
 
-fn first_view<'a>(
-    name: Option<&'a str>,
-    stack: &'a [crate::report::JsonFrame],
-) -> Vec<SuppFrame<'a>> {
-    frames::views(name, stack)
+fn frame_lines(allocator: Option<&str>, stack: &[JsonFrame]) -> Vec<String> {
+    let view: Vec<SuppFrame> = frames::views(allocator, stack)
         .into_iter()
         .next()
-        .unwrap_or_default()
-}
-
-fn entry(kind: &str, extra: Option<&str>, view: &[SuppFrame]) -> String {
-    let mut s = format!("{{\n   {NAME}\n   {kind}\n");
-    if let Some(x) = extra {
-        s.push_str(&format!("   {x}\n"));
-    }
-    for f in view.iter().take(MAX_FRAMES) {
+        .unwrap_or_default();
+    view.iter()
+        .take(MAX_FRAMES)
         // valgrind's choice: the function where known, else the object, else any.
-        let line = match (f.wildcard, f.fun, f.obj) {
-            (true, _, _) => "obj:*".to_string(),
+        .map(|f| match (f.wildcard, f.fun, f.obj) {
             (false, Some(fun), _) => format!("fun:{fun}"),
             (false, None, Some(obj)) => format!("obj:{obj}"),
-            (false, None, None) => "obj:*".to_string(),
-        };
-        s.push_str(&format!("   {line}\n"));
-    }
-    s.push_str("}\n");
-    s
+            _ => "obj:*".to_string(),
+        })
+        .collect()
 }

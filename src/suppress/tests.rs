@@ -112,23 +112,23 @@ fn free_suppressions_see_the_deallocator_first() {
 fn generated_suppressions_hide_their_own_finding_only() {
     let r = sample();
     for (i, leak) in r.leaks.iter().enumerate() {
-        let text = generate::for_leak(leak);
+        let text = generate::for_leak(leak).text();
         let mut copy = r.clone();
         apply(&mut copy, &supps(&text));
         assert_eq!(copy.leaks.len(), r.leaks.len() - 1, "{text}");
         assert!(!copy.leaks.contains(&r.leaks[i]), "{text}");
     }
-    let text = generate::for_error(&r.errors[0]);
+    let text = generate::for_error(&r.errors[0]).text();
     assert_eq!(
         text,
         "{\n   <insert_a_suppression_name_here>\n   Memcheck:Free\n   fun:free\n   fun:main\n}\n"
     );
-    let text = generate::for_leak(&r.leaks[0]);
+    let text = generate::for_leak(&r.leaks[0]).text();
     assert_eq!(
         text,
         "{\n   <insert_a_suppression_name_here>\n   Memcheck:Leak\n   match-leak-kinds: definite\n   fun:malloc\n   fun:fill\n   fun:make_leak\n   fun:main\n   fun:__libc_start_call_main\n}\n"
     );
-    let text = generate::for_leak(&r.leaks[1]);
+    let text = generate::for_leak(&r.leaks[1]).text();
     assert!(
         text.contains("   fun:calloc\n   obj:/opt/lib/libx.so\n   obj:*\n}"),
         "{text}"
