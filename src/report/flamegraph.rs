@@ -36,6 +36,32 @@ pub fn write_flamegraph(report: &Report, out: &mut dyn Write) -> std::io::Result
     flamegraph::from_lines(&mut options, folded.lines(), out)
 }
 
+/// A differential flamegraph from `before` to `after`: widths are the later live
+/// bytes, red what grew, blue what shrank (hover: by how much).
+pub fn write_diff_flamegraph(
+    before: &Report,
+    after: &Report,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let folded = super::diff::render_collapsed(before, after);
+    let mut options = Options::default();
+    options.title = format!("memtrace: growth of the live heap of {}", command(after));
+    options.subtitle = Some(format!(
+        "{} bytes in {} blocks, then {} bytes in {} blocks; red: grew, blue: shrank",
+        thousands(before.totals.live_bytes),
+        thousands(before.totals.live_blocks),
+        thousands(after.totals.live_bytes),
+        thousands(after.totals.live_blocks)
+    ));
+    options.count_name = "bytes".into();
+    options.hash = true;
+    options.deterministic = true;
+    if after.leaks.is_empty() {
+        return write_empty(&options, out);
+    }
+    flamegraph::from_lines(&mut options, folded.lines(), out)
+}
+
 /// `./app x`, or `pid 1234` when the command line is unknown.
 fn command(report: &Report) -> String {
     if report.target.argv.is_empty() {

@@ -3,10 +3,12 @@
 //! valgrind memcheck does.
 
 pub mod collapsed;
+pub mod diff;
 pub mod flamegraph;
 pub mod json;
 pub mod model;
 pub mod pprof;
+pub mod render;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod text;

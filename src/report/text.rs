@@ -275,7 +275,7 @@ fn kind_words(kind: &str) -> &str {
 }
 
 /// `make_leak (leak.c:12)`, `malloc+0x1c (in /lib/libc.so.6)`, `??? (in /lib/x.so)`.
-fn frame_text(f: &JsonFrame) -> String {
+pub fn frame_text(f: &JsonFrame) -> String {
     let mut s = match (&f.function, f.symbol_offset) {
         (Some(func), Some(off)) if f.file.is_none() && off > 0 => format!("{func}+{off:#x}"),
         (Some(func), _) => func.clone(),
