@@ -73,6 +73,7 @@ pub mod heap;
 pub mod hooks;
 pub mod leakcheck;
 pub mod maps;
+pub mod offline;
 pub mod ptrace;
 pub mod report;
 pub mod session;

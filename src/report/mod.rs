@@ -21,6 +21,7 @@ pub use model::{
 
 use crate::event::{AllocKind, FreeKind, StackId, StackTable};
 use crate::heap::{self, ErrorKind, Heap};
+use crate::suppress::LeakKind;
 use crate::symbols::{Frame, Symbolizer};
 
 /// What the report says about time: how long the trace lasted, and `--min-age`.
@@ -262,10 +263,26 @@ pub fn symbolize_stack(stacks: &StackTable, id: StackId, sym: &mut Symbolizer) -
 /// memtrace's own exit status: `error_exitcode` when the report has a definite or
 /// unclassified leak or any heap error, else the program's status.
 pub fn exit_code(report: &Report, program_status: i32, error_exitcode: Option<i32>) -> i32 {
+    exit_code_for(
+        report,
+        program_status,
+        error_exitcode,
+        &[LeakKind::Definite],
+    )
+}
+
+/// The same, with the leak kinds that count (`--errors-for-leak-kinds`, valgrind's
+/// option); an unclassified leak counts as definite.
+pub fn exit_code_for(
+    report: &Report,
+    program_status: i32,
+    error_exitcode: Option<i32>,
+    kinds: &[LeakKind],
+) -> i32 {
     let failing = report
         .leaks
         .iter()
-        .any(|l| l.kind == "definite" || l.kind == "unclassified")
+        .any(|l| LeakKind::of_report(&l.kind).is_some_and(|k| kinds.contains(&k)))
         || !report.errors.is_empty();
     match error_exitcode {
         Some(code) if failing => code,
@@ -352,6 +369,25 @@ mod tests {
         assert_eq!(exit_code(&r, 0, Some(42)), 42);
         r.leaks.clear();
         assert_eq!(exit_code(&r, 5, Some(42)), 5);
+    }
+
+    #[test]
+    fn the_kinds_that_fail_can_be_chosen() {
+        let mut r = sample();
+        r.errors.clear();
+        r.leaks.retain(|l| l.kind == "reachable");
+        assert_eq!(exit_code(&r, 0, Some(42)), 0);
+        let all = LeakKind::ALL;
+        assert_eq!(exit_code_for(&r, 0, Some(42), &all), 42);
+        let valgrinds = [LeakKind::Definite, LeakKind::Possible];
+        assert_eq!(exit_code_for(&r, 0, Some(42), &valgrinds), 0);
+        r.leaks[0].kind = "possible".into();
+        assert_eq!(exit_code_for(&r, 0, Some(42), &valgrinds), 42);
+        // Errors count whatever the kinds; none of the leaks with `none`.
+        let mut r = sample();
+        assert_eq!(exit_code_for(&r, 0, Some(42), &[]), 42);
+        r.errors.clear();
+        assert_eq!(exit_code_for(&r, 0, Some(42), &[]), 0);
     }
 
     #[test]

@@ -57,7 +57,14 @@ fn frame_lines(allocator: Option<&str>, stack: &[JsonFrame]) -> Vec<String> {
         .into_iter()
         .next()
         .unwrap_or_default();
-    view.iter()
+    // valgrind's stacks stop at main by default (--show-below-main=no): frames below
+    // it would make a suppression that valgrind never matches.
+    let below_main = view
+        .iter()
+        .position(|f| !f.wildcard && f.fun == Some("main"))
+        .map_or(view.len(), |i| i + 1);
+    view[..below_main]
+        .iter()
         .take(MAX_FRAMES)
         // valgrind's choice: the function where known, else the object, else any.
         .map(|f| match (f.wildcard, f.fun, f.obj) {

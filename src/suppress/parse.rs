@@ -179,8 +179,9 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Suppression>, ParseError> {
     Ok(out)
 }
 
-/// ` definite,possible`, ` all`, ` none`
-fn leak_kinds(list: &str) -> Result<Vec<LeakKind>, String> {
+/// `definite,possible`, `all`, `none`: the list of `match-leak-kinds:` and of
+/// `--errors-for-leak-kinds`.
+pub fn leak_kinds(list: &str) -> Result<Vec<LeakKind>, String> {
     match list.trim() {
         "all" => return Ok(LeakKind::ALL.to_vec()),
         "none" => return Ok(Vec::new()),

@@ -126,7 +126,7 @@ fn generated_suppressions_hide_their_own_finding_only() {
     let text = generate::for_leak(&r.leaks[0]).text();
     assert_eq!(
         text,
-        "{\n   <insert_a_suppression_name_here>\n   Memcheck:Leak\n   match-leak-kinds: definite\n   fun:malloc\n   fun:fill\n   fun:make_leak\n   fun:main\n   fun:__libc_start_call_main\n}\n"
+        "{\n   <insert_a_suppression_name_here>\n   Memcheck:Leak\n   match-leak-kinds: definite\n   fun:malloc\n   fun:fill\n   fun:make_leak\n   fun:main\n}\n"
     );
     let text = generate::for_leak(&r.leaks[1]).text();
     assert!(
