@@ -367,6 +367,8 @@ impl Heap {
                     } else if old != 0 {
                         self.uncounted.frees_not_live += 1;
                     }
+                    // realloc(NULL, n) is malloc(n), and valgrind names it so.
+                    let func = if old == 0 { HookFn::Malloc } else { func };
                     self.alloc(tid, AllocKind::Malloc, new, size, stack, func);
                 } else if size == 0 && old != 0 {
                     // glibc's realloc(p, 0) frees p and returns NULL.
@@ -791,11 +793,25 @@ mod tests {
                 Some(HookFn::Free)
             )
         );
-        // Allocated bytes per site, freed or not.
+        // realloc(NULL, n) is a malloc, as valgrind names it; a realloc that moves
+        // a block is a realloc.
+        h.apply(&Event::ReallocEnd {
+            tid: 1,
+            old: 0,
+            new: 0x30,
+            size: 4,
+            stack: StackId(5),
+            func: HookFn::Reallocarray,
+        });
+        assert_eq!(h.get(0x30).map(|b| b.func), Some(HookFn::Malloc));
+        realloc(&mut h, 0x30, 0x40, 8);
+        assert_eq!(h.get(0x40).map(|b| b.func), Some(HookFn::Realloc));
+        // Allocated bytes per site, freed or not: two blocks of 8, both freed, and
+        // the realloc's 8 live.
         let site = h.sites().find(|(s, _)| *s == S).map(|(_, c)| c);
         assert_eq!(
             site.map(|c| (c.allocs, c.bytes, c.live_blocks)),
-            Some((2, 16, 0))
+            Some((3, 24, 1))
         );
     }
 
