@@ -155,7 +155,7 @@ fn stack_diff(vg: &Value, mt: &Value) -> Option<String> {
     None
 }
 
-fn errors<'a>(doc: &'a Value, leaks: bool) -> Vec<&'a Value> {
+fn errors(doc: &Value, leaks: bool) -> Vec<&Value> {
     doc["errors"]
         .as_array()
         .expect("errors")
