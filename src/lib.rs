@@ -74,6 +74,7 @@ pub mod hooks;
 pub mod leakcheck;
 pub mod maps;
 pub mod offline;
+pub mod progress;
 pub mod ptrace;
 pub mod report;
 pub mod session;

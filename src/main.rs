@@ -8,6 +8,7 @@ use memtrace::debug::BreakSpec;
 use memtrace::elf;
 use memtrace::heap::Heap;
 use memtrace::offline;
+use memtrace::progress;
 use memtrace::ptrace::{self, Stop, Waiter};
 use memtrace::report::{self, End, Target, Timing};
 use memtrace::session::{self, Collector, Start, StartError, Traced};
@@ -82,7 +83,11 @@ fn launch(args: LaunchArgs) -> i32 {
     // A command file means batch mode, terminal or not.
     let traced = if use_tui(&args.common) && args.commands.is_none() {
         let command = args.command.join(" ");
-        tui::live::run(start, command, &args.common, breaks, waiter, started)
+        // The view owns the terminal: no progress lines under it.
+        progress::set_quiet(true);
+        let t = tui::live::run(start, command, &args.common, breaks, waiter, started);
+        progress::set_quiet(false);
+        t
     } else {
         batch_debugger(breaks, &args).and_then(|debugger| {
             trace_plain(start, Heap::new(), &args.common, debugger, waiter, started)
@@ -154,14 +159,17 @@ fn attach(args: AttachArgs) -> i32 {
     let started = Instant::now();
     let start = Start::Attach { pid };
     let traced = if use_tui(&args.common) {
-        tui::live::run(
+        progress::set_quiet(true);
+        let t = tui::live::run(
             start,
             argv.join(" "),
             &args.common,
             Vec::new(),
             waiter,
             started,
-        )
+        );
+        progress::set_quiet(false);
+        t
     } else {
         trace_plain(start, Heap::attached(), &args.common, None, waiter, started)
     };

@@ -21,6 +21,7 @@ pub use model::{
 
 use crate::event::{AllocKind, FreeKind, StackId, StackTable};
 use crate::heap::{self, ErrorKind, Heap};
+use crate::progress::{Progress, Unit};
 use crate::suppress::LeakKind;
 use crate::symbols::{Frame, Symbolizer};
 
@@ -191,27 +192,55 @@ pub fn build(
         min_age_ns: timing.min_age_ns.unwrap_or(0),
         recent_from_ns: timing.recent_from_ns(),
     };
-    let leaks = heap
-        .leak_groups(query)
+    let groups = heap.leak_groups(query);
+    let mut sites: Vec<(StackId, heap::SiteCounts)> =
+        heap.sites().filter(|(_, c)| c.allocs > 0).collect();
+    // Symbolizing a big report reads the debug information of every library: say
+    // how far it is.
+    let mut progress = Progress::new(
+        "symbolizing the report",
+        (groups.len() + heap.errors().len() + sites.len()) as u64,
+        Unit::Count("stacks"),
+    );
+    let leaks = groups
         .iter()
-        .map(|g| leak(g, timing, symbolize_stack(stacks, g.stack, sym)))
+        .map(|g| {
+            progress.add(1);
+            leak(g, timing, symbolize_stack(stacks, g.stack, sym))
+        })
+        .collect();
+    let errors = heap
+        .errors()
+        .iter()
+        .map(|e| {
+            progress.add(1);
+            heap_error(e, stacks, sym)
+        })
         .collect();
     let uncounted = heap.uncounted();
     let truncated = (0..stacks.len())
         .filter(|&i| stacks.is_truncated(StackId(i as u32)))
         .count();
-    let allocation_sites = allocation_sites(heap, stacks, sym);
+    sort_sites(&mut sites);
+    let allocation_sites = sites
+        .into_iter()
+        .map(|(id, c)| {
+            progress.add(1);
+            AllocationSite {
+                allocs: c.allocs,
+                bytes: c.bytes,
+                stack: symbolize_stack(stacks, id, sym),
+            }
+        })
+        .collect();
+    progress.finish();
     Report {
         schema: SCHEMA.to_string(),
         target,
         end,
         totals: heap.totals(),
         leaks,
-        errors: heap
-            .errors()
-            .iter()
-            .map(|e| heap_error(e, stacks, sym))
-            .collect(),
+        errors,
         trace: None,
         scan: None,
         scan_missing: None,
@@ -228,25 +257,15 @@ pub fn build(
     }
 }
 
-/// Every allocation stack with what it allocated, largest bytes first (ties: more
-/// allocations, then the older stack).
-fn allocation_sites(heap: &Heap, stacks: &StackTable, sym: &mut Symbolizer) -> Vec<AllocationSite> {
-    let mut sites: Vec<(StackId, heap::SiteCounts)> =
-        heap.sites().filter(|(_, c)| c.allocs > 0).collect();
+/// Allocation stacks largest bytes first (ties: more allocations, then the older
+/// stack).
+fn sort_sites(sites: &mut [(StackId, heap::SiteCounts)]) {
     sites.sort_by(|(sa, a), (sb, b)| {
         b.bytes
             .cmp(&a.bytes)
             .then(b.allocs.cmp(&a.allocs))
             .then(sa.cmp(sb))
     });
-    sites
-        .into_iter()
-        .map(|(id, c)| AllocationSite {
-            allocs: c.allocs,
-            bytes: c.bytes,
-            stack: symbolize_stack(stacks, id, sym),
-        })
-        .collect()
 }
 
 /// One JSON frame per source frame: inlined frames are expanded, sharing the address.
