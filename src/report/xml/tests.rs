@@ -179,3 +179,29 @@ fn markup_in_names_is_escaped() {
         .descendants()
         .any(|n| n.has_tag_name("arg") && n.text() == Some("<x>")));
 }
+
+#[test]
+fn a_stack_that_was_not_recorded_keeps_its_allocator_frame() {
+    let mut r = sample();
+    r.leaks[2].stack.clear();
+    let xml = render_xml(&r, true);
+    let doc = Document::parse(&xml).expect("well-formed XML");
+    let leak = doc
+        .root_element()
+        .children()
+        .filter(|n| n.has_tag_name("error"))
+        .nth(3)
+        .expect("the leak");
+    let stack = child(leak, "stack").expect("stack");
+    assert_eq!(
+        frames(stack),
+        [(Some("operator new(unsigned long)"), None, None)]
+    );
+    let s = child(leak, "suppression").expect("suppression");
+    let sframes: Vec<&str> = s
+        .children()
+        .filter(|n| n.has_tag_name("sframe"))
+        .filter_map(|n| child(n, "fun").and_then(|f| f.text()))
+        .collect();
+    assert_eq!(sframes, ["_Znwm"]);
+}
