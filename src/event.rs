@@ -4,6 +4,7 @@
 //! the TUI consume them and never see a pid. Stacks are interned: an event carries a
 //! [`StackId`], and the raw return addresses live once in the [`StackTable`].
 
+use crate::hooks::HookFn;
 use rustc_hash::FxHashMap as HashMap;
 
 /// A kernel thread id in the target.
@@ -56,6 +57,9 @@ pub enum Event {
         ptr: u64,
         size: u64,
         stack: StackId,
+        /// The function called (malloc, calloc, `_Znwm`...): a report's allocator
+        /// frame, which suppressions written for valgrind expect first.
+        func: HookFn,
     },
     /// A deallocation of a non-null pointer, seen at the call's entry (before the
     /// allocator runs, so before the address can be handed out again).
@@ -67,6 +71,8 @@ pub enum Event {
         /// The call came from the allocator's own object (glibc emptying a thread's cache
         /// at thread exit, for instance), not from the program.
         internal: bool,
+        /// The function called (free, `_ZdlPv`...).
+        func: HookFn,
     },
     /// realloc/reallocarray of a non-null `old` pointer has started: from now on the
     /// block may be released by the allocator, so it leaves the live table until the
@@ -78,6 +84,8 @@ pub enum Event {
         /// a realloc of a pointer that is not live is an invalid free.
         stack: StackId,
         internal: bool,
+        /// realloc or reallocarray.
+        func: HookFn,
     },
     /// The realloc started on `tid` has returned `new` (0 on failure or on size 0).
     ReallocEnd {
@@ -86,6 +94,8 @@ pub enum Event {
         new: u64,
         size: u64,
         stack: StackId,
+        /// realloc or reallocarray.
+        func: HookFn,
     },
     /// The allocator handed out `ptr` inside another hooked call: malloc under
     /// operator new (whose own return gives the same pointer), or the C++ runtime's

@@ -16,6 +16,7 @@
 //! valgrind does once a block has left its freed-blocks queue.
 
 use crate::event::{AllocKind, Event, FreeKind, StackId, Tid};
+use crate::hooks::HookFn;
 use crate::leakcheck::Kind;
 use serde::Serialize;
 // Fx hashing: the keys are addresses and ids that memtrace made, hashed once per
@@ -34,6 +35,9 @@ struct Freed {
     free_stack: StackId,
     /// Sequence number of the free, to match the eviction queue.
     seq: u64,
+    /// The functions that allocated and freed it (a report's allocator frames).
+    alloc_func: HookFn,
+    free_func: HookFn,
 }
 
 /// What went wrong in one bad free.
@@ -78,6 +82,12 @@ pub struct HeapError {
     pub first_free_stack: Option<StackId>,
     /// How many times this very error happened.
     pub count: u64,
+    /// The deallocator of the bad call, the allocator of the block concerned and
+    /// the deallocator of a double free's first free: the first frame of each
+    /// stack in valgrind's reports and suppressions.
+    pub func: HookFn,
+    pub alloc_func: Option<HookFn>,
+    pub first_free_func: Option<HookFn>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,9 +104,11 @@ pub struct Block {
     pub indirect_bytes: u64,
     /// When it was allocated: nanoseconds since the trace started.
     pub at_ns: u64,
+    /// The function that allocated it.
+    pub func: HookFn,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Totals {
     pub allocs: u64,
     pub frees: u64,
@@ -106,6 +118,7 @@ pub struct Totals {
     pub peak_live_bytes: u64,
     /// Frees of blocks allocated before memtrace attached (attach mode; 0 at launch,
     /// where every block is seen from its allocation). Not counted in `frees`.
+    #[serde(default)]
     pub frees_of_unknown: u64,
 }
 
@@ -123,8 +136,10 @@ pub struct Uncounted {
 /// so that a live view never has to walk every live block.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SiteCounts {
-    /// Allocations made from this stack over the whole trace.
+    /// Allocations made from this stack over the whole trace...
     pub allocs: u64,
+    /// ...and the bytes they asked for.
+    pub bytes: u64,
     pub live_blocks: u64,
     pub live_bytes: u64,
 }
@@ -140,6 +155,9 @@ pub struct LeakGroup {
     /// Bytes lost through these blocks (definite blocks only).
     pub indirect_bytes: u64,
     pub ages: Ages,
+    /// The function that allocated the oldest of them (one call site calls one
+    /// allocator, so in practice all of them).
+    pub func: HookFn,
 }
 
 /// When a group's live blocks were allocated, against the questions of [`AgeQuery`].
@@ -282,24 +300,26 @@ impl Heap {
                 ptr,
                 size,
                 stack,
-            } => self.alloc(tid, kind, ptr, size, stack),
+                func,
+            } => self.alloc(tid, kind, ptr, size, stack, func),
             Event::Free {
                 ptr,
                 kind,
                 stack,
                 internal,
+                func,
                 ..
             } => {
                 if let Some(&b) = self.live.get(&ptr) {
-                    self.check_family(ptr, &b, kind, stack);
-                    self.release(ptr, stack);
+                    self.check_family(ptr, &b, kind, stack, func);
+                    self.release(ptr, stack, func);
                 } else if internal || self.nested.remove(&ptr) {
                     self.uncounted.internal_frees += 1;
                 } else if self.before_trace(ptr) {
                     self.totals.frees_of_unknown += 1;
                 } else {
                     self.uncounted.frees_not_live += 1;
-                    self.bad_free(ptr, stack);
+                    self.bad_free(ptr, stack, func);
                 }
             }
             Event::ReallocStart {
@@ -307,14 +327,15 @@ impl Heap {
                 old,
                 stack,
                 internal,
+                func,
             } => {
                 let block = self.take(old);
                 let mut unknown = false;
                 match block {
-                    Some(b) => self.check_family(old, &b, FreeKind::Free, stack),
+                    Some(b) => self.check_family(old, &b, FreeKind::Free, stack, func),
                     None if internal || self.nested.remove(&old) => {}
                     None if self.before_trace(old) => unknown = true,
-                    None => self.bad_free(old, stack),
+                    None => self.bad_free(old, stack, func),
                 }
                 self.in_realloc.insert(tid, (old, block, unknown));
             }
@@ -324,6 +345,7 @@ impl Heap {
                 new,
                 size,
                 stack,
+                func,
             } => {
                 let (started, block, unknown) = match self.in_realloc.remove(&tid) {
                     Some((o, b, u)) if o == old => (true, b, u),
@@ -342,18 +364,20 @@ impl Heap {
                     // Success: the old block (if we knew it) is freed, the new one allocated.
                     if let Some(b) = block {
                         self.totals.frees += 1;
-                        self.remember_freed(old, &b, stack);
+                        self.remember_freed(old, &b, stack, func);
                     } else if unknown {
                         self.totals.frees_of_unknown += 1;
                     } else if old != 0 {
                         self.uncounted.frees_not_live += 1;
                     }
-                    self.alloc(tid, AllocKind::Malloc, new, size, stack);
+                    // realloc(NULL, n) is malloc(n), and valgrind names it so.
+                    let func = if old == 0 { HookFn::Malloc } else { func };
+                    self.alloc(tid, AllocKind::Malloc, new, size, stack, func);
                 } else if size == 0 && old != 0 {
                     // glibc's realloc(p, 0) frees p and returns NULL.
                     if let Some(b) = block {
                         self.totals.frees += 1;
-                        self.remember_freed(old, &b, stack);
+                        self.remember_freed(old, &b, stack, func);
                     } else if unknown {
                         self.totals.frees_of_unknown += 1;
                     }
@@ -426,7 +450,15 @@ impl Heap {
         }
     }
 
-    fn alloc(&mut self, tid: Tid, kind: AllocKind, ptr: u64, size: u64, stack: StackId) {
+    fn alloc(
+        &mut self,
+        tid: Tid,
+        kind: AllocKind,
+        ptr: u64,
+        size: u64,
+        stack: StackId,
+        func: HookFn,
+    ) {
         if ptr == 0 {
             return;
         }
@@ -444,6 +476,7 @@ impl Heap {
         t.peak_live_bytes = t.peak_live_bytes.max(t.live_bytes);
         let site = self.sites.entry(stack).or_default();
         site.allocs += 1;
+        site.bytes += size;
         site.live_blocks += 1;
         site.live_bytes += size;
         self.live.insert(
@@ -457,6 +490,7 @@ impl Heap {
                 leak: None,
                 indirect_bytes: 0,
                 at_ns: self.now_ns,
+                func,
             },
         );
         self.seq += 1;
@@ -484,14 +518,14 @@ impl Heap {
     }
 
     /// Frees a live block.
-    fn release(&mut self, ptr: u64, stack: StackId) {
+    fn release(&mut self, ptr: u64, stack: StackId, func: HookFn) {
         if let Some(b) = self.take(ptr) {
             self.totals.frees += 1;
-            self.remember_freed(ptr, &b, stack);
+            self.remember_freed(ptr, &b, stack, func);
         }
     }
 
-    fn remember_freed(&mut self, ptr: u64, b: &Block, free_stack: StackId) {
+    fn remember_freed(&mut self, ptr: u64, b: &Block, free_stack: StackId, free_func: HookFn) {
         self.seq += 1;
         self.freed.insert(
             ptr,
@@ -500,6 +534,8 @@ impl Heap {
                 alloc_stack: b.stack,
                 free_stack,
                 seq: self.seq,
+                alloc_func: b.func,
+                free_func,
             },
         );
         self.freed_order.push_back((ptr, self.seq));
@@ -514,7 +550,7 @@ impl Heap {
     }
 
     /// A live block released by the wrong family of deallocator.
-    fn check_family(&mut self, ptr: u64, b: &Block, free: FreeKind, stack: StackId) {
+    fn check_family(&mut self, ptr: u64, b: &Block, free: FreeKind, stack: StackId, func: HookFn) {
         if free.matches() != b.kind {
             self.error(HeapError {
                 kind: ErrorKind::MismatchedFree {
@@ -527,12 +563,15 @@ impl Heap {
                 alloc_stack: Some(b.stack),
                 first_free_stack: None,
                 count: 1,
+                func,
+                alloc_func: Some(b.func),
+                first_free_func: None,
             });
         }
     }
 
     /// A free, by the program, of a pointer that is not live.
-    fn bad_free(&mut self, ptr: u64, stack: StackId) {
+    fn bad_free(&mut self, ptr: u64, stack: StackId, func: HookFn) {
         let error = if let Some(f) = self.freed.get(&ptr) {
             HeapError {
                 kind: ErrorKind::DoubleFree,
@@ -542,6 +581,9 @@ impl Heap {
                 alloc_stack: Some(f.alloc_stack),
                 first_free_stack: Some(f.free_stack),
                 count: 1,
+                func,
+                alloc_func: Some(f.alloc_func),
+                first_free_func: Some(f.free_func),
             }
         } else {
             // Into the middle of a live block?
@@ -554,6 +596,9 @@ impl Heap {
                 alloc_stack: inside.map(|(_, b)| b.stack),
                 first_free_stack: None,
                 count: 1,
+                func,
+                alloc_func: inside.map(|(_, b)| b.func),
+                first_free_func: None,
             }
         };
         self.error(error);
@@ -608,6 +653,7 @@ impl Heap {
                     first_ns: u64::MAX,
                     ..Ages::default()
                 },
+                func: b.func,
             });
             g.blocks += 1;
             g.bytes += b.size;
@@ -615,6 +661,7 @@ impl Heap {
             let a = &mut g.ages;
             if b.seq < a.oldest_seq || a.oldest == 0 {
                 (a.oldest_seq, a.oldest) = (b.seq, ptr);
+                g.func = b.func;
             }
             a.first_ns = a.first_ns.min(b.at_ns);
             a.last_ns = a.last_ns.max(b.at_ns);
@@ -642,6 +689,7 @@ impl Heap {
 mod tests {
     use super::*;
     use crate::event::FreeKind;
+    use crate::hooks::HookFn;
 
     const S: StackId = StackId(0);
 
@@ -652,6 +700,7 @@ mod tests {
             ptr,
             size,
             stack: S,
+            func: HookFn::Malloc,
         }
     }
     fn free(ptr: u64) -> Event {
@@ -661,6 +710,7 @@ mod tests {
             ptr,
             stack: S,
             internal: false,
+            func: HookFn::Free,
         }
     }
     fn realloc(h: &mut Heap, old: u64, new: u64, size: u64) {
@@ -669,6 +719,7 @@ mod tests {
             old,
             stack: S,
             internal: false,
+            func: HookFn::Realloc,
         });
         h.apply(&Event::ReallocEnd {
             tid: 1,
@@ -676,6 +727,7 @@ mod tests {
             new,
             size,
             stack: S,
+            func: HookFn::Realloc,
         });
     }
 
@@ -710,6 +762,7 @@ mod tests {
             ptr,
             stack: StackId(stack),
             internal: false,
+            func: HookFn::Free,
         }
     }
 
@@ -722,6 +775,7 @@ mod tests {
             ptr: 0x10,
             size: 8,
             stack: StackId(7),
+            func: HookFn::Malloc,
         });
         h.apply(&free_at(0x10, FreeKind::Free, 8));
         h.apply(&free_at(0x10, FreeKind::Free, 9));
@@ -733,6 +787,84 @@ mod tests {
             (StackId(9), Some(StackId(8)), Some(StackId(7)))
         );
         assert_eq!(e[0].block, Some((0x10, 8)));
+    }
+
+    #[test]
+    fn blocks_and_errors_know_their_allocator_and_deallocator() {
+        let mut h = Heap::new();
+        h.apply(&Event::Alloc {
+            tid: 1,
+            kind: AllocKind::New,
+            ptr: 0x10,
+            size: 8,
+            stack: S,
+            func: HookFn::new_op(false),
+        });
+        h.apply(&Event::Alloc {
+            tid: 1,
+            kind: AllocKind::Malloc,
+            ptr: 0x20,
+            size: 8,
+            stack: S,
+            func: HookFn::Calloc,
+        });
+        assert_eq!(h.get(0x20).map(|b| b.func), Some(HookFn::Calloc));
+        let group = h.leak_groups(AgeQuery::default());
+        assert_eq!(group[0].func, HookFn::new_op(false));
+        // free of new'd memory: a mismatch, by free, of a block from _Znwm.
+        h.apply(&free(0x10));
+        let e = h.errors()[0];
+        assert_eq!(
+            (e.func, e.alloc_func, e.first_free_func),
+            (HookFn::Free, Some(HookFn::new_op(false)), None)
+        );
+        // A double delete: the second call's function, the first one's, the block's.
+        h.apply(&Event::Free {
+            tid: 1,
+            kind: FreeKind::Free,
+            ptr: 0x20,
+            stack: S,
+            internal: false,
+            func: HookFn::Free,
+        });
+        h.apply(&Event::Free {
+            tid: 1,
+            kind: FreeKind::Delete,
+            ptr: 0x20,
+            stack: StackId(3),
+            internal: false,
+            func: HookFn::delete_op(false),
+        });
+        let e = h.errors()[1];
+        assert_eq!(e.kind, ErrorKind::DoubleFree);
+        assert_eq!(
+            (e.func, e.alloc_func, e.first_free_func),
+            (
+                HookFn::delete_op(false),
+                Some(HookFn::Calloc),
+                Some(HookFn::Free)
+            )
+        );
+        // realloc(NULL, n) is a malloc, as valgrind names it; a realloc that moves
+        // a block is a realloc.
+        h.apply(&Event::ReallocEnd {
+            tid: 1,
+            old: 0,
+            new: 0x30,
+            size: 4,
+            stack: StackId(5),
+            func: HookFn::Reallocarray,
+        });
+        assert_eq!(h.get(0x30).map(|b| b.func), Some(HookFn::Malloc));
+        realloc(&mut h, 0x30, 0x40, 8);
+        assert_eq!(h.get(0x40).map(|b| b.func), Some(HookFn::Realloc));
+        // Allocated bytes per site, freed or not: two blocks of 8, both freed, and
+        // the realloc's 8 live.
+        let site = h.sites().find(|(s, _)| *s == S).map(|(_, c)| c);
+        assert_eq!(
+            site.map(|c| (c.allocs, c.bytes, c.live_blocks)),
+            Some((3, 24, 1))
+        );
     }
 
     #[test]
@@ -788,6 +920,7 @@ mod tests {
                 ptr: 0x10,
                 size: 4,
                 stack: S,
+                func: HookFn::Malloc,
             });
             h.apply(&free_at(0x10, free, 1));
             assert_eq!(
@@ -803,6 +936,7 @@ mod tests {
             ptr: 0x10,
             size: 4,
             stack: S,
+            func: HookFn::Malloc,
         });
         h.apply(&free_at(0x10, FreeKind::DeleteArray, 1));
         assert!(h.errors().is_empty());
@@ -857,6 +991,7 @@ mod tests {
             ptr: 0x50,
             size: 4,
             stack: S,
+            func: HookFn::Malloc,
         });
         h.apply(&free_at(0x50, FreeKind::Delete, 1));
         h.apply(&free_at(0x50, FreeKind::Delete, 2));
@@ -877,6 +1012,7 @@ mod tests {
             ptr: 0x99,
             stack: S,
             internal: true,
+            func: HookFn::Free,
         });
         assert_eq!(h.totals().frees, 0);
         assert_eq!(h.uncounted().internal_frees, 1);
@@ -909,6 +1045,7 @@ mod tests {
             old: 0x10,
             stack: S,
             internal: false,
+            func: HookFn::Realloc,
         });
         // Thread 2 is handed 0x10 while thread 1's realloc moves the block.
         h.apply(&Event::Alloc {
@@ -917,6 +1054,7 @@ mod tests {
             ptr: 0x10,
             size: 4,
             stack: S,
+            func: HookFn::Malloc,
         });
         h.apply(&Event::ReallocEnd {
             tid: 1,
@@ -924,6 +1062,7 @@ mod tests {
             new: 0x30,
             size: 16,
             stack: S,
+            func: HookFn::Realloc,
         });
         let t = h.totals();
         assert_eq!(
@@ -943,6 +1082,7 @@ mod tests {
                 ptr: 0x100 + i as u64 * 16,
                 size: *size,
                 stack: StackId(*stack),
+                func: HookFn::Malloc,
             });
         }
         let g = h.leak_groups(AgeQuery::default());
@@ -953,6 +1093,7 @@ mod tests {
             zero,
             Some(SiteCounts {
                 allocs: 2,
+                bytes: 20,
                 live_blocks: 1,
                 live_bytes: 10
             })
@@ -999,6 +1140,7 @@ mod tests {
             old: 0x100,
             stack: S,
             internal: false,
+            func: HookFn::Realloc,
         });
         // A scan now sees the block, and classifies it.
         assert_eq!(h.live_spans(), vec![(0x100, 10)]);

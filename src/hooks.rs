@@ -17,14 +17,42 @@ pub enum HookFn {
     Valloc,
     Pvalloc,
     Free,
-    /// Every `operator new` / `new[]` variant: the size is the first argument.
+    /// Every `operator new` / `new[]` variant: the size is the first argument. The
+    /// flags tell the variants apart, so that a report names the one called
+    /// (`_ZnwmRKSt9nothrow_t`), as valgrind's stacks do.
     New {
         array: bool,
+        nothrow: bool,
+        aligned: bool,
     },
     /// Every `operator delete` / `delete[]` variant: the pointer is the first argument.
     Delete {
         array: bool,
+        sized: bool,
+        aligned: bool,
+        nothrow: bool,
     },
+}
+
+impl HookFn {
+    /// Plain `operator new(size_t)` or `operator new[](size_t)`.
+    pub const fn new_op(array: bool) -> HookFn {
+        HookFn::New {
+            array,
+            nothrow: false,
+            aligned: false,
+        }
+    }
+
+    /// Plain `operator delete(void*)` or `operator delete[](void*)`.
+    pub const fn delete_op(array: bool) -> HookFn {
+        HookFn::Delete {
+            array,
+            sized: false,
+            aligned: false,
+            nothrow: false,
+        }
+    }
 }
 
 /// The C allocator, as exported by glibc's libc.so.6 (and linked into static binaries).
@@ -35,45 +63,187 @@ pub const LIBC_FUNCTIONS: &[(&str, HookFn)] = &[
     ("reallocarray", HookFn::Reallocarray),
     ("free", HookFn::Free),
     ("posix_memalign", HookFn::PosixMemalign),
-    ("aligned_alloc", HookFn::Memalign),
+    // One value for both: glibc gives them one address. memalign first, so that
+    // `name` says memalign, as valgrind's stacks do for either.
     ("memalign", HookFn::Memalign),
+    ("aligned_alloc", HookFn::Memalign),
     ("valloc", HookFn::Valloc),
     ("pvalloc", HookFn::Pvalloc),
 ];
 
 /// C++ operator new/delete, as exported by libstdc++ (mangled names, 64-bit size_t).
 pub const CXX_FUNCTIONS: &[(&str, HookFn)] = &[
-    ("_Znwm", HookFn::New { array: false }),
-    ("_ZnwmRKSt9nothrow_t", HookFn::New { array: false }),
-    ("_ZnwmSt11align_val_t", HookFn::New { array: false }),
+    (
+        "_Znwm",
+        HookFn::New {
+            array: false,
+            nothrow: false,
+            aligned: false,
+        },
+    ),
+    (
+        "_ZnwmRKSt9nothrow_t",
+        HookFn::New {
+            array: false,
+            nothrow: true,
+            aligned: false,
+        },
+    ),
+    (
+        "_ZnwmSt11align_val_t",
+        HookFn::New {
+            array: false,
+            nothrow: false,
+            aligned: true,
+        },
+    ),
     (
         "_ZnwmSt11align_val_tRKSt9nothrow_t",
-        HookFn::New { array: false },
+        HookFn::New {
+            array: false,
+            nothrow: true,
+            aligned: true,
+        },
     ),
-    ("_Znam", HookFn::New { array: true }),
-    ("_ZnamRKSt9nothrow_t", HookFn::New { array: true }),
-    ("_ZnamSt11align_val_t", HookFn::New { array: true }),
+    (
+        "_Znam",
+        HookFn::New {
+            array: true,
+            nothrow: false,
+            aligned: false,
+        },
+    ),
+    (
+        "_ZnamRKSt9nothrow_t",
+        HookFn::New {
+            array: true,
+            nothrow: true,
+            aligned: false,
+        },
+    ),
+    (
+        "_ZnamSt11align_val_t",
+        HookFn::New {
+            array: true,
+            nothrow: false,
+            aligned: true,
+        },
+    ),
     (
         "_ZnamSt11align_val_tRKSt9nothrow_t",
-        HookFn::New { array: true },
+        HookFn::New {
+            array: true,
+            nothrow: true,
+            aligned: true,
+        },
     ),
-    ("_ZdlPv", HookFn::Delete { array: false }),
-    ("_ZdlPvm", HookFn::Delete { array: false }),
-    ("_ZdlPvRKSt9nothrow_t", HookFn::Delete { array: false }),
-    ("_ZdlPvSt11align_val_t", HookFn::Delete { array: false }),
-    ("_ZdlPvmSt11align_val_t", HookFn::Delete { array: false }),
+    (
+        "_ZdlPv",
+        HookFn::Delete {
+            array: false,
+            sized: false,
+            aligned: false,
+            nothrow: false,
+        },
+    ),
+    (
+        "_ZdlPvm",
+        HookFn::Delete {
+            array: false,
+            sized: true,
+            aligned: false,
+            nothrow: false,
+        },
+    ),
+    (
+        "_ZdlPvRKSt9nothrow_t",
+        HookFn::Delete {
+            array: false,
+            sized: false,
+            aligned: false,
+            nothrow: true,
+        },
+    ),
+    (
+        "_ZdlPvSt11align_val_t",
+        HookFn::Delete {
+            array: false,
+            sized: false,
+            aligned: true,
+            nothrow: false,
+        },
+    ),
+    (
+        "_ZdlPvmSt11align_val_t",
+        HookFn::Delete {
+            array: false,
+            sized: true,
+            aligned: true,
+            nothrow: false,
+        },
+    ),
     (
         "_ZdlPvSt11align_val_tRKSt9nothrow_t",
-        HookFn::Delete { array: false },
+        HookFn::Delete {
+            array: false,
+            sized: false,
+            aligned: true,
+            nothrow: true,
+        },
     ),
-    ("_ZdaPv", HookFn::Delete { array: true }),
-    ("_ZdaPvm", HookFn::Delete { array: true }),
-    ("_ZdaPvRKSt9nothrow_t", HookFn::Delete { array: true }),
-    ("_ZdaPvSt11align_val_t", HookFn::Delete { array: true }),
-    ("_ZdaPvmSt11align_val_t", HookFn::Delete { array: true }),
+    (
+        "_ZdaPv",
+        HookFn::Delete {
+            array: true,
+            sized: false,
+            aligned: false,
+            nothrow: false,
+        },
+    ),
+    (
+        "_ZdaPvm",
+        HookFn::Delete {
+            array: true,
+            sized: true,
+            aligned: false,
+            nothrow: false,
+        },
+    ),
+    (
+        "_ZdaPvRKSt9nothrow_t",
+        HookFn::Delete {
+            array: true,
+            sized: false,
+            aligned: false,
+            nothrow: true,
+        },
+    ),
+    (
+        "_ZdaPvSt11align_val_t",
+        HookFn::Delete {
+            array: true,
+            sized: false,
+            aligned: true,
+            nothrow: false,
+        },
+    ),
+    (
+        "_ZdaPvmSt11align_val_t",
+        HookFn::Delete {
+            array: true,
+            sized: true,
+            aligned: true,
+            nothrow: false,
+        },
+    ),
     (
         "_ZdaPvSt11align_val_tRKSt9nothrow_t",
-        HookFn::Delete { array: true },
+        HookFn::Delete {
+            array: true,
+            sized: false,
+            aligned: true,
+            nothrow: true,
+        },
     ),
 ];
 
@@ -88,30 +258,27 @@ pub struct Entry {
 }
 
 impl HookFn {
-    /// Every function, in the order of [`HookFn::id`].
-    pub const ALL: [HookFn; 13] = [
-        HookFn::Malloc,
-        HookFn::Calloc,
-        HookFn::Realloc,
-        HookFn::Reallocarray,
-        HookFn::PosixMemalign,
-        HookFn::Memalign,
-        HookFn::Valloc,
-        HookFn::Pvalloc,
-        HookFn::Free,
-        HookFn::New { array: false },
-        HookFn::New { array: true },
-        HookFn::Delete { array: false },
-        HookFn::Delete { array: true },
-    ];
+    /// Every function hooked, once each, in the order of [`HookFn::id`].
+    fn all() -> &'static [HookFn] {
+        static ALL: std::sync::OnceLock<Vec<HookFn>> = std::sync::OnceLock::new();
+        ALL.get_or_init(|| {
+            let mut v: Vec<HookFn> = Vec::new();
+            for &(_, f) in LIBC_FUNCTIONS.iter().chain(CXX_FUNCTIONS) {
+                if !v.contains(&f) {
+                    v.push(f);
+                }
+            }
+            v
+        })
+    }
 
     /// The function's number in the records the target writes (never 0).
     pub fn id(self) -> u8 {
-        Self::ALL.iter().position(|&f| f == self).unwrap_or(0) as u8 + 1
+        Self::all().iter().position(|&f| f == self).unwrap_or(0) as u8 + 1
     }
 
     pub fn from_id(id: u8) -> Option<HookFn> {
-        Self::ALL.get((id as usize).checked_sub(1)?).copied()
+        Self::all().get((id as usize).checked_sub(1)?).copied()
     }
 
     /// Whether its return is hooked: for the return value, and so that the calls it
@@ -139,6 +306,7 @@ impl HookFn {
             ptr: args[0],
             stack,
             internal,
+            func: self,
         };
         match self {
             // free needs no return hook: it returns nothing, and glibc's free calls no
@@ -148,7 +316,7 @@ impl HookFn {
                 hook_return: false,
             },
             // delete tail-calls free: its return is hooked so that free is seen nested.
-            HookFn::Delete { array } => Entry {
+            HookFn::Delete { array, .. } => Entry {
                 event: (args[0] != 0).then(|| {
                     free(if array {
                         FreeKind::DeleteArray
@@ -164,6 +332,7 @@ impl HookFn {
                     old: args[0],
                     stack,
                     internal,
+                    func: self,
                 }),
                 hook_return: true,
             },
@@ -219,6 +388,7 @@ impl HookFn {
                 ptr,
                 size,
                 stack,
+                func: self,
             })
         };
         match self {
@@ -235,7 +405,7 @@ impl HookFn {
                     None
                 }
             }
-            HookFn::New { array } => alloc(
+            HookFn::New { array, .. } => alloc(
                 if array {
                     AllocKind::NewArray
                 } else {
@@ -250,6 +420,7 @@ impl HookFn {
                 new: ret,
                 size: args[1],
                 stack,
+                func: self,
             }),
             HookFn::Reallocarray => Some(Event::ReallocEnd {
                 tid,
@@ -257,6 +428,7 @@ impl HookFn {
                 new: ret,
                 size: args[1].saturating_mul(args[2]),
                 stack,
+                func: self,
             }),
             HookFn::Free | HookFn::Delete { .. } => None,
         }
@@ -311,7 +483,7 @@ mod tests {
             })
         ));
         assert_eq!(HookFn::Free.entry(3, [0, 0, 0], S, false).event, None);
-        let d = HookFn::Delete { array: true }.entry(3, [0x10, 0, 0], S, false);
+        let d = HookFn::delete_op(true).entry(3, [0x10, 0, 0], S, false);
         assert!(d.hook_return);
         assert!(matches!(
             d.event,
@@ -325,7 +497,7 @@ mod tests {
     #[test]
     fn only_calls_that_record_something_need_a_stack() {
         assert!(!HookFn::Free.needs_stack([0, 0, 0]));
-        assert!(!HookFn::Delete { array: true }.needs_stack([0, 0, 0]));
+        assert!(!HookFn::delete_op(true).needs_stack([0, 0, 0]));
         assert!(HookFn::Free.needs_stack([0x10, 0, 0]));
         assert!(HookFn::Malloc.needs_stack([0, 0, 0]), "malloc(0) allocates");
     }
@@ -339,7 +511,8 @@ mod tests {
                 tid: 2,
                 old: 0x10,
                 stack: S,
-                internal: false
+                internal: false,
+                func: HookFn::Realloc,
             })
         );
         assert_eq!(HookFn::Realloc.entry(2, [0, 50, 0], S, false).event, None);
@@ -357,7 +530,8 @@ mod tests {
 
     #[test]
     fn ids_round_trip() {
-        for f in HookFn::ALL {
+        assert!(HookFn::all().len() < 255);
+        for &f in HookFn::all() {
             assert_eq!(HookFn::from_id(f.id()), Some(f));
             assert_eq!(
                 f.entry(1, [1, 2, 3], S, false).hook_return,
@@ -371,6 +545,36 @@ mod tests {
     #[test]
     fn names_round_trip() {
         assert_eq!(HookFn::Malloc.name(), "malloc");
-        assert_eq!(HookFn::New { array: true }.name(), "_Znam");
+        assert_eq!(HookFn::new_op(true).name(), "_Znam");
+        // Every C++ variant is its own function, named as valgrind's stacks name it
+        // (memalign and aligned_alloc share glibc's code, so one value).
+        for &(name, f) in CXX_FUNCTIONS.iter().chain(LIBC_FUNCTIONS) {
+            if name != "aligned_alloc" {
+                assert_eq!(f.name(), name);
+            }
+        }
+    }
+
+    #[test]
+    fn events_name_the_function_called() {
+        let nothrow = HookFn::New {
+            array: false,
+            nothrow: true,
+            aligned: false,
+        };
+        match nothrow.exit(1, [8, 0, 0], 0x10, None, S) {
+            Some(Event::Alloc { func, .. }) => assert_eq!(func.name(), "_ZnwmRKSt9nothrow_t"),
+            other => panic!("{other:?}"),
+        }
+        let sized = HookFn::Delete {
+            array: false,
+            sized: true,
+            aligned: false,
+            nothrow: false,
+        };
+        match sized.entry(1, [0x10, 8, 0], S, false).event {
+            Some(Event::Free { func, .. }) => assert_eq!(func.name(), "_ZdlPvm"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -43,8 +43,13 @@
 //!    meanings, and the heap keeps each block's kind. Then live blocks are grouped
 //!    by stack and kind, symbolized once per distinct address
 //!    ([`symbols::Symbolizer`], in the module generation the stack was taken in, so
-//!    a library unloaded meanwhile still resolves), and written as the text and
-//!    JSON reports ([`report`]).
+//!    a library unloaded meanwhile still resolves). Suppressions in valgrind's
+//!    format ([`suppress`]) take out the known findings, each stack seen as
+//!    valgrind's with the allocator function the event carried (malloc) first;
+//!    then the report is written as text and JSON, and on request as a
+//!    flamegraph, a pprof profile, valgrind's XML or folded stacks
+//!    ([`report::render`]). `memtrace report` renders a saved JSON the same way,
+//!    with no process at all ([`offline`]).
 //!
 //! `memtrace attach PID` takes the same path from step 2 on, without an exec: the
 //! tracer seizes and stops every thread ([`tracer::Tracer::attach`], after the checks
@@ -76,10 +81,13 @@ pub mod hooks;
 pub mod launchable;
 pub mod leakcheck;
 pub mod maps;
+pub mod offline;
+pub mod progress;
 pub mod ptrace;
 pub mod recorder;
 pub mod report;
 pub mod session;
+pub mod suppress;
 pub mod symbols;
 pub mod tracer;
 pub mod tui;

@@ -7,9 +7,12 @@ use memtrace::debug::batch::Batch;
 use memtrace::debug::BreakSpec;
 use memtrace::heap::Heap;
 use memtrace::launchable;
+use memtrace::offline;
+use memtrace::progress;
 use memtrace::ptrace::{self, Stop, Waiter};
 use memtrace::report::{self, End, Target, Timing};
 use memtrace::session::{self, Collector, Start, StartError, Traced};
+use memtrace::suppress::{self, Suppressions};
 use memtrace::symbols::Symbolizer;
 use memtrace::tracer;
 use memtrace::tui;
@@ -22,11 +25,27 @@ fn main() {
     let code = match cli.command {
         Command::Launch(args) => launch(args),
         Command::Attach(args) => attach(args),
+        Command::Report(args) => offline::report(&args),
+        Command::Completions { shell } => offline::completions(shell),
+        Command::Manpage { dir } => offline::manpage(dir.as_deref()),
     };
     std::process::exit(code);
 }
 
+/// The suppression files, read before anything is traced: a mistake in one is one
+/// line and exit status 2.
+fn load_suppressions(common: &Common) -> Result<Suppressions, i32> {
+    Suppressions::load(&common.findings.suppressions).map_err(|e| {
+        eprintln!("memtrace: {e}");
+        2
+    })
+}
+
 fn launch(args: LaunchArgs) -> i32 {
+    let supps = match load_suppressions(&args.common) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     let name = &args.command[0];
     let program = match launchable::check_program(name) {
         Ok(p) => p,
@@ -67,7 +86,11 @@ fn launch(args: LaunchArgs) -> i32 {
     // A command file means batch mode, terminal or not.
     let traced = if use_tui(&args.common) && args.commands.is_none() {
         let command = args.command.join(" ");
-        tui::live::run(start, command, &args.common, breaks, waiter, started)
+        // The view owns the terminal: no progress lines under it.
+        progress::set_quiet(true);
+        let t = tui::live::run(start, command, &args.common, breaks, waiter, started);
+        progress::set_quiet(false);
+        t
     } else {
         batch_debugger(breaks, &args).and_then(|debugger| {
             trace_plain(start, Heap::new(), &args.common, debugger, waiter, started)
@@ -89,7 +112,7 @@ fn launch(args: LaunchArgs) -> i32 {
         mode: "launch".into(),
         images: Vec::new(),
     };
-    let report = match finish(traced, target, &args.common, started) {
+    let report = match finish(traced, target, &args.common, &supps, started) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -113,11 +136,20 @@ fn launch(args: LaunchArgs) -> i32 {
             },
         },
     };
-    report::exit_code(&report, status, args.common.error_exitcode)
+    report::exit_code_for(
+        &report,
+        status,
+        args.common.error_exitcode,
+        &args.common.findings.errors_for_leak_kinds.0,
+    )
 }
 
 fn attach(args: AttachArgs) -> i32 {
     let pid = args.pid;
+    let supps = match load_suppressions(&args.common) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     if let Err(r) = attachable::check(pid) {
         eprintln!("memtrace: {r}");
         return r.exit_code();
@@ -144,14 +176,17 @@ fn attach(args: AttachArgs) -> i32 {
     let started = Instant::now();
     let start = Start::Attach { pid };
     let traced = if use_tui(&args.common) {
-        tui::live::run(
+        progress::set_quiet(true);
+        let t = tui::live::run(
             start,
             argv.join(" "),
             &args.common,
             Vec::new(),
             waiter,
             started,
-        )
+        );
+        progress::set_quiet(false);
+        t
     } else {
         trace_plain(start, Heap::attached(), &args.common, None, waiter, started)
     };
@@ -169,9 +204,14 @@ fn attach(args: AttachArgs) -> i32 {
         images: Vec::new(),
     };
     let left_behind = traced.left_behind.clone();
-    let code = match finish(traced, target, &args.common, started) {
+    let code = match finish(traced, target, &args.common, &supps, started) {
         // The process's own status is its parent's business: memtrace succeeded.
-        Ok(report) => report::exit_code(&report, 0, args.common.error_exitcode),
+        Ok(report) => report::exit_code_for(
+            &report,
+            0,
+            args.common.error_exitcode,
+            &args.common.findings.errors_for_leak_kinds.0,
+        ),
         Err(code) => code,
     };
     match left_behind {
@@ -257,6 +297,7 @@ fn finish(
     traced: Traced,
     mut target: Target,
     common: &Common,
+    supps: &Suppressions,
     started: Instant,
 ) -> Result<report::Report, i32> {
     for spec in &traced.unmatched_breaks {
@@ -284,12 +325,15 @@ fn finish(
             "the program ended without an exit stop (killed by SIGKILL?)".into()
         }));
     }
-    eprint!("{}", report::text::render_text(&report));
-    if let Some(path) = &common.json {
-        if let Err(e) = report::json::write_json(&report, path) {
-            eprintln!("memtrace: cannot write {}: {e}", path.display());
-            return Err(1);
-        }
+    suppress::apply::apply(&mut report, supps);
+    let outputs = common.outputs();
+    eprint!(
+        "{}",
+        report::text::render_text_with(&report, outputs.gen_suppressions)
+    );
+    if let Err(e) = report::render::write_outputs(&report, &outputs) {
+        eprintln!("memtrace: {e}");
+        return Err(1);
     }
     Ok(report)
 }

@@ -43,6 +43,9 @@ pub struct Frame {
     /// `address` minus the symbol's start, set only when `function` comes from the
     /// symbol table (no line information), for the `name+0x1c` form of the text report.
     pub symbol_offset: Option<u64>,
+    /// The function's mangled name (`_ZN3foo3barEi`), for a frame that is not inlined
+    /// and whose symbol is mangled: what valgrind's suppressions match.
+    pub mangled: Option<String>,
 }
 
 impl Frame {
@@ -216,7 +219,10 @@ impl Symbolizer {
         match frames.last_mut() {
             // Line information without a function entry (assembly, for one).
             Some(outer) if outer.function.is_none() => {
-                outer.function = loaded.symbol(probe).map(|(name, _)| name);
+                if let Some((raw, _)) = loaded.raw_symbol(probe) {
+                    outer.function = Some(demangle(&raw));
+                    outer.mangled = is_mangled(&raw).then_some(raw);
+                }
             }
             // A C++ or Rust function: its symbol spells the full signature
             // (`Widget* make_one<Widget>()`) where DWARF has only `make_one<Widget>`,
@@ -224,6 +230,7 @@ impl Symbolizer {
             Some(outer) => {
                 if let Some((raw, _)) = loaded.raw_symbol(probe).filter(|(n, _)| is_mangled(n)) {
                     outer.function = Some(demangle(&raw));
+                    outer.mangled = Some(raw);
                 } else if let Some(best) = outer
                     .function
                     .as_deref()
@@ -235,8 +242,9 @@ impl Symbolizer {
             }
             None => {
                 let mut f = Frame::unknown(address, None);
-                if let Some((name, start)) = loaded.symbol(probe) {
-                    f.function = Some(name);
+                if let Some((raw, start)) = loaded.raw_symbol(probe) {
+                    f.function = Some(demangle(&raw));
+                    f.mangled = is_mangled(&raw).then_some(raw);
                     let start = start.wrapping_add(loaded.bias);
                     f.symbol_offset = Some(address.wrapping_sub(start));
                 }
@@ -348,13 +356,8 @@ fn same_object(a: &Module, b: &Module) -> bool {
 }
 
 impl Loaded {
-    /// Nearest symbol containing `probe` (a file address): demangled name and start.
-    fn symbol(&self, probe: u64) -> Option<(String, u64)> {
-        self.raw_symbol(probe).map(|(n, a)| (demangle(&n), a))
-    }
-
-    /// The same, with the name as the symbol table spells it (the best of its names,
-    /// see [`Aliases`]).
+    /// Nearest symbol containing `probe` (a file address): its name as the symbol
+    /// table spells it, and its start.
     fn raw_symbol(&self, probe: u64) -> Option<(String, u64)> {
         let from = |l: &Loader| {
             l.find_symbol_info(probe)
@@ -839,6 +842,10 @@ int main(int argc, char **argv) { // MAIN
             Some("memtrace::symbols::demangle"),
             "{f:?}"
         );
+        // Suppressions match the symbol as the object spells it.
+        let mangled = outer.mangled.as_deref().expect("a mangled name");
+        assert!(is_mangled(mangled), "{f:?}");
+        assert_eq!(demangle(mangled), "memtrace::symbols::demangle");
         assert!(
             outer
                 .file

@@ -459,3 +459,71 @@ fn a_launched_program_dies_with_a_killed_memtrace() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// `attach` writes every report format asked for, and they agree with the JSON: the
+/// profile's, the flamegraph's and the folded stacks' live bytes are the report's,
+/// the XML has one leak record per leak entry.
+#[test]
+fn attach_writes_every_format() {
+    use flate2::read::GzDecoder;
+    use prost::Message;
+    use std::io::Read;
+    let target = attach_loop(2, 4.0);
+    let bg = Background::start(&target);
+    bg.wait_threads(3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let (svg, pb, xml, folded) = (p("a.svg"), p("a.pb.gz"), p("a.xml"), p("a.folded"));
+    let run = run_attach(
+        &[
+            "--duration",
+            "1",
+            "--flamegraph",
+            &svg,
+            "--pprof",
+            &pb,
+            "--xml",
+            &xml,
+            "--collapsed",
+            &folded,
+        ],
+        bg.pid(),
+    );
+    assert_eq!(run.exit, Exit::Code(0), "stderr:\n{}", run.stderr);
+    bg.finish();
+    let r = run.report();
+    let live = r["totals"]["live_bytes"].as_u64().expect("live bytes");
+    let leaks = report::leaks(r).len();
+    assert!(leaks > 0);
+    // pprof: the inuse_space values add up to the live bytes.
+    let mut raw = Vec::new();
+    GzDecoder::new(std::fs::File::open(&pb).expect("the profile"))
+        .read_to_end(&mut raw)
+        .expect("gzip");
+    let profile = memtrace::report::pprof::proto::Profile::decode(&raw[..]).expect("protobuf");
+    let inuse: i64 = profile.sample.iter().map(|s| s.value[3]).sum();
+    assert_eq!(inuse as u64, live);
+    // The flamegraph's root frame holds them all.
+    let text = std::fs::read_to_string(&svg).expect("the flamegraph");
+    let all = format!(
+        "all ({} bytes, 100%)",
+        memtrace::report::text::thousands(live)
+    );
+    assert!(text.contains(&all), "no {all:?} in the flamegraph");
+    // The folded stacks too.
+    let folded: u64 = std::fs::read_to_string(&folded)
+        .expect("folded stacks")
+        .lines()
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum();
+    assert_eq!(folded, live);
+    // The XML: one Leak_ record per leak entry.
+    let text = std::fs::read_to_string(&xml).expect("the XML");
+    let doc = roxmltree::Document::parse(&text).expect("well-formed XML");
+    let records = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("kind"))
+        .filter(|n| n.text().is_some_and(|k| k.starts_with("Leak_")))
+        .count();
+    assert_eq!(records, leaks);
+}

@@ -65,3 +65,45 @@ fn error_exitcode_ignores_reachable_and_possible() {
         "{kinds:?}"
     );
 }
+
+/// Long silent work (the scan, symbolizing) shows progress on stderr: on a terminal
+/// after a moment, or from the first step with MEMTRACE_PROGRESS=always; never when
+/// stderr is no terminal and nothing is asked.
+#[test]
+fn progress_of_the_scan_and_of_symbolizing() {
+    let target = cases::bigheap().target();
+    let run = |setting: Option<&str>| {
+        let mut command = std::process::Command::new(common::process::memtrace_binary());
+        command
+            .args(["launch", "--no-tui", "--"])
+            .arg(&target.program)
+            .args(&target.args);
+        if let Some(s) = setting {
+            command.env("MEMTRACE_PROGRESS", s);
+        } else {
+            command.env_remove("MEMTRACE_PROGRESS");
+        }
+        common::process::run_with_watchdog(
+            command,
+            common::process::MEMTRACE_LIMIT,
+            "memtrace with progress",
+        )
+    };
+    let shown = run(Some("always"));
+    assert_eq!(shown.exit.shell_code(), 0, "{}", shown.stderr);
+    let lines: Vec<&str> = shown.stderr.lines().collect();
+    for what in ["scanning the heap", "symbolizing the report"] {
+        let prefix = format!("memtrace: {what}: ");
+        let of: Vec<&&str> = lines.iter().filter(|l| l.starts_with(&prefix)).collect();
+        assert!(!of.is_empty(), "no {what} progress:\n{}", shown.stderr);
+        assert!(of.last().is_some_and(|l| l.ends_with("(100%)")), "{of:?}");
+    }
+    // The report itself is still whole.
+    assert!(shown.stderr.contains("HEAP SUMMARY:"), "{}", shown.stderr);
+    let quiet = run(None);
+    assert!(
+        !quiet.stderr.contains("memtrace: scanning the heap"),
+        "{}",
+        quiet.stderr
+    );
+}

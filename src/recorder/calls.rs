@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn operator_new_counts_once() {
         let mut c = Calls::new();
-        let new = HookFn::New { array: false };
+        let new = HookFn::new_op(false);
         assert_eq!(c.entry(&entry(0, 1, new, 40, 0x1000), PROGRAM), None);
         // malloc called by operator new: nested.
         assert_eq!(
@@ -271,7 +271,7 @@ mod tests {
     #[test]
     fn a_signal_handler_allocating_inside_a_call_is_the_programs() {
         let mut c = Calls::new();
-        let new = HookFn::New { array: false };
+        let new = HookFn::new_op(false);
         c.entry(&entry(0, 1, new, 40, 0x1000), PROGRAM);
         // The handler runs on the same stack, below; its malloc is called by the
         // program's handler, not by operator new.
@@ -328,7 +328,7 @@ mod tests {
     #[test]
     fn a_call_in_flight_at_attach_makes_inner_calls_nested() {
         let mut c = Calls::new();
-        c.push_in_flight(1, HookFn::New { array: false }, 0xfff);
+        c.push_in_flight(1, HookFn::new_op(false), 0xfff);
         assert_eq!(
             c.entry(&entry(0, 1, HookFn::Malloc, 8, 0xf00), ALLOCATOR),
             None
@@ -342,10 +342,7 @@ mod tests {
     #[test]
     fn unwinding_forgets_the_threads_calls() {
         let mut c = Calls::new();
-        c.entry(
-            &entry(0, 1, HookFn::New { array: false }, 8, 0x1000),
-            PROGRAM,
-        );
+        c.entry(&entry(0, 1, HookFn::new_op(false), 8, 0x1000), PROGRAM);
         assert_eq!(c.open_calls(1), 1);
         c.unwind(1);
         assert_eq!(c.open_calls(1), 0);

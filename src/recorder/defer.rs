@@ -462,6 +462,7 @@ mod tests {
                 ptr,
                 size: 8,
                 stack: super::super::calls::RAW,
+                func: crate::hooks::HookFn::Malloc,
             },
             raw: raw(pos),
         }
@@ -475,6 +476,7 @@ mod tests {
                 ptr,
                 stack: super::super::calls::RAW,
                 internal: false,
+                func: crate::hooks::HookFn::Free,
             },
             raw: raw(pos),
         }

@@ -2,42 +2,28 @@
 //! JSON contract (`memtrace-report/1`). [`json`] writes it, [`text`] renders it the way
 //! valgrind memcheck does.
 
+pub mod collapsed;
+pub mod diff;
+pub mod flamegraph;
 pub mod json;
+pub mod model;
+pub mod pprof;
+pub mod render;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod text;
+pub mod xml;
+
+pub use model::{
+    AllocationSite, BlocksBytes, End, HeapError, JsonFrame, Leak, Report, Stats, Suppressed,
+    Target, SCHEMA,
+};
 
 use crate::event::{AllocKind, FreeKind, StackId, StackTable};
-use crate::heap::{self, ErrorKind, Heap, Totals};
+use crate::heap::{self, ErrorKind, Heap};
+use crate::progress::{Progress, Unit};
+use crate::suppress::LeakKind;
 use crate::symbols::{Frame, Symbolizer};
-use serde::Serialize;
-
-pub const SCHEMA: &str = "memtrace-report/1";
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Report {
-    pub schema: &'static str,
-    pub target: Target,
-    pub end: End,
-    pub totals: Totals,
-    pub leaks: Vec<Leak>,
-    pub errors: Vec<HeapError>,
-    /// Extension: how much of the trace could not be accounted for exactly.
-    pub stats: Stats,
-    /// Extension: what the tracer did (breakpoint hits, returns caught, threads).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub trace: Option<crate::tracer::TraceStats>,
-    /// Extension: the reachability scan that gave the leaks their kinds (time, bytes
-    /// read), when one was made.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scan: Option<crate::tracer::ScanStats>,
-    /// Extension: why no scan was made, when leaks are `unclassified`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scan_missing: Option<String>,
-    /// Extension: how long the trace lasted, in milliseconds.
-    pub duration_ms: u64,
-    /// Extension: `--min-age`, in milliseconds (see `Leak::older_than_min_age`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub min_age_ms: Option<u64>,
-}
 
 /// What the report says about time: how long the trace lasted, and `--min-age`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,29 +37,6 @@ impl Timing {
     fn recent_from_ns(self) -> u64 {
         self.duration_ns - self.duration_ns / 3
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Target {
-    pub pid: i32,
-    pub argv: Vec<String>,
-    /// `launch` or `attach`.
-    pub mode: String,
-    /// Extension: the images the process ran, in order, each with its executable
-    /// and arguments (a `#!` script starts in its interpreter; each exec adds one).
-    /// The report covers the last.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub images: Vec<crate::tracer::ExecImage>,
-}
-
-/// How the trace ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct End {
-    /// `exited`, `signaled` or `detached`.
-    pub how: String,
-    pub code: Option<i32>,
-    /// Signal name, such as `"SIGSEGV"`.
-    pub signal: Option<String>,
 }
 
 impl End {
@@ -111,42 +74,6 @@ pub fn signal_name(signo: i32) -> String {
     }
 }
 
-/// Live blocks sharing one allocation stack.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Leak {
-    /// `definite`, `indirect`, `possible`, `reachable`, or `unclassified` (no scan made).
-    pub kind: String,
-    pub blocks: u64,
-    pub bytes: u64,
-    /// Extension: for `definite` leaks, the bytes of the `indirect` blocks lost only
-    /// through these (valgrind's "(N direct, M indirect)"); omitted when 0.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub indirect_bytes: u64,
-    pub stack: Vec<JsonFrame>,
-    /// Extension: the address of the oldest of these blocks (hex), to find it in the
-    /// program (a debugger's `finish` at this site prints the same pointer).
-    pub oldest_block: String,
-    /// Extension: when the oldest and the youngest of these blocks were allocated,
-    /// in milliseconds since the trace began.
-    pub first_alloc_ms: u64,
-    pub last_alloc_ms: u64,
-    /// Extension: these blocks' bytes per second of trace: how fast the site's live
-    /// bytes grew over the whole trace...
-    pub growth_bytes_per_sec: u64,
-    /// ...and over its last third. A steady leak grows at about the same rate in
-    /// both; a cache that filled up and stopped has ~0 here.
-    pub recent_growth_bytes_per_sec: u64,
-    /// Extension: the blocks at least `--min-age` old when the trace ended.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub older_than_min_age: Option<BlocksBytes>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct BlocksBytes {
-    pub blocks: u64,
-    pub bytes: u64,
-}
-
 /// `bytes` per second over `ns` nanoseconds.
 fn per_sec(bytes: u64, ns: u64) -> u64 {
     if ns == 0 {
@@ -164,6 +91,7 @@ fn leak(g: &heap::LeakGroup, timing: Timing, stack: Vec<JsonFrame>) -> Leak {
         bytes: g.bytes,
         indirect_bytes: g.indirect_bytes,
         stack,
+        allocator: Some(g.func.name().to_string()),
         oldest_block: format!("{:#x}", a.oldest),
         first_alloc_ms: a.first_ns / 1_000_000,
         last_alloc_ms: a.last_ns / 1_000_000,
@@ -179,24 +107,6 @@ fn leak(g: &heap::LeakGroup, timing: Timing, stack: Vec<JsonFrame>) -> Leak {
     }
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct JsonFrame {
-    /// Hex, `"0x55d0c0a01182"`.
-    pub address: String,
-    pub function: Option<String>,
-    pub file: Option<String>,
-    pub line: Option<u32>,
-    pub object: Option<String>,
-    /// Offset from the symbol start when `function` is a bare ELF symbol: only the text
-    /// report shows it (`name+0x1c`); the JSON `function` stays the plain name.
-    #[serde(skip)]
-    pub symbol_offset: Option<u64>,
-}
-
 impl From<Frame> for JsonFrame {
     fn from(f: Frame) -> Self {
         JsonFrame {
@@ -205,29 +115,11 @@ impl From<Frame> for JsonFrame {
             file: f.file,
             line: f.line,
             object: f.object,
+            inlined: f.inlined,
+            mangled: f.mangled,
             symbol_offset: f.symbol_offset,
         }
     }
-}
-
-/// A double, invalid or mismatched free.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct HeapError {
-    /// `double_free`, `invalid_free` or `mismatched_free`.
-    pub kind: String,
-    /// The pointer given to the deallocator.
-    pub address: String,
-    /// The bad call.
-    pub stack: Vec<JsonFrame>,
-    /// Where the block concerned was allocated (empty when there is no block).
-    pub alloc_stack: Vec<JsonFrame>,
-    /// Where a double-freed block was freed the first time (else empty).
-    pub first_free_stack: Vec<JsonFrame>,
-    /// Extension: where the address lies, in valgrind's words (`is 8 bytes inside a
-    /// block of size 48 alloc'd`).
-    pub description: String,
-    /// Extension: how many times this error happened with these same stacks.
-    pub count: u64,
 }
 
 fn alloc_name(kind: AllocKind) -> &'static str {
@@ -278,20 +170,12 @@ fn heap_error(e: &heap::HeapError, stacks: &StackTable, sym: &mut Symbolizer) ->
         stack: stack_of(Some(e.stack)),
         alloc_stack: stack_of(e.alloc_stack),
         first_free_stack: stack_of(e.first_free_stack),
+        deallocator: Some(e.func.name().to_string()),
+        allocator: e.alloc_func.map(|f| f.name().to_string()),
+        first_deallocator: e.first_free_func.map(|f| f.name().to_string()),
         description: describe(e),
         count: e.count,
     }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Stats {
-    /// Frees by the program of pointers that were not live.
-    pub frees_not_live: u64,
-    /// Frees by the allocator itself of memory it never handed out.
-    pub internal_frees: u64,
-    /// Distinct stacks cut short by the depth limit or a failed unwind.
-    pub truncated_stacks: u64,
-    pub distinct_stacks: u64,
 }
 
 /// Builds the report from the heap at the end of the trace, symbolizing every stack.
@@ -308,26 +192,55 @@ pub fn build(
         min_age_ns: timing.min_age_ns.unwrap_or(0),
         recent_from_ns: timing.recent_from_ns(),
     };
-    let leaks = heap
-        .leak_groups(query)
+    let groups = heap.leak_groups(query);
+    let mut sites: Vec<(StackId, heap::SiteCounts)> =
+        heap.sites().filter(|(_, c)| c.allocs > 0).collect();
+    // Symbolizing a big report reads the debug information of every library: say
+    // how far it is.
+    let mut progress = Progress::new(
+        "symbolizing the report",
+        (groups.len() + heap.errors().len() + sites.len()) as u64,
+        Unit::Count("stacks"),
+    );
+    let leaks = groups
         .iter()
-        .map(|g| leak(g, timing, symbolize_stack(stacks, g.stack, sym)))
+        .map(|g| {
+            progress.add(1);
+            leak(g, timing, symbolize_stack(stacks, g.stack, sym))
+        })
+        .collect();
+    let errors = heap
+        .errors()
+        .iter()
+        .map(|e| {
+            progress.add(1);
+            heap_error(e, stacks, sym)
+        })
         .collect();
     let uncounted = heap.uncounted();
     let truncated = (0..stacks.len())
         .filter(|&i| stacks.is_truncated(StackId(i as u32)))
         .count();
+    sort_sites(&mut sites);
+    let allocation_sites = sites
+        .into_iter()
+        .map(|(id, c)| {
+            progress.add(1);
+            AllocationSite {
+                allocs: c.allocs,
+                bytes: c.bytes,
+                stack: symbolize_stack(stacks, id, sym),
+            }
+        })
+        .collect();
+    progress.finish();
     Report {
-        schema: SCHEMA,
+        schema: SCHEMA.to_string(),
         target,
         end,
         totals: heap.totals(),
         leaks,
-        errors: heap
-            .errors()
-            .iter()
-            .map(|e| heap_error(e, stacks, sym))
-            .collect(),
+        errors,
         trace: None,
         scan: None,
         scan_missing: None,
@@ -339,7 +252,20 @@ pub fn build(
         },
         duration_ms: timing.duration_ns / 1_000_000,
         min_age_ms: timing.min_age_ns.map(|n| n / 1_000_000),
+        allocation_sites,
+        suppressed: Vec::new(),
     }
+}
+
+/// Allocation stacks largest bytes first (ties: more allocations, then the older
+/// stack).
+fn sort_sites(sites: &mut [(StackId, heap::SiteCounts)]) {
+    sites.sort_by(|(sa, a), (sb, b)| {
+        b.bytes
+            .cmp(&a.bytes)
+            .then(b.allocs.cmp(&a.allocs))
+            .then(sa.cmp(sb))
+    });
 }
 
 /// One JSON frame per source frame: inlined frames are expanded, sharing the address.
@@ -356,10 +282,26 @@ pub fn symbolize_stack(stacks: &StackTable, id: StackId, sym: &mut Symbolizer) -
 /// memtrace's own exit status: `error_exitcode` when the report has a definite or
 /// unclassified leak or any heap error, else the program's status.
 pub fn exit_code(report: &Report, program_status: i32, error_exitcode: Option<i32>) -> i32 {
+    exit_code_for(
+        report,
+        program_status,
+        error_exitcode,
+        &[LeakKind::Definite],
+    )
+}
+
+/// The same, with the leak kinds that count (`--errors-for-leak-kinds`, valgrind's
+/// option); an unclassified leak counts as definite.
+pub fn exit_code_for(
+    report: &Report,
+    program_status: i32,
+    error_exitcode: Option<i32>,
+    kinds: &[LeakKind],
+) -> i32 {
     let failing = report
         .leaks
         .iter()
-        .any(|l| l.kind == "definite" || l.kind == "unclassified")
+        .any(|l| LeakKind::of_report(&l.kind).is_some_and(|k| kinds.contains(&k)))
         || !report.errors.is_empty();
     match error_exitcode {
         Some(code) if failing => code,
@@ -367,167 +309,12 @@ pub fn exit_code(report: &Report, program_status: i32, error_exitcode: Option<i3
     }
 }
 
-/// A hand-made report that exercises every rendering case, for golden tests.
-#[cfg(test)]
-pub(crate) fn sample() -> Report {
-    fn frame(
-        address: &str,
-        function: Option<&str>,
-        file: Option<&str>,
-        line: Option<u32>,
-        object: Option<&str>,
-    ) -> JsonFrame {
-        JsonFrame {
-            address: address.into(),
-            function: function.map(String::from),
-            file: file.map(String::from),
-            line,
-            object: object.map(String::from),
-            symbol_offset: None,
-        }
-    }
-    let exe = Some("/src/leak");
-    let libc = Some("/usr/lib/x86_64-linux-gnu/libc.so.6");
-    let main = frame(
-        "0x55d0c0a011a0",
-        Some("main"),
-        Some("/src/leak.c"),
-        Some(20),
-        exe,
-    );
-    let mut libc_start = frame(
-        "0x7f1c2a023d90",
-        Some("__libc_start_call_main"),
-        None,
-        None,
-        libc,
-    );
-    libc_start.symbol_offset = Some(0x80);
-    let unknown_in_object = frame("0x7f1c2a500000", None, None, None, Some("/opt/lib/libx.so"));
-    Report {
-        schema: SCHEMA,
-        target: Target {
-            pid: 1234,
-            argv: vec!["./leak".into(), "x".into()],
-            mode: "launch".into(),
-            images: Vec::new(),
-        },
-        end: End::signaled(11),
-        totals: Totals {
-            allocs: 10,
-            frees: 7,
-            bytes_allocated: 1_234_567,
-            live_blocks: 3,
-            live_bytes: 1130,
-            peak_live_bytes: 2000,
-            frees_of_unknown: 0,
-        },
-        leaks: vec![
-            Leak {
-                kind: "definite".into(),
-                blocks: 1,
-                bytes: 1000,
-                indirect_bytes: 64,
-                stack: vec![
-                    frame(
-                        "0x55d0c0a0116e",
-                        Some("fill"),
-                        Some("/src/util.h"),
-                        Some(4),
-                        exe,
-                    ),
-                    frame(
-                        "0x55d0c0a0116e",
-                        Some("make_leak"),
-                        Some("/src/leak.c"),
-                        Some(12),
-                        exe,
-                    ),
-                    main.clone(),
-                    libc_start,
-                ],
-                oldest_block: "0x5581a2b4c2a0".into(),
-                first_alloc_ms: 10,
-                last_alloc_ms: 10,
-                growth_bytes_per_sec: 500,
-                recent_growth_bytes_per_sec: 0,
-                older_than_min_age: None,
-            },
-            Leak {
-                kind: "unclassified".into(),
-                blocks: 2,
-                bytes: 130,
-                indirect_bytes: 0,
-                stack: vec![unknown_in_object, frame("0x1234", None, None, None, None)],
-                oldest_block: "0x5581a2b4c300".into(),
-                first_alloc_ms: 100,
-                last_alloc_ms: 1900,
-                growth_bytes_per_sec: 65,
-                recent_growth_bytes_per_sec: 97,
-                older_than_min_age: None,
-            },
-        ],
-        errors: vec![HeapError {
-            kind: "double_free".into(),
-            address: "0x5581a2b4c2c0".into(),
-            stack: vec![main.clone()],
-            alloc_stack: vec![main.clone()],
-            first_free_stack: vec![main],
-            description: "is 0 bytes inside a block of size 16 free'd".into(),
-            count: 1,
-        }],
-        trace: None,
-        scan: Some(crate::tracer::ScanStats {
-            when: crate::tracer::ScanWhen::Exit,
-            ns: 12_345_678,
-            bytes_scanned: 1_100_000,
-            roots_bytes: 100_000,
-            block_bytes: 1_000_000,
-            unreadable_bytes: 0,
-            blocks: 2,
-            threads: 1,
-            threads_missed: 0,
-        }),
-        scan_missing: None,
-        stats: Stats {
-            frees_not_live: 1,
-            internal_frees: 2,
-            truncated_stacks: 1,
-            distinct_stacks: 5,
-        },
-        duration_ms: 2000,
-        min_age_ms: None,
-    }
-}
-
-/// Compares `actual` with the golden file `tests/golden/NAME`, or rewrites the file when
-/// `MEMTRACE_BLESS=1`.
-#[cfg(test)]
-pub(crate) fn check_golden(name: &str, actual: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var("MEMTRACE_BLESS").as_deref() == Ok("1") {
-        std::fs::write(&path, actual).expect("write golden file");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with MEMTRACE_BLESS=1 to create)",
-            path.display()
-        )
-    });
-    assert!(
-        expected == actual,
-        "{} differs (MEMTRACE_BLESS=1 rewrites it):\n--- expected\n{expected}\n--- actual\n{actual}",
-        path.display()
-    );
-}
-
 #[cfg(test)]
 mod tests {
+    use super::testing::sample;
     use super::*;
     use crate::event::{AllocKind, Event};
+    use crate::hooks::HookFn;
 
     fn alloc(ptr: u64, size: u64, stack: StackId) -> Event {
         Event::Alloc {
@@ -536,6 +323,7 @@ mod tests {
             ptr,
             size,
             stack,
+            func: HookFn::Malloc,
         }
     }
 
@@ -601,6 +389,25 @@ mod tests {
         assert_eq!(exit_code(&r, 0, Some(42)), 42);
         r.leaks.clear();
         assert_eq!(exit_code(&r, 5, Some(42)), 5);
+    }
+
+    #[test]
+    fn the_kinds_that_fail_can_be_chosen() {
+        let mut r = sample();
+        r.errors.clear();
+        r.leaks.retain(|l| l.kind == "reachable");
+        assert_eq!(exit_code(&r, 0, Some(42)), 0);
+        let all = LeakKind::ALL;
+        assert_eq!(exit_code_for(&r, 0, Some(42), &all), 42);
+        let valgrinds = [LeakKind::Definite, LeakKind::Possible];
+        assert_eq!(exit_code_for(&r, 0, Some(42), &valgrinds), 0);
+        r.leaks[0].kind = "possible".into();
+        assert_eq!(exit_code_for(&r, 0, Some(42), &valgrinds), 42);
+        // Errors count whatever the kinds; none of the leaks with `none`.
+        let mut r = sample();
+        assert_eq!(exit_code_for(&r, 0, Some(42), &[]), 42);
+        r.errors.clear();
+        assert_eq!(exit_code_for(&r, 0, Some(42), &[]), 0);
     }
 
     #[test]

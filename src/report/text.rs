@@ -1,7 +1,8 @@
 //! The report as text, in valgrind memcheck's layout, so that people (and their grep
 //! habits) read it without learning a new format.
 
-use super::{HeapError, JsonFrame, Leak, Report};
+use super::{HeapError, JsonFrame, Leak, Report, Suppressed};
+use crate::suppress::generate;
 use std::fmt::Write;
 
 /// Leak kinds in valgrind's order, with its words for them.
@@ -15,12 +16,21 @@ const KINDS: [(&str, &str); 5] = [
 
 /// Renders the whole report; every line starts with `==PID== `.
 pub fn render_text(report: &Report) -> String {
+    render_text_with(report, false)
+}
+
+/// The same, with `gen_suppressions`: after each finding, the suppression that hides
+/// it (`--gen-suppressions`), unprefixed, ready to paste, as valgrind prints them.
+pub fn render_text_with(report: &Report, gen_suppressions: bool) -> String {
     let mut out = Lines {
         prefix: format!("=={}== ", report.target.pid),
         text: String::new(),
     };
     for e in &report.errors {
         render_error(&mut out, e);
+        if gen_suppressions {
+            out.text.push_str(&generate::for_error(e).text());
+        }
     }
     render_summary(&mut out, report);
     // Ages matter when the trace saw only part of the program's life.
@@ -31,8 +41,11 @@ pub fn render_text(report: &Report) -> String {
             render_ages(&mut out, leak, report.min_age_ms);
         }
         out.line("");
+        if gen_suppressions {
+            out.text.push_str(&generate::for_leak(leak).text());
+        }
     }
-    render_leak_summary(&mut out, &report.leaks);
+    render_leak_summary(&mut out, &report.leaks, &report.suppressed);
     render_footer(&mut out, report);
     out.text
 }
@@ -159,8 +172,11 @@ fn render_ages(out: &mut Lines, leak: &Leak, min_age_ms: Option<u64>) {
     out.line(&line);
 }
 
-fn render_leak_summary(out: &mut Lines, leaks: &[Leak]) {
-    if leaks.is_empty() {
+fn render_leak_summary(out: &mut Lines, leaks: &[Leak], suppressed: &[Suppressed]) {
+    let hidden = suppressed
+        .iter()
+        .fold((0, 0), |(n, b), s| (n + s.blocks, b + s.bytes));
+    if leaks.is_empty() && hidden.0 == 0 {
         out.line("All heap blocks were freed -- no leaks are possible");
         out.line("");
         return;
@@ -186,10 +202,28 @@ fn render_leak_summary(out: &mut Lines, leaks: &[Leak]) {
             thousands(blocks)
         ));
     }
+    if !suppressed.is_empty() {
+        out.line(&format!(
+            "{:>18}: {} bytes in {} blocks",
+            "suppressed",
+            thousands(hidden.1),
+            thousands(hidden.0)
+        ));
+    }
     out.line("");
 }
 
 fn render_footer(out: &mut Lines, r: &Report) {
+    // valgrind's `-s` lines: which suppressions were used, how often.
+    for s in &r.suppressed {
+        out.line(&format!(
+            "used_suppression: {:>6} {}{}{}",
+            thousands(s.count),
+            s.name,
+            if s.origin.is_empty() { "" } else { " " },
+            s.origin
+        ));
+    }
     if !r.errors.is_empty() {
         let total: u64 = r.errors.iter().map(|e| e.count).sum();
         out.line(&format!(
@@ -249,7 +283,7 @@ fn kind_words(kind: &str) -> &str {
 }
 
 /// `make_leak (leak.c:12)`, `malloc+0x1c (in /lib/libc.so.6)`, `??? (in /lib/x.so)`.
-fn frame_text(f: &JsonFrame) -> String {
+pub fn frame_text(f: &JsonFrame) -> String {
     let mut s = match (&f.function, f.symbol_offset) {
         (Some(func), Some(off)) if f.file.is_none() && off > 0 => format!("{func}+{off:#x}"),
         (Some(func), _) => func.clone(),
@@ -291,7 +325,8 @@ pub fn thousands(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{check_golden, sample, End};
+    use crate::report::testing::{check_golden, sample};
+    use crate::report::End;
 
     #[test]
     fn golden_text() {
@@ -333,6 +368,8 @@ mod tests {
                 file: file.map(String::from),
                 line,
                 object: object.map(String::from),
+                inlined: false,
+                mangled: None,
                 symbol_offset: off,
             })
         };
@@ -363,6 +400,49 @@ mod tests {
             "==1234== leaks are unclassified: no reachability scan (killed by SIGKILL)\n"
         ));
         assert!(!text.contains("reachability scan at exit"));
+    }
+
+    #[test]
+    fn suppressed_findings_are_summed_and_named() {
+        let mut r = sample();
+        let supps = crate::suppress::Suppressions {
+            list: crate::suppress::parse::parse(
+                "{\n every leak\n Memcheck:Leak\n ...\n}\n",
+                "s.supp",
+            )
+            .expect("parse"),
+        };
+        crate::suppress::apply::apply(&mut r, &supps);
+        let text = render_text(&r);
+        assert!(!text.contains("All heap blocks were freed"), "{text}");
+        assert!(
+            text.contains(
+                "==1234== LEAK SUMMARY:\n==1234==         suppressed: 1,178 bytes in 4 blocks\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("==1234== used_suppression:      3 every leak s.supp:1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn generated_suppressions_follow_their_findings() {
+        let r = sample();
+        let text = render_text_with(&r, true);
+        let leak = text.find("in loss record 1 of 3").expect("record");
+        let supp = text[leak..]
+            .find("{\n   <insert_a_suppression_name_here>\n   Memcheck:Leak\n   match-leak-kinds: definite\n   fun:malloc\n")
+            .expect("suppression after the record");
+        let next = text[leak..]
+            .find("in loss record 2 of 3")
+            .expect("next record");
+        assert!(supp < next);
+        assert!(text.starts_with("==1234== Invalid free()"));
+        assert!(text
+            .contains("\n{\n   <insert_a_suppression_name_here>\n   Memcheck:Free\n   fun:free\n"));
+        assert!(!render_text(&r).contains("insert_a_suppression"));
     }
 
     #[test]

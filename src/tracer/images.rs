@@ -4,10 +4,10 @@
 //! shim execs the real program after a few of these; the report covers the last one
 //! and names them all.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One image: the executable file (`/proc/PID/exe`) and the arguments it got.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecImage {
     pub exe: String,
     pub argv: Vec<String>,

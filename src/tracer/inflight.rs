@@ -100,7 +100,7 @@ mod tests {
 
     const HOOKED: &[(u64, u64, HookFn)] = &[
         (0x1000, 0x1100, HookFn::Malloc),
-        (0x2000, 0x2200, HookFn::New { array: false }),
+        (0x2000, 0x2200, HookFn::new_op(false)),
         (0x3000, 0x3300, HookFn::Realloc),
     ];
 
@@ -110,7 +110,7 @@ mod tests {
         let f = [0x1050, 0x2010, 0x9000];
         assert_eq!(
             outermost_in_flight(&f, HOOKED),
-            Some((1, HookFn::New { array: false }))
+            Some((1, HookFn::new_op(false)))
         );
         // In realloc itself.
         assert_eq!(

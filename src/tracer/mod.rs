@@ -157,7 +157,8 @@ pub enum TraceError {
 }
 
 /// Counters about the trace itself (not the heap).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TraceStats {
     pub breakpoint_hits: u64,
     /// Returns caught by a stop at the trampoline (a shadow stack full).

@@ -27,11 +27,18 @@ use memtrace_arch::recorder::{entry_len, MAX_STACK_COPY, RETURN_LEN, RING_SIZE};
 use memtrace_arch::{Arch, Native, Regs, ReturnSlot, ThunkSpec};
 use std::time::Instant;
 
-/// Stack bytes a record copies at first: perf's default for its DWARF call graphs
-/// (`--call-graph dwarf`). Never more than the thread's stack holds above the stack
-/// pointer, so a shallow stack costs what it is; an unwind that runs off the end of a
-/// copy before `--depth` frames doubles it, up to [`MAX_STACK_COPY`].
-pub const FIRST_COPY_LEN: u64 = 8 << 10;
+/// Stack bytes a record copies, as perf's DWARF call graphs copy a fixed amount
+/// (`--call-graph dwarf`, 8 KiB by default), but sized by what the unwinds need:
+/// - never more than the thread's stack holds above the stack pointer, so a
+///   shallow stack (most C programs: a few hundred bytes to 2 KiB) costs what it is;
+/// - [`FIRST_COPY_LEN`] at first, so that deep frames (a regex engine's, an
+///   interpreter's) are whole before anything is known;
+/// - then, every [`LEARN_EVERY`] unwinds, twice the most any of them read to reach
+///   `--depth` frames or the stack's top (never under [`MIN_COPY_LEN`]);
+/// - doubled at once when an unwind runs off the end of a copy that the limit cut.
+pub const FIRST_COPY_LEN: u64 = 64 << 10;
+pub const MIN_COPY_LEN: u64 = 8 << 10;
+pub const LEARN_EVERY: u64 = 1024;
 /// Room for one thunk and its displaced instructions.
 const THUNK_ROOM: u64 = 1024;
 /// Room for the return stub.
@@ -58,11 +65,22 @@ pub(super) struct Site {
     pub jumping: bool,
 }
 
+/// How allocator calls were recorded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordMode {
+    /// By code in the target, without a stop per call (the default).
+    #[default]
+    Inline,
+    /// One ptrace stop per call (`--stops`).
+    Stops,
+}
+
 /// Counters of the recording, for the report.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RecordStats {
-    /// `inline` or `stops`.
-    pub mode: &'static str,
+    pub mode: RecordMode,
     /// Records read from the ring.
     pub records: u64,
     pub record_bytes: u64,
@@ -107,6 +125,9 @@ pub(super) struct Recording {
     pub idle_looks: u32,
     /// Time stamp counter ticks per nanosecond, for the waits' time.
     ticks_per_ns: f64,
+    /// What the unwinds since the last look at the copy length needed.
+    most_read: u64,
+    unwinds: u64,
 }
 
 impl Recording {
@@ -150,6 +171,9 @@ struct Unwinder<'a> {
     stack_top: u64,
     /// An unwind asked for stack beyond a copy that was cut by the copy length.
     short: bool,
+    /// The most bytes of a copy any unwind read since the last look.
+    most_read: u64,
+    unwinds: u64,
 }
 
 impl Unwind for Unwinder<'_> {
@@ -161,6 +185,7 @@ impl Unwind for Unwinder<'_> {
         };
         let base = Native::sp_after_return(raw.sp);
         let mut beyond = false;
+        let mut most = 0usize;
         let mut read = |addr: u64, buf: &mut [u8]| -> usize {
             let Some(off) = addr.checked_sub(base) else {
                 return 0;
@@ -175,6 +200,7 @@ impl Unwind for Unwinder<'_> {
             if n < buf.len() {
                 beyond = true;
             }
+            most = most.max(off + n);
             n
         };
         let start = Start {
@@ -191,6 +217,10 @@ impl Unwind for Unwinder<'_> {
         if beyond && ending == crate::unwind::Ending::Failed && raw.len >= self.ring.copy_len() {
             self.short = true;
         }
+        // The walker reads a copy in pieces as it goes: the furthest it got is what
+        // this stack needed.
+        self.most_read = self.most_read.max(most as u64);
+        self.unwinds += 1;
         self.stats.unwind_ns += started.elapsed().as_nanos() as u64;
         self.stats.stacks_captured += 1;
         self.stats.frames_captured += self.frames.len() as u64;
@@ -303,14 +333,16 @@ impl Tracer<'_> {
             stub: (stub_at, stub_at + stub.code.len() as u64),
             stats: RecordStats {
                 mode: if self.inline_wanted {
-                    "inline"
+                    RecordMode::Inline
                 } else {
-                    "stops"
+                    RecordMode::Stops
                 },
                 ..RecordStats::default()
             },
             busy: false,
             idle_looks: 0,
+            most_read: 0,
+            unwinds: 0,
             ticks_per_ns: measure_ticks(),
         });
         Ok(())
@@ -678,6 +710,8 @@ impl Tracer<'_> {
             pid: self.pid,
             stack_top: self.image.stack_top,
             short: false,
+            most_read: rec.most_read,
+            unwinds: rec.unwinds,
         };
         let mut heap = SinkHeap(&mut *self.sink);
         let now = Instant::now();
@@ -695,10 +729,21 @@ impl Tracer<'_> {
             }
         }
         rec.defer.release(now, all, &mut unwinder, &mut heap);
+        rec.most_read = unwinder.most_read;
+        rec.unwinds = unwinder.unwinds;
         if unwinder.short {
             let len = (rec.ring.copy_len() * 2).min(MAX_STACK_COPY);
             rec.ring.set_copy_len(len);
             rec.stats.stack_copies_short += 1;
+        } else if rec.unwinds >= LEARN_EVERY && self.depth > 1 {
+            let len = (rec.most_read * 2)
+                .next_multiple_of(4096)
+                .clamp(MIN_COPY_LEN, MAX_STACK_COPY);
+            if len < rec.ring.copy_len() {
+                rec.ring.set_copy_len(len);
+            }
+            rec.most_read = 0;
+            rec.unwinds = 0;
         }
         let mut upto = rec.ring.read_pos();
         if let Some(p) = rec.defer.oldest_pin() {

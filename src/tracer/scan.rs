@@ -19,6 +19,7 @@ use super::Tracer;
 use crate::event::Tid;
 use crate::leakcheck::{self, Kind, Options, Roots, Segment};
 use crate::maps::{self, Mapping};
+use crate::progress::{Progress, Unit};
 use crate::ptrace;
 use memtrace_arch::{Arch, Native};
 use serde::Serialize;
@@ -38,7 +39,7 @@ const DYING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500)
 const EXIT_SPS_KEPT: usize = 4096;
 
 /// When a scan was made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScanWhen {
     /// At the call of `_exit`, every thread stopped.
@@ -50,7 +51,7 @@ pub enum ScanWhen {
 }
 
 /// What a scan cost and covered (the report's `scan` field).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ScanStats {
     pub when: ScanWhen,
     /// Wall time of the scan, from reading the maps to the last block classified.
@@ -252,8 +253,16 @@ impl Tracer<'_> {
             })
             .collect();
         let mem = &self.mem;
-        let mut read = |addr: u64, buf: &mut [u8]| mem.read_vm_partial(addr, buf).unwrap_or(0);
+        // A GiB of heap takes a while to read: say how far it is.
+        let to_read = roots.regions.iter().map(|(s, e)| e - s).sum::<u64>()
+            + blocks.iter().map(|b| b.1).sum::<u64>();
+        let mut progress = Progress::new("scanning the heap", to_read, Unit::Bytes);
+        let mut read = |addr: u64, buf: &mut [u8]| {
+            progress.add(buf.len() as u64);
+            mem.read_vm_partial(addr, buf).unwrap_or(0)
+        };
         let found = leakcheck::classify(&blocks, &roots, &segments, Options::default(), &mut read);
+        progress.finish();
         let s = found.stats;
         let stats = ScanStats {
             when,

@@ -166,6 +166,7 @@ mod tests {
                 allocs: n,
                 live_blocks: n,
                 live_bytes: 100 * n,
+                ..Default::default()
             },
         };
         app.apply(Snapshot {

@@ -158,6 +158,7 @@ impl Sink for Feed {
 mod tests {
     use super::*;
     use crate::event::AllocKind;
+    use crate::hooks::HookFn;
 
     #[test]
     fn snapshots_are_rate_limited_and_forced_at_the_end() {
@@ -172,6 +173,7 @@ mod tests {
                 ptr: 0x1000 + 16 * i,
                 size: 8,
                 stack: s,
+                func: HookFn::Malloc,
             });
             feed.tick(&stacks, false);
         }

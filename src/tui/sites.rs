@@ -243,6 +243,7 @@ mod tests {
                         allocs,
                         live_blocks,
                         live_bytes,
+                        ..Default::default()
                     },
                 })
                 .collect(),

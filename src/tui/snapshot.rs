@@ -111,6 +111,7 @@ impl Snapshotter {
 mod tests {
     use super::*;
     use crate::event::{AllocKind, Event};
+    use crate::hooks::HookFn;
 
     #[test]
     fn stacks_are_sent_once_and_sites_every_time() {
@@ -123,6 +124,7 @@ mod tests {
             ptr: 0x1000,
             size: 30,
             stack: a,
+            func: HookFn::Malloc,
         });
         let mut s = Snapshotter::default();
         let first = s.take(&heap, &stacks, Duration::ZERO, TargetState::Running);

@@ -437,6 +437,7 @@ mod tests {
                     allocs,
                     live_blocks: blocks,
                     live_bytes: bytes,
+                    ..Default::default()
                 },
             };
             app.apply(Snapshot {
@@ -618,6 +619,7 @@ mod tests {
                     allocs: 1,
                     live_blocks: 1,
                     live_bytes: 1,
+                    ..Default::default()
                 },
             }],
             new_stacks: vec![NewStack {

@@ -174,6 +174,18 @@ pub fn many_leaks() -> Case {
 pub fn kinds() -> Case {
     Case::new("kinds", DEBUG)
 }
+/// Three leak sites in three functions (flamegraphs and profiles are read back).
+pub fn three_leaks() -> Case {
+    Case::new("three_leaks", DEBUG)
+}
+/// A leak of its own, and the C library's regex cache that Debian's suppressions hide.
+pub fn rpmatch() -> Case {
+    Case::new("rpmatch", DEBUG)
+}
+/// No leak of its own: only the C library's and the loader's blocks are live.
+pub fn libc_only() -> Case {
+    Case::new("libc_only", DEBUG)
+}
 /// A cycle with no root, a cache held by a global, a pointer into a cached block, and
 /// a lost 40-byte block allocated last (glibc's top chunk header is inside it).
 pub fn reach() -> Case {

@@ -240,10 +240,12 @@ pub fn run_memtrace_env(env: &[(&str, OsString)], options: &[&str], target: &Tar
     if options.contains(&"--stops") {
         return run_once(env, options, target);
     }
-    let inline = run_once(env, options, target);
+    // --stops first: files the options name (--pprof PATH...) are then the inline
+    // run's, as its report is.
     let mut with_stops = options.to_vec();
     with_stops.push("--stops");
     let stops = run_once(env, &with_stops, target);
+    let inline = run_once(env, options, target);
     let what = format!("{} {}", options.join(" "), target.display());
     assert_eq!(
         inline.exit, stops.exit,

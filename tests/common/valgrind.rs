@@ -348,7 +348,7 @@ pub fn parse_valgrind(log: &str) -> Result<Valgrind, String> {
 /// The valgrind binary: Debian's `valgrind` is a shell wrapper that sets
 /// LD_LIBRARY_PATH and GLIBCXX_FORCE_NEW; `valgrind.bin` runs the program with the
 /// environment memtrace and native runs see.
-fn valgrind_binary() -> &'static str {
+pub fn valgrind_binary() -> &'static str {
     if Path::new("/usr/bin/valgrind.bin").exists() {
         "/usr/bin/valgrind.bin"
     } else {
