@@ -144,12 +144,7 @@ impl Ring {
         loop {
             // A record stepped over that has committed since comes first: anything
             // of its thread after it was written after it.
-            let done = self
-                .holes
-                .iter()
-                .find(|(&pos, _)| self.mem.ring_load(pos, REC_COMMIT) == pos + 1)
-                .map(|(&pos, _)| pos);
-            if let Some(pos) = done {
+            if let Some(pos) = self.committed_hole() {
                 self.holes.remove(&pos);
                 return Some(self.take(pos));
             }
@@ -162,6 +157,13 @@ impl Ring {
             let pos = self.read;
             let commit = self.mem.ring_load(pos, REC_COMMIT);
             if commit == pos + 1 {
+                // A hole may have committed since the look above, and this record be
+                // its thread's next one (a return after its entry): seen committed
+                // after this one's commit, it is certain to come first.
+                if let Some(hole) = self.committed_hole() {
+                    self.holes.remove(&hole);
+                    return Some(self.take(hole));
+                }
                 let r = self.take(pos);
                 match &r {
                     Ok(_) => {}
@@ -186,6 +188,14 @@ impl Ring {
         }
     }
 
+    /// The oldest record stepped over that is committed now.
+    fn committed_hole(&self) -> Option<u64> {
+        self.holes
+            .keys()
+            .copied()
+            .find(|&pos| self.mem.ring_load(pos, REC_COMMIT) == pos + 1)
+    }
+
     fn take(&mut self, pos: u64) -> Result<Record, BadRecord> {
         // The header only: a return record is shorter than an entry's header.
         let info = self.mem.ring_load(pos, REC_INFO);
@@ -205,6 +215,9 @@ impl Ring {
                 };
                 if pos == self.read {
                     self.read += len;
+                    if self.read < self.head_seen {
+                        self.mem.prefetch(self.read);
+                    }
                 }
                 self.stats.records += 1;
                 self.stats.bytes += len;
@@ -214,20 +227,27 @@ impl Ring {
         r
     }
 
-    /// The stack copy of the entry record at `pos` (not yet released).
-    pub fn stack(&self, pos: u64, len: u64) -> &[u8] {
-        self.mem.ring_bytes(pos, ENTRY_STACK, len as usize)
+    /// The whole committed record at `pos` (not yet released): header and stack copy.
+    pub fn record(&self, pos: u64) -> &[u8] {
+        let len = record::length(self.mem.ring_load(pos, REC_INFO)).min(entry_len(MAX_STACK_COPY));
+        self.mem.ring_bytes(pos, 0, len as usize)
     }
 
-    /// A copy of the stack of the entry record at `pos`, released already, if no
-    /// writer has reused its space since (its first word is still its commit:
-    /// a writer changes that word before anything after the header).
-    pub fn copy_if_intact(&self, pos: u64, len: u64) -> Option<Box<[u8]>> {
+    /// Starts loading the record at `pos` into the cache (it is about to be unwound):
+    /// its header and the first `len` bytes of its stack copy.
+    pub fn prefetch_record(&self, pos: u64, len: usize) {
+        self.mem.prefetch_bytes(pos, record::HEADER_LEN + len);
+    }
+
+    /// A copy of the entry record at `pos`, released already, if no writer has
+    /// reused its space since (its first word is still its commit: a writer changes
+    /// that word before anything after it).
+    pub fn copy_if_intact(&self, pos: u64) -> Option<Box<[u8]>> {
         let committed = || self.mem.ring_load(pos, REC_COMMIT) == pos + 1;
         if !committed() {
             return None;
         }
-        let copy: Box<[u8]> = self.stack(pos, len).into();
+        let copy: Box<[u8]> = self.record(pos).into();
         committed().then_some(copy)
     }
 
@@ -399,3 +419,100 @@ impl Ring {
 
 /// The key of a slot whose thread is gone.
 const TOMBSTONE: u64 = u64::MAX;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::HookFn;
+    use crate::recorder::record::{encode_entry, encode_return, Entry, Return};
+    use std::os::fd::FromRawFd;
+
+    fn memfd() -> std::fs::File {
+        // SAFETY: memfd_create with a static name; the fd is new and ours.
+        unsafe {
+            let fd = libc::memfd_create(c"ring-test".as_ptr(), libc::MFD_CLOEXEC);
+            assert!(fd >= 0);
+            std::fs::File::from_raw_fd(fd)
+        }
+    }
+
+    /// Writes a record as the generated code does: length and thread, then the
+    /// reserved mark, then the rest, then the commit.
+    fn write_like_the_target(mem: &SharedMem, header: &[u8], payload: &[u8]) -> u64 {
+        let info = u64::from_le_bytes(header[8..16].try_into().expect("info"));
+        let len = record::length(info);
+        let pos = mem.fetch_add(CTRL_HEAD, len);
+        while pos + len - mem.load(CTRL_TAIL) > RING_SIZE {
+            std::hint::spin_loop();
+        }
+        mem.ring_write(pos, 8, &header[8..24]);
+        mem.ring_store(pos, REC_COMMIT, pos | REC_RESERVED);
+        mem.ring_write(pos, 24, &header[24..]);
+        mem.ring_write(pos, header.len() as u64, payload);
+        mem.ring_store(pos, REC_COMMIT, pos + 1);
+        pos
+    }
+
+    /// One thread's entries and returns, each entry with a large stack copy so that
+    /// the reader often finds it half written and steps over it: a return must never
+    /// be read before its entry, whatever the timing.
+    #[test]
+    fn a_threads_return_never_comes_before_its_entry() {
+        let file = memfd();
+        let other = file.try_clone().expect("dup");
+        let mut ring = Ring::new(SharedMem::map(file).expect("map"), Addrs::default(), 0);
+        let writer = SharedMem::map(other).expect("map");
+        const CALLS: u64 = 100_000;
+        const STACK: usize = 8 << 10;
+        let t = std::thread::spawn(move || {
+            let stack = vec![0u8; STACK];
+            for _ in 0..CALLS {
+                let e = Entry {
+                    pos: 0,
+                    tid: 1,
+                    func: HookFn::Malloc,
+                    hooked_return: true,
+                    args: [8, 0, 0, 0, 0, 0],
+                    ret: 0x5000,
+                    sp: 0x7000,
+                    fp: 0,
+                    stack_len: STACK as u64,
+                };
+                let pos = write_like_the_target(&writer, &encode_entry(&e), &stack);
+                let r = Return {
+                    pos: 0,
+                    tid: 1,
+                    entry_pos: pos,
+                    value: 0x10,
+                    out: 0,
+                };
+                write_like_the_target(&writer, &encode_return(&r), &[]);
+            }
+        });
+        let (mut entries, mut early) = (0u64, 0u64);
+        let mut open = None;
+        while entries < CALLS || open.is_some() {
+            match ring.next_record() {
+                Some(Ok(Record::Entry(e))) => {
+                    entries += 1;
+                    open = Some(e.pos);
+                }
+                Some(Ok(Record::Return(r))) => {
+                    if open.take() != Some(r.entry_pos) {
+                        early += 1;
+                    }
+                }
+                Some(other) => panic!("{other:?}"),
+                None => std::hint::spin_loop(),
+            }
+            let read = ring.read_pos();
+            ring.release(read);
+        }
+        t.join().expect("the writer");
+        assert_eq!(early, 0, "returns read before their entry");
+        assert!(
+            ring.stats.holes > 0,
+            "the reader never found a record half written"
+        );
+    }
+}
