@@ -22,7 +22,10 @@ use serde::Serialize;
 // Fx hashing: the keys are addresses and ids that memtrace made, hashed once per
 // allocator call, where SipHash's protection against chosen keys buys nothing.
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
+
+mod live;
+use live::Live;
 
 /// How many freed blocks are remembered for double-free reports.
 pub const FREED_REMEMBERED: usize = 1 << 18;
@@ -186,8 +189,8 @@ pub struct AgeQuery {
 
 #[derive(Default, Debug)]
 pub struct Heap {
-    /// By address, so that a pointer into a block finds it (see `bad_free`).
-    live: BTreeMap<u64, Block>,
+    /// By address (see `live.rs`).
+    live: Live,
     /// The history before the trace is unknown (attach): a free of a pointer never
     /// seen is most likely of a block allocated before, not an error.
     unknown_history: bool,
@@ -220,6 +223,8 @@ impl Heap {
     pub fn attached() -> Self {
         Heap {
             unknown_history: true,
+            // Every free of a block from before the trace asks what it points into.
+            live: Live::new(true),
             ..Self::default()
         }
     }
@@ -237,8 +242,7 @@ impl Heap {
 
     /// The live block that `ptr` points into (not at its start).
     fn inside(&self, ptr: u64) -> Option<(u64, &Block)> {
-        let (&start, b) = self.live.range(..ptr).next_back()?;
-        (ptr < start.saturating_add(b.size.max(1))).then_some((start, b))
+        self.live.containing(ptr)
     }
 
     pub fn totals(&self) -> Totals {
@@ -269,6 +273,7 @@ impl Heap {
     /// returns (it may well still point to others): it counts.
     pub fn live_spans(&self) -> Vec<(u64, u64)> {
         let mut v: Vec<(u64, u64)> = self.live.iter().map(|(&p, b)| (p, b.size)).collect();
+        v.sort_unstable();
         v.extend(
             self.in_realloc
                 .values()
@@ -288,8 +293,11 @@ impl Heap {
         }
     }
 
+    /// Every live block, in address order.
     pub fn live_blocks(&self) -> impl Iterator<Item = (u64, &Block)> {
-        self.live.iter().map(|(&p, b)| (p, b))
+        let mut v: Vec<(u64, &Block)> = self.live.iter().map(|(&p, b)| (p, b)).collect();
+        v.sort_unstable_by_key(|&(p, _)| p);
+        v.into_iter()
     }
 
     pub fn apply(&mut self, ev: &Event) {
@@ -642,7 +650,7 @@ impl Heap {
     /// their ages.
     pub fn leak_groups(&self, q: AgeQuery) -> Vec<LeakGroup> {
         let mut groups: HashMap<(StackId, Option<Kind>), LeakGroup> = HashMap::default();
-        for (&ptr, b) in &self.live {
+        for (&ptr, b) in self.live.iter() {
             let g = groups.entry((b.stack, b.leak)).or_insert(LeakGroup {
                 stack: b.stack,
                 kind: b.leak,

@@ -233,6 +233,20 @@ pub fn cpus_allowed() -> usize {
     }
 }
 
+/// The CPU's time stamp counter, what the recording code in the target times its
+/// waits with (0 where there is none).
+pub fn time_stamp() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: rdtsc reads a counter; it has no preconditions on x86_64.
+        unsafe { std::arch::x86_64::_rdtsc() }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        0
+    }
+}
+
 /// The calling thread's id: what `/proc/TID/status` shows as `TracerPid` of the
 /// threads it traces (the tracer is a thread, not a process).
 pub fn gettid() -> Tid {

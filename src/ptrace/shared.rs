@@ -152,6 +152,35 @@ impl SharedMem {
         self.ring_word(pos, off).store(v, Ordering::Release)
     }
 
+    /// Asks the CPU to start loading the header of the record at `pos` (written by
+    /// another CPU: its lines come from there), while the current one is handled.
+    pub fn prefetch(&self, pos: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let at = (pos & (RING_SIZE - 1)) as usize;
+            // SAFETY: a prefetch is a hint: it never faults, whatever the address; the
+            // address is inside the double mapping anyway.
+            unsafe {
+                let p = self.ring.add(at).cast::<i8>();
+                _mm_prefetch::<_MM_HINT_T0>(p);
+                _mm_prefetch::<_MM_HINT_T0>(p.add(64));
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = pos;
+    }
+
+    /// Asks the CPU to start loading `len` bytes of the record at `pos` (a stack copy
+    /// about to be unwound, long out of the caches).
+    pub fn prefetch_bytes(&self, pos: u64, len: usize) {
+        let mut off = 0;
+        while off < len {
+            self.prefetch(pos + off as u64);
+            off += 128;
+        }
+    }
+
     /// Copies `out.len()` bytes of the record at `pos`, from `off` on.
     pub fn ring_read(&self, pos: u64, off: u64, out: &mut [u8]) {
         let at = (pos & (RING_SIZE - 1)) + off;

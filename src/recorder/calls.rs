@@ -8,18 +8,13 @@ use crate::event::{Event, StackId, Tid};
 use crate::hooks::HookFn;
 use rustc_hash::FxHashMap as HashMap;
 
-/// A stack not known yet: the entry record's copy, unwound when needed.
+/// A stack not known yet: the entry record's copy, unwound when needed. The record
+/// itself says whose stack it is and where (read back when it is unwound).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawStack {
     /// The entry record that holds the copy.
     pub pos: u64,
-    pub tid: Tid,
-    pub ret: u64,
-    /// The stack pointer at the entry: the copy starts 8 bytes above it.
-    pub sp: u64,
-    pub fp: u64,
-    pub len: u64,
-    /// The copy itself, once taken out of the ring (which must reuse its space).
+    /// The whole record, once taken out of the ring (which must reuse its space).
     pub owned: Option<Box<[u8]>>,
 }
 
@@ -27,11 +22,6 @@ impl RawStack {
     pub fn of(e: &Entry) -> RawStack {
         RawStack {
             pos: e.pos,
-            tid: e.tid,
-            ret: e.ret,
-            sp: e.sp,
-            fp: e.fp,
-            len: e.stack_len,
             owned: None,
         }
     }

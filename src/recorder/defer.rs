@@ -17,7 +17,7 @@
 use super::calls::{Out, RawStack};
 use crate::event::{AllocKind, Event, StackId};
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long events wait before they reach the heap.
 pub const UNWIND_AGE: Duration = Duration::from_millis(100);
@@ -56,7 +56,12 @@ pub trait Unwind {
     /// A copy of a stack that nothing here holds in the ring any more, if the ring
     /// has not reused its space yet.
     fn still_there(&mut self, raw: &RawStack) -> Option<Box<[u8]>>;
+    /// This stack will be unwound soon: start loading it.
+    fn prefetch(&mut self, _raw: &RawStack) {}
 }
+
+/// How many events ahead the stacks to unwind are loaded.
+const PREFETCH_AHEAD: usize = 6;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DeferStats {
@@ -76,7 +81,8 @@ pub struct DeferStats {
 struct Item {
     ev: Event,
     raw: Option<RawStack>,
-    at: Instant,
+    /// When it was read (ns, any fixed origin).
+    at: u64,
     /// An allocation whose block was freed by a later event here.
     freed_young: bool,
     /// A free of a block allocated by an event still here: no error can come of it.
@@ -113,7 +119,7 @@ impl Item {
 struct Recent {
     free: RawStack,
     alloc: Option<RawStack>,
-    at: Instant,
+    at: u64,
 }
 
 type Map<K, V> = rustc_hash::FxHashMap<K, V>;
@@ -129,7 +135,7 @@ pub struct Defer {
     /// Live young blocks: pointer to the sequence number of their allocation.
     young: Map<u64, u64>,
     recent: Map<u64, Recent>,
-    recent_order: VecDeque<(u64, Instant)>,
+    recent_order: VecDeque<(u64, u64)>,
     owned_bytes: u64,
     pub stats: DeferStats,
 }
@@ -167,7 +173,7 @@ impl Defer {
     }
 
     /// An event made by a record, at `now`.
-    pub fn push(&mut self, out: Out, now: Instant) {
+    pub fn push(&mut self, out: Out, now: u64) {
         let seq = self.first + self.queue.len() as u64;
         let mut item = Item {
             ev: out.ev,
@@ -232,22 +238,17 @@ impl Defer {
 
     /// Hands the heap every event older than [`UNWIND_AGE`] (all of them with
     /// `all`), unwinding the stacks that matter.
-    pub fn release(
-        &mut self,
-        now: Instant,
-        all: bool,
-        unwind: &mut dyn Unwind,
-        heap: &mut dyn Heap,
-    ) {
+    pub fn release(&mut self, now: u64, all: bool, unwind: &mut dyn Unwind, heap: &mut dyn Heap) {
         while let Some(front) = self.queue.front() {
-            let due = now.saturating_duration_since(front.at) >= UNWIND_AGE;
+            let due = now.saturating_sub(front.at) >= UNWIND_AGE.as_nanos() as u64;
             if !(all || due || self.owned_bytes > OWNED_BUDGET) {
                 break;
             }
+            self.prefetch_ahead(unwind);
             self.pop(now, unwind, heap);
         }
         while let Some(&(ptr, at)) = self.recent_order.front() {
-            if now.saturating_duration_since(at) < RECENT_FREES_KEPT {
+            if now.saturating_sub(at) < RECENT_FREES_KEPT.as_nanos() as u64 {
                 break;
             }
             self.recent_order.pop_front();
@@ -260,23 +261,30 @@ impl Defer {
     /// The ring must reuse its space below `limit`: the events holding copies there
     /// leave now, younger than their time (a block freed young is still never
     /// unwound).
-    pub fn relieve(
-        &mut self,
-        limit: u64,
-        now: Instant,
-        unwind: &mut dyn Unwind,
-        heap: &mut dyn Heap,
-    ) {
+    pub fn relieve(&mut self, limit: u64, now: u64, unwind: &mut dyn Unwind, heap: &mut dyn Heap) {
         while self.oldest_pin().is_some_and(|p| p < limit) {
             if self.queue.is_empty() {
                 break;
             }
             self.stats.early += 1;
+            self.prefetch_ahead(unwind);
             self.pop(now, unwind, heap);
         }
     }
 
-    fn pop(&mut self, now: Instant, unwind: &mut dyn Unwind, heap: &mut dyn Heap) {
+    /// The stacks a few events ahead that will be unwound (allocations not freed
+    /// young): their copies, written long ago, come from memory meanwhile.
+    fn prefetch_ahead(&self, unwind: &mut dyn Unwind) {
+        if let Some(item) = self.queue.get(PREFETCH_AHEAD) {
+            if !item.freed_young && is_alloc(&item.ev).is_some() {
+                if let Some(raw) = item.raw.as_ref().filter(|r| r.owned.is_none()) {
+                    unwind.prefetch(raw);
+                }
+            }
+        }
+    }
+
+    fn pop(&mut self, now: u64, unwind: &mut dyn Unwind, heap: &mut dyn Heap) {
         let Some(item) = self.queue.pop_front() else {
             return;
         };
@@ -288,13 +296,7 @@ impl Defer {
         self.leave(item, now, unwind, heap);
     }
 
-    fn leave(
-        &mut self,
-        mut item: Item,
-        now: Instant,
-        unwind: &mut dyn Unwind,
-        heap: &mut dyn Heap,
-    ) {
+    fn leave(&mut self, mut item: Item, now: u64, unwind: &mut dyn Unwind, heap: &mut dyn Heap) {
         if let Some(ptr) = is_alloc(&item.ev) {
             if self.young.get(&ptr) == Some(&(self.first - 1)) {
                 self.young.remove(&ptr);
@@ -443,15 +445,7 @@ mod tests {
     }
 
     fn raw(pos: u64) -> Option<RawStack> {
-        Some(RawStack {
-            pos,
-            tid: 1,
-            ret: 0,
-            sp: 0,
-            fp: 0,
-            len: 0,
-            owned: None,
-        })
+        Some(RawStack { pos, owned: None })
     }
 
     fn alloc(ptr: u64, pos: u64) -> Out {
@@ -492,7 +486,7 @@ mod tests {
     #[test]
     fn a_block_freed_young_is_never_unwound_and_a_live_one_is() {
         let mut d = Defer::new();
-        let t = Instant::now();
+        let t = 1_000u64;
         d.push(alloc(0x10, 100), t);
         d.push(alloc(0x20, 200), t);
         d.push(free(0x10, 300, FreeKind::Free), t);
@@ -501,7 +495,7 @@ mod tests {
         // Not yet due.
         d.release(t, false, &mut u, &mut h);
         assert!(h.events.is_empty());
-        d.release(t + UNWIND_AGE, false, &mut u, &mut h);
+        d.release(t + UNWIND_AGE.as_nanos() as u64, false, &mut u, &mut h);
         assert_eq!(h.events.len(), 3);
         assert_eq!(stack_of(&h.events[0]), NOT_UNWOUND);
         assert_eq!(stack_of(&h.events[1]), StackId(200));
@@ -511,14 +505,19 @@ mod tests {
         // Nothing holds the ring any more (the free's stack is read back if needed).
         assert_eq!(d.oldest_pin(), None);
         assert_eq!(d.recent.len(), 1);
-        d.release(t + UNWIND_AGE + RECENT_FREES_KEPT, false, &mut u, &mut h);
+        d.release(
+            t + (UNWIND_AGE + RECENT_FREES_KEPT).as_nanos() as u64,
+            false,
+            &mut u,
+            &mut h,
+        );
         assert!(d.recent.is_empty());
     }
 
     #[test]
     fn the_oldest_pin_follows_the_queue() {
         let mut d = Defer::new();
-        let t = Instant::now();
+        let t = 1_000u64;
         d.push(alloc(0x10, 300), t);
         d.push(alloc(0x20, 100), t);
         d.push(alloc(0x30, 200), t);
@@ -534,7 +533,7 @@ mod tests {
     #[test]
     fn a_mismatched_free_of_a_young_block_keeps_both_stacks() {
         let mut d = Defer::new();
-        let t = Instant::now();
+        let t = 1_000u64;
         d.push(alloc(0x10, 100), t);
         d.push(free(0x10, 200, FreeKind::Delete), t);
         let (mut h, mut u) = (FakeHeap::default(), ById(0));
@@ -547,7 +546,7 @@ mod tests {
     #[test]
     fn a_double_free_gets_the_first_frees_stack() {
         let mut d = Defer::new();
-        let t = Instant::now();
+        let t = 1_000u64;
         let (mut h, mut u) = (FakeHeap::default(), ById(0));
         d.push(alloc(0x10, 100), t);
         d.push(free(0x10, 200, FreeKind::Free), t);
@@ -565,7 +564,7 @@ mod tests {
     #[test]
     fn evacuated_copies_free_the_ring() {
         let mut d = Defer::new();
-        let t = Instant::now();
+        let t = 1_000u64;
         d.push(alloc(0x10, 100), t);
         d.evacuate(&mut |r| vec![0u8; r.pos as usize].into_boxed_slice());
         assert_eq!(d.oldest_pin(), None);

@@ -213,6 +213,29 @@ fn render_leak_summary(out: &mut Lines, leaks: &[Leak], suppressed: &[Suppressed
     out.line("");
 }
 
+/// How the calls were recorded and what it took: the stacks unwound and those never
+/// needed, and the program's waits for room in the ring.
+fn recording_line(rec: &crate::tracer::RecordStats) -> String {
+    let mode = match rec.mode {
+        crate::tracer::RecordMode::Inline => "recorded inline",
+        crate::tracer::RecordMode::Stops => "recorded at a stop each (--stops)",
+    };
+    let mut line = format!(
+        "{} allocator calls {mode}; stacks unwound: {}, never needed: {}",
+        thousands(rec.calls),
+        thousands(rec.stacks_unwound),
+        thousands(rec.stacks_never_needed)
+    );
+    if rec.ring_waits > 0 {
+        line.push_str(&format!(
+            "; the program waited for memtrace {} times ({} ms)",
+            thousands(rec.ring_waits),
+            thousands(rec.ring_wait_ns / 1_000_000)
+        ));
+    }
+    line
+}
+
 fn render_footer(out: &mut Lines, r: &Report) {
     // valgrind's `-s` lines: which suppressions were used, how often.
     for s in &r.suppressed {
@@ -256,6 +279,9 @@ fn render_footer(out: &mut Lines, r: &Report) {
         out.line(&format!(
             "leaks are unclassified: no reachability scan ({why})"
         ));
+    }
+    if let Some(rec) = r.trace.as_ref().and_then(|t| t.recording.as_ref()) {
+        out.line(&recording_line(rec));
     }
     if r.target.images.len() > 1 {
         let chain: Vec<&str> = r.target.images.iter().map(|i| i.exe.as_str()).collect();

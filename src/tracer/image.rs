@@ -217,6 +217,10 @@ impl Tracer<'_> {
         }
         if !gone.is_empty() || !new.is_empty() {
             self.sink.modules(self.pid, &now, self.generation);
+            if let Some(r) = self.rec.as_mut() {
+                // Code moved: where a call comes from must be asked again.
+                r.callers.fill(None);
+            }
         }
         self.image.modules = now;
         // New hooks jump to their thunks at once: no thread runs code just mapped.

@@ -35,7 +35,7 @@ mod stopwait;
 
 pub use attach::AttachError;
 pub use images::ExecImage;
-pub use recording::RecordStats;
+pub use recording::{RecordMode, RecordStats};
 pub use scan::{Scan, ScanError, ScanStats, ScanWhen};
 
 use crate::event::{Event, StackId, StackTable, Tid};
@@ -176,6 +176,9 @@ pub struct TraceStats {
     /// held, and the time spent unwinding them: the cost of full stacks.
     pub stacks_captured: u64,
     pub frames_captured: u64,
+    /// Of those frames, the ones taken from the thread's previous unwind (the same
+    /// registers and stack words from there on: see `unwind/reuse.rs`).
+    pub frames_reused: u64,
     pub unwind_ns: u64,
     /// How the calls were recorded (inline or at stops), and what it cost.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -227,6 +230,8 @@ pub struct Tracer<'s> {
     rec: Option<recording::Recording>,
     /// Record inline (entries jump to thunks), not with a stop per call.
     inline_wanted: bool,
+    /// The origin of the recorder's times (when records were read).
+    clock: std::time::Instant,
     bps: Breakpoints,
     threads: HashMap<Tid, Thread>,
     children: HashMap<Tid, Child>,
@@ -333,6 +338,7 @@ impl<'s> Tracer<'s> {
             scratch: Scratch::default(),
             rec: None,
             inline_wanted: true,
+            clock: std::time::Instant::now(),
             bps: Breakpoints::default(),
             threads: HashMap::new(),
             children: HashMap::new(),

@@ -81,6 +81,8 @@ pub enum RecordMode {
 #[serde(default)]
 pub struct RecordStats {
     pub mode: RecordMode,
+    /// Allocator calls recorded (entries, nested ones included).
+    pub calls: u64,
     /// Records read from the ring.
     pub records: u64,
     pub record_bytes: u64,
@@ -102,6 +104,8 @@ pub struct RecordStats {
     /// records never finished (their thread died in the middle).
     pub records_in_progress: u64,
     pub records_abandoned: u64,
+    /// Returns with no open call (calls in flight when memtrace attached).
+    pub unmatched_returns: u64,
     /// Hooked functions recorded inline, and those that stay at a stop per call
     /// (their first bytes cannot be moved).
     pub inline_functions: u64,
@@ -123,11 +127,14 @@ pub(super) struct Recording {
     pub busy: bool,
     /// Looks at the ring in a row that found nothing (the wait grows with them).
     pub idle_looks: u32,
-    /// Time stamp counter ticks per nanosecond, for the waits' time.
-    ticks_per_ns: f64,
+    /// The time stamp counter and the clock when the recording began: the waits are
+    /// timed in ticks, turned into time with the rate seen over the whole trace.
+    ticks_origin: (u64, Instant),
     /// What the unwinds since the last look at the copy length needed.
     most_read: u64,
     unwinds: u64,
+    /// Recent answers of [`Tracer::caller`], by return address.
+    pub callers: Box<[Option<(u64, Caller)>; 256]>,
 }
 
 impl Recording {
@@ -179,48 +186,45 @@ struct Unwinder<'a> {
 impl Unwind for Unwinder<'_> {
     fn unwind(&mut self, raw: &RawStack) -> StackId {
         let started = Instant::now();
-        let bytes: &[u8] = match &raw.owned {
+        let record: &[u8] = match &raw.owned {
             Some(b) => b,
-            None => self.ring.stack(raw.pos, raw.len),
+            None => self.ring.record(raw.pos),
         };
-        let base = Native::sp_after_return(raw.sp);
-        let mut beyond = false;
-        let mut most = 0usize;
-        let mut read = |addr: u64, buf: &mut [u8]| -> usize {
-            let Some(off) = addr.checked_sub(base) else {
-                return 0;
-            };
-            let off = off as usize;
-            if off >= bytes.len() {
-                beyond = true;
-                return 0;
-            }
-            let n = buf.len().min(bytes.len() - off);
-            buf[..n].copy_from_slice(&bytes[off..off + n]);
-            if n < buf.len() {
-                beyond = true;
-            }
-            most = most.max(off + n);
-            n
+        let entry = match record
+            .get(..record::HEADER_LEN)
+            .map(|h| record::decode(raw.pos, h))
+        {
+            Some(Ok(Record::Entry(e))) => e,
+            // Cannot be: it was an entry when read. Keep the trace going.
+            _ => return self.stacks.intern(&[], true, self.generation),
         };
+        let bytes = record
+            .get(record::HEADER_LEN..record::HEADER_LEN + entry.stack_len as usize)
+            .unwrap_or(&[]);
         let start = Start {
-            return_address: raw.ret,
-            sp: base,
-            frame_pointer: raw.fp,
-            stack_top: if raw.tid == self.pid {
+            return_address: entry.ret,
+            sp: Native::sp_after_return(entry.sp),
+            frame_pointer: entry.fp,
+            stack_top: if entry.tid == self.pid {
                 self.stack_top
             } else {
                 0
             },
         };
-        let ending = self.walker.walk(start, &mut read, self.depth, self.frames);
-        if beyond && ending == crate::unwind::Ending::Failed && raw.len >= self.ring.copy_len() {
+        let walked = self
+            .walker
+            .walk_copy(entry.tid, start, bytes, self.depth, self.frames);
+        let ending = walked.ending.unwrap_or(crate::unwind::Ending::Failed);
+        if walked.ran_off
+            && ending == crate::unwind::Ending::Failed
+            && entry.stack_len >= self.ring.copy_len()
+        {
             self.short = true;
         }
-        // The walker reads a copy in pieces as it goes: the furthest it got is what
-        // this stack needed.
-        self.most_read = self.most_read.max(most as u64);
+        // The furthest a walk read into its copy is what this stack needed.
+        self.most_read = self.most_read.max(walked.most as u64);
         self.unwinds += 1;
+        self.stats.frames_reused += walked.reused as u64;
         self.stats.unwind_ns += started.elapsed().as_nanos() as u64;
         self.stats.stacks_captured += 1;
         self.stats.frames_captured += self.frames.len() as u64;
@@ -229,7 +233,13 @@ impl Unwind for Unwinder<'_> {
     }
 
     fn still_there(&mut self, raw: &RawStack) -> Option<Box<[u8]>> {
-        self.ring.copy_if_intact(raw.pos, raw.len)
+        self.ring.copy_if_intact(raw.pos)
+    }
+
+    fn prefetch(&mut self, raw: &RawStack) {
+        // As far up the stack as the walks have been going.
+        let len = (self.most_read as usize).clamp(512, 4096);
+        self.ring.prefetch_record(raw.pos, len);
     }
 }
 
@@ -247,29 +257,6 @@ fn stack_bounds(pid: i32, sp: u64, tp: u64, main_top: u64) -> Option<(u64, u64)>
     }
     let hi = if tp > sp && tp <= m.end { tp } else { m.end };
     Some((m.start, hi))
-}
-
-/// Time stamp counter ticks per nanosecond, measured (the waits are timed in ticks).
-fn measure_ticks() -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY-free: rdtsc is not unsafe in core::arch? It is; avoid it here and
-        // estimate from /proc/cpuinfo's "cpu MHz" (what the kernel calibrated).
-        let mhz = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("cpu MHz"))
-                    .and_then(|l| l.split(':').nth(1))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            })
-            .unwrap_or(1000.0);
-        mhz / 1000.0
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        1.0
-    }
 }
 
 impl Tracer<'_> {
@@ -343,7 +330,8 @@ impl Tracer<'_> {
             idle_looks: 0,
             most_read: 0,
             unwinds: 0,
-            ticks_per_ns: measure_ticks(),
+            callers: Box::new([None; 256]),
+            ticks_origin: (ptrace::time_stamp(), Instant::now()),
         });
         Ok(())
     }
@@ -624,13 +612,27 @@ impl Tracer<'_> {
         }
     }
 
-    /// Where a call whose return address is `ret` was made from.
-    fn caller(&self, ret: u64) -> Caller {
+    /// Where a call whose return address is `ret` was made from. Asked for every
+    /// entry: the answers for the last few hundred call sites are kept (the same few
+    /// sites make most calls), until the loaded objects change.
+    fn caller(&mut self, ret: u64) -> Caller {
+        let slot = (ret.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize;
+        if let Some(r) = self.rec.as_ref() {
+            if let Some((at, c)) = r.callers[slot] {
+                if at == ret {
+                    return c;
+                }
+            }
+        }
         let stub = self.rec.as_ref().is_some_and(|r| r.is_stub(ret));
-        Caller {
+        let c = Caller {
             allocator: stub || self.image.is_allocator_code(ret),
             internal: self.image.is_internal(ret),
+        };
+        if let Some(r) = self.rec.as_mut() {
+            r.callers[slot] = Some((ret, c));
         }
+        c
     }
 
     /// Reads every record committed so far into events (some held back a moment,
@@ -638,7 +640,7 @@ impl Tracer<'_> {
     /// there were records.
     pub(super) fn drain(&mut self) -> bool {
         let mut any = false;
-        let now = Instant::now();
+        let now = self.clock.elapsed().as_nanos() as u64;
         loop {
             let next = match self.rec.as_mut() {
                 Some(r) => r.ring.next_record(),
@@ -672,9 +674,12 @@ impl Tracer<'_> {
         self.release(true);
     }
 
-    fn take_record(&mut self, rec: Record, now: Instant) {
+    fn take_record(&mut self, rec: Record, now: u64) {
         let out = match rec {
             Record::Entry(e) => {
+                if let Some(r) = self.rec.as_mut() {
+                    r.stats.calls += 1;
+                }
                 let caller = self.caller(e.ret);
                 let Some(r) = self.rec.as_mut() else { return };
                 r.calls.entry(&e, caller)
@@ -714,7 +719,7 @@ impl Tracer<'_> {
             unwinds: rec.unwinds,
         };
         let mut heap = SinkHeap(&mut *self.sink);
-        let now = Instant::now();
+        let now = self.clock.elapsed().as_nanos() as u64;
         if rec.ring.used() > PRESSURE {
             // The ring fills: what holds its oldest half leaves now. The few calls
             // still open there take their copies out of it.
@@ -723,7 +728,7 @@ impl Tracer<'_> {
             let ring = unwinder.ring;
             for raw in rec.calls.raw_stacks_mut() {
                 if raw.owned.is_none() && raw.pos < limit {
-                    raw.owned = Some(ring.stack(raw.pos, raw.len).into());
+                    raw.owned = Some(ring.record(raw.pos).into());
                     rec.stats.stacks_evacuated += 1;
                 }
             }
@@ -781,12 +786,11 @@ impl Tracer<'_> {
                 if !r.ring.has_room(pos, len) {
                     // Copies held for old frees or open calls: out of the ring.
                     let ring = &r.ring;
-                    let mut copy =
-                        |raw: &RawStack| -> Box<[u8]> { ring.stack(raw.pos, raw.len).into() };
+                    let mut copy = |raw: &RawStack| -> Box<[u8]> { ring.record(raw.pos).into() };
                     r.defer.evacuate(&mut copy);
                     for raw in r.calls.raw_stacks_mut() {
                         if raw.owned.is_none() {
-                            raw.owned = Some(ring.stack(raw.pos, raw.len).into());
+                            raw.owned = Some(ring.record(raw.pos).into());
                         }
                     }
                     std::thread::yield_now();
@@ -1024,10 +1028,18 @@ impl Tracer<'_> {
         s.stacks_never_needed = r.defer.stats.never_needed;
         s.stacks_evacuated = r.defer.stats.evacuated;
         s.ring_waits = waits;
-        s.ring_wait_ns = (ticks as f64 / r.ticks_per_ns) as u64;
+        let (tsc0, t0) = r.ticks_origin;
+        let ns = t0.elapsed().as_nanos() as f64;
+        let per_ns = ptrace::time_stamp().saturating_sub(tsc0) as f64 / ns.max(1.0);
+        s.ring_wait_ns = if per_ns > 0.0 {
+            (ticks as f64 / per_ns) as u64
+        } else {
+            0
+        };
         s.stack_copy_len = r.ring.copy_len();
         s.records_in_progress = r.ring.stats.holes;
         s.records_abandoned = r.ring.stats.abandoned;
+        s.unmatched_returns = r.calls.stats.unmatched_returns;
         Some(s)
     }
 }

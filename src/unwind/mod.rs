@@ -12,6 +12,10 @@
 //! This module reads no process: the tracer hands it the object files' bytes and a
 //! function that reads the target's memory, so it can be tested on a made-up stack.
 
+mod reuse;
+
+pub use reuse::Walked;
+
 use crate::maps::Module;
 use framehop::{
     CacheNative, ExplicitModuleSectionInfo, FrameAddress, MayAllocateDuringUnwind,
@@ -92,6 +96,7 @@ pub struct StackWalker {
     cache: CacheNative<MayAllocateDuringUnwind>,
     known: Vec<Known>,
     copy: StackCopy,
+    reuse: reuse::Reuse,
 }
 
 impl Default for StackWalker {
@@ -101,6 +106,7 @@ impl Default for StackWalker {
             cache: CacheNative::new(),
             known: Vec::new(),
             copy: StackCopy::default(),
+            reuse: reuse::Reuse::default(),
         }
     }
 }
@@ -123,6 +129,8 @@ impl StackWalker {
             self.unwinder.remove_module(k.start);
         }
         self.known = keep;
+        // Frames unwound before may belong to objects that are gone or moved.
+        self.reuse.clear();
         for (m, k) in now.iter().zip(current) {
             if self.known.contains(&k) {
                 continue;
@@ -148,6 +156,26 @@ impl StackWalker {
             return Ending::Failed;
         };
         self.walk_frames(frame, start, read, depth, out)
+    }
+
+    /// Unwinds thread `tid`'s stack from `start`, given as a copy (`stack`, from
+    /// `start.sp` up), reusing the frames its last unwind shares with this one (see
+    /// `reuse.rs`). The first of `out` is the return address.
+    pub fn walk_copy(
+        &mut self,
+        tid: crate::event::Tid,
+        start: Start,
+        stack: &[u8],
+        depth: usize,
+        out: &mut Vec<u64>,
+    ) -> Walked {
+        let StackWalker {
+            unwinder,
+            cache,
+            reuse,
+            ..
+        } = self;
+        reuse.walk(unwinder, cache, tid, start, stack, depth, out)
     }
 
     /// Unwinds a thread stopped anywhere (the debugger): `start.return_address` is
@@ -213,8 +241,19 @@ impl StackWalker {
 /// outermost frame: the loader's entry aligns the stack down before its one call.
 const TOP_SLACK: u64 = 64;
 
-fn at_top(sp: u64, top: u64) -> bool {
+pub(crate) fn at_top(sp: u64, top: u64) -> bool {
     top != 0 && sp.abs_diff(top) <= TOP_SLACK
+}
+
+/// The registers besides the pc that a frame is unwound from (with its stack words).
+#[cfg(target_arch = "x86_64")]
+fn frame_registers(r: &UnwindRegsNative) -> (u64, u64) {
+    (r.sp(), r.bp())
+}
+
+#[cfg(target_arch = "aarch64")]
+fn frame_registers(r: &UnwindRegsNative) -> (u64, u64) {
+    (r.sp(), r.fp())
 }
 
 #[cfg(target_arch = "x86_64")]

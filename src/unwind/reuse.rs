@@ -1,0 +1,262 @@
+//! Unwinding from a copy of a stack, reusing the last unwind of the same thread.
+//!
+//! Most allocator calls of a thread share their outer frames with its previous
+//! call (`main`, an interpreter's loop, a request handler): unwinding them again gives
+//! the same frames. An unwind is a deterministic function of the registers it starts
+//! a frame with (pc, stack pointer, frame pointer) and of the stack words it reads.
+//! So each thread's last unwind is kept: for every frame, its registers and the words
+//! unwinding it read. A new unwind that reaches a frame with the same registers as a
+//! frame of the last one, with every word read from there on still the same in its
+//! own copy, takes the rest from the last unwind instead of unwinding it again: a few
+//! dozen word compares instead of a dozen CFI lookups.
+
+use super::{at_top, frame_registers, unwind_regs, Ending, Start};
+use crate::event::Tid;
+use framehop::{CacheNative, FrameAddress, MayAllocateDuringUnwind, Unwinder, UnwinderNative};
+use rustc_hash::FxHashMap;
+
+/// Threads whose last unwind is kept, at most.
+const THREADS_KEPT: usize = 4096;
+
+/// One thread's last unwind.
+#[derive(Debug, Default)]
+struct Walk {
+    /// Per frame: the frame's address and the registers it was unwound from.
+    states: Vec<(u64, u64, u64)>,
+    /// Where each frame's reads start in `reads`.
+    marks: Vec<usize>,
+    /// Every stack word read, in order: (address, value).
+    reads: Vec<(u64, u64)>,
+    frames: Vec<u64>,
+    ending: Option<Ending>,
+}
+
+/// What a walk from a copy did, besides the frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Walked {
+    pub ending: Option<Ending>,
+    /// How far into the copy the unwind read (bytes from its start).
+    pub most: usize,
+    /// It needed a word past the copy's end.
+    pub ran_off: bool,
+    /// Frames taken from the thread's last unwind.
+    pub reused: usize,
+}
+
+#[derive(Default)]
+pub struct Reuse {
+    walks: FxHashMap<Tid, Walk>,
+    /// A buffer for the walk being made.
+    spare: Walk,
+}
+
+fn word(stack: &[u8], base: u64, addr: u64) -> Option<u64> {
+    let off = usize::try_from(addr.checked_sub(base)?).ok()?;
+    let b = stack.get(off..off.checked_add(8)?)?;
+    Some(u64::from_le_bytes(b.try_into().ok()?))
+}
+
+impl Walk {
+    /// The frame with these registers whose reads, from it on, all hold in `stack`.
+    fn suffix(&self, state: (u64, u64, u64), stack: &[u8], base: u64) -> Option<usize> {
+        let j = self.states.iter().position(|&s| s == state)?;
+        if j >= self.frames.len() {
+            return None;
+        }
+        let from = *self.marks.get(j)?;
+        self.reads[from..]
+            .iter()
+            .all(|&(a, v)| word(stack, base, a) == Some(v))
+            .then_some(j)
+    }
+}
+
+impl Reuse {
+    /// Forgets every kept unwind (the loaded objects changed).
+    pub fn clear(&mut self) {
+        self.walks.clear();
+    }
+
+    /// Unwinds thread `tid`'s stack from `start`, whose copy is `stack` (from
+    /// `start.sp` up): at most `depth` return addresses into `out`. (The unwinder and
+    /// its cache are the walker's, lent for the walk.)
+    #[allow(clippy::too_many_arguments)]
+    pub fn walk(
+        &mut self,
+        unwinder: &mut UnwinderNative<Vec<u8>, MayAllocateDuringUnwind>,
+        cache: &mut CacheNative<MayAllocateDuringUnwind>,
+        tid: Tid,
+        start: Start,
+        stack: &[u8],
+        depth: usize,
+        out: &mut Vec<u64>,
+    ) -> Walked {
+        out.clear();
+        let mut done = Walked::default();
+        let Some(mut frame) = FrameAddress::from_return_address(start.return_address) else {
+            done.ending = Some(Ending::Failed);
+            return done;
+        };
+        if depth <= 1 {
+            out.push(frame.address());
+            done.ending = Some(Ending::DepthLimit);
+            return done;
+        }
+        let last = self.walks.remove(&tid);
+        let mut now = std::mem::take(&mut self.spare);
+        now.states.clear();
+        now.marks.clear();
+        now.reads.clear();
+        let base = start.sp;
+        let mut regs = unwind_regs(start);
+        let ending = loop {
+            if out.len() == depth {
+                break Ending::DepthLimit;
+            }
+            let (sp, fp) = frame_registers(&regs);
+            let state = (frame.address(), sp, fp);
+            if let Some((last, j)) = last
+                .as_ref()
+                .filter(|l| matches!(l.ending, Some(Ending::Complete | Ending::DepthLimit)))
+                .and_then(|l| Some((l, l.suffix(state, stack, base)?)))
+            {
+                let rest = &last.frames[j..];
+                // A suffix cut by the last unwind's depth is only enough if this one
+                // is cut there too.
+                if last.ending == Some(Ending::Complete) || out.len() + rest.len() >= depth {
+                    let take = rest.len().min(depth - out.len());
+                    out.extend_from_slice(&rest[..take]);
+                    done.reused = take;
+                    // This walk's own record of those frames, for the next one.
+                    let from = last.marks[j];
+                    let to = last
+                        .marks
+                        .get(j + take)
+                        .copied()
+                        .unwrap_or(last.reads.len());
+                    let shift = now.reads.len();
+                    now.states.extend_from_slice(&last.states[j..j + take]);
+                    now.marks
+                        .extend(last.marks[j..j + take].iter().map(|m| m - from + shift));
+                    now.reads.extend_from_slice(&last.reads[from..to]);
+                    for &(a, _) in &last.reads[from..to] {
+                        done.most = done.most.max(a.saturating_sub(base) as usize + 8);
+                    }
+                    break if take < rest.len() || last.ending == Some(Ending::DepthLimit) {
+                        Ending::DepthLimit
+                    } else {
+                        Ending::Complete
+                    };
+                }
+            }
+            now.states.push(state);
+            now.marks.push(now.reads.len());
+            out.push(frame.address());
+            let reads = &mut now.reads;
+            let mut read_stack = |addr: u64| match word(stack, base, addr) {
+                Some(v) => {
+                    reads.push((addr, v));
+                    done.most = done.most.max(addr.saturating_sub(base) as usize + 8);
+                    Ok(v)
+                }
+                None => {
+                    if addr >= base {
+                        done.ran_off = true;
+                    }
+                    Err(())
+                }
+            };
+            match unwinder.unwind_frame(frame, &mut regs, cache, &mut read_stack) {
+                Ok(Some(ra)) => match FrameAddress::from_return_address(ra) {
+                    Some(next) => frame = next,
+                    None => break Ending::Complete,
+                },
+                Ok(None) => break Ending::Complete,
+                Err(_) if at_top(regs.sp(), start.stack_top) => break Ending::Complete,
+                Err(_) => break Ending::Failed,
+            }
+        };
+        done.ending = Some(ending);
+        now.frames.clear();
+        now.frames.extend_from_slice(out);
+        now.ending = Some(ending);
+        if self.walks.len() >= THREADS_KEPT {
+            self.walks.clear();
+        }
+        self.walks.insert(tid, now);
+        self.spare = last.unwrap_or_default();
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::StackWalker;
+    use super::*;
+
+    /// A frame-pointer chain (no module is known: framehop follows it): frame records
+    /// at 0x1010 and 0x1030 of a stack at 0x1000; the outermost saved rbp is 0.
+    fn chain(outer_ret: u64) -> Vec<u8> {
+        let mut words = [0u64; 8];
+        words[2] = 0x1030;
+        words[3] = 0x6000;
+        words[6] = 0;
+        words[7] = outer_ret;
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    fn start(ret: u64) -> Start {
+        Start {
+            return_address: ret,
+            sp: 0x1000,
+            frame_pointer: 0x1010,
+            stack_top: 0,
+        }
+    }
+
+    #[test]
+    fn the_same_outer_frames_are_reused_and_changed_ones_are_not() {
+        let mut w = StackWalker::new();
+        let mut out = Vec::new();
+        let first = w.walk_copy(1, start(0x5000), &chain(0x7000), 32, &mut out);
+        assert_eq!(out, vec![0x5000, 0x6000, 0x7000]);
+        assert_eq!((first.ending, first.reused), (Some(Ending::Complete), 0));
+        // Another call site, same stack above: all but the first frame are reused.
+        let second = w.walk_copy(1, start(0x5100), &chain(0x7000), 32, &mut out);
+        assert_eq!(out, vec![0x5100, 0x6000, 0x7000]);
+        assert_eq!((second.ending, second.reused), (Some(Ending::Complete), 2));
+        // A word the last unwind read has changed: unwound again, rightly.
+        let third = w.walk_copy(1, start(0x5100), &chain(0x7700), 32, &mut out);
+        assert_eq!(out, vec![0x5100, 0x6000, 0x7700]);
+        assert_eq!(third.reused, 0);
+        // Another thread has no last unwind of its own.
+        let other = w.walk_copy(2, start(0x5100), &chain(0x7700), 32, &mut out);
+        assert_eq!(other.reused, 0);
+    }
+
+    #[test]
+    fn a_walk_cut_by_depth_inside_a_reused_suffix_keeps_a_consistent_record() {
+        let mut w = StackWalker::new();
+        let mut out = Vec::new();
+        w.walk_copy(1, start(0x5000), &chain(0x7000), 32, &mut out);
+        // Reused, then cut at 2 frames: what is kept of it must match its frames.
+        w.walk_copy(1, start(0x5100), &chain(0x7000), 2, &mut out);
+        assert_eq!(out, vec![0x5100, 0x6000]);
+        // The next walk, from a state only the cut part could have had, is sound.
+        let next = w.walk_copy(1, start(0x5200), &chain(0x7000), 32, &mut out);
+        assert_eq!(out, vec![0x5200, 0x6000, 0x7000]);
+        assert_eq!(next.ending, Some(Ending::Complete));
+    }
+
+    #[test]
+    fn a_suffix_cut_by_depth_is_reused_only_when_this_walk_is_cut_there_too() {
+        let mut w = StackWalker::new();
+        let mut out = Vec::new();
+        w.walk_copy(1, start(0x5000), &chain(0x7000), 2, &mut out);
+        assert_eq!(out, vec![0x5000, 0x6000]);
+        // Deeper now: the last unwind stopped at 2 frames; the rest is unwound.
+        let deeper = w.walk_copy(1, start(0x5100), &chain(0x7000), 32, &mut out);
+        assert_eq!(out, vec![0x5100, 0x6000, 0x7000]);
+        assert_eq!(deeper.ending, Some(Ending::Complete));
+    }
+}
