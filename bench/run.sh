@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
-# The benchmark (not a test): the cost of tracing a malloc/free churn workload.
+# The benchmark (not a test): what tracing costs, memtrace side by side with
+# valgrind (memcheck), heaptrack and ltrace, in one run.
 #
-#   bench/run.sh            # about a minute or two
-#   RUNS=5 bench/run.sh     # more repetitions per measurement (the median is shown)
+#   bench/run.sh              # a few minutes
+#   RUNS=5 bench/run.sh       # more repetitions per measurement (the median is shown)
+#   SKIP_PROGRAMS=1 bench/run.sh   # the churn tables only
+#   SKIP_CHURN=1 bench/run.sh      # the real programs only
 #
-# Builds fixtures/churn.c (-O2) and memtrace (release), then times, side by side in
-# one run: the workload natively, under memtrace, valgrind (memcheck), heaptrack and
-# ltrace, with 1 thread and with 4 threads. Then the cost of full stacks: the same
-# workload STACK_DEPTH calls deep under memtrace with every frame (the default
-# --depth 32) and with --depth 1 (the caller only), and memtrace's own measure of the
-# time it spent unwinding (trace.unwind_ns in its JSON report). Each tool gets an iteration count that
-# keeps it to a few seconds (ltrace is very slow); results are per allocator call, so
-# the counts do not need to match:
+# 1. churn (fixtures/churn.c, -O2): a malloc/free churn, with 1 and with 4 threads,
+#    natively, under memtrace recording inline (the default) and with --stops (a
+#    ptrace stop per call), valgrind, heaptrack and ltrace. Each tool gets an
+#    iteration count that keeps it to a few seconds; results are per allocator call:
 #
-#   calls per run = 2 * ITERATIONS + 64 * THREADS  (one free and one malloc per
-#                   iteration, then the ring of 64 blocks per thread is freed; the
-#                   first 64 frees per thread are free(NULL), intercepted all the same)
-#   ns/call       = wall time / calls
-#   extra ns/call = ns/call - native ns/call   (what the tool adds to each call)
-#   slowdown      = ns/call / native ns/call
+#      calls per run = 2 * ITERATIONS + 64 * THREADS  (one free and one malloc per
+#                      iteration, then the ring of 64 blocks per thread is freed; the
+#                      first 64 frees per thread are free(NULL), intercepted all the same)
+#      ns/call       = wall time / calls
+#      extra ns/call = ns/call - native ns/call   (what the tool adds to each call)
+#      slowdown      = ns/call / native ns/call
+#
+# 2. real programs, each with a workload of its own that allocates: perl building a
+#    100,000-entry hash, sqlite3 inserting 100,000 rows into an in-memory table and
+#    indexing them, python3 building and parsing a large JSON document, sort with a
+#    64 KiB buffer (GNU sort allocates little: its buffers; this is its busiest
+#    setting), and git showing the patches of this repository's history. Natively,
+#    under memtrace (both modes), valgrind and heaptrack: the slowdown against native,
+#    the allocator calls memtrace counted, and whether the two modes' totals are equal
+#    (they must be). Hash seeds are fixed so that every run allocates the same.
 #
 # Missing tools are installed with apt-get when running as root; a tool that still
 # cannot be found is skipped with a note. hyperfine is used when present.
@@ -30,14 +38,15 @@ OUT=$ROOT/target/bench
 mkdir -p "$OUT"
 
 RUNS=${RUNS:-3}
+# --stops runs of the real programs take tens of seconds each: fewer of them.
+SLOW_RUNS=${SLOW_RUNS:-1}
 NATIVE_ITERATIONS=${NATIVE_ITERATIONS:-3000000}
-MEMTRACE_ITERATIONS=${MEMTRACE_ITERATIONS:-100000}
+MEMTRACE_ITERATIONS=${MEMTRACE_ITERATIONS:-1000000}
+STOPS_ITERATIONS=${STOPS_ITERATIONS:-100000}
 VALGRIND_ITERATIONS=${VALGRIND_ITERATIONS:-1000000}
 HEAPTRACK_ITERATIONS=${HEAPTRACK_ITERATIONS:-1000000}
 LTRACE_ITERATIONS=${LTRACE_ITERATIONS:-2000}
 THREAD_VARIANTS=${THREAD_VARIANTS:-"1 4"}
-# Extra frames below the allocator calls for the stack-capture comparison.
-STACK_DEPTH=${STACK_DEPTH:-30}
 
 note() { printf '%s\n' "$*" >&2; }
 
@@ -78,12 +87,16 @@ CHURN=$OUT/churn
 cc -O2 -g -pthread -Wall -o "$CHURN" fixtures/churn.c
 
 # --- timing -----------------------------------------------------------------------
-# median_seconds COMMAND... : the median wall time of $RUNS runs, in seconds, or
-# "failed" when the command exits non-zero.
+# median_seconds RUNS COMMAND... : the median wall time of RUNS runs, in seconds, or
+# "failed" when the command exits non-zero. Standard input is /dev/null unless
+# STDIN_FILE names a file.
+STDIN_FILE=/dev/null
 median_seconds() {
-    if [ "$HAVE_HYPERFINE" -eq 1 ]; then
+    local runs=$1
+    shift
+    if [ "$HAVE_HYPERFINE" -eq 1 ] && [ "$STDIN_FILE" = /dev/null ]; then
         local json=$OUT/hyperfine.json
-        if ! hyperfine --style none --runs "$RUNS" --export-json "$json" \
+        if ! hyperfine --style none --runs "$runs" --export-json "$json" \
             --command-name run -- "$(printf '%q ' "$@")" >/dev/null 2>&1; then
             echo failed
             return
@@ -92,9 +105,9 @@ median_seconds() {
         return
     fi
     local times=() start end i
-    for ((i = 0; i < RUNS; i++)); do
+    for ((i = 0; i < runs; i++)); do
         start=$(date +%s%N)
-        if ! "$@" >/dev/null 2>&1 </dev/null; then
+        if ! "$@" >/dev/null 2>&1 <"$STDIN_FILE"; then
             echo failed
             return
         fi
@@ -104,24 +117,34 @@ median_seconds() {
     printf '%s\n' "${times[@]}" | sort -n | awk '{ t[NR] = $1 } END { printf "%.6f\n", t[int((NR + 1) / 2)] / 1e9 }'
 }
 
+# json_field FILE KEY: the first number after "KEY": in a JSON file.
+json_field() {
+    tr -d ' \n' <"$1" | sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" | head -n 1
+}
+
+# totals FILE: the report's totals, as one comparable line.
+totals() {
+    tr -d ' \n' <"$1" | sed -n 's/.*"totals":{\([^}]*\)}.*/\1/p' | sed 's/"peak_live_bytes":[0-9]*,\{0,1\}//'
+}
+
+SUMMARY=()
+
+# --- 1. churn ---------------------------------------------------------------------
 calls_for() { # iterations threads
     echo $((2 * $1 + 64 * $2))
 }
 
 ROWS=()
 NATIVE_NS=""
-# More arguments for the workload, after ITERATIONS and THREADS.
-CHURN_EXTRA=""
-# measure NAME ITERATIONS THREADS COMMAND... (the workload's arguments are appended)
-measure() {
-    local name=$1 iterations=$2 threads=$3
-    shift 3
+measure() { # NAME ITERATIONS THREADS RUNS COMMAND... (the workload's arguments are appended)
+    local name=$1 iterations=$2 threads=$3 runs=$4
+    shift 4
     note "  $name: $iterations iterations ..."
     local seconds calls
-    seconds=$(median_seconds "$@" "$CHURN" "$iterations" "$threads" $CHURN_EXTRA)
+    seconds=$(median_seconds "$runs" "$@" "$CHURN" "$iterations" "$threads")
     calls=$(calls_for "$iterations" "$threads")
     if [ "$seconds" = failed ]; then
-        ROWS+=("$(printf '%-26s %11s %10s %10s %12s %14s %10s' "$name" "$iterations" "$calls" failed - - -)")
+        ROWS+=("$(printf '%-22s %11s %10s %10s %12s %14s %10s' "$name" "$iterations" "$calls" failed - - -)")
         return
     fi
     local ns
@@ -130,90 +153,120 @@ measure() {
     local extra slowdown
     extra=$(awk -v n="$ns" -v b="$NATIVE_NS" 'BEGIN { printf "%.1f", n - b }')
     slowdown=$(awk -v n="$ns" -v b="$NATIVE_NS" 'BEGIN { printf "%.1fx", n / b }')
-    ROWS+=("$(printf '%-26s %11s %10s %10.3f %12s %14s %10s' "$name" "$iterations" "$calls" "$seconds" "$ns" "$extra" "$slowdown")")
+    ROWS+=("$(printf '%-22s %11s %10s %10.3f %12s %14s %10s' "$name" "$iterations" "$calls" "$seconds" "$ns" "$extra" "$slowdown")")
     eval "NS_${name//[^a-zA-Z0-9]/_}=$ns"
 }
 
 print_table() { # title
     printf '\n%s\n' "$1"
-    printf '%-26s %11s %10s %10s %12s %14s %10s\n' tool iterations calls 'time (s)' 'ns/call' 'extra ns/call' slowdown
+    printf '%-22s %11s %10s %10s %12s %14s %10s\n' tool iterations calls 'time (s)' 'ns/call' 'extra ns/call' slowdown
     printf '%s\n' "${ROWS[@]}"
 }
 
-SUMMARY=()
-for threads in $THREAD_VARIANTS; do
-    note "churn with $threads thread(s):"
-    ROWS=()
-    NATIVE_NS=""
-    NS_memtrace="" NS_ltrace=""
-    measure native "$NATIVE_ITERATIONS" "$threads"
-    measure memtrace "$MEMTRACE_ITERATIONS" "$threads" \
-        "$MEMTRACE" launch --no-tui --json "$OUT/memtrace-$threads.json" --
-    # The tracer sleeping in waitpid between stops (no polling window): every stop
-    # must wake it, often on the other CPU.
-    measure "memtrace --poll-us 0" "$MEMTRACE_ITERATIONS" "$threads" \
-        "$MEMTRACE" launch --no-tui --poll-us 0 --
-    # Tracer and target on one CPU: a ptrace stop need not wake the other CPU.
-    if command -v taskset >/dev/null 2>&1; then
-        measure "memtrace (taskset -c 0)" "$MEMTRACE_ITERATIONS" "$threads" \
-            taskset -c 0 "$MEMTRACE" launch --no-tui --
-    fi
-    if [ "$HAVE_VALGRIND" -eq 1 ]; then
-        measure "valgrind (memcheck)" "$VALGRIND_ITERATIONS" "$threads" \
-            "$VALGRIND" --tool=memcheck --leak-check=full -q --log-file=/dev/null
-    fi
-    if [ "$HAVE_HEAPTRACK" -eq 1 ]; then
-        measure heaptrack "$HEAPTRACK_ITERATIONS" "$threads" heaptrack -o "$OUT/heaptrack-$threads"
-    fi
-    if [ "$HAVE_LTRACE" -eq 1 ]; then
-        measure ltrace "$LTRACE_ITERATIONS" "$threads" ltrace -f -o /dev/null -e malloc+free
-    fi
-    print_table "churn, $threads thread(s): $RUNS runs each, median"
+if [ -z "${SKIP_CHURN:-}" ]; then
+    for threads in $THREAD_VARIANTS; do
+        note "churn with $threads thread(s):"
+        ROWS=()
+        NATIVE_NS=""
+        NS_memtrace="" NS_valgrind__memcheck_="" NS_heaptrack=""
+        measure native "$NATIVE_ITERATIONS" "$threads" "$RUNS"
+        measure memtrace "$MEMTRACE_ITERATIONS" "$threads" "$RUNS" \
+            "$MEMTRACE" launch --no-tui --json "$OUT/memtrace-$threads.json" --
+        measure "memtrace --stops" "$STOPS_ITERATIONS" "$threads" "$RUNS" \
+            "$MEMTRACE" launch --no-tui --stops --
+        if [ "$HAVE_VALGRIND" -eq 1 ]; then
+            measure "valgrind (memcheck)" "$VALGRIND_ITERATIONS" "$threads" "$RUNS" \
+                "$VALGRIND" --tool=memcheck --leak-check=full -q --log-file=/dev/null
+        fi
+        if [ "$HAVE_HEAPTRACK" -eq 1 ]; then
+            measure heaptrack "$HEAPTRACK_ITERATIONS" "$threads" "$RUNS" heaptrack -o "$OUT/heaptrack-$threads"
+        fi
+        if [ "$HAVE_LTRACE" -eq 1 ]; then
+            measure ltrace "$LTRACE_ITERATIONS" "$threads" "$RUNS" ltrace -f -o /dev/null -e malloc+free
+        fi
+        print_table "churn, $threads thread(s): $RUNS runs each, median"
+        if [ -f "$OUT/memtrace-$threads.json" ]; then
+            json=$OUT/memtrace-$threads.json
+            printf 'memtrace: %s allocs, %s frees counted; the program waited for room in the ring %s times (%s ms)\n' \
+                "$(json_field "$json" allocs)" "$(json_field "$json" frees)" \
+                "$(json_field "$json" ring_waits)" "$(($(json_field "$json" ring_wait_ns) / 1000000))"
+        fi
+        if [ -n "${NS_memtrace:-}" ]; then
+            SUMMARY+=("$(awk -v m="$NS_memtrace" -v n="$NATIVE_NS" -v v="${NS_valgrind__memcheck_:-}" \
+                -v h="${NS_heaptrack:-}" -v t="$threads" 'BEGIN {
+                printf "churn, %d thread(s): memtrace adds %.0f ns per call (target <= 1000)", t, m - n
+                if (v != "") printf "; valgrind adds %.0f", v - n
+                if (h != "") printf "; heaptrack adds %.0f", h - n
+            }')")
+        fi
+    done
+fi
 
-    # memtrace's own count of what it intercepted, as a cross-check of "calls".
-    if [ -f "$OUT/memtrace-$threads.json" ]; then
-        counted=$(tr -d ' \n' <"$OUT/memtrace-$threads.json" |
-            sed -n 's/.*"totals":{"allocs":\([0-9]*\),"frees":\([0-9]*\).*/\1 \2/p')
-        [ -n "$counted" ] && printf 'memtrace counted allocs, frees: %s (plus %s free(NULL) calls)\n' \
-            "$counted" "$((64 * threads))"
-    fi
-    if [ -n "${NS_memtrace:-}" ]; then
-        line=$(awk -v m="$NS_memtrace" -v n="$NATIVE_NS" -v l="${NS_ltrace:-}" -v t="$threads" 'BEGIN {
-            extra = (m - n) / 1000
-            printf "%d thread(s): memtrace adds %.2f us per intercepted call (target <= 20 us)", t, extra
-            if (l != "") printf "; ltrace is %.1fx slower per call (target >= 10x)", l / m
-        }')
-        SUMMARY+=("$line")
-    fi
-done
-
-# --- the cost of full stacks ---------------------------------------------------------
-CHURN_EXTRA=$STACK_DEPTH
-note "churn $STACK_DEPTH calls deep, 1 thread: full stacks against --depth 1"
-ROWS=()
-NATIVE_NS=""
-measure native "$NATIVE_ITERATIONS" 1
-measure "memtrace (full stacks)" "$MEMTRACE_ITERATIONS" 1 \
-    "$MEMTRACE" launch --no-tui --json "$OUT/memtrace-deep.json" --
-measure "memtrace --depth 1" "$MEMTRACE_ITERATIONS" 1 \
-    "$MEMTRACE" launch --no-tui --depth 1 --json "$OUT/memtrace-depth1.json" --
-print_table "churn $STACK_DEPTH calls deep, 1 thread: $RUNS runs each, median"
-unwind_line() { # JSON
-    tr -d ' \n' <"$1" | awk '{
-        n = 0; f = 0; t = 0
-        if (match($0, /"stacks_captured":[0-9]+/)) n = substr($0, RSTART + 18, RLENGTH - 18)
-        if (match($0, /"frames_captured":[0-9]+/)) f = substr($0, RSTART + 18, RLENGTH - 18)
-        if (match($0, /"unwind_ns":[0-9]+/)) t = substr($0, RSTART + 12, RLENGTH - 12)
-        if (n > 0) printf "%d stacks, %.1f frames each, %.2f us unwinding each", n, f / n, t / n / 1000
-    }'
-}
-for variant in deep depth1; do
-    json=$OUT/memtrace-$variant.json
-    [ -f "$json" ] && SUMMARY+=("stacks ($variant, from memtrace's report): $(unwind_line "$json")")
-done
-if [ -n "${NS_memtrace__full_stacks_:-}" ] && [ -n "${NS_memtrace___depth_1:-}" ]; then
-    SUMMARY+=("$(awk -v a="$NS_memtrace__full_stacks_" -v b="$NS_memtrace___depth_1" -v d="$STACK_DEPTH" 'BEGIN {
-        printf "full stacks %d calls deep cost %.2f us per call more than --depth 1 (wall clock)", d, (a - b) / 1000 }')")
+# --- 2. real programs ----------------------------------------------------------------
+if [ -z "${SKIP_PROGRAMS:-}" ]; then
+    note "real programs:"
+    W=$OUT/workloads
+    mkdir -p "$W"
+    cat >"$W/hash.pl" <<'EOF'
+my %h;
+for my $i (1 .. 100000) { $h{"key$i"} = [ $i, "value $i" ]; }
+my $n = 0;
+for my $k (keys %h) { $n += length($h{$k}[1]); }
+print "$n\n";
+EOF
+    cat >"$W/inserts.sql" <<'EOF'
+CREATE TABLE t(a INTEGER, b TEXT);
+WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000)
+INSERT INTO t SELECT x, printf('%08d-%s', (x * 7919) % 100003, hex(x)) FROM c;
+CREATE INDEX tb ON t(b);
+SELECT count(*), sum(length(b)) FROM t;
+EOF
+    # 300,000 lines of five words each, the same every time.
+    awk 'BEGIN { srand(7); for (i = 0; i < 300000; i++) {
+        line = ""; for (j = 0; j < 5; j++) line = line sprintf(" w%05d", int(rand() * 20000));
+        print substr(line, 2) } }' >"$W/lines.txt"
+    PYTHON=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || true)
+    export PERL_HASH_SEED=0 PERL_PERTURB_KEYS=0 PYTHONHASHSEED=0
+    PROGRAMS=()
+    command -v perl >/dev/null 2>&1 && PROGRAMS+=(perl)
+    ensure_tool sqlite3 sqlite3 && PROGRAMS+=(sqlite3)
+    [ -n "$PYTHON" ] && PROGRAMS+=(python3)
+    command -v sort >/dev/null 2>&1 && PROGRAMS+=(sort)
+    command -v git >/dev/null 2>&1 && git -C "$ROOT" rev-parse HEAD >/dev/null 2>&1 && PROGRAMS+=(git)
+    PY_CODE="import json; d=[{'k%d' % i: 'x' * 600, 'n': list(range(20))} for i in range(60000)]; print(len(json.loads(json.dumps(d))))"
+    program() { # NAME: sets CMD (an array) and STDIN_FILE for that workload
+        STDIN_FILE=/dev/null
+        case $1 in
+        perl) CMD=(perl "$W/hash.pl") ;;
+        sqlite3) CMD=(sqlite3 :memory:); STDIN_FILE=$W/inserts.sql ;;
+        python3) CMD=("$PYTHON" -c "$PY_CODE") ;;
+        sort) CMD=(sort -S 64K "$W/lines.txt") ;;
+        git) CMD=(git -C "$ROOT" log -p --stat) ;;
+        esac
+    }
+    PROWS=()
+    for name in "${PROGRAMS[@]}"; do
+        program "$name"
+        note "  $name ..."
+        native=$(median_seconds "$RUNS" "${CMD[@]}")
+        inline=$(median_seconds "$RUNS" "$MEMTRACE" launch --no-tui --json "$OUT/$name-inline.json" -- "${CMD[@]}")
+        stops=$(median_seconds "$SLOW_RUNS" "$MEMTRACE" launch --no-tui --stops --json "$OUT/$name-stops.json" -- "${CMD[@]}")
+        vg=-
+        [ "$HAVE_VALGRIND" -eq 1 ] && vg=$(median_seconds "$SLOW_RUNS" "$VALGRIND" --tool=memcheck --leak-check=full -q --log-file=/dev/null "${CMD[@]}")
+        ht=-
+        [ "$HAVE_HEAPTRACK" -eq 1 ] && ht=$(median_seconds "$RUNS" heaptrack -o "$OUT/heaptrack-$name" "${CMD[@]}")
+        ratio() { awk -v t="$1" -v n="$native" 'BEGIN { if (t == "-" || t == "failed") print t; else printf "%.1fx", t / n }'; }
+        calls=$(json_field "$OUT/$name-inline.json" calls)
+        same=no
+        [ "$(totals "$OUT/$name-inline.json")" = "$(totals "$OUT/$name-stops.json")" ] && same=yes
+        PROWS+=("$(printf '%-8s %9s %10s %9s %9s %9s %9s %10s %8s' "$name" "${calls:-?}" "$native" \
+            "$(ratio "$inline")" "$(ratio "$stops")" "$(ratio "$vg")" "$(ratio "$ht")" \
+            "$(json_field "$OUT/$name-inline.json" stacks_unwound)" "$same")")
+    done
+    printf '\nreal programs: slowdown against native (%s runs each, median; --stops and valgrind %s)\n' "$RUNS" "$SLOW_RUNS"
+    printf '%-8s %9s %10s %9s %9s %9s %9s %10s %8s\n' program calls 'native s' memtrace '--stops' valgrind heaptrack unwound 'totals='
+    printf '%s\n' "${PROWS[@]}"
+    printf '(calls: allocator calls memtrace recorded; unwound: stacks it unwound; totals=: inline and --stops totals equal)\n'
 fi
 
 printf '\n'

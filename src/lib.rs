@@ -6,35 +6,51 @@
 //!    `#!` script's chain of interpreters too), forks, seizes the
 //!    child with ptrace and lets it exec ([`ptrace::spawn_seized`]). The tracer
 //!    ([`tracer::Tracer`]) sees the exec before the dynamic loader runs.
-//! 2. At exec the tracer maps a scratch page into the target (an injected `mmap`) and
-//!    plants a breakpoint on the loader's `_dl_debug_state`. When the loader reports
-//!    the startup libraries mapped, libc (and later libstdc++, also when dlopen'ed)
-//!    gets an int3 on the first byte of each allocator function. The displaced
-//!    instruction is relocated into the scratch page ([`memtrace_arch::Arch::relocate`]),
-//!    followed by a jump back; the int3 is never lifted.
-//! 3. The program calls malloc(30) and traps: the one stop of this call. The tracer
-//!    first harvests the calls that finished since the last stop (4.), then reads the
-//!    registers, takes the size from the first argument and the caller from the
-//!    return address, unwinds the rest of the stack with DWARF CFI against one copy
-//!    of it ([`unwind::StackWalker`]), interns the stack ([`event::StackTable`]),
-//!    swaps the return address on the stack for
-//!    a return stub of this call's own (keeping the real one in the stub's data and
-//!    in the thread's pending frames) and moves the thread to the relocated
-//!    instruction.
-//!    If the call matches an armed site breakpoint (`--break-at`, the TUI's `b`),
-//!    the entry finishes as usual and then every other thread is stopped and the
-//!    [`debug::Debugger`] takes the thread, stopped at malloc's first instruction,
-//!    until `continue` (`tracer/debug.rs`, `tracer/step.rs`).
-//! 4. malloc returns into its stub, which stores the returned pointer, sets a done
-//!    flag and jumps to the real return address: no stop. At the next stop of any
-//!    thread the tracer reads the finished stubs and emits [`event::Event::Alloc`]
-//!    before anything else, so no free of that block can be seen first. Calls made
-//!    while a frame is pending (operator new -> malloc) are nested: not the
-//!    program's, only the pointer a nested plain allocator returns is noted
-//!    ([`event::Event::Nested`]), so that its free is no error. A free is recorded at
-//!    its entry.
-//! 5. The events feed the [`heap::Heap`] (live blocks, valgrind-style totals, and
-//!    heap errors: a free is checked at its entry, before glibc sees it).
+//! 2. At exec the tracer maps a scratch page into the target (an injected `mmap`),
+//!    and the recorder's memory: a memfd the target creates (injected
+//!    `memfd_create`), mapped in both processes, with a control page, a thread table
+//!    and a ring of records ([`ptrace::SharedMem`], layout in
+//!    [`memtrace_arch::recorder`]). It plants a breakpoint on the loader's
+//!    `_dl_debug_state`. When the loader reports the startup libraries mapped, libc
+//!    (and later libstdc++, also when dlopen'ed) is hooked: each allocator function
+//!    gets an int3 on its first byte (its first instruction relocated into the
+//!    scratch page, [`memtrace_arch::Arch::relocate`]), and a *thunk*, code that
+//!    records the call ([`memtrace_arch::Arch::recorder_thunk`]); then the entry's
+//!    first five bytes become a jump to the thunk (`tracer/recording.rs`).
+//! 3. The program calls malloc(30) and jumps to the thunk: no stop. The thunk finds
+//!    the thread's slot in the table (hashing `fs:0`), reserves a record in the ring
+//!    (`lock xadd`), writes the call (function, arguments, return address, stack
+//!    pointer) and a copy of the top of the stack, swaps the return address for the
+//!    shared return stub (the real one on the thread's shadow stack in the table),
+//!    commits the record and runs malloc's displaced instructions, then malloc.
+//!    A thread not registered yet (its first call), a stack the thunk cannot copy,
+//!    a vfork child: the thunk traps instead, and the tracer writes the same record
+//!    at that stop ([`tracer::Tracer`]'s `record_entry`). With `--stops`, or while a
+//!    site breakpoint is armed (`--break-at`, the TUI's `b`), the entries are int3s
+//!    and every call is such a stop; a site breakpoint's match then hands the thread,
+//!    stopped at malloc's first instruction, to the [`debug::Debugger`] until
+//!    `continue` (`tracer/debug.rs`, `tracer/step.rs`).
+//! 4. malloc returns into the stub, which pops the shadow frame, writes a return
+//!    record with the pointer and jumps to the real return address: no stop. The
+//!    tracer reads the ring on its own thread, between the target's other stops and
+//!    whenever it is idle ([`recorder::Ring`]), in the order the records were
+//!    reserved (a record still being written is stepped over and taken once
+//!    committed, before anything of its thread after it). [`recorder::Calls`] keeps
+//!    each thread's open calls and turns records into [`event::Event`]s: the entry of
+//!    a free is its event (seen before the allocator can hand the address out
+//!    again); the return of malloc is [`event::Event::Alloc`]. A call made while
+//!    another hooked call is open on its thread, by the allocator's own code
+//!    (operator new -> malloc), is nested: not the program's, only the pointer a
+//!    nested plain allocator returns is noted ([`event::Event::Nested`]), so that
+//!    its free is no error.
+//! 5. Events wait a moment ([`recorder::Defer`], 100 ms) with their stacks raw:
+//!    a block freed meanwhile is never unwound; any other allocation is unwound
+//!    then, with DWARF CFI against the record's copy of the stack
+//!    ([`unwind::StackWalker`], reusing the frames the thread's last unwind shares
+//!    with it), and its stack interned ([`event::StackTable`]). The events feed the
+//!    [`heap::Heap`] (live blocks, valgrind-style totals, and heap errors: a free
+//!    the heap says is an error gets its stack unwound, and a double free the
+//!    first free's).
 //! 6. The block is still live when the program calls `_exit`, where a breakpoint
 //!    stops every thread ([`tracer::Tracer::scan_now`] is the same path on demand).
 //!    The tracer gathers the roots (registers, writable mappings that are not the

@@ -90,22 +90,31 @@ fn assert_leak_site(r: &serde_json::Value) {
     assert!(found, "no leak at attach_loop.c:{line:?}");
 }
 
+/// The two ways of recording: inline (the default) and a stop per call.
+const MODES: [&[&str]; 2] = [&[], &["--stops"]];
+
+fn with_mode<'a>(options: &[&'a str], mode: &[&'a str]) -> Vec<&'a str> {
+    options.iter().chain(mode).copied().collect()
+}
+
 #[test]
 fn detach_on_duration_leaves_one_thread_running_as_if_never_traced() {
     let target = attach_loop(1, 4.0);
     let native = untraced(&target);
     assert_eq!(native.exit, Exit::Code(7));
-    let traced = attach_and_detach(&target, 1, &["--duration", "1"]);
-    assert_eq!(traced, native);
+    for mode in MODES {
+        let traced = attach_and_detach(&target, 1, &with_mode(&["--duration", "1"], mode));
+        assert_eq!(traced, native, "{mode:?}");
+    }
 }
 
 #[test]
 fn detach_while_four_threads_allocate_hard() {
     let target = attach_loop(4, 4.0);
     let native = untraced(&target);
-    for _ in 0..2 {
-        let traced = attach_and_detach(&target, 4, &["--duration", "0.7"]);
-        assert_eq!(traced, native);
+    for mode in MODES {
+        let traced = attach_and_detach(&target, 4, &with_mode(&["--duration", "0.7"], mode));
+        assert_eq!(traced, native, "{mode:?}");
     }
 }
 
@@ -148,14 +157,16 @@ fn terminal_signals_detach() {
 #[test]
 fn target_exit_ends_the_trace() {
     let target = attach_loop(2, 1.0);
-    let bg = Background::start(&target);
-    bg.wait_threads(3);
-    let run = run_attach(&[], bg.pid());
-    assert_eq!(run.exit, Exit::Code(0), "stderr:\n{}", run.stderr);
-    let (how, code, _) = report::end(run.report());
-    assert_eq!((how.as_str(), code), ("exited", Some(7)));
-    report::check_shape(run.report());
-    assert_eq!(bg.finish().exit, Exit::Code(7));
+    for mode in MODES {
+        let bg = Background::start(&target);
+        bg.wait_threads(3);
+        let run = run_attach(mode, bg.pid());
+        assert_eq!(run.exit, Exit::Code(0), "stderr:\n{}", run.stderr);
+        let (how, code, _) = report::end(run.report());
+        assert_eq!((how.as_str(), code), ("exited", Some(7)), "{mode:?}");
+        report::check_shape(run.report());
+        assert_eq!(bg.finish().exit, Exit::Code(7));
+    }
 }
 
 /// `launch --duration`: report what is live, let the program run on untraced, and
@@ -354,8 +365,8 @@ fn calls_in_flight_at_attach_are_not_misrecorded() {
     let bg = Background::start(&target);
     bg.wait_threads(5);
     let mut in_flight = 0;
-    for _ in 0..3 {
-        let run = run_attach(&["--duration", "0.4"], bg.pid());
+    for mode in [MODES[0], MODES[1], MODES[0]] {
+        let run = run_attach(&with_mode(&["--duration", "0.4"], mode), bg.pid());
         assert_eq!(run.exit, Exit::Code(0), "stderr:\n{}", run.stderr);
         let r = run.report();
         assert_eq!(report::end(r).0, "detached", "{}", r["end"]);
@@ -381,7 +392,7 @@ fn calls_in_flight_at_attach_are_not_misrecorded() {
 #[test]
 fn a_thread_inside_operator_new_at_attach() {
     let target = Target::new(build_fixture("attach_inflight", DEBUG));
-    for _ in 0..2 {
+    for mode in MODES {
         let bg = Background::start(&target);
         let pid = bg.pid();
         // In the new_handler's sleep (clock_nanosleep), inside operator new.
@@ -396,7 +407,7 @@ fn a_thread_inside_operator_new_at_attach() {
             );
             std::thread::sleep(Duration::from_millis(2));
         }
-        let run = run_attach(&[], pid);
+        let run = run_attach(mode, pid);
         assert_eq!(run.exit, Exit::Code(0), "stderr:\n{}", run.stderr);
         let r = run.report();
         assert_eq!(report::end(r), ("exited".to_string(), Some(0), None));

@@ -206,6 +206,31 @@ fn exceptions_from_operator_new_are_caught() {
     assert!(errors.is_empty(), "{errors:#?}");
 }
 
+/// A signal handler that allocates while operator new is open on its thread (in its
+/// new_handler): the handler's blocks are the program's, leaked at its line, in both
+/// recording modes. Taken for nested calls (as any call made inside an open hooked
+/// call once was), they would be missing from the report.
+#[test]
+fn a_signal_handler_allocating_inside_a_hooked_call_is_the_programs() {
+    let case = Case::new("handler_alloc", DEBUG);
+    let target = case.target();
+    let native = run_native(&target);
+    assert_eq!(native.exit, Exit::Code(0), "the fixture itself");
+    let run = run_memtrace(&target);
+    check_run(&case, &run, native.exit);
+    let handler: Vec<_> = report::leaks(run.report())
+        .into_iter()
+        .filter(|l| {
+            l.stack
+                .first()
+                .and_then(|f| f.function.as_deref())
+                .is_some_and(|f| f.starts_with("on_usr1"))
+        })
+        .collect();
+    assert_eq!(handler.len(), 1, "{handler:#?}");
+    assert_eq!((handler[0].blocks, handler[0].bytes), (3, 99));
+}
+
 /// At thread exit glibc frees the chunks of the thread's cache, which the program freed
 /// already. Those calls are glibc's own: counted apart (`stats.internal_frees`), never
 /// as frees of the program nor as frees of pointers that are not live (the future

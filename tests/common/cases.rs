@@ -140,6 +140,11 @@ pub fn ctor() -> Case {
 pub fn fork() -> Case {
     Case::new("fork", DEBUG)
 }
+/// deep_churn.c: calls from deep stacks of large frames (records the reader often
+/// finds half written).
+pub fn deep_churn() -> Case {
+    Case::new("deep_churn", DEBUG)
+}
 /// vfork.c: children that run on the parent's memory and slot; only the parent's
 /// calls count.
 pub fn vfork() -> Case {

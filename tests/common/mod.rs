@@ -20,7 +20,7 @@ macro_rules! case_tests {
     ($check:path) => {
         case_tests!(@each $check;
             leak noleak noleak_status5 alloc_family realloc_chain cxx_new threads
-            churn_threads dlopen ctor fork vfork exec signal_segv signal_raise signal_term
+            churn_threads deep_churn dlopen ctor fork vfork exec signal_segv signal_raise signal_term
             signal_abort exit3 many_leaks kinds leak_o2 alloc_family_o2 realloc_chain_o2
             cxx_new_o2 threads_o2 many_leaks_o2 dlopen_o2 signals_handled mismatch
             mismatch_o2 reuse reach reach_o2 sleeper sleeper_o2 sleeper_exit_group mmap_root bigheap
