@@ -255,6 +255,23 @@ fn glibc_thread_exit_frees_are_its_own() {
     );
 }
 
+/// A thread made right after another was joined gets its stack and thread pointer,
+/// often before memtrace has reaped the old one. Its calls are its own: all recorded
+/// (valgrind's totals), inline, without a stop each. Once the old thread's slot went
+/// to the new one, its calls were counted as the dead thread's and most were lost;
+/// taken for a thread sharing a slot, every call stopped.
+#[test]
+fn a_thread_on_a_joined_threads_stack_is_recorded_as_itself() {
+    let run = check_memtrace(&cases::thread_reuse());
+    let trace = &run.report()["trace"];
+    let calls = trace["recording"]["calls"]
+        .as_u64()
+        .expect("recording.calls");
+    let stops = trace["breakpoint_hits"].as_u64().expect("breakpoint_hits");
+    assert!(calls > 40_000, "{trace}");
+    assert!(stops < 100, "inline calls stopped: {trace}");
+}
+
 /// The scan is made at `_exit` (every thread stopped) when the program exits, at the
 /// exit stop of the thread that ends the process when it dies of a signal or calls
 /// exit_group itself (the dying threads still stop at their exits on this kernel);

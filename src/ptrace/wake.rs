@@ -185,14 +185,16 @@ impl Waiter {
         // next waitpid sees that stop: no wake-up is lost. A stop that wakes us costs
         // poll, one read of the signalfd and one waitpid.
         loop {
-            let timeout = match deadline {
-                None => -1,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    // Rounded up, so the deadline has passed when poll returns.
-                    left.as_millis().min(i32::MAX as u128) as i32 + 1
+            // To the microsecond (the recorder's reader waits a fraction of a
+            // millisecond between looks at the ring); rounded up, so the deadline
+            // has passed when ppoll returns.
+            let timeout = deadline.map(|d| {
+                let left = d.saturating_duration_since(Instant::now()) + Duration::from_micros(1);
+                libc::timespec {
+                    tv_sec: left.as_secs().min(i32::MAX as u64) as libc::time_t,
+                    tv_nsec: left.subsec_nanos() as libc::c_long,
                 }
-            };
+            });
             let mut fds = [
                 libc::pollfd {
                     fd: self.sigfd.as_raw_fd(),
@@ -205,8 +207,12 @@ impl Waiter {
                     revents: 0,
                 },
             ];
-            // SAFETY: `fds` is a valid array of two pollfds.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+            let ts = timeout
+                .as_ref()
+                .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: `fds` is a valid array of two pollfds; `ts` is null or points to
+            // a timespec that outlives the call; no signal mask is changed.
+            let r = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, ts, std::ptr::null()) };
             if r == -1 {
                 let e = io::Error::last_os_error();
                 if e.raw_os_error() != Some(libc::EINTR) {

@@ -355,6 +355,12 @@ impl Ring {
         self.find(tp).is_some()
     }
 
+    /// The thread a slot was registered for.
+    pub fn owner(&self, tp: u64) -> Option<Tid> {
+        self.find(tp)
+            .map(|off| self.mem.load(off + SLOT_TID) as Tid)
+    }
+
     /// The stack bounds the thread was registered with.
     pub fn bounds(&self, tp: u64) -> Option<(u64, u64)> {
         let off = self.find(tp)?;

@@ -58,6 +58,13 @@ impl Tracer<'_> {
         Some(self.next_wake().map_or(look, |w| w.min(look)))
     }
 
+    /// `next_wake`, or a little later than now: the reader caught up with the
+    /// writers, and lets records pile up a moment.
+    pub(super) fn next_wake_or_look_soon(&self) -> Option<Instant> {
+        let look = Instant::now() + LOOK_MIN;
+        Some(self.next_wake().map_or(look, |w| w.min(look)))
+    }
+
     /// The wait ended at `next_wake`: true when it is the end of the trace.
     pub(super) fn on_wake_time(&mut self) -> bool {
         let now = Instant::now();

@@ -47,6 +47,18 @@ const STUB_ROOM: u64 = 512;
 const DISPLACED_AT: u64 = THUNK_ROOM - 128;
 /// Past this much of the ring in use, stack copies are taken out of it.
 const PRESSURE: u64 = RING_SIZE / 2;
+/// Records read at most before the loop looks for the target's stops again.
+const BATCH: usize = 16_384;
+
+/// How much one [`Tracer::drain`] read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DrainBatch {
+    None,
+    /// Some, and then the writers' latest.
+    Some,
+    /// A whole batch: there may be more.
+    Full,
+}
 
 /// One hooked function whose entry can jump to a thunk.
 #[derive(Clone, Debug)]
@@ -135,6 +147,9 @@ pub(super) struct Recording {
     unwinds: u64,
     /// Recent answers of [`Tracer::caller`], by return address.
     pub callers: Box<[Option<(u64, Caller)>; 256]>,
+    /// Thread pointers more than one thread runs on (their calls stop, and return
+    /// through the trampoline).
+    pub shared_tps: std::collections::HashSet<u64>,
 }
 
 impl Recording {
@@ -331,6 +346,7 @@ impl Tracer<'_> {
             most_read: 0,
             unwinds: 0,
             callers: Box::new([None; 256]),
+            shared_tps: std::collections::HashSet::new(),
             ticks_origin: (ptrace::time_stamp(), Instant::now()),
         });
         Ok(())
@@ -583,7 +599,26 @@ impl Tracer<'_> {
         } else {
             0
         };
+        if self
+            .rec
+            .as_ref()
+            .is_some_and(|r| r.ring.owner(tp) == Some(tid) || r.shared_tps.contains(&tp))
+        {
+            return; // known already
+        }
+        // Threads made with a raw clone() that kept their parent's thread pointer
+        // would share one slot and one shadow stack: both take the slow path, and
+        // their returns go through the trampoline, per thread.
+        let shared = tp != 0
+            && self.threads.iter().any(|(&other, t)| {
+                other != tid && t.tp == tp && !self.children.contains_key(&other)
+            });
         let Some(rec) = self.rec.as_mut() else { return };
+        if shared {
+            rec.ring.set_slow(tp, true);
+            rec.shared_tps.insert(tp);
+            return;
+        }
         if tp == 0 || rec.ring.is_registered(tp) {
             return;
         }
@@ -592,11 +627,28 @@ impl Tracer<'_> {
         }
     }
 
-    /// A thread is gone: its slot too (its records were read first).
+    /// A thread stopped at its exit and will run no more of the program: its slot is
+    /// freed now. The C library may hand its thread pointer (and stack) to a new
+    /// thread as soon as the kernel lets it go, possibly before memtrace reaps it,
+    /// and that new thread must not be taken for one sharing the old one's.
+    pub(super) fn release_thread_slot(&mut self, tid: Tid) {
+        let Some(t) = self.threads.get_mut(&tid) else {
+            return;
+        };
+        let tp = std::mem::take(&mut t.tp);
+        if let Some(rec) = self.rec.as_mut() {
+            if tp != 0 && rec.ring.owner(tp) == Some(tid) {
+                rec.ring.unregister(tp);
+            }
+        }
+    }
+
+    /// A thread is gone: its slot too (its records were read first), unless another
+    /// thread has it by now.
     pub(super) fn unregister_thread(&mut self, tid: Tid) {
         let tp = self.threads.get(&tid).map_or(0, |t| t.tp);
         if let Some(rec) = self.rec.as_mut() {
-            if tp != 0 {
+            if tp != 0 && rec.ring.owner(tp) == Some(tid) {
                 rec.ring.unregister(tp);
             }
             rec.calls.thread_gone(tid);
@@ -635,16 +687,16 @@ impl Tracer<'_> {
         c
     }
 
-    /// Reads every record committed so far into events (some held back a moment,
-    /// see [`crate::recorder::defer`]); releases what is no longer needed. True when
-    /// there were records.
-    pub(super) fn drain(&mut self) -> bool {
-        let mut any = false;
+    /// Reads the records committed so far into events (some held back a moment, see
+    /// [`crate::recorder::defer`]), at most [`BATCH`] of them; releases what is no
+    /// longer needed. Says whether there were none, some, or a full batch.
+    pub(super) fn drain(&mut self) -> DrainBatch {
+        let mut count = 0;
         let now = self.clock.elapsed().as_nanos() as u64;
-        loop {
+        while count < BATCH {
             let next = match self.rec.as_mut() {
                 Some(r) => r.ring.next_record(),
-                None => return false,
+                None => return DrainBatch::None,
             };
             let rec = match next {
                 None => break,
@@ -654,23 +706,32 @@ impl Tracer<'_> {
                     break;
                 }
             };
-            any = true;
+            count += 1;
             self.take_record(rec, now);
         }
         self.release(false);
         if let Some(r) = self.rec.as_mut() {
-            r.busy = any;
-            if any {
+            r.busy = count > 0;
+            if count > 0 {
                 r.idle_looks = 0;
             }
         }
-        any
+        match count {
+            0 => DrainBatch::None,
+            BATCH => DrainBatch::Full,
+            _ => DrainBatch::Some,
+        }
+    }
+
+    /// Reads every record committed so far.
+    pub(super) fn drain_all(&mut self) {
+        while self.drain() == DrainBatch::Full {}
     }
 
     /// Every record read and every event handed to the heap: before a scan, a report,
     /// a debugger stop, a change of image or of objects.
     pub(super) fn flush(&mut self) {
-        self.drain();
+        self.drain_all();
         self.release(true);
     }
 
@@ -780,7 +841,7 @@ impl Tracer<'_> {
             if rec.ring.has_room(pos, len) {
                 return Some(pos);
             }
-            self.drain();
+            self.drain_all();
             self.release(true);
             if let Some(r) = self.rec.as_mut() {
                 if !r.ring.has_room(pos, len) {
@@ -859,7 +920,8 @@ impl Tracer<'_> {
                 pos,
                 out_ptr,
             };
-            let on_shadow = self.rec.as_mut()?.ring.push_shadow(tp, frame);
+            let rec = self.rec.as_mut()?;
+            let on_shadow = !rec.shared_tps.contains(&tp) && rec.ring.push_shadow(tp, frame);
             let to = if on_shadow {
                 Some(stub)
             } else {

@@ -51,7 +51,7 @@ impl Live<'_, '_> {
     /// A breakpoint's work, as `Tracer::on_trap` does it, without resuming.
     fn enter(&mut self, kind: BpKind) {
         let (t, tid) = (&mut *self.t, self.tid);
-        t.drain();
+        t.drain_all();
         t.on_breakpoint(tid, kind, &mut self.regs);
     }
 
@@ -107,8 +107,9 @@ impl Live<'_, '_> {
                     event: PtraceEvent::Exit,
                     ..
                 } => {
-                    self.t.drain();
+                    self.t.drain_all();
                     self.t.on_thread_exit(tid);
+                    self.t.release_thread_slot(tid);
                 }
                 Stop::Event {
                     event: PtraceEvent::Stop,
@@ -194,7 +195,7 @@ impl Live<'_, '_> {
                 Native::set_pc(&mut self.regs, addr);
                 self.set_regs()?;
                 if Native::sp(&self.regs) >= min_sp {
-                    self.t.drain();
+                    self.t.drain_all();
                     return Ok(Progress::Stopped);
                 }
                 // A deeper call returning to the same place (recursion): past it.
@@ -271,7 +272,7 @@ impl Target for Live<'_, '_> {
             return Ok(p);
         }
         let p = self.leave_memtrace_pages()?;
-        self.t.drain();
+        self.t.drain_all();
         Ok(p)
     }
 

@@ -124,6 +124,11 @@ pub fn threads() -> Case {
 pub fn churn_threads() -> Case {
     Case::new("churn", DEBUG).arg("20000").arg("4")
 }
+/// thread_reuse.c: threads made one after another on the stack and thread pointer
+/// of the one just joined.
+pub fn thread_reuse() -> Case {
+    Case::new("thread_reuse", DEBUG)
+}
 pub fn dlopen() -> Case {
     dlopen_with(DEBUG)
 }
