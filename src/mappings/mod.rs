@@ -8,7 +8,9 @@
 //!   POSIX or System V shared memory segment, a file);
 //! - [`resolve`]: the live mappings joined with the kernel's view at the end of the
 //!   trace (backing, resident bytes, whether a descriptor is still open), grouped by
-//!   stack and backing for the report.
+//!   stack and backing for the report;
+//! - [`tracked`]: the model and that view, as a trace's sink keeps them; [`sysv`]:
+//!   the size of a System V segment, which shmat does not tell.
 //!
 //! glibc's own mmap'd chunks and arenas are heap: their calls are nested in an
 //! allocator call and never reach the model (see [`crate::recorder::calls`]).
@@ -17,5 +19,8 @@ pub mod backing;
 pub mod calls;
 pub mod model;
 pub mod resolve;
+pub mod sysv;
+pub mod tracked;
 
 pub use model::{Live, MapSite, MapTotals, Mappings, PAGE};
+pub use tracked::Tracked;

@@ -119,8 +119,7 @@ pub struct Mappings {
 
 /// `len` rounded up to whole pages of `page` bytes.
 fn pages(len: u64, page: u64) -> u64 {
-    len.checked_next_multiple_of(page)
-        .unwrap_or(!(page - 1))
+    len.checked_next_multiple_of(page).unwrap_or(!(page - 1))
 }
 
 /// The page size of an mmap: a huge page's with MAP_HUGETLB (its log2 in the
@@ -293,7 +292,9 @@ impl Mappings {
                 }
                 let end = addr.saturating_add(pages(len, PAGE));
                 let pieces = self.cut(addr, end);
-                if !pieces.is_empty() && !internal {
+                if internal {
+                    self.totals.internal_calls += 1;
+                } else if !pieces.is_empty() {
                     self.totals.protects += 1;
                 }
                 for (s, mut l) in pieces {

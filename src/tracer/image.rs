@@ -12,7 +12,7 @@ use super::scratch::{BpKind, Breakpoint, Scratch};
 use super::{TraceError, Tracer};
 use crate::elf::ObjectInfo;
 use crate::event::Tid;
-use crate::hooks::{HookFn, CXX_FUNCTIONS, LIBC_FUNCTIONS};
+use crate::hooks::{HookFn, CXX_FUNCTIONS, LIBC_FUNCTIONS, MAP_FUNCTIONS};
 use crate::maps::{self, Module};
 use memtrace_arch::{Arch, Native};
 
@@ -243,10 +243,17 @@ impl Tracer<'_> {
         // scan, while every thread still has its registers.
         let exit = vec![("exit", BpKind::ExitCall), ("_exit", BpKind::Exit)];
         let table: Vec<(&str, BpKind)> = match role {
-            Role::Libc => [hooks(LIBC_FUNCTIONS), exit].concat(),
+            Role::Libc => [hooks(LIBC_FUNCTIONS), hooks(MAP_FUNCTIONS), exit].concat(),
             Role::Cxx => hooks(CXX_FUNCTIONS),
             Role::Unwinder => unwind,
-            Role::StaticExe => [hooks(LIBC_FUNCTIONS), hooks(CXX_FUNCTIONS), unwind, exit].concat(),
+            Role::StaticExe => [
+                hooks(LIBC_FUNCTIONS),
+                hooks(MAP_FUNCTIONS),
+                hooks(CXX_FUNCTIONS),
+                unwind,
+                exit,
+            ]
+            .concat(),
         };
         for (name, kind) in table {
             let Some(sym) = info.function(name) else {

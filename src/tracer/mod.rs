@@ -25,6 +25,7 @@ mod image;
 mod images;
 mod inflight;
 mod inject;
+mod memory;
 mod recording;
 mod scan;
 pub mod scratch;
@@ -77,6 +78,10 @@ pub trait Sink {
     fn amend_freed(&mut self, _ptr: u64, _alloc: Option<StackId>, _free: Option<StackId>) {}
     /// Every thread was held (`paused`), or let go again.
     fn paused(&mut self, _paused: bool, _stacks: &StackTable) {}
+    /// The process's memory as the kernel shows it, read while every thread is
+    /// stopped (at every scan: at the end of the trace, the last moment the process
+    /// is there): what the mappings still live map, and how much is resident.
+    fn memory(&mut self, _m: crate::procmem::ProcMemory) {}
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

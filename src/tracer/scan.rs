@@ -219,11 +219,11 @@ impl Tracer<'_> {
             .iter()
             .map(|(tid, r)| self.live_stack_start(*tid, Native::sp(r)))
             .collect();
-        let own: Vec<(u64, u64)> = self
-            .scratch
-            .ranges()
-            .chain(self.rec.iter().flat_map(|r| r.ring.addrs.ranges()))
-            .collect();
+        let own = self.own_ranges();
+        // The mappings as the kernel has them now, while the process is still there;
+        // before the scan, whose reads fault pages in (a memfd's holes too).
+        let sps = all.regs.iter().map(|(_, r)| Native::sp(r)).collect();
+        self.tell_memory(&own, sps);
         let arenas = self.arena_heaps(&maps);
         let devices = self.devices(&maps);
         let layout = Layout {

@@ -6,6 +6,7 @@ use super::run::{UiEvent, Update};
 use super::snapshot::{Snapshotter, TargetState};
 use crate::event::{Event, StackTable};
 use crate::heap::Heap;
+use crate::mappings::Tracked;
 use crate::maps::Module;
 use crate::tracer::{Scan, Sink};
 use std::sync::mpsc::Sender;
@@ -17,6 +18,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub struct Feed {
     pub heap: Heap,
+    pub mappings: Tracked,
     tx: Sender<UiEvent>,
     snapshots: Snapshotter,
     started: Instant,
@@ -34,6 +36,7 @@ impl Feed {
     pub fn new(tx: Sender<UiEvent>, started: Instant) -> Feed {
         Feed {
             heap: Heap::new(),
+            mappings: Tracked::new(false),
             tx,
             snapshots: Snapshotter::default(),
             started,
@@ -51,9 +54,19 @@ impl Feed {
             self.scan = None;
             self.send(Update::Exec);
         }
-        self.heap.set_now(self.started.elapsed().as_nanos() as u64);
+        let now = self.started.elapsed().as_nanos() as u64;
+        self.heap.set_now(now);
         self.heap.apply(ev);
+        self.mappings.event(ev, now);
         self.dirty = true;
+    }
+
+    /// The process ran before the trace (attach): its older blocks and mappings
+    /// are unknown, their frees and unmaps counted apart.
+    pub fn attached(mut self) -> Feed {
+        self.heap = Heap::attached();
+        self.mappings = Tracked::new(true);
+        self
     }
 
     pub fn modules(&mut self, pid: i32, modules: &[Module], generation: u32) {
@@ -143,6 +156,9 @@ impl Sink for Feed {
     }
     fn check_free(&self, ev: &Event) -> crate::recorder::FreeCheck {
         self.heap.check_free(ev)
+    }
+    fn memory(&mut self, m: crate::procmem::ProcMemory) {
+        self.mappings.memory(m);
     }
     fn amend_freed(
         &mut self,
