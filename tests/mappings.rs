@@ -1,0 +1,89 @@
+//! Memory outside malloc: mappings the program makes (mmap, munmap, mremap,
+//! mprotect, memfd_create, shm_open, shmat), reported at the end of the trace and
+//! checked against the fixture's markers and the kernel's own map of the process
+//! at its end. Each fixture runs in both recording modes, which must agree.
+
+mod common;
+
+use common::mappings::{check_fixture, check_nothing_missing, kind_of, Vma};
+
+/// The fixture's own shared memory and files (not the loader's, not memtrace's).
+fn fixture_made(v: &Vma) -> bool {
+    let path = &v.path;
+    path.starts_with("/memfd:") && !path.starts_with("/memfd:memtrace")
+        || path.starts_with("/dev/shm/memtrace-fixture")
+        || path.starts_with("/SYSV")
+        || path.contains("/map_file.")
+}
+
+#[test]
+fn an_anonymous_mapping_never_unmapped_and_large_blocks_that_stay_heap() {
+    let (run, _) = check_fixture("map_anon", &[]);
+    // glibc mapped the 2 MiB block itself: it is a leak, not a mapping.
+    let leaks = common::report::leaks(run.report());
+    assert!(leaks.iter().any(|l| l.bytes == 2 << 20), "{leaks:?}");
+}
+
+#[test]
+fn the_doublemapper_signature() {
+    let (run, vmas) = check_fixture("doublemapper", &[]);
+    let list = common::mappings::mappings(run.report());
+    check_nothing_missing(&list, &vmas, &fixture_made);
+    // The touched page of each writable view is resident, as the kernel says.
+    let rw = list
+        .iter()
+        .find(|m| m.prot == ["rw-s"])
+        .unwrap_or_else(|| panic!("{list:?}"));
+    assert_eq!(rw.rss_bytes, Some(rw.count * 4096), "{rw:?}");
+}
+
+#[test]
+fn partial_munmap_mprotect_and_map_fixed_split_mappings() {
+    check_fixture("map_partial", &[]);
+}
+
+#[test]
+fn mremap_grows_moves_and_shrinks() {
+    check_fixture("map_remap", &[]);
+}
+
+#[test]
+fn file_mappings_and_their_descriptors() {
+    let (run, vmas) = check_fixture("map_file", &[]);
+    let list = common::mappings::mappings(run.report());
+    check_nothing_missing(&list, &vmas, &fixture_made);
+}
+
+#[test]
+fn posix_and_system_v_shared_memory() {
+    let (run, vmas) = check_fixture("map_shm", &[]);
+    let list = common::mappings::mappings(run.report());
+    check_nothing_missing(&list, &vmas, &fixture_made);
+    assert!(
+        vmas.iter()
+            .filter_map(|v| kind_of(&v.path))
+            .any(|(k, _)| k == "sysv_shm"),
+        "no System V segment in the fixture's map"
+    );
+}
+
+#[test]
+fn large_blocks_glibc_maps_itself_stay_heap() {
+    // No MAPPING marker: the report must have no mapping at all, and its leaks the
+    // blocks (valgrind agrees on those: the `map_bigmalloc` case of tests/launch.rs).
+    let (run, vmas) = check_fixture("map_bigmalloc", &[]);
+    assert!(common::mappings::mappings(run.report()).is_empty());
+    let leaks = common::report::leaks(run.report());
+    let source = common::build::fixture_source("map_bigmalloc");
+    for marker in common::markers(&source) {
+        assert!(
+            leaks.iter().any(|l| l.bytes == marker.bytes),
+            "{marker:?} in {leaks:?}"
+        );
+    }
+    // The thread's arena is in the map: glibc did map it.
+    let arena = vmas
+        .iter()
+        .any(|v| v.start % (64 << 20) == 0 && v.path.is_empty());
+    assert!(arena, "no arena heap in the fixture's map");
+}
