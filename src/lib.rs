@@ -72,6 +72,7 @@
 //! (pause, scan, detach) that wake the stop loop, or as debugger commands.
 pub mod aliases;
 pub mod attachable;
+pub mod census;
 pub mod cli;
 pub mod debug;
 pub mod elf;

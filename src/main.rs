@@ -26,6 +26,7 @@ fn main() {
         Command::Launch(args) => launch(args),
         Command::Attach(args) => attach(args),
         Command::Report(args) => offline::report(&args),
+        Command::Maps(args) => memtrace::census::command::run(args.pid, args.json),
         Command::Completions { shell } => offline::completions(shell),
         Command::Manpage { dir } => offline::manpage(dir.as_deref()),
     };

@@ -23,12 +23,7 @@ use crate::progress::{Progress, Unit};
 use crate::ptrace;
 use memtrace_arch::{Arch, Native};
 use serde::Serialize;
-use std::collections::HashSet;
 
-/// glibc's HEAP_MAX_SIZE on 64-bit: the heaps of arenas other than the main one are
-/// mappings aligned to it, starting with a `heap_info` whose first word (`ar_ptr`)
-/// points to the arena, right after it in an arena's first heap.
-const ARENA_HEAP_ALIGN: u64 = 64 << 20;
 /// The x86-64 red zone below the stack pointer, which leaf functions use without
 /// moving it; memcheck too treats it as live.
 const RED_ZONE: u64 = 128;
@@ -302,28 +297,9 @@ impl Tracer<'_> {
     }
 
     /// The start addresses of the mappings that are heaps of glibc arenas other than
-    /// the main one (see [`ARENA_HEAP_ALIGN`]).
+    /// the main one (see [`crate::census::ARENA_HEAP_ALIGN`]).
     fn arena_heaps(&self, maps: &[Mapping]) -> Vec<u64> {
-        let first_word = |m: &Mapping| self.mem.read_u64(m.start).ok();
-        let candidates: Vec<(u64, u64)> = maps
-            .iter()
-            .filter(|m| m.read && m.write && m.inode == 0 && m.start % ARENA_HEAP_ALIGN == 0)
-            .filter_map(|m| Some((m.start, first_word(m)?)))
-            .collect();
-        // An arena's first heap: its malloc_state follows the heap_info.
-        let firsts: HashSet<u64> = candidates
-            .iter()
-            .filter(|(start, ar)| (start + 16..start + 256).contains(ar))
-            .map(|(start, _)| *start)
-            .collect();
-        // A later heap of the same arena points back to that one.
-        candidates
-            .iter()
-            .filter(|(start, ar)| {
-                firsts.contains(start) || firsts.contains(&(ar & !(ARENA_HEAP_ALIGN - 1)))
-            })
-            .map(|(start, _)| *start)
-            .collect()
+        crate::census::arena_heaps(maps, |m| self.mem.read_u64(m.start).ok())
     }
 }
 
