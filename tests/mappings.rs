@@ -87,3 +87,50 @@ fn large_blocks_glibc_maps_itself_stay_heap() {
         .any(|v| v.start % (64 << 20) == 0 && v.path.is_empty());
     assert!(arena, "no arena heap in the fixture's map");
 }
+
+#[test]
+fn attach_tracks_what_is_mapped_while_attached_and_counts_older_unmaps_apart() {
+    use common::attach::{run_attach, Background};
+    use common::mappings::{
+        check_against_maps, check_mappings_shape, check_markers, check_totals, mappings,
+        parse_maps,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("maps");
+    let exe = common::build_fixture("map_attach", common::DEBUG);
+    let bg = Background::start(&common::Target::new(exe).arg(&dump));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !bg.stdout_so_far().contains("ready") {
+        assert!(std::time::Instant::now() < until, "map_attach never became ready");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Before the trace: the census sees the older memfd.
+    let mut census = std::process::Command::new(common::process::memtrace_binary());
+    census.args(["maps", "--json", &bg.pid().to_string()]);
+    let out = common::process::run_with_watchdog_stdout(
+        census,
+        common::process::MEMTRACE_LIMIT,
+        "memtrace maps",
+    );
+    let c: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let named = |v: &serde_json::Value, name: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["kind"] == "memfd" && g["name"] == name)
+    };
+    assert!(named(&c["groups"], "before"), "{c}");
+    let run = run_attach(&[], bg.pid());
+    assert_eq!(bg.finish().exit, common::Exit::Code(0), "{}", run.stderr);
+    let report = run.report();
+    let list = mappings(report);
+    check_mappings_shape(&list);
+    let source = common::build::fixture_source("map_attach");
+    check_markers(&list, &source);
+    check_totals(report, &source);
+    let vmas = parse_maps(&std::fs::read_to_string(&dump).unwrap());
+    check_against_maps(&list, &vmas);
+    // Still mapped at the end, and not the trace's: not in the report.
+    assert!(vmas.iter().any(|v| v.path.starts_with("/memfd:before")));
+    assert!(!named(&report["mappings"], "before"), "{}", report["mappings"]);
+}

@@ -44,6 +44,8 @@ struct Resolved {
     name: Option<String>,
     descriptor_open: Option<bool>,
     rss: Option<u64>,
+    /// The protection the kernel has for it.
+    perms: Option<String>,
 }
 
 /// The kind a call's arguments suggest, when the kernel's view is missing.
@@ -73,6 +75,7 @@ fn resolve(start: u64, l: &Live, mem: Option<&ProcMemory>) -> Resolved {
             name: None,
             descriptor_open: None,
             rss: mem.map(|_| 0),
+            perms: None,
         };
     };
     let (kind, name) = backing::of_path(&first.path).unwrap_or((hinted(l), None));
@@ -92,6 +95,7 @@ fn resolve(start: u64, l: &Live, mem: Option<&ProcMemory>) -> Resolved {
         name,
         descriptor_open,
         rss: Some(rss),
+        perms: Some(first.perms()),
     }
 }
 
@@ -121,7 +125,11 @@ pub fn groups(model: &Mappings, mem: Option<&ProcMemory>) -> Vec<Group> {
         g.count += 1;
         g.bytes += l.len;
         g.rss_bytes = g.rss_bytes.zip(r.rss).map(|(a, b)| a + b);
-        let perms = l.perms();
+        // A range mremap'd from memory never seen mapped: what it is, the kernel says.
+        let perms = match (l.source, r.perms) {
+            (None, Some(kernel)) => kernel,
+            _ => l.perms(),
+        };
         if !g.prots.contains(&perms) {
             g.prots.push(perms);
         }
