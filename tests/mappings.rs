@@ -92,8 +92,7 @@ fn large_blocks_glibc_maps_itself_stay_heap() {
 fn attach_tracks_what_is_mapped_while_attached_and_counts_older_unmaps_apart() {
     use common::attach::{run_attach, Background};
     use common::mappings::{
-        check_against_maps, check_mappings_shape, check_markers, check_totals, mappings,
-        parse_maps,
+        check_against_maps, check_mappings_shape, check_markers, check_totals, mappings, parse_maps,
     };
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("maps");
@@ -101,7 +100,10 @@ fn attach_tracks_what_is_mapped_while_attached_and_counts_older_unmaps_apart() {
     let bg = Background::start(&common::Target::new(exe).arg(&dump));
     let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !bg.stdout_so_far().contains("ready") {
-        assert!(std::time::Instant::now() < until, "map_attach never became ready");
+        assert!(
+            std::time::Instant::now() < until,
+            "map_attach never became ready"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     // Before the trace: the census sees the older memfd.
@@ -132,5 +134,9 @@ fn attach_tracks_what_is_mapped_while_attached_and_counts_older_unmaps_apart() {
     check_against_maps(&list, &vmas);
     // Still mapped at the end, and not the trace's: not in the report.
     assert!(vmas.iter().any(|v| v.path.starts_with("/memfd:before")));
-    assert!(!named(&report["mappings"], "before"), "{}", report["mappings"]);
+    assert!(
+        !named(&report["mappings"], "before"),
+        "{}",
+        report["mappings"]
+    );
 }

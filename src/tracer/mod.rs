@@ -105,6 +105,9 @@ pub enum Command {
     Scan,
     /// Stop at the next allocation from there (the live view's `b`).
     Break(crate::debug::BreakSpec),
+    /// Read the process's memory for the sink every second (the live view's
+    /// mappings view is shown: [`Sink::memory`]), or no more.
+    WatchMemory(bool),
 }
 
 /// Sends [`Command`]s to the tracer thread and wakes it. Dropping it detaches.

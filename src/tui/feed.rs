@@ -3,7 +3,7 @@
 //! a snapshot a few times a second, whatever the allocation rate.
 
 use super::run::{UiEvent, Update};
-use super::snapshot::{Snapshotter, TargetState};
+use super::snapshot::{MapSnapshot, Snapshotter, TargetState};
 use crate::event::{Event, StackTable};
 use crate::heap::Heap;
 use crate::mappings::Tracked;
@@ -29,6 +29,8 @@ pub struct Feed {
     /// The last reachability scan's figures, and why none could be made at the end.
     pub scan: Option<crate::tracer::ScanStats>,
     pub scan_error: Option<String>,
+    /// The traced process (for the census), once its objects are known.
+    pid: i32,
 }
 
 impl Feed {
@@ -45,6 +47,7 @@ impl Feed {
             state: TargetState::Running,
             scan: None,
             scan_error: None,
+            pid: 0,
         }
     }
 
@@ -70,6 +73,7 @@ impl Feed {
     }
 
     pub fn modules(&mut self, pid: i32, modules: &[Module], generation: u32) {
+        self.pid = pid;
         self.send(Update::Modules {
             pid,
             modules: modules.to_vec(),
@@ -91,10 +95,26 @@ impl Feed {
         }
         self.last = Some(now);
         self.dirty = false;
+        let elapsed = now - self.started;
         let snap = self
             .snapshots
-            .take(&self.heap, stacks, now - self.started, self.state.clone());
+            .take(&self.heap, stacks, elapsed, self.state.clone());
         self.send(Update::Snapshot(snap));
+        self.send(Update::Mappings(MapSnapshot::of(
+            &self.mappings.model,
+            elapsed,
+        )));
+    }
+
+    /// The process's memory, read by the tracer (for the mappings view, every
+    /// second while it is shown; at every scan): kept for the report, and sent to
+    /// the view as a census, with the bytes live malloc blocks hold in the heap.
+    pub fn memory(&mut self, m: crate::procmem::ProcMemory) {
+        let blocks = self.heap.live_spans();
+        let census = crate::census::census(self.pid, &m, Some(&blocks));
+        self.mappings.memory(m);
+        let at = self.started.elapsed();
+        self.send(Update::Census(Box::new((at, census))));
     }
 
     pub fn set_state(&mut self, state: TargetState, stacks: &StackTable) {
@@ -158,7 +178,7 @@ impl Sink for Feed {
         self.heap.check_free(ev)
     }
     fn memory(&mut self, m: crate::procmem::ProcMemory) {
-        self.mappings.memory(m);
+        Feed::memory(self, m);
     }
     fn amend_freed(
         &mut self,

@@ -110,6 +110,7 @@ pub fn run(
             Request::Pause => commands.send(Command::Pause),
             Request::Resume => commands.send(Command::Resume),
             Request::Scan => commands.send(Command::Scan),
+            Request::WatchMemory(on) => commands.send(Command::WatchMemory(on)),
             Request::Detach => commands.send(Command::Detach),
             // Signals need no ptrace: any thread may send them. The tracer sees what
             // becomes of the program as for any other signal.
