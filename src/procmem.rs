@@ -82,6 +82,41 @@ impl ProcMemory {
     }
 }
 
+/// A page's entry in `/proc/PID/pagemap`: present in memory, or swapped out.
+const PAGE_PRESENT: u64 = 1 << 63;
+const PAGE_SWAPPED: u64 = 1 << 62;
+
+/// The runs of pages of `[start, end)` that hold data of the process's own (present
+/// in its page tables, or swapped out), from the words of `/proc/PID/pagemap` for
+/// those pages (`entries[i]` for the page at `start + 4096 * i`).
+pub fn resident_runs(start: u64, entries: &[u64]) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (i, &e) in entries.iter().enumerate() {
+        if e & (PAGE_PRESENT | PAGE_SWAPPED) == 0 {
+            continue;
+        }
+        let at = start + 4096 * i as u64;
+        match runs.last_mut() {
+            Some(last) if last.1 == at => last.1 = at + 4096,
+            _ => runs.push((at, at + 4096)),
+        }
+    }
+    runs
+}
+
+/// [`resident_runs`] of process `pid`'s `[start, end)` (page aligned).
+pub fn read_resident_runs(pid: i32, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
+    let pages = ((end - start) / 4096) as usize;
+    let mut bytes = vec![0u8; pages * 8];
+    pagemap.read_exact_at(&mut bytes, start / 4096 * 8)?;
+    let entries: Vec<u64> = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect();
+    Ok(resident_runs(start, &entries))
+}
+
 /// The files behind `/proc/PID/fd/*` (what `stat` through the link sees).
 fn open_files(pid: i32) -> Vec<FileId> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -150,6 +185,24 @@ mod tests {
         assert_eq!(dev_parts(1), (0, 1));
         // makedev(300, 70000): the minor's high bits above the major's low ones.
         assert_eq!(dev_parts(0x1111_2c70), (300, 70000));
+    }
+
+    #[test]
+    fn resident_runs_join_neighbouring_pages() {
+        let (p, s, none) = (PAGE_PRESENT, PAGE_SWAPPED, 0);
+        assert_eq!(
+            resident_runs(0x10000, &[p, s, none, none, p | 5, none]),
+            vec![(0x10000, 0x12000), (0x14000, 0x15000)]
+        );
+        assert!(resident_runs(0x10000, &[none; 4]).is_empty());
+        // This process: a page written is resident, one never touched is not.
+        let len = 4 * 4096;
+        let mut v = vec![0u8; len + 4096];
+        let at = (v.as_ptr() as u64).next_multiple_of(4096);
+        let off = (at - v.as_ptr() as u64) as usize;
+        v[off] = 1;
+        let runs = read_resident_runs(std::process::id() as i32, at, at + 4096).unwrap();
+        assert_eq!(runs, vec![(at, at + 4096)]);
     }
 
     #[test]

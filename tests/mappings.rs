@@ -140,3 +140,46 @@ fn attach_tracks_what_is_mapped_while_attached_and_counts_older_unmaps_apart() {
         report["mappings"]
     );
 }
+
+/// The reachability scan reads writable shared mappings as roots, but only their
+/// pages the process has: reading a memfd's untouched page would allocate it in the
+/// target (for a doublemapper, GiBs).
+#[test]
+fn the_scan_leaves_untouched_shared_pages_alone() {
+    use common::attach::{run_attach, Background};
+    let exe = common::build_fixture("doublemapper", common::DEBUG);
+    let (bg, stdin) = Background::start_piped(&common::Target::new(exe).arg("32").arg("pause"));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !bg.stdout_so_far().contains("ready") {
+        assert!(
+            std::time::Instant::now() < until,
+            "doublemapper never became ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let resident = || -> u64 {
+        let mut census = std::process::Command::new(common::process::memtrace_binary());
+        census.args(["maps", "--json", &bg.pid().to_string()]);
+        let out = common::process::run_with_watchdog_stdout(
+            census,
+            common::process::MEMTRACE_LIMIT,
+            "memtrace maps",
+        );
+        let c: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        c["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["kind"] == "memfd")
+            .map(|g| g["rss_bytes"].as_u64().unwrap())
+            .sum()
+    };
+    let before = resident();
+    // Attach, scan before the detach, detach.
+    let run = run_attach(&["--duration", "0.5"], bg.pid());
+    assert_eq!(run.exit, common::Exit::Code(0), "{}", run.stderr);
+    assert!(run.report()["scan"].is_object(), "no scan: {}", run.stderr);
+    assert_eq!(resident(), before, "the scan made memfd pages resident");
+    drop(stdin);
+    assert_eq!(bg.finish().exit, common::Exit::Code(0));
+}

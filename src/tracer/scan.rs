@@ -230,7 +230,7 @@ impl Tracer<'_> {
             arena_heaps: &arenas,
         };
         let roots = Roots {
-            regions: layout.root_regions(&maps),
+            regions: self.resident_shared(layout.root_regions(&maps), &maps),
             words: all
                 .regs
                 .iter()
@@ -294,6 +294,28 @@ impl Tracer<'_> {
             })
             .map(|m| m.start)
             .collect()
+    }
+
+    /// Of the root regions in shared mappings, the pages the process has in memory
+    /// (or swapped out) only: reading an untouched page of a memfd or a shared
+    /// memory segment would allocate it in the target (a doublemapper's GiBs), and
+    /// it holds nothing the process wrote through this mapping. Private memory
+    /// reads as the zero page: read whole.
+    fn resident_shared(&self, regions: Vec<(u64, u64)>, maps: &[Mapping]) -> Vec<(u64, u64)> {
+        let shared = |s: u64| maps.iter().any(|m| m.shared && m.start <= s && s < m.end);
+        let mut out = Vec::with_capacity(regions.len());
+        for (s, e) in regions {
+            if !shared(s) {
+                out.push((s, e));
+                continue;
+            }
+            let (from, to) = (s & !4095, e.next_multiple_of(4096));
+            match crate::procmem::read_resident_runs(self.pid, from, to) {
+                Ok(runs) => out.extend(runs.into_iter().map(|(a, b)| (a.max(s), b.min(e)))),
+                Err(_) => out.push((s, e)),
+            }
+        }
+        out
     }
 
     /// The start addresses of the mappings that are heaps of glibc arenas other than
