@@ -215,4 +215,40 @@ mod tests {
         // Nothing mapped, nothing made: no section at all.
         assert!(text_lines(&[], Some(&MapTotals::default()), false).is_empty());
     }
+
+    #[test]
+    fn a_saved_report_keeps_its_mappings_for_memtrace_report() {
+        let mut r = crate::report::testing::sample();
+        r.mappings = vec![mapping("memfd", Some("doublemapper"), Some(false))];
+        r.mapping_totals = Some(MapTotals {
+            maps: 2,
+            ..MapTotals::default()
+        });
+        let text = crate::report::json::to_json_string(&r).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        // The contract's fields, as it spells them.
+        let m = &v["mappings"][0];
+        for key in [
+            "kind",
+            "name",
+            "count",
+            "bytes",
+            "rss_bytes",
+            "prot",
+            "descriptor_open",
+            "stack",
+        ] {
+            assert!(!m[key].is_null(), "{key} in {m}");
+        }
+        let back =
+            crate::report::json::from_json_str(&text, std::path::Path::new("r.json")).unwrap();
+        assert_eq!(back.mappings, r.mappings);
+        let rendered = crate::report::text::render_text(&back);
+        assert!(rendered.contains("MAPPING SUMMARY:"), "{rendered}");
+        // A report without them (an older memtrace's) reads as having none.
+        let older = text.replace("\"mappings\"", "\"not_mappings\"");
+        let back =
+            crate::report::json::from_json_str(&older, std::path::Path::new("r.json")).unwrap();
+        assert!(back.mappings.is_empty());
+    }
 }
