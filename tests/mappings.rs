@@ -89,6 +89,15 @@ fn large_blocks_glibc_maps_itself_stay_heap() {
 }
 
 #[test]
+fn a_static_programs_c_library_maps_for_itself_too() {
+    // Its thread's stack (pthread_create), the munmap inside free: the C library's
+    // own calls, as with libc.so (same totals), though no libc.so is mapped.
+    let flags = &["-g", "-O0", "-static"];
+    let (run, _) = common::mappings::check_fixture_built("map_bigmalloc", flags, &[]);
+    assert!(common::mappings::mappings(run.report()).is_empty());
+}
+
+#[test]
 fn attach_tracks_what_is_mapped_while_attached_and_counts_older_unmaps_apart() {
     use common::attach::{run_attach, Background};
     use common::mappings::{

@@ -332,7 +332,12 @@ pub fn check_totals(report: &Value, source: &Path) {
 /// recording modes, with its map copied at its end; checks the report's mappings
 /// against the markers and against that map. Returns the run and the map.
 pub fn check_fixture(name: &str, args: &[&str]) -> (Run, Vec<Vma>) {
-    let exe = build_fixture(name, DEBUG);
+    check_fixture_built(name, DEBUG, args)
+}
+
+/// [`check_fixture`] with the fixture built with `flags`.
+pub fn check_fixture_built(name: &str, flags: &[&str], args: &[&str]) -> (Run, Vec<Vma>) {
+    let exe = build_fixture(name, flags);
     let mut target = Target::new(exe);
     for a in args {
         target = target.arg(a);
