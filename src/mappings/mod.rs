@@ -3,7 +3,7 @@
 //!
 //! - [`calls`]: what one call of a mapping function means (a [`crate::event::MapCall`]);
 //! - [`model`]: the live mappings, split, merged, moved and replaced as the kernel
-//!   does, with per-stack counts; pure;
+//!   does, with per-stack counts; pure (its range bookkeeping in `ranges.rs`);
 //! - [`backing`]: what a line of `/proc/PID/maps` says a mapping maps (a memfd, a
 //!   POSIX or System V shared memory segment, a file);
 //! - [`resolve`]: the live mappings joined with the kernel's view at the end of the
@@ -18,6 +18,7 @@
 pub mod backing;
 pub mod calls;
 pub mod model;
+mod ranges;
 pub mod resolve;
 pub mod sysv;
 pub mod tracked;
