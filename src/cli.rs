@@ -12,6 +12,7 @@ Examples:
   memtrace launch --error-exitcode 1 --suppressions libc.supp ./test   fail CI on a leak
   memtrace report r.json --format flamegraph -o r.svg      re-render a saved report
   memtrace report before.json after.json                   what grew between two
+  memtrace maps 1234                                       what pid 1234's memory is
   memtrace completions bash > /etc/bash_completion.d/memtrace
 ";
 
@@ -41,6 +42,12 @@ Examples:
   memtrace report r.json --suppressions known.supp --error-exitcode 1
   memtrace report 09h00.json 10h00.json             what grew in that hour
   memtrace report a.json b.json --format flamegraph -o growth.svg
+";
+
+const MAPS_EXAMPLES: &str = "\
+Examples:
+  memtrace maps 1234                                what its memory is, largest first
+  memtrace maps --json 1234 | jq '.groups[] | select(.kind == \"memfd\")'
 ";
 
 #[derive(Parser, Debug)]
@@ -73,6 +80,11 @@ pub enum Command {
     /// compare two reports: what grew from the first to the second, per site.
     #[command(after_help = REPORT_EXAMPLES)]
     Report(ReportArgs),
+    /// Print a census of process PID's memory without tracing it: every mapping
+    /// classified (heap, arena, stack, anonymous, image, file, memfd, posix_shm,
+    /// sysv_shm, deleted_file, special), summed per kind and name, largest first.
+    #[command(after_help = MAPS_EXAMPLES)]
+    Maps(MapsArgs),
     /// Print the completion script of SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -242,6 +254,16 @@ fn seconds(s: &str) -> Result<f64, String> {
         Ok(v) if (0.0..1e9).contains(&v) => Ok(v),
         _ => Err(format!("{s:?} is not a number of seconds")),
     }
+}
+
+#[derive(Args, Debug)]
+pub struct MapsArgs {
+    /// Write the census as JSON (schema memtrace-maps/1) to standard output.
+    #[arg(long)]
+    pub json: bool,
+    /// The process to look at.
+    #[arg(value_name = "PID")]
+    pub pid: i32,
 }
 
 #[derive(Args, Debug)]

@@ -102,8 +102,116 @@ pub enum Event {
     /// exception object made while operator new was failing. Not an allocation of the
     /// program's, but freeing it later is no error.
     Nested { ptr: u64 },
+    /// A call that makes, changes or removes a mapping (memory outside malloc).
+    Mapping(MapCall),
     /// The process executed a new image: the old heap is gone.
     Exec,
+}
+
+/// What a mapping's pages are, as far as the call that made it tells: which file
+/// (a memfd, a POSIX shared memory object) is known from `/proc/PID/maps` while the
+/// mapping lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MapSource {
+    /// MAP_ANONYMOUS.
+    Anonymous,
+    /// A file descriptor's file.
+    Fd(i32),
+    /// A System V shared memory segment (shmat), by its id.
+    Sysv(i32),
+}
+
+/// The calls that make descriptors mappings are made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DescKind {
+    /// memfd_create.
+    Memfd,
+    /// shm_open.
+    PosixShm,
+    /// shm_unlink (no descriptor: the name is gone).
+    ShmUnlink,
+}
+
+/// One call of the mapping functions (mmap, munmap, mremap, mprotect, shmat, shmdt,
+/// memfd_create, shm_open, shm_unlink). `internal`: the call came from the C
+/// library's own code (a thread's stack, a locale file), not the program's; it
+/// changes what is mapped, but it is not the program's mapping. Calls made inside
+/// an allocator call (glibc's mmap'd chunks and arenas) are never events: they are
+/// the heap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapCall {
+    /// mmap or shmat returned `addr`. `len` is what was asked (0 for shmat: the
+    /// segment's size is the kernel's to say).
+    Map {
+        tid: Tid,
+        addr: u64,
+        len: u64,
+        prot: u32,
+        flags: u32,
+        source: MapSource,
+        offset: u64,
+        stack: StackId,
+        func: HookFn,
+        internal: bool,
+    },
+    /// munmap, seen at its entry (before the range can be handed out again).
+    Unmap {
+        tid: Tid,
+        addr: u64,
+        len: u64,
+        internal: bool,
+    },
+    /// shmdt of the segment attached at `addr`, at its entry.
+    Shmdt { tid: Tid, addr: u64, internal: bool },
+    /// mremap of `[old, old + old_len)` has started: as with realloc, the range may
+    /// be released (moved) before the call returns.
+    RemapStart {
+        tid: Tid,
+        old: u64,
+        old_len: u64,
+        internal: bool,
+    },
+    /// The mremap started on `tid` returned `new` (`u64::MAX`: it failed).
+    RemapEnd {
+        tid: Tid,
+        old: u64,
+        old_len: u64,
+        new: u64,
+        new_len: u64,
+        flags: u32,
+        stack: StackId,
+        internal: bool,
+    },
+    /// mprotect succeeded.
+    Protect {
+        tid: Tid,
+        addr: u64,
+        len: u64,
+        prot: u32,
+        internal: bool,
+    },
+    /// memfd_create or shm_open returned `fd`; shm_unlink was called (`fd` -1).
+    Descriptor { tid: Tid, fd: i32, kind: DescKind },
+}
+
+impl MapCall {
+    /// The stack the event carries, for the calls that make a mapping the program
+    /// owns from then on.
+    pub fn stack_mut(&mut self) -> Option<&mut StackId> {
+        match self {
+            MapCall::Map {
+                stack,
+                internal: false,
+                ..
+            }
+            | MapCall::RemapEnd {
+                stack,
+                internal: false,
+                ..
+            } => Some(stack),
+            _ => None,
+        }
+    }
 }
 
 /// Every distinct stack seen, stored once. A stack is a list of return addresses,

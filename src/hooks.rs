@@ -2,6 +2,8 @@
 //!
 //! Pure logic: given a function, its arguments at entry and its return value, say what
 //! happened. The tracer supplies registers and memory; this module never sees a pid.
+//! The mapping functions (mmap and the rest, [`MAP_FUNCTIONS`]) are hooked the same
+//! way; what their calls mean is in [`crate::mappings::calls`].
 
 use crate::event::{AllocKind, Event, FreeKind, StackId, Tid};
 
@@ -32,9 +34,35 @@ pub enum HookFn {
         aligned: bool,
         nothrow: bool,
     },
+    /// mmap and mmap64 (one address in glibc, as is its internal `__mmap`).
+    Mmap,
+    Munmap,
+    Mremap,
+    Mprotect,
+    MemfdCreate,
+    ShmOpen,
+    ShmUnlink,
+    Shmat,
+    Shmdt,
 }
 
 impl HookFn {
+    /// One of the mapping functions ([`MAP_FUNCTIONS`]), not an allocator.
+    pub const fn is_mapping(self) -> bool {
+        matches!(
+            self,
+            HookFn::Mmap
+                | HookFn::Munmap
+                | HookFn::Mremap
+                | HookFn::Mprotect
+                | HookFn::MemfdCreate
+                | HookFn::ShmOpen
+                | HookFn::ShmUnlink
+                | HookFn::Shmat
+                | HookFn::Shmdt
+        )
+    }
+
     /// Plain `operator new(size_t)` or `operator new[](size_t)`.
     pub const fn new_op(array: bool) -> HookFn {
         HookFn::New {
@@ -69,6 +97,22 @@ pub const LIBC_FUNCTIONS: &[(&str, HookFn)] = &[
     ("aligned_alloc", HookFn::Memalign),
     ("valloc", HookFn::Valloc),
     ("pvalloc", HookFn::Pvalloc),
+];
+
+/// The functions that make, change and remove mappings, as glibc's libc.so.6 exports
+/// them (shm_open and shm_unlink are in libc since glibc 2.34). glibc's own malloc
+/// calls the same code (`__mmap` is `mmap`): such calls are nested, and heap.
+pub const MAP_FUNCTIONS: &[(&str, HookFn)] = &[
+    ("mmap", HookFn::Mmap),
+    ("mmap64", HookFn::Mmap),
+    ("munmap", HookFn::Munmap),
+    ("mremap", HookFn::Mremap),
+    ("mprotect", HookFn::Mprotect),
+    ("memfd_create", HookFn::MemfdCreate),
+    ("shm_open", HookFn::ShmOpen),
+    ("shm_unlink", HookFn::ShmUnlink),
+    ("shmat", HookFn::Shmat),
+    ("shmdt", HookFn::Shmdt),
 ];
 
 /// C++ operator new/delete, as exported by libstdc++ (mangled names, 64-bit size_t).
@@ -263,7 +307,11 @@ impl HookFn {
         static ALL: std::sync::OnceLock<Vec<HookFn>> = std::sync::OnceLock::new();
         ALL.get_or_init(|| {
             let mut v: Vec<HookFn> = Vec::new();
-            for &(_, f) in LIBC_FUNCTIONS.iter().chain(CXX_FUNCTIONS) {
+            for &(_, f) in LIBC_FUNCTIONS
+                .iter()
+                .chain(CXX_FUNCTIONS)
+                .chain(MAP_FUNCTIONS)
+            {
                 if !v.contains(&f) {
                     v.push(f);
                 }
@@ -282,24 +330,34 @@ impl HookFn {
     }
 
     /// Whether its return is hooked: for the return value, and so that the calls it
-    /// makes to other hooked functions are known to be nested. Not free: it returns
-    /// nothing and calls no other hooked function.
+    /// makes to other hooked functions are known to be nested. Not free (nor munmap,
+    /// shmdt, shm_unlink): it is seen at its entry, and calls no other hooked function.
     pub fn hooks_return(self) -> bool {
-        self != HookFn::Free
+        !matches!(
+            self,
+            HookFn::Free | HookFn::Munmap | HookFn::Shmdt | HookFn::ShmUnlink
+        )
     }
 
     pub fn name(self) -> &'static str {
         LIBC_FUNCTIONS
             .iter()
             .chain(CXX_FUNCTIONS)
+            .chain(MAP_FUNCTIONS)
             .find(|(_, f)| *f == self)
             .map(|(n, _)| *n)
             .unwrap_or("?")
     }
 
-    /// The call's entry. `args` are the first three integer arguments; `internal` says
-    /// the caller is the allocator's own object.
-    pub fn entry(self, tid: Tid, args: [u64; 3], stack: StackId, internal: bool) -> Entry {
+    /// The call's entry. `args` are the six integer arguments; `internal` says the
+    /// caller is the allocator's own object.
+    pub fn entry(self, tid: Tid, args: [u64; 6], stack: StackId, internal: bool) -> Entry {
+        if self.is_mapping() {
+            return Entry {
+                event: crate::mappings::calls::entry(self, tid, args, internal).map(Event::Mapping),
+                hook_return: self.hooks_return(),
+            };
+        }
         let free = |kind| Event::Free {
             tid,
             kind,
@@ -344,12 +402,17 @@ impl HookFn {
     }
 
     /// Whether the call's events need its stack: not a free or delete of NULL, which
-    /// records nothing (its entry is still needed, for delete's return hook).
-    pub fn needs_stack(self, args: [u64; 3]) -> bool {
+    /// records nothing (its entry is still needed, for delete's return hook); of the
+    /// mapping functions, those that make a mapping.
+    pub fn needs_stack(self, args: [u64; 6]) -> bool {
+        if self.is_mapping() {
+            return crate::mappings::calls::needs_stack(self);
+        }
         !(matches!(self, HookFn::Free | HookFn::Delete { .. }) && args[0] == 0)
     }
 
-    /// The bytes an allocation asks for, from its arguments; None for a deallocator.
+    /// The bytes an allocation asks for, from its arguments; None for a deallocator
+    /// (and for the mapping functions, which allocate no block).
     pub fn requested_size(self, args: [u64; 3]) -> Option<u64> {
         match self {
             HookFn::Malloc | HookFn::Valloc | HookFn::Pvalloc | HookFn::New { .. } => Some(args[0]),
@@ -357,7 +420,7 @@ impl HookFn {
             HookFn::Memalign | HookFn::Realloc => Some(args[1]),
             HookFn::PosixMemalign => Some(args[2]),
             HookFn::Reallocarray => Some(args[1].saturating_mul(args[2])),
-            HookFn::Free | HookFn::Delete { .. } => None,
+            _ => None,
         }
     }
 
@@ -372,15 +435,21 @@ impl HookFn {
     }
 
     /// The call's return. `ret` is the return value; `out_ptr` is the pointer that
-    /// posix_memalign wrote through its first argument (read by the tracer).
+    /// posix_memalign wrote through its first argument (read by the tracer);
+    /// `internal` as at the entry.
     pub fn exit(
         self,
         tid: Tid,
-        args: [u64; 3],
+        args: [u64; 6],
         ret: u64,
         out_ptr: Option<u64>,
         stack: StackId,
+        internal: bool,
     ) -> Option<Event> {
+        if self.is_mapping() {
+            return crate::mappings::calls::exit(self, tid, args, ret, stack, internal)
+                .map(Event::Mapping);
+        }
         let alloc = |kind, ptr, size| {
             (ptr != 0).then_some(Event::Alloc {
                 tid,
@@ -430,7 +499,7 @@ impl HookFn {
                 stack,
                 func: self,
             }),
-            HookFn::Free | HookFn::Delete { .. } => None,
+            _ => None,
         }
     }
 }
@@ -442,22 +511,22 @@ mod tests {
 
     #[test]
     fn sizes_come_from_the_right_arguments() {
-        let ev = |f: HookFn, args, ret| f.exit(1, args, ret, None, S);
+        let ev = |f: HookFn, args, ret| f.exit(1, args, ret, None, S, false);
         let size = |e: Option<Event>| match e {
             Some(Event::Alloc { size, .. }) => size,
             other => panic!("{other:?}"),
         };
-        assert_eq!(size(ev(HookFn::Malloc, [30, 0, 0], 0x10)), 30);
-        assert_eq!(size(ev(HookFn::Calloc, [4, 8, 0], 0x10)), 32);
-        assert_eq!(size(ev(HookFn::Memalign, [64, 100, 0], 0x40)), 100);
-        assert_eq!(size(ev(HookFn::Valloc, [10, 0, 0], 0x1000)), 10);
-        assert_eq!(ev(HookFn::Malloc, [30, 0, 0], 0), None);
+        assert_eq!(size(ev(HookFn::Malloc, [30, 0, 0, 0, 0, 0], 0x10)), 30);
+        assert_eq!(size(ev(HookFn::Calloc, [4, 8, 0, 0, 0, 0], 0x10)), 32);
+        assert_eq!(size(ev(HookFn::Memalign, [64, 100, 0, 0, 0, 0], 0x40)), 100);
+        assert_eq!(size(ev(HookFn::Valloc, [10, 0, 0, 0, 0, 0], 0x1000)), 10);
+        assert_eq!(ev(HookFn::Malloc, [30, 0, 0, 0, 0, 0], 0), None);
     }
 
     #[test]
     fn posix_memalign_reports_the_written_pointer() {
         let f = HookFn::PosixMemalign;
-        let ok = f.exit(1, [0x7ff0, 64, 100], 0, Some(0x4000), S);
+        let ok = f.exit(1, [0x7ff0, 64, 100, 0, 0, 0], 0, Some(0x4000), S, false);
         assert!(matches!(
             ok,
             Some(Event::Alloc {
@@ -467,12 +536,15 @@ mod tests {
             })
         ));
         // ENOMEM (12): nothing allocated, whatever is in *memptr.
-        assert_eq!(f.exit(1, [0x7ff0, 64, 100], 12, Some(0x4000), S), None);
+        assert_eq!(
+            f.exit(1, [0x7ff0, 64, 100, 0, 0, 0], 12, Some(0x4000), S, false),
+            None
+        );
     }
 
     #[test]
     fn frees_are_seen_at_entry_and_only_delete_hooks_its_return() {
-        let e = HookFn::Free.entry(3, [0x10, 0, 0], S, false);
+        let e = HookFn::Free.entry(3, [0x10, 0, 0, 0, 0, 0], S, false);
         assert!(!e.hook_return);
         assert!(matches!(
             e.event,
@@ -482,8 +554,11 @@ mod tests {
                 ..
             })
         ));
-        assert_eq!(HookFn::Free.entry(3, [0, 0, 0], S, false).event, None);
-        let d = HookFn::delete_op(true).entry(3, [0x10, 0, 0], S, false);
+        assert_eq!(
+            HookFn::Free.entry(3, [0, 0, 0, 0, 0, 0], S, false).event,
+            None
+        );
+        let d = HookFn::delete_op(true).entry(3, [0x10, 0, 0, 0, 0, 0], S, false);
         assert!(d.hook_return);
         assert!(matches!(
             d.event,
@@ -496,15 +571,18 @@ mod tests {
 
     #[test]
     fn only_calls_that_record_something_need_a_stack() {
-        assert!(!HookFn::Free.needs_stack([0, 0, 0]));
-        assert!(!HookFn::delete_op(true).needs_stack([0, 0, 0]));
-        assert!(HookFn::Free.needs_stack([0x10, 0, 0]));
-        assert!(HookFn::Malloc.needs_stack([0, 0, 0]), "malloc(0) allocates");
+        assert!(!HookFn::Free.needs_stack([0, 0, 0, 0, 0, 0]));
+        assert!(!HookFn::delete_op(true).needs_stack([0, 0, 0, 0, 0, 0]));
+        assert!(HookFn::Free.needs_stack([0x10, 0, 0, 0, 0, 0]));
+        assert!(
+            HookFn::Malloc.needs_stack([0, 0, 0, 0, 0, 0]),
+            "malloc(0) allocates"
+        );
     }
 
     #[test]
     fn realloc_brackets_the_call() {
-        let e = HookFn::Realloc.entry(2, [0x10, 50, 0], S, false);
+        let e = HookFn::Realloc.entry(2, [0x10, 50, 0, 0, 0, 0], S, false);
         assert_eq!(
             e.event,
             Some(Event::ReallocStart {
@@ -515,8 +593,13 @@ mod tests {
                 func: HookFn::Realloc,
             })
         );
-        assert_eq!(HookFn::Realloc.entry(2, [0, 50, 0], S, false).event, None);
-        let x = HookFn::Reallocarray.exit(2, [0x10, 5, 10], 0x20, None, S);
+        assert_eq!(
+            HookFn::Realloc
+                .entry(2, [0, 50, 0, 0, 0, 0], S, false)
+                .event,
+            None
+        );
+        let x = HookFn::Reallocarray.exit(2, [0x10, 5, 10, 0, 0, 0], 0x20, None, S, false);
         assert!(matches!(
             x,
             Some(Event::ReallocEnd {
@@ -534,7 +617,7 @@ mod tests {
         for &f in HookFn::all() {
             assert_eq!(HookFn::from_id(f.id()), Some(f));
             assert_eq!(
-                f.entry(1, [1, 2, 3], S, false).hook_return,
+                f.entry(1, [1, 2, 3, 0, 0, 0], S, false).hook_return,
                 f.hooks_return()
             );
         }
@@ -562,7 +645,7 @@ mod tests {
             nothrow: true,
             aligned: false,
         };
-        match nothrow.exit(1, [8, 0, 0], 0x10, None, S) {
+        match nothrow.exit(1, [8, 0, 0, 0, 0, 0], 0x10, None, S, false) {
             Some(Event::Alloc { func, .. }) => assert_eq!(func.name(), "_ZnwmRKSt9nothrow_t"),
             other => panic!("{other:?}"),
         }
@@ -572,7 +655,7 @@ mod tests {
             aligned: false,
             nothrow: false,
         };
-        match sized.entry(1, [0x10, 8, 0], S, false).event {
+        match sized.entry(1, [0x10, 8, 0, 0, 0, 0], S, false).event {
             Some(Event::Free { func, .. }) => assert_eq!(func.name(), "_ZdlPvm"),
             other => panic!("{other:?}"),
         }

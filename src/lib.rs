@@ -80,6 +80,16 @@
 //! launch's `--duration`) the tracer makes the same scan as at `_exit`, so such a
 //! report has leak kinds too. Launch and attach start through [`session::Start`].
 //!
+//! A mapping takes the same path: libc's `mmap`, `munmap`, `mremap`, `mprotect`,
+//! `shmat`... are hooked with the allocator, and each call becomes an
+//! [`event::MapCall`] (one made inside an open allocator call is glibc's own, nested:
+//! heap). The sinks keep the live mappings ([`mappings::Mappings`]) next to the heap;
+//! at every scan the tracer reads `/proc/PID/smaps` and the open descriptors
+//! ([`procmem::ProcMemory`]), so that the report says what each mapping still live
+//! maps, how much of it is resident and whether its descriptor is open.
+//! `memtrace maps PID` classifies the same reading into a [`census`], without
+//! tracing.
+//!
 //! With the live view ([`tui`]) the tracer runs on a thread of its own and its sink,
 //! [`tui::feed::Feed`], keeps the heap and sends the view a snapshot of the per-site
 //! counts a few times a second (from [`tracer::Sink::tick`], after a stop or on the
@@ -88,6 +98,7 @@
 //! (pause, scan, detach) that wake the stop loop, or as debugger commands.
 pub mod aliases;
 pub mod attachable;
+pub mod census;
 pub mod cli;
 pub mod debug;
 pub mod elf;
@@ -96,8 +107,10 @@ pub mod heap;
 pub mod hooks;
 pub mod launchable;
 pub mod leakcheck;
+pub mod mappings;
 pub mod maps;
 pub mod offline;
+pub mod procmem;
 pub mod progress;
 pub mod ptrace;
 pub mod recorder;

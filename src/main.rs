@@ -26,6 +26,7 @@ fn main() {
         Command::Launch(args) => launch(args),
         Command::Attach(args) => attach(args),
         Command::Report(args) => offline::report(&args),
+        Command::Maps(args) => memtrace::census::command::run(args.pid, args.json),
         Command::Completions { shell } => offline::completions(shell),
         Command::Manpage { dir } => offline::manpage(dir.as_deref()),
     };
@@ -266,7 +267,7 @@ fn trace_plain(
     waiter: Waiter,
     started: Instant,
 ) -> Result<Traced, StartError> {
-    let mut collector = Collector::new(heap, started);
+    let mut collector = Collector::new(heap, start.is_attach(), started);
     let end = {
         let mut t = session::start_tracer(&start, &mut collector, waiter, common)?;
         session::configure(&mut t, common, started);
@@ -280,6 +281,7 @@ fn trace_plain(
         end: end.end,
         ended_at: end.ended_at,
         heap: collector.heap,
+        mappings: collector.mappings,
         stacks: end.stacks,
         trace: end.stats,
         sym: collector.sym,
@@ -318,6 +320,12 @@ fn finish(
     heap.end_of_trace();
     let mut sym = traced.sym.unwrap_or_else(|| Symbolizer::new(pid));
     let mut report = report::build(target, report_end, &heap, &traced.stacks, &mut sym, timing);
+    let mut mappings = traced.mappings;
+    mappings.model.end_of_trace();
+    (report.mappings, report.mapping_totals) = {
+        let (list, totals) = report::mappings::build(&mappings, &traced.stacks, &mut sym);
+        (list, Some(totals))
+    };
     report.trace = Some(traced.trace);
     report.scan = traced.scan;
     if report.scan.is_none() && !report.leaks.is_empty() {

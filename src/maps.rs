@@ -1,4 +1,5 @@
-//! `/proc/PID/maps`, parsed, and the loaded objects (modules) it describes.
+//! `/proc/PID/maps` (and `/proc/PID/smaps`, the same lines with sizes), parsed, and
+//! the loaded objects (modules) it describes.
 
 use std::path::{Path, PathBuf};
 
@@ -9,16 +10,43 @@ pub struct Mapping {
     pub read: bool,
     pub write: bool,
     pub exec: bool,
+    /// MAP_SHARED (`s`), not private (`p`).
+    pub shared: bool,
     pub offset: u64,
+    /// The file's device, major and minor.
+    pub dev: (u32, u32),
     pub inode: u64,
     /// The mapped file, or a pseudo name such as `[stack]`, or empty.
     pub path: String,
+    /// Resident bytes, from `/proc/PID/smaps` (None from `/proc/PID/maps`).
+    pub rss: Option<u64>,
 }
 
 impl Mapping {
     /// Backed by a regular file (not `[heap]`, `[vdso]`, anonymous or deleted).
     pub fn is_file(&self) -> bool {
         self.inode != 0 && self.path.starts_with('/') && !self.path.ends_with(" (deleted)")
+    }
+
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+
+    /// The permissions as the kernel writes them: `rw-p`.
+    pub fn perms(&self) -> String {
+        let f = |on: bool, c: char| if on { c } else { '-' };
+        [
+            f(self.read, 'r'),
+            f(self.write, 'w'),
+            f(self.exec, 'x'),
+            if self.shared { 's' } else { 'p' },
+        ]
+        .iter()
+        .collect()
     }
 }
 
@@ -29,10 +57,39 @@ pub fn read(pid: i32) -> std::io::Result<Vec<Mapping>> {
     ))?))
 }
 
+/// The mappings of process `pid` with their resident sizes, from `/proc/PID/smaps`.
+pub fn read_smaps(pid: i32) -> std::io::Result<Vec<Mapping>> {
+    Ok(parse_smaps(&std::fs::read_to_string(format!(
+        "/proc/{pid}/smaps"
+    ))?))
+}
+
 /// Parses the text of `/proc/PID/maps`. Lines that do not parse are skipped: the
 /// format is the kernel's, but a truncated read must not end the trace.
 pub fn parse_maps(text: &str) -> Vec<Mapping> {
     text.lines().filter_map(parse_line).collect()
+}
+
+/// Parses the text of `/proc/PID/smaps`: each mapping's line, then its fields
+/// (`Rss:   188 kB`), of which the resident size is kept.
+pub fn parse_smaps(text: &str) -> Vec<Mapping> {
+    let mut out: Vec<Mapping> = Vec::new();
+    for line in text.lines() {
+        if let Some(kb) = line.strip_prefix("Rss:") {
+            if let Some(last) = out.last_mut() {
+                let kb: Option<u64> = kb.trim().trim_end_matches("kB").trim().parse().ok();
+                last.rss = kb.map(|k| k * 1024);
+            }
+        } else if let Some(m) = parse_line(line) {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// The `Rss:` of `/proc/PID/smaps_rollup`, in bytes.
+pub fn rollup_rss(text: &str) -> Option<u64> {
+    parse_smaps(text).first().and_then(|m| m.rss)
 }
 
 fn parse_line(line: &str) -> Option<Mapping> {
@@ -41,7 +98,11 @@ fn parse_line(line: &str) -> Option<Mapping> {
     let range = it.next()?;
     let perms = it.next()?.as_bytes();
     let offset = u64::from_str_radix(it.next()?, 16).ok()?;
-    let _dev = it.next()?;
+    let (major, minor) = it.next()?.split_once(':')?;
+    let dev = (
+        u32::from_str_radix(major, 16).ok()?,
+        u32::from_str_radix(minor, 16).ok()?,
+    );
     let inode = it.next()?.parse().ok()?;
     let path = it.next().unwrap_or("").trim_start().to_string();
     let (s, e) = range.split_once('-')?;
@@ -54,9 +115,12 @@ fn parse_line(line: &str) -> Option<Mapping> {
         read: perms[0] == b'r',
         write: perms[1] == b'w',
         exec: perms[2] == b'x',
+        shared: perms.get(3) == Some(&b's'),
         offset,
+        dev,
         inode,
         path,
+        rss: None,
     })
 }
 
@@ -172,6 +236,29 @@ garbage line
         assert_eq!(mods[1].file_name(), "libc.so.6");
         assert!(mods[1].contains(0x7f1c2a100000));
         assert!(!mods[1].contains(0x7f1c2a300000));
+    }
+
+    #[test]
+    fn smaps_gives_resident_sizes_and_the_rollup_its_total() {
+        let smaps = "\
+7f1c2a000000-7f1c2a022000 r--p 00000000 fe:01 200 /usr/lib/x86_64-linux-gnu/libc.so.6
+Size:                136 kB
+Rss:                 128 kB
+VmFlags: rd mr mw me
+7f1c2a300000-7f1c2a301000 rw-s 00000000 00:01 4242 /memfd:doublemapper (deleted)
+Size:                  4 kB
+Rss:                   4 kB
+";
+        let maps = parse_smaps(smaps);
+        assert_eq!(maps.len(), 2);
+        assert_eq!(maps[0].rss, Some(128 << 10));
+        assert_eq!((maps[1].dev, maps[1].inode), ((0, 1), 4242));
+        assert_eq!(maps[1].perms(), "rw-s");
+        assert_eq!(maps[1].len(), 4096);
+        let rollup =
+            "55ef37bca000-7fff89b59000 ---p 00000000 00:00 0 [rollup]\nRss: 1668 kB\nPss: 615 kB\n";
+        assert_eq!(rollup_rss(rollup), Some(1668 << 10));
+        assert_eq!(parse_maps(MAPS)[0].rss, None);
     }
 
     #[test]

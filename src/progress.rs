@@ -157,7 +157,7 @@ impl Drop for Progress {
 }
 
 /// `1.5 GiB`, `300.0 MiB`, `12 bytes`
-fn size(bytes: u64) -> String {
+pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if bytes < 1024 {
         return format!("{bytes} bytes");

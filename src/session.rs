@@ -4,6 +4,7 @@
 use crate::cli::Common;
 use crate::event::{Event, StackTable};
 use crate::heap::Heap;
+use crate::mappings::Tracked;
 use crate::maps::Module;
 use crate::ptrace::Waiter;
 use crate::symbols::Symbolizer;
@@ -82,6 +83,8 @@ pub struct Traced {
     /// When the trace ended (see [`TracerEnd::ended_at`]).
     pub ended_at: Instant,
     pub heap: Heap,
+    /// The mappings the program made, and the kernel's view of them at the end.
+    pub mappings: Tracked,
     pub stacks: StackTable,
     pub trace: TraceStats,
     /// Holds every module seen; None when no object was ever reported.
@@ -148,6 +151,7 @@ pub fn run_to_end(mut t: Tracer<'_>) -> Result<TracerEnd, String> {
 /// the trace began, and the symbolizer kept aware of every loaded object.
 pub struct Collector {
     pub heap: Heap,
+    pub mappings: Tracked,
     /// Made when the first objects are known (files are opened through /proc/PID/root).
     pub sym: Option<Symbolizer>,
     pub started: Instant,
@@ -156,9 +160,12 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(heap: Heap, started: Instant) -> Collector {
+    /// `attached`: the process ran before the trace (its older blocks and
+    /// mappings are unknown).
+    pub fn new(heap: Heap, attached: bool, started: Instant) -> Collector {
         Collector {
             heap,
+            mappings: Tracked::new(attached),
             sym: None,
             started,
             scan: None,
@@ -174,8 +181,13 @@ impl Sink for Collector {
             }
             self.scan = None;
         }
-        self.heap.set_now(self.started.elapsed().as_nanos() as u64);
+        let now = self.started.elapsed().as_nanos() as u64;
+        self.heap.set_now(now);
         self.heap.apply(&ev);
+        self.mappings.event(&ev, now);
+    }
+    fn memory(&mut self, m: crate::procmem::ProcMemory) {
+        self.mappings.memory(m);
     }
     fn modules(&mut self, pid: i32, modules: &[Module], generation: u32) {
         self.sym

@@ -402,3 +402,104 @@ fn attach_q_detaches() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// A site that leaks mappings is a row like a heap leak's, marked `mmap`, and its
+/// count grows; `m` shows the census of the process's memory, refreshed, and back.
+#[test]
+fn mapping_sites_and_the_mappings_view() {
+    let program = build_fixture("tui_maps", DEBUG);
+    let source = common::build::fixture_source("tui_maps");
+    let line = marker_line(&source, "MAPPING", "500");
+    let site = format!("map_slowly tui_maps.c:{line}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let command = format!(
+        "{} launch --json {} -- {} 100000",
+        shell_quote(memtrace_binary()),
+        shell_quote(&json),
+        shell_quote(&program)
+    );
+    let tmux = Tmux::start("maps", &command, 140, 36);
+    let mmap_row = |s: &str| {
+        s.lines()
+            .find(|l| l.contains(&site))
+            .filter(|l| l.contains(" mmap "))
+            .map(String::from)
+    };
+    let first = tmux.wait_for(
+        &format!("the mmap row of {site}"),
+        Duration::from_secs(30),
+        |s| mmap_row(s).is_some(),
+    );
+    let before = blocks_of(&first, &site).unwrap_or(0);
+    tmux.wait_for(
+        "the mapping site's count to grow",
+        Duration::from_secs(30),
+        |s| blocks_of(s, &site).is_some_and(|n| n > before + 5) && s.contains("mapped "),
+    );
+    // m: the census, with the anonymous memory growing and the heap's live blocks.
+    tmux.keys("m");
+    let census = tmux.wait_for("the mappings view", Duration::from_secs(30), |s| {
+        s.contains("mappings at") && s.contains("anonymous") && s.contains("in live malloc blocks")
+    });
+    assert!(census.contains("image"), "{census}");
+    tmux.wait_for(
+        "the anonymous memory to grow",
+        Duration::from_secs(30),
+        |s| {
+            s.lines()
+                .any(|l| l.contains("anonymous") && l.contains("KiB/s") && l.contains('+'))
+        },
+    );
+    tmux.keys("m");
+    tmux.wait_for("the sites again", Duration::from_secs(10), |s| {
+        mmap_row(s).is_some()
+    });
+    tmux.keys("q");
+    tmux.wait_for("the quit question", Duration::from_secs(10), |s| {
+        s.contains("k kill the program")
+    });
+    tmux.keys("k");
+    tmux.wait_gone(Duration::from_secs(30));
+    let report = read_report(&json);
+    let mappings = report["mappings"].as_array().expect("mappings");
+    assert!(
+        mappings
+            .iter()
+            .any(|m| m["stack"][0]["line"] == line && m["kind"] == "anonymous"),
+        "the mapping site is in the report: {report:#}"
+    );
+}
+
+/// The live view on an attached process knows that the blocks allocated before it
+/// came are unknown: their frees are counted apart, never reported as errors.
+#[test]
+fn attach_counts_frees_of_older_blocks_apart() {
+    let program = build_fixture("attach_loop", DEBUG);
+    let mut child = std::process::Command::new(&program)
+        .args(["1", "4"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the fixture");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let command = format!(
+        "{} attach --json {} {}",
+        shell_quote(memtrace_binary()),
+        shell_quote(&json),
+        child.id()
+    );
+    let tmux = Tmux::start("attach-old", &command, 120, 36);
+    tmux.wait_for("the end of the program", Duration::from_secs(60), |s| {
+        s.contains("exited with status 7")
+    });
+    tmux.keys("q");
+    tmux.wait_gone(Duration::from_secs(30));
+    let _ = child.wait();
+    let report = read_report(&json);
+    assert_eq!(report["errors"], serde_json::json!([]), "{report:#}");
+    assert!(
+        report["totals"]["frees_of_unknown"].as_u64().unwrap_or(0) > 0,
+        "{report:#}"
+    );
+}

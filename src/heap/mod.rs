@@ -399,6 +399,8 @@ impl Heap {
                     self.nested.insert(ptr);
                 }
             }
+            // Memory outside malloc: the mapping model's (see `crate::mappings`).
+            Event::Mapping(_) => {}
             // The new image's heap is seen from its start.
             Event::Exec => {
                 *self = Heap {

@@ -229,7 +229,9 @@ fn guard(s: &Shared, pipe: i32, target: i32, path: &str, mem_fd: i32) {
     // image since: then a fresh one is opened, where permissions allow.
     let mut fresh = -1;
     let n = s.count.load(Ordering::Acquire) as usize;
-    let (mut restored, mut wanted) = (0, 0);
+    // `gone`: places whose write found no memory: the process had died meanwhile (a
+    // thread at a breakpoint resumed with its SIGTRAP), nothing is left to restore.
+    let (mut restored, mut wanted, mut gone) = (0, 0, 0);
     for e in &s.entries[..n.min(SLOTS)] {
         let len = e.len.load(Ordering::Acquire) as usize;
         if len == 0 {
@@ -252,9 +254,17 @@ fn guard(s: &Shared, pipe: i32, target: i32, path: &str, mem_fd: i32) {
             // SAFETY: writes `len` bytes of the entry to the target's memory file.
             unsafe { libc::pwrite(fd, e.bytes.as_ptr().cast(), len, addr as i64) }
         };
-        if write(mem_fd) == len as isize {
-            restored += 1;
-            continue;
+        match write(mem_fd) {
+            w if w == len as isize => {
+                restored += 1;
+                continue;
+            }
+            // The kernel writes nothing into a memory that is no more (no mm).
+            0 => {
+                gone += 1;
+                continue;
+            }
+            _ => {}
         }
         if fresh < 0 {
             // SAFETY: a NUL-terminated path.
@@ -267,8 +277,13 @@ fn guard(s: &Shared, pipe: i32, target: i32, path: &str, mem_fd: i32) {
     if wanted == 0 {
         return;
     }
+    let died = if gone > 0 {
+        format!("; the process died meanwhile, its memory gone under the other {gone}")
+    } else {
+        String::new()
+    };
     let msg = format!(
-        "memtrace: memtrace ended without detaching from {target}; its guardian restored {restored} of {wanted} patched places\n"
+        "memtrace: memtrace ended without detaching from {target}; its guardian restored {restored} of {wanted} patched places{died}\n"
     );
     // SAFETY: writes a valid buffer to stderr.
     unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };

@@ -2,6 +2,14 @@
 //! (made by the allocator itself), and what each call means ([`HookFn::entry`] and
 //! [`HookFn::exit`]). Pure: the same whatever wrote the records (the generated code,
 //! or memtrace at a stop).
+//!
+//! A mapping call (mmap, munmap, mremap...) made while an allocator call is open on
+//! its thread is the allocator's, whoever called it: glibc's malloc maps its large
+//! chunks and arenas from its own internal functions (sysmalloc, new_heap), not from
+//! the hooked entry points, and those mappings are heap. A mapping call made from
+//! the C library's own code otherwise (a thread's stack, a locale file, the munmap
+//! inside free, which has no open frame) is the library's: an event marked
+//! `internal`, which the mapping model applies but never counts as the program's.
 
 use super::record::{Entry, Return};
 use crate::event::{Event, StackId, Tid};
@@ -51,9 +59,11 @@ pub struct Caller {
 struct Open {
     pos: u64,
     func: HookFn,
-    args: [u64; 3],
+    args: [u64; 6],
     sp: u64,
     nested: bool,
+    /// Made from the allocator's own object (see [`Caller::internal`]).
+    internal: bool,
     raw: Option<RawStack>,
 }
 
@@ -87,8 +97,16 @@ impl Calls {
             frames.pop();
             self.stats.abandoned_frames += 1;
         }
-        let args = [e.args[0], e.args[1], e.args[2]];
-        if !frames.is_empty() && caller.allocator {
+        let args = e.args;
+        // Only an allocator call makes the calls inside it nested: a mapping call
+        // makes no hooked call of its own.
+        let allocator_open = frames.iter().any(|f| !f.func.is_mapping());
+        let nested = if e.func.is_mapping() {
+            allocator_open
+        } else {
+            allocator_open && caller.allocator
+        };
+        if nested {
             // operator new -> malloc: the outer call is the program's.
             self.stats.nested_calls += 1;
             if e.hooked_return {
@@ -98,12 +116,15 @@ impl Calls {
                     args,
                     sp: e.sp,
                     nested: true,
+                    internal: caller.internal,
                     raw: None,
                 });
             }
             return None;
         }
-        let raw = e.func.needs_stack(args).then(|| RawStack::of(e));
+        // The C library's own mappings are not the program's: no stack needed.
+        let own_mapping = e.func.is_mapping() && caller.internal;
+        let raw = (e.func.needs_stack(args) && !own_mapping).then(|| RawStack::of(e));
         let out = e
             .func
             .entry(e.tid, args, RAW, caller.internal)
@@ -119,6 +140,7 @@ impl Calls {
                 args,
                 sp: e.sp,
                 nested: false,
+                internal: caller.internal,
                 raw,
             });
         }
@@ -145,7 +167,9 @@ impl Calls {
             });
         }
         let out_ptr = (f.func == HookFn::PosixMemalign && r.value as u32 == 0).then_some(r.out);
-        let ev = f.func.exit(r.tid, f.args, r.value, out_ptr, RAW)?;
+        let ev = f
+            .func
+            .exit(r.tid, f.args, r.value, out_ptr, RAW, f.internal)?;
         Some(Out { ev, raw: f.raw })
     }
 
@@ -168,9 +192,10 @@ impl Calls {
         self.threads.entry(tid).or_default().push(Open {
             pos: u64::MAX,
             func,
-            args: [0; 3],
+            args: [0; 6],
             sp,
             nested: true,
+            internal: false,
             raw: None,
         });
     }
@@ -197,7 +222,7 @@ impl Calls {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::AllocKind;
+    use crate::event::{AllocKind, MapCall};
 
     fn entry(pos: u64, tid: Tid, func: HookFn, a0: u64, sp: u64) -> Entry {
         Entry {
@@ -231,6 +256,82 @@ mod tests {
         allocator: true,
         internal: false,
     };
+    /// The C library's own code, outside the hooked functions (sysmalloc, free's
+    /// munmap_chunk, pthread_create's allocate_stack).
+    const LIBC: Caller = Caller {
+        allocator: false,
+        internal: true,
+    };
+
+    fn mmap_entry(pos: u64, tid: Tid, len: u64, sp: u64) -> Entry {
+        let mut e = entry(pos, tid, HookFn::Mmap, 0, sp);
+        e.args = [
+            0,
+            len,
+            3,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+            u64::MAX,
+            0,
+        ];
+        e
+    }
+
+    #[test]
+    fn mmap_inside_malloc_is_the_heaps_whoever_calls_it() {
+        let mut c = Calls::new();
+        c.entry(&entry(0, 1, HookFn::Malloc, 1 << 20, 0x1000), PROGRAM);
+        // sysmalloc (libc, not a hooked function) maps the chunk.
+        assert_eq!(c.entry(&mmap_entry(112, 1, 1 << 20, 0xe00), LIBC), None);
+        assert_eq!(c.ret(&ret(224, 1, 112, 0x7f00_0000_0000)), None);
+        let alloc = c.ret(&ret(272, 1, 0, 0x7f00_0000_0010)).unwrap();
+        assert!(matches!(alloc.ev, Event::Alloc { .. }));
+        assert_eq!(c.stats.nested_calls, 1);
+        // Another thread's mmap meanwhile is its own.
+        c.entry(&entry(300, 2, HookFn::Realloc, 0x10, 0x9000), PROGRAM);
+        c.entry(&mmap_entry(400, 3, 4096, 0x5000), PROGRAM);
+        let map = c.ret(&ret(500, 3, 400, 0x7f00_0010_0000)).unwrap();
+        assert!(matches!(
+            map.ev,
+            Event::Mapping(MapCall::Map {
+                internal: false,
+                len: 4096,
+                ..
+            })
+        ));
+        assert_eq!(map.raw.map(|r| r.pos), Some(400), "its stack is wanted");
+    }
+
+    #[test]
+    fn the_c_librarys_own_mapping_calls_are_marked_and_need_no_stack() {
+        let mut c = Calls::new();
+        // free has no open frame: the munmap of an mmap'd chunk inside it.
+        let mut unmap = entry(0, 1, HookFn::Munmap, 0x7f00_0000_0000, 0x1000);
+        unmap.args[1] = 1 << 20;
+        let out = c.entry(&unmap, LIBC).unwrap();
+        assert!(matches!(
+            out.ev,
+            Event::Mapping(MapCall::Unmap { internal: true, .. })
+        ));
+        assert_eq!(out.raw, None);
+        // pthread_create maps a thread's stack.
+        c.entry(&mmap_entry(112, 1, 8 << 20, 0x1000), LIBC);
+        let stack = c.ret(&ret(224, 1, 112, 0x7e00_0000_0000)).unwrap();
+        assert!(matches!(
+            stack.ev,
+            Event::Mapping(MapCall::Map { internal: true, .. })
+        ));
+        assert_eq!(stack.raw, None);
+    }
+
+    #[test]
+    fn an_open_mapping_call_nests_nothing() {
+        let mut c = Calls::new();
+        c.entry(&mmap_entry(0, 1, 4096, 0x1000), PROGRAM);
+        // A signal handler's malloc on the same stack, from the allocator's code or not.
+        c.entry(&entry(112, 1, HookFn::Malloc, 8, 0x800), ALLOCATOR);
+        assert!(c.ret(&ret(224, 1, 112, 0x7000)).is_some());
+        assert_eq!(c.stats.nested_calls, 0);
+    }
 
     #[test]
     fn operator_new_counts_once() {

@@ -9,13 +9,16 @@
 //! - any other allocation is unwound;
 //! - a free is unwound only if the heap says it is an error; for a double free the
 //!   first free's stack (and the block's, if it never lived long) is unwound too,
-//!   from the copies kept of recent frees.
+//!   from the copies kept of recent frees;
+//! - a call that makes a mapping (mmap, a successful mremap, shmat) is always
+//!   unwound: such calls are rare, and a mapping has no young-block shortcut (the
+//!   blocks above are malloc's only).
 //!
 //! The copies stay in the ring until nothing here needs them (the ring's tail waits);
 //! when the ring fills, they are taken out of it ([`RawStack::owned`]).
 
 use super::calls::{Out, RawStack};
-use crate::event::{AllocKind, Event, StackId};
+use crate::event::{AllocKind, Event, MapCall, StackId};
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -154,6 +157,8 @@ fn set_stack(ev: &mut Event, id: StackId) {
         | Event::Free { stack, .. }
         | Event::ReallocStart { stack, .. }
         | Event::ReallocEnd { stack, .. } => *stack = id,
+        Event::Mapping(MapCall::Map { stack, .. } | MapCall::RemapEnd { stack, .. }) => *stack = id,
+        Event::Mapping(_) => {}
         Event::Nested { .. } | Event::Exec => {}
     }
 }
@@ -324,6 +329,13 @@ impl Defer {
                 match check {
                     FreeCheck::Fine => None,
                     _ => item.raw.as_ref().map(|r| unwind.unwind(r)),
+                }
+            }
+            Event::Mapping(ref mut m) => {
+                let made = !matches!(m, MapCall::RemapEnd { new: u64::MAX, .. });
+                match (m.stack_mut(), &item.raw) {
+                    (Some(_), Some(r)) if made => Some(unwind.unwind(r)),
+                    _ => None,
                 }
             }
             Event::Nested { .. } | Event::Exec => None,
@@ -559,6 +571,55 @@ mod tests {
             h.amended,
             vec![(0x10, Some(StackId(100)), Some(StackId(200)))]
         );
+    }
+
+    #[test]
+    fn a_mapping_is_always_unwound_and_never_taken_for_a_block() {
+        let mut d = Defer::new();
+        let t = 1_000u64;
+        let map = |addr, pos, internal| Out {
+            ev: Event::Mapping(MapCall::Map {
+                tid: 1,
+                addr,
+                len: 4096,
+                prot: 3,
+                flags: 0x22,
+                source: crate::event::MapSource::Anonymous,
+                offset: 0,
+                stack: super::super::calls::RAW,
+                func: crate::hooks::HookFn::Mmap,
+                internal,
+            }),
+            raw: raw(pos),
+        };
+        d.push(map(0x7000, 100, false), t);
+        // A free of the same address (a bad free) does not make it young.
+        d.push(free(0x7000, 200, FreeKind::Free), t);
+        d.push(
+            Out {
+                ev: Event::Mapping(MapCall::Unmap {
+                    tid: 1,
+                    addr: 0x7000,
+                    len: 4096,
+                    internal: false,
+                }),
+                raw: None,
+            },
+            t,
+        );
+        d.push(map(0x9000, 300, true), t);
+        let (mut h, mut u) = (FakeHeap::default(), ById(0));
+        d.release(t, true, &mut u, &mut h);
+        match &h.events[0] {
+            Event::Mapping(MapCall::Map { stack, .. }) => assert_eq!(*stack, StackId(100)),
+            other => panic!("{other:?}"),
+        }
+        // The C library's own mapping keeps no stack.
+        match &h.events[3] {
+            Event::Mapping(MapCall::Map { stack, .. }) => assert_eq!(*stack, NOT_UNWOUND),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(u.0, 1);
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod collapsed;
 pub mod diff;
 pub mod flamegraph;
 pub mod json;
+pub mod mappings;
 pub mod model;
 pub mod pprof;
 pub mod render;
@@ -254,6 +255,8 @@ pub fn build(
         min_age_ms: timing.min_age_ns.map(|n| n / 1_000_000),
         allocation_sites,
         suppressed: Vec::new(),
+        mappings: Vec::new(),
+        mapping_totals: None,
     }
 }
 

@@ -47,6 +47,15 @@ pub struct Report {
     /// here add up to `live_blocks` and `live_bytes`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suppressed: Vec<Suppressed>,
+    /// The mappings the program made itself (mmap, mremap, shmat) that were still
+    /// mapped when the trace ended, grouped by stack and backing, largest `bytes`
+    /// first (the contract's `mappings`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mappings: Vec<super::mappings::Mapping>,
+    /// Extension: the trace's mapping calls counted (maps, unmaps, bytes mapped,
+    /// unmaps of unknown memory...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping_totals: Option<crate::mappings::MapTotals>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

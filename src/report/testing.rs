@@ -191,6 +191,8 @@ pub fn sample() -> Report {
             },
         ],
         suppressed: Vec::new(),
+        mappings: Vec::new(),
+        mapping_totals: None,
     }
 }
 

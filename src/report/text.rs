@@ -46,6 +46,12 @@ pub fn render_text_with(report: &Report, gen_suppressions: bool) -> String {
         }
     }
     render_leak_summary(&mut out, &report.leaks, &report.suppressed);
+    let detached = report.end.how == "detached";
+    for line in
+        super::mappings::text_lines(&report.mappings, report.mapping_totals.as_ref(), detached)
+    {
+        out.line(&line);
+    }
     render_footer(&mut out, report);
     out.text
 }
@@ -328,7 +334,7 @@ pub fn frame_text(f: &JsonFrame) -> String {
 }
 
 /// `0x55d0c0a01182` as valgrind prints addresses: `0x55D0C0A01182`.
-fn upper_hex(address: &str) -> String {
+pub(super) fn upper_hex(address: &str) -> String {
     match address.strip_prefix("0x") {
         Some(digits) => format!("0x{}", digits.to_ascii_uppercase()),
         None => address.to_string(),

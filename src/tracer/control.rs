@@ -1,11 +1,15 @@
 //! What another thread (the live view) asks of the tracer while the program runs:
-//! pause and resume it, classify the heap now, arm a site breakpoint, detach. Commands come through a
+//! pause and resume it, classify the heap now, arm a site breakpoint, read its
+//! memory every second (the mappings view), detach. Commands come through a
 //! channel and wake the stop loop (`ptrace::Waiter`); a closed channel means detach.
 
 use super::stopall::AllStopped;
 use super::{Command, Tracer};
 use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
+
+/// How often the process's memory is read while the live view shows its census.
+const MEMORY_EVERY: Duration = Duration::from_secs(1);
 
 /// The shortest and the longest wait before the ring is read again when nothing
 /// else wakes the loop.
@@ -20,6 +24,8 @@ pub(super) struct Control {
     /// How often the sink gets a tick when nothing stops (the live view's refresh).
     pub tick: Option<Duration>,
     pub next_tick: Option<Instant>,
+    /// When the process's memory is read next, while the live view wants it.
+    pub next_memory: Option<Instant>,
 }
 
 impl Tracer<'_> {
@@ -37,10 +43,14 @@ impl Tracer<'_> {
     /// When the loop must wake if nothing stops: the end of `--duration` or the next
     /// tick, whichever is first.
     pub(super) fn next_wake(&self) -> Option<Instant> {
-        match (self.deadline, self.control.next_tick) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.deadline,
+            self.control.next_tick,
+            self.control.next_memory,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// `next_wake`, or sooner: the next look at the ring. It waits longer the
@@ -75,7 +85,18 @@ impl Tracer<'_> {
             self.control.next_tick = Some(now + every);
             self.sink.tick(&self.stacks);
         }
+        if self.control.next_memory.is_some_and(|t| now >= t) {
+            self.control.next_memory = Some(now + MEMORY_EVERY);
+            self.read_memory_now();
+        }
         false
+    }
+
+    /// The process's memory for the sink, read while it runs: the census of the
+    /// live view's mappings view.
+    fn read_memory_now(&mut self) {
+        let own = self.own_ranges();
+        self.tell_memory(&own, Vec::new());
     }
 
     /// Carries out every command waiting; true when one (or a closed channel) asks
@@ -96,6 +117,12 @@ impl Tracer<'_> {
                 Command::Resume => self.unpause(),
                 Command::Scan => self.scan_on_demand(),
                 Command::Break(spec) => self.arm_break(spec),
+                Command::WatchMemory(on) => {
+                    self.control.next_memory = on.then(|| Instant::now() + MEMORY_EVERY);
+                    if on {
+                        self.read_memory_now();
+                    }
+                }
             }
         }
     }

@@ -12,7 +12,7 @@ use super::scratch::{BpKind, Breakpoint, Scratch};
 use super::{TraceError, Tracer};
 use crate::elf::ObjectInfo;
 use crate::event::Tid;
-use crate::hooks::{HookFn, CXX_FUNCTIONS, LIBC_FUNCTIONS};
+use crate::hooks::{HookFn, CXX_FUNCTIONS, LIBC_FUNCTIONS, MAP_FUNCTIONS};
 use crate::maps::{self, Module};
 use memtrace_arch::{Arch, Native};
 
@@ -71,11 +71,19 @@ const AT_BASE: u64 = 7;
 /// trampoline, which has no unwind information: the program would terminate.
 const UNWIND_FUNCTIONS: &[&str] = &["_Unwind_RaiseException", "_Unwind_ForcedUnwind"];
 
-/// Functions of a static glibc that free on the allocator's own behalf at thread exit.
-const STATIC_INTERNAL_FREERS: &[&str] = &[
+/// Functions of a static glibc that act on the C library's own behalf: free at
+/// thread exit, map a thread's stack (allocate_stack is inlined in pthread_create),
+/// unmap cached stacks and a large block (free's munmap_chunk, which tail-calls
+/// munmap: the call returns into free), map a locale file.
+const STATIC_INTERNAL: &[&str] = &[
     "tcache_thread_shutdown",
     "__malloc_arena_thread_freeres",
     "__libc_thread_freeres",
+    "pthread_create",
+    "__nptl_free_stacks",
+    "munmap_chunk",
+    "free",
+    "_nl_load_locale_from_archive",
 ];
 
 fn read_auxv(pid: i32) -> Vec<(u64, u64)> {
@@ -247,10 +255,17 @@ impl Tracer<'_> {
         // scan, while every thread still has its registers.
         let exit = vec![("exit", BpKind::ExitCall), ("_exit", BpKind::Exit)];
         let table: Vec<(&str, BpKind)> = match role {
-            Role::Libc => [hooks(LIBC_FUNCTIONS), exit].concat(),
+            Role::Libc => [hooks(LIBC_FUNCTIONS), hooks(MAP_FUNCTIONS), exit].concat(),
             Role::Cxx => hooks(CXX_FUNCTIONS),
             Role::Unwinder => unwind,
-            Role::StaticExe => [hooks(LIBC_FUNCTIONS), hooks(CXX_FUNCTIONS), unwind, exit].concat(),
+            Role::StaticExe => [
+                hooks(LIBC_FUNCTIONS),
+                hooks(MAP_FUNCTIONS),
+                hooks(CXX_FUNCTIONS),
+                unwind,
+                exit,
+            ]
+            .concat(),
         };
         for (name, kind) in table {
             let Some(sym) = info.function(name) else {
@@ -284,7 +299,7 @@ impl Tracer<'_> {
         match role {
             Role::Libc => self.image.internal.push((m.start, m.end)),
             Role::StaticExe => {
-                for name in STATIC_INTERNAL_FREERS {
+                for name in STATIC_INTERNAL {
                     if let Some(s) = info.function(name) {
                         let start = bias.wrapping_add(s.address);
                         self.image.internal.push((start, start + s.size.max(1)));

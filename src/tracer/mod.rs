@@ -25,6 +25,7 @@ mod image;
 mod images;
 mod inflight;
 mod inject;
+mod memory;
 mod recording;
 mod scan;
 pub mod scratch;
@@ -79,6 +80,10 @@ pub trait Sink {
     fn amend_freed(&mut self, _ptr: u64, _alloc: Option<StackId>, _free: Option<StackId>) {}
     /// Every thread was held (`paused`), or let go again.
     fn paused(&mut self, _paused: bool, _stacks: &StackTable) {}
+    /// The process's memory as the kernel shows it, read while every thread is
+    /// stopped (at every scan: at the end of the trace, the last moment the process
+    /// is there): what the mappings still live map, and how much is resident.
+    fn memory(&mut self, _m: crate::procmem::ProcMemory) {}
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +107,9 @@ pub enum Command {
     Scan,
     /// Stop at the next allocation from there (the live view's `b`).
     Break(crate::debug::BreakSpec),
+    /// Read the process's memory for the sink every second (the live view's
+    /// mappings view is shown: [`Sink::memory`]), or no more.
+    WatchMemory(bool),
 }
 
 /// Sends [`Command`]s to the tracer thread and wakes it. Dropping it detaches.

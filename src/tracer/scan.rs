@@ -23,12 +23,7 @@ use crate::progress::{Progress, Unit};
 use crate::ptrace;
 use memtrace_arch::{Arch, Native};
 use serde::Serialize;
-use std::collections::HashSet;
 
-/// glibc's HEAP_MAX_SIZE on 64-bit: the heaps of arenas other than the main one are
-/// mappings aligned to it, starting with a `heap_info` whose first word (`ar_ptr`)
-/// points to the arena, right after it in an arena's first heap.
-const ARENA_HEAP_ALIGN: u64 = 64 << 20;
 /// The x86-64 red zone below the stack pointer, which leaf functions use without
 /// moving it; memcheck too treats it as live.
 const RED_ZONE: u64 = 128;
@@ -219,11 +214,11 @@ impl Tracer<'_> {
             .iter()
             .map(|(tid, r)| self.live_stack_start(*tid, Native::sp(r)))
             .collect();
-        let own: Vec<(u64, u64)> = self
-            .scratch
-            .ranges()
-            .chain(self.rec.iter().flat_map(|r| r.ring.addrs.ranges()))
-            .collect();
+        let own = self.own_ranges();
+        // The mappings as the kernel has them now, while the process is still there;
+        // before the scan, whose reads fault pages in (a memfd's holes too).
+        let sps = all.regs.iter().map(|(_, r)| Native::sp(r)).collect();
+        self.tell_memory(&own, sps);
         let arenas = self.arena_heaps(&maps);
         let devices = self.devices(&maps);
         let layout = Layout {
@@ -235,7 +230,7 @@ impl Tracer<'_> {
             arena_heaps: &arenas,
         };
         let roots = Roots {
-            regions: layout.root_regions(&maps),
+            regions: self.resident_shared(layout.root_regions(&maps), &maps),
             words: all
                 .regs
                 .iter()
@@ -301,29 +296,32 @@ impl Tracer<'_> {
             .collect()
     }
 
+    /// Of the root regions in shared mappings, the pages the process has in memory
+    /// (or swapped out) only: reading an untouched page of a memfd or a shared
+    /// memory segment would allocate it in the target (a doublemapper's GiBs), and
+    /// it holds nothing the process wrote through this mapping. Private memory
+    /// reads as the zero page: read whole.
+    fn resident_shared(&self, regions: Vec<(u64, u64)>, maps: &[Mapping]) -> Vec<(u64, u64)> {
+        let shared = |s: u64| maps.iter().any(|m| m.shared && m.start <= s && s < m.end);
+        let mut out = Vec::with_capacity(regions.len());
+        for (s, e) in regions {
+            if !shared(s) {
+                out.push((s, e));
+                continue;
+            }
+            let (from, to) = (s & !4095, e.next_multiple_of(4096));
+            match crate::procmem::read_resident_runs(self.pid, from, to) {
+                Ok(runs) => out.extend(runs.into_iter().map(|(a, b)| (a.max(s), b.min(e)))),
+                Err(_) => out.push((s, e)),
+            }
+        }
+        out
+    }
+
     /// The start addresses of the mappings that are heaps of glibc arenas other than
-    /// the main one (see [`ARENA_HEAP_ALIGN`]).
+    /// the main one (see [`crate::census::ARENA_HEAP_ALIGN`]).
     fn arena_heaps(&self, maps: &[Mapping]) -> Vec<u64> {
-        let first_word = |m: &Mapping| self.mem.read_u64(m.start).ok();
-        let candidates: Vec<(u64, u64)> = maps
-            .iter()
-            .filter(|m| m.read && m.write && m.inode == 0 && m.start % ARENA_HEAP_ALIGN == 0)
-            .filter_map(|m| Some((m.start, first_word(m)?)))
-            .collect();
-        // An arena's first heap: its malloc_state follows the heap_info.
-        let firsts: HashSet<u64> = candidates
-            .iter()
-            .filter(|(start, ar)| (start + 16..start + 256).contains(ar))
-            .map(|(start, _)| *start)
-            .collect();
-        // A later heap of the same arena points back to that one.
-        candidates
-            .iter()
-            .filter(|(start, ar)| {
-                firsts.contains(start) || firsts.contains(&(ar & !(ARENA_HEAP_ALIGN - 1)))
-            })
-            .map(|(start, _)| *start)
-            .collect()
+        crate::census::arena_heaps(maps, |m| self.mem.read_u64(m.start).ok())
     }
 }
 

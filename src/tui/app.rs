@@ -2,7 +2,7 @@
 //! never changes this state; the terminal and the tracer are driven elsewhere. A key
 //! that concerns the traced program becomes a [`Request`] for the tracer side.
 
-use super::sites::{sort_rows, Grouping, Row, Sites, SortKey};
+use super::sites::{sort_rows, Grouping, Row, Sites, SortKey, What};
 use super::snapshot::{Snapshot, TargetState};
 use crate::debug::{BreakSpec, DebugCommand, StopView};
 use crate::event::StackId;
@@ -35,6 +35,18 @@ pub enum Request {
     Scan,
     /// Arm a site breakpoint (`b`, `B` in the sites table).
     Break(BreakSpec),
+    /// Read the process's memory every second (the mappings view is shown), or no
+    /// more.
+    WatchMemory(bool),
+}
+
+/// Which table the body shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// Heap and mapping sites.
+    Sites,
+    /// The census of the process's memory (`m`).
+    Mappings,
 }
 
 /// Whether memtrace started the program or joined it: `q` means different things.
@@ -100,6 +112,11 @@ pub struct App {
     pub leak_check: Option<super::run::LeakCheck>,
     /// A one-line message for the footer (a breakpoint armed, a session ended).
     pub notice: Option<String>,
+    pub view: View,
+    /// The mapping calls counted, as of the last snapshot.
+    pub map_totals: crate::mappings::MapTotals,
+    /// The mappings view's censuses.
+    pub census: super::census::CensusView,
 }
 
 impl App {
@@ -132,6 +149,9 @@ impl App {
             leak_check: None,
             debug_output: String::new(),
             notice: None,
+            view: View::Sites,
+            map_totals: Default::default(),
+            census: Default::default(),
         }
     }
 
@@ -161,6 +181,7 @@ impl App {
             self.sites.clear();
             self.stacks.clear();
             self.history.clear();
+            self.census.clear();
         }
         for s in &snap.new_stacks {
             self.stacks.insert(
@@ -181,6 +202,14 @@ impl App {
         while self.history.len() > HISTORY_POINTS {
             self.history.pop_front();
         }
+        self.refresh();
+    }
+
+    /// The mapping sites and counts that came with the last snapshot.
+    pub fn apply_mappings(&mut self, m: super::snapshot::MapSnapshot) {
+        self.sites
+            .update_what(super::sites::What::Map, m.elapsed, &m.sites);
+        self.map_totals = m.totals;
         self.refresh();
     }
 
@@ -310,9 +339,33 @@ impl App {
         if self.stopped.is_some() {
             return self.stopped_key(key);
         }
+        if self.view == View::Mappings {
+            let step = match key.code {
+                KeyCode::Up | KeyCode::Char('k') => Some(-1),
+                KeyCode::Down | KeyCode::Char('j') => Some(1),
+                KeyCode::PageUp => Some(-10),
+                KeyCode::PageDown => Some(10),
+                _ => None,
+            };
+            if let Some(d) = step {
+                self.census.move_by(d);
+                return None;
+            }
+        }
         match key.code {
             KeyCode::Char('?') => self.help = true,
             KeyCode::Char('q') => return self.quit_key(),
+            KeyCode::Char('m') => {
+                self.view = match self.view {
+                    View::Sites => View::Mappings,
+                    View::Mappings => View::Sites,
+                };
+                self.detail = None;
+                // Once the program has ended, the census at its end stays.
+                if !self.ended() {
+                    return Some(Request::WatchMemory(self.view == View::Mappings));
+                }
+            }
             KeyCode::Esc => self.detail = None,
             KeyCode::Up | KeyCode::Char('k') => self.move_by(-1),
             KeyCode::Down | KeyCode::Char('j') => self.move_by(1),
@@ -344,6 +397,9 @@ impl App {
                 self.refresh();
             }
             KeyCode::Char('/') => self.prompt = Prompt::Filter(self.filter.clone()),
+            KeyCode::Char('b' | 'B') if self.selected_row().map(|r| r.what) == Some(What::Map) => {
+                self.notice = Some("b stops at allocations: a mapping site has none".into());
+            }
             KeyCode::Char('b') if !self.ended() => return self.arm_break(false),
             KeyCode::Char('B') if !self.ended() => return self.arm_break(true),
             KeyCode::Char(']') => self.walk_leaks(1),

@@ -3,9 +3,10 @@
 //! a snapshot a few times a second, whatever the allocation rate.
 
 use super::run::{UiEvent, Update};
-use super::snapshot::{Snapshotter, TargetState};
+use super::snapshot::{MapSnapshot, Snapshotter, TargetState};
 use crate::event::{Event, StackTable};
 use crate::heap::Heap;
+use crate::mappings::Tracked;
 use crate::maps::Module;
 use crate::tracer::{Scan, Sink};
 use std::sync::mpsc::Sender;
@@ -17,6 +18,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub struct Feed {
     pub heap: Heap,
+    pub mappings: Tracked,
     tx: Sender<UiEvent>,
     snapshots: Snapshotter,
     started: Instant,
@@ -27,6 +29,8 @@ pub struct Feed {
     /// The last reachability scan's figures, and why none could be made at the end.
     pub scan: Option<crate::tracer::ScanStats>,
     pub scan_error: Option<String>,
+    /// The traced process (for the census), once its objects are known.
+    pid: i32,
 }
 
 impl Feed {
@@ -34,6 +38,7 @@ impl Feed {
     pub fn new(tx: Sender<UiEvent>, started: Instant) -> Feed {
         Feed {
             heap: Heap::new(),
+            mappings: Tracked::new(false),
             tx,
             snapshots: Snapshotter::default(),
             started,
@@ -42,6 +47,7 @@ impl Feed {
             state: TargetState::Running,
             scan: None,
             scan_error: None,
+            pid: 0,
         }
     }
 
@@ -51,12 +57,23 @@ impl Feed {
             self.scan = None;
             self.send(Update::Exec);
         }
-        self.heap.set_now(self.started.elapsed().as_nanos() as u64);
+        let now = self.started.elapsed().as_nanos() as u64;
+        self.heap.set_now(now);
         self.heap.apply(ev);
+        self.mappings.event(ev, now);
         self.dirty = true;
     }
 
+    /// The process ran before the trace (attach): its older blocks and mappings
+    /// are unknown, their frees and unmaps counted apart.
+    pub fn attached(mut self) -> Feed {
+        self.heap = Heap::attached();
+        self.mappings = Tracked::new(true);
+        self
+    }
+
     pub fn modules(&mut self, pid: i32, modules: &[Module], generation: u32) {
+        self.pid = pid;
         self.send(Update::Modules {
             pid,
             modules: modules.to_vec(),
@@ -78,10 +95,26 @@ impl Feed {
         }
         self.last = Some(now);
         self.dirty = false;
+        let elapsed = now - self.started;
         let snap = self
             .snapshots
-            .take(&self.heap, stacks, now - self.started, self.state.clone());
+            .take(&self.heap, stacks, elapsed, self.state.clone());
         self.send(Update::Snapshot(snap));
+        self.send(Update::Mappings(MapSnapshot::of(
+            &self.mappings.model,
+            elapsed,
+        )));
+    }
+
+    /// The process's memory, read by the tracer (for the mappings view, every
+    /// second while it is shown; at every scan): kept for the report, and sent to
+    /// the view as a census, with the bytes live malloc blocks hold in the heap.
+    pub fn memory(&mut self, m: crate::procmem::ProcMemory) {
+        let blocks = self.heap.live_spans();
+        let census = crate::census::census(self.pid, &m, Some(&blocks));
+        self.mappings.memory(m);
+        let at = self.started.elapsed();
+        self.send(Update::Census(Box::new((at, census))));
     }
 
     pub fn set_state(&mut self, state: TargetState, stacks: &StackTable) {
@@ -143,6 +176,9 @@ impl Sink for Feed {
     }
     fn check_free(&self, ev: &Event) -> crate::recorder::FreeCheck {
         self.heap.check_free(ev)
+    }
+    fn memory(&mut self, m: crate::procmem::ProcMemory) {
+        Feed::memory(self, m);
     }
     fn amend_freed(
         &mut self,

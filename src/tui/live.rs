@@ -53,6 +53,9 @@ pub fn run(
     let common_copy = common.clone();
     let tracer = std::thread::spawn(move || -> Outcome {
         let mut feed = Feed::new(feed_tx.clone(), started);
+        if start.is_attach() {
+            feed = feed.attached();
+        }
         // Whatever happens to the trace, the view is told it ended (a panic included),
         // or it would wait for an end that never comes.
         let traced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -107,6 +110,7 @@ pub fn run(
             Request::Pause => commands.send(Command::Pause),
             Request::Resume => commands.send(Command::Resume),
             Request::Scan => commands.send(Command::Scan),
+            Request::WatchMemory(on) => commands.send(Command::WatchMemory(on)),
             Request::Detach => commands.send(Command::Detach),
             // Signals need no ptrace: any thread may send them. The tracer sees what
             // becomes of the program as for any other signal.
@@ -133,6 +137,7 @@ pub fn run(
         end: end.end,
         ended_at: end.ended_at,
         heap: feed.heap,
+        mappings: feed.mappings,
         stacks: end.stacks,
         trace: end.stats,
         sym,

@@ -4,8 +4,12 @@
 //! keeps the view's state and turns keys into [`app::Request`]s for the tracer;
 //! [`view::draw`] draws the state with ratatui and changes nothing. Frames are
 //! symbolized by the UI side as they come into view, so the tracer never waits for it.
+//! `m` switches to the mappings view ([`census_view`]): the process's memory by
+//! kind, a census every second while it is shown ([`census`]).
 
 pub mod app;
+pub mod census;
+pub mod census_view;
 pub mod debugger;
 pub mod feed;
 pub mod live;

@@ -37,6 +37,11 @@ pub enum Update {
     Resumed(Option<String>),
     /// A reachability scan classified the live blocks (`l`, or at the end).
     LeakCheck(LeakCheck),
+    /// The mapping sites and counts, with each snapshot.
+    Mappings(super::snapshot::MapSnapshot),
+    /// A census of the process's memory, and when it was taken (since the trace
+    /// began).
+    Census(Box<(std::time::Duration, crate::census::Census)>),
 }
 
 /// What a reachability scan found, in valgrind's order: definitely, indirectly,
@@ -159,6 +164,11 @@ fn on_update(app: &mut App, sym: &mut Option<Symbolizer>, u: Update) -> bool {
             app.resolved.clear();
         }
         Update::LeakCheck(check) => app.leak_check = Some(check),
+        Update::Mappings(m) => app.apply_mappings(m),
+        Update::Census(c) => {
+            let (at, census) = *c;
+            app.census.update(census, at);
+        }
         Update::Ended(state) => {
             app.state = state;
             app.stopped = None;

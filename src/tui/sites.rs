@@ -1,6 +1,8 @@
 //! The sites table's rows: sites grouped (by whole stack, or by top frame only),
 //! their rates over the last seconds, filtered and sorted. Pure: fed with snapshots and
-//! resolved frames, it never sees the target.
+//! resolved frames, it never sees the target. A site allocates heap blocks, or makes
+//! mappings (mmap, shmat): both kinds are rows, told apart by [`What`], so that a
+//! program that leaks through mmap shows its site growing like a heap leak.
 
 use super::snapshot::Snapshot;
 use crate::event::StackId;
@@ -10,6 +12,24 @@ use std::collections::{HashMap, VecDeque};
 
 /// Rates (allocs/s, growth) are measured over this many seconds of snapshots.
 pub const RATE_WINDOW_SECS: f64 = 10.0;
+
+/// What a site makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum What {
+    /// Heap blocks (malloc, operator new...).
+    Heap,
+    /// Mappings (mmap, mremap, shmat): for these the blocks are mappings.
+    Map,
+}
+
+impl What {
+    pub fn label(self) -> &'static str {
+        match self {
+            What::Heap => "heap",
+            What::Map => "mmap",
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Grouping {
@@ -60,6 +80,7 @@ impl SortKey {
 /// One row of the table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
+    pub what: What,
     /// The stacks added up in this row (one when grouping by stack), largest first.
     pub stacks: Vec<StackId>,
     /// The top frame as `function file:line`, or its address until it is resolved.
@@ -107,16 +128,29 @@ impl History {
 /// Every site's latest counts and recent history.
 #[derive(Debug, Default)]
 pub struct Sites {
-    counts: HashMap<StackId, SiteCounts>,
-    history: HashMap<StackId, History>,
+    counts: HashMap<(What, StackId), SiteCounts>,
+    history: HashMap<(What, StackId), History>,
 }
 
 impl Sites {
     pub fn update(&mut self, snap: &Snapshot) {
-        let t = snap.elapsed.as_secs_f64();
-        for s in &snap.sites {
-            self.counts.insert(s.stack, s.counts);
-            self.history.entry(s.stack).or_default().push(t, s.counts);
+        self.update_what(What::Heap, snap.elapsed, &snap.sites);
+    }
+
+    /// The counts of the sites that make `what`, at `elapsed`.
+    pub fn update_what(
+        &mut self,
+        what: What,
+        elapsed: std::time::Duration,
+        sites: &[super::snapshot::SiteSnapshot],
+    ) {
+        let t = elapsed.as_secs_f64();
+        for s in sites {
+            self.counts.insert((what, s.stack), s.counts);
+            self.history
+                .entry((what, s.stack))
+                .or_default()
+                .push(t, s.counts);
         }
     }
 
@@ -136,7 +170,7 @@ impl Sites {
     ) -> Vec<Row> {
         let mut rows: Vec<Row> = Vec::new();
         let mut by_key: HashMap<String, usize> = HashMap::new();
-        for (&stack, &c) in &self.counts {
+        for (&(what, stack), &c) in &self.counts {
             if c.allocs == 0 || !matches(stack) {
                 continue;
             }
@@ -147,13 +181,17 @@ impl Sites {
                     .map(|a| format!("{a:#x}"))
                     .unwrap_or_else(|| "?".into()),
             };
-            let (alloc_rate, growth) = self.history.get(&stack).map_or((0.0, 0.0), History::rates);
+            let (alloc_rate, growth) = self
+                .history
+                .get(&(what, stack))
+                .map_or((0.0, 0.0), History::rates);
             let key = match grouping {
-                Grouping::Stack => format!("{}", stack.0),
-                Grouping::TopFrame => label.clone(),
+                Grouping::Stack => format!("{} {}", what.label(), stack.0),
+                Grouping::TopFrame => format!("{} {label}", what.label()),
             };
             let i = *by_key.entry(key).or_insert_with(|| {
                 rows.push(Row {
+                    what,
                     stacks: Vec::new(),
                     label: label.clone(),
                     live_blocks: 0,
@@ -174,9 +212,10 @@ impl Sites {
         }
         for r in &mut rows {
             let counts = &self.counts;
+            let what = r.what;
             r.stacks.sort_by_key(|s| {
                 (
-                    std::cmp::Reverse(counts.get(s).map_or(0, |c| c.live_bytes)),
+                    std::cmp::Reverse(counts.get(&(what, *s)).map_or(0, |c| c.live_bytes)),
                     *s,
                 )
             });
@@ -199,7 +238,7 @@ pub fn sort_rows(rows: &mut [Row], key: SortKey, reverse: bool) {
             SortKey::Site => a.label.cmp(&b.label),
         };
         let by = if reverse { by.reverse() } else { by };
-        by.then_with(|| first(a).cmp(&first(b)))
+        by.then_with(|| (first(a), a.what).cmp(&(first(b), b.what)))
     });
 }
 
@@ -291,6 +330,32 @@ mod tests {
         assert_eq!(rows[0].stacks, vec![StackId(1), StackId(0)]);
         let rows = s.rows(Grouping::Stack, &top, &|_| None, &|_| true);
         assert_eq!(rows.len(), 3);
+    }
+
+    #[test]
+    fn mapping_sites_are_rows_of_their_own() {
+        let mut s = Sites::default();
+        s.update(&snap(0.0, &[(0, 1, 1, 64)]));
+        let map = |live: u64| SiteSnapshot {
+            stack: StackId(0),
+            counts: SiteCounts {
+                allocs: live,
+                live_blocks: live,
+                live_bytes: live << 20,
+                ..Default::default()
+            },
+        };
+        s.update_what(What::Map, Duration::from_secs(0), &[map(1)]);
+        s.update_what(What::Map, Duration::from_secs(2), &[map(5)]);
+        let top = |_| Some(frame("same", "/a.c", 1));
+        for g in [Grouping::Stack, Grouping::TopFrame] {
+            let mut rows = s.rows(g, &top, &|_| None, &|_| true);
+            sort_rows(&mut rows, SortKey::LiveBytes, false);
+            assert_eq!(rows.len(), 2, "{g:?}");
+            assert_eq!((rows[0].what, rows[0].live_blocks), (What::Map, 5));
+            assert_eq!(rows[0].growth, (2 << 20) as f64);
+            assert_eq!((rows[1].what, rows[1].live_bytes), (What::Heap, 64));
+        }
     }
 
     #[test]

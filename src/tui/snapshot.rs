@@ -9,6 +9,7 @@
 
 use crate::event::{StackId, StackTable};
 use crate::heap::{Heap, SiteCounts, Totals};
+use crate::mappings::{MapTotals, Mappings};
 use std::time::Duration;
 
 /// What the traced program is doing, as the header shows it.
@@ -59,6 +60,37 @@ pub struct Snapshot {
     pub errors: u64,
     pub sites: Vec<SiteSnapshot>,
     pub new_stacks: Vec<NewStack>,
+}
+
+/// The mapping sites and the mapping calls counted, sent with each snapshot (the
+/// stacks go with the snapshot's). A site's counts say mappings where a heap
+/// site's say blocks: live mappings, their bytes, and the mappings it made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapSnapshot {
+    pub elapsed: Duration,
+    pub totals: MapTotals,
+    pub sites: Vec<SiteSnapshot>,
+}
+
+impl MapSnapshot {
+    pub fn of(m: &Mappings, elapsed: Duration) -> MapSnapshot {
+        MapSnapshot {
+            elapsed,
+            totals: m.totals(),
+            sites: m
+                .sites()
+                .map(|(stack, c)| SiteSnapshot {
+                    stack,
+                    counts: SiteCounts {
+                        allocs: c.maps,
+                        bytes: c.bytes,
+                        live_blocks: c.live,
+                        live_bytes: c.live_bytes,
+                    },
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Makes snapshots, remembering which stacks were already sent.

@@ -1,7 +1,7 @@
 //! Drawing the live view from an [`App`]: header, sites table, detail pane, help.
 //! Reads the state, never changes it.
 
-use super::app::{App, Prompt};
+use super::app::{App, Prompt, View};
 use super::sites::{base_name, frame_label, SortKey};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -38,6 +38,8 @@ pub fn draw(f: &mut Frame, app: &App) {
     draw_header(f, app, header);
     if let Some(stopped) = &app.stopped {
         super::stopped::draw(f, stopped, &app.debug_output, body);
+    } else if app.view == View::Mappings {
+        super::census_view::draw(f, app, body);
     } else if detail {
         let [table, pane] =
             Layout::vertical([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(body);
@@ -81,9 +83,19 @@ fn draw_header(f: &mut Frame, app: &App, area: Rect) {
             Style::new()
         },
     );
+    let m = &app.map_totals;
+    let mapped = if m.maps > 0 || m.live_mappings > 0 {
+        format!(
+            " · mapped {} in {} mappings",
+            bytes(m.live_bytes),
+            count(m.live_mappings)
+        )
+    } else {
+        String::new()
+    };
     let lines = vec![
         Line::from(format!(
-            "live {} in {} blocks · peak {}",
+            "live {} in {} blocks · peak {}{mapped}",
             bytes(t.live_bytes),
             count(t.live_blocks),
             bytes(t.peak_live_bytes)
@@ -148,7 +160,10 @@ fn draw_table(f: &mut Frame, app: &App, area: Rect) {
         };
         Cell::from(format!("{}{mark}", k.title()))
     };
-    let header = Row::new(SortKey::ALL.map(head)).style(Style::new().add_modifier(Modifier::BOLD));
+    let mut titles: Vec<Cell> = SortKey::ALL.map(head).into();
+    // Heap blocks or mappings: the site's blocks are mappings for `mmap`.
+    titles.insert(5, Cell::from("What"));
+    let header = Row::new(titles).style(Style::new().add_modifier(Modifier::BOLD));
     let rows = app.rows.iter().map(|r| {
         let growth = if r.growth > 0.0 {
             Style::new().fg(Color::Red)
@@ -161,6 +176,7 @@ fn draw_table(f: &mut Frame, app: &App, area: Rect) {
             Cell::from(count(r.allocs)),
             Cell::from(format!("{:.1}", r.alloc_rate)),
             Cell::from(rate(r.growth)).style(growth),
+            Cell::from(r.what.label()),
             Cell::from(match r.stacks.len() {
                 1 => r.label.clone(),
                 n => format!("{} ({n} stacks)", r.label),
@@ -173,6 +189,7 @@ fn draw_table(f: &mut Frame, app: &App, area: Rect) {
         Constraint::Length(10),
         Constraint::Length(9),
         Constraint::Length(11),
+        Constraint::Length(4),
         Constraint::Min(10),
     ];
     let title = match (app.filter.is_empty(), app.rows.len()) {
@@ -298,7 +315,7 @@ fn draw_footer(f: &mut Frame, app: &App, area: Rect) {
                 .to_string()
         }
         Prompt::None => {
-            "?: help  ↑↓/jk: move  Enter: stack  s: sort  t: group  /: filter  b/B: break  ]/[: next leak  p: pause  q: quit"
+            "?: help  ↑↓/jk: move  Enter: stack  s: sort  t: group  /: filter  b/B: break  ]/[: next leak  m: mappings  p: pause  q: quit"
                 .to_string()
         }
     };
@@ -321,6 +338,7 @@ fn draw_help(f: &mut Frame, area: Rect) {
         "b          stop at the selected site's next allocation (same whole stack)",
         "B          stop at the next allocation from the site's top frame (its line)",
         "] [        next / previous site with its stack and source (after exit: leaks)",
+        "m          the mappings view: the process's memory by kind, every second; again: back",
         "stopped:   s step  n next  i stepi  I nexti  f finish  c continue",
         "           u d  frame up / down   a  Intel / AT&T disassembly",
         "q          quit: attach detaches; launch asks: kill or run on",
@@ -357,7 +375,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// A growth rate: `+1.2 KiB/s`, `-300 B/s`, `0`.
-fn rate(v: f64) -> String {
+pub fn rate(v: f64) -> String {
     if v.abs() < 0.5 {
         return "0".into();
     }

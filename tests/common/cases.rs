@@ -212,6 +212,11 @@ pub fn sleeper() -> Case {
 pub fn mmap_root() -> Case {
     Case::new("mmap_root", DEBUG)
 }
+/// Large blocks glibc maps itself, grown by mremap inside realloc, and a thread's
+/// arena: heap, never mappings.
+pub fn map_bigmalloc() -> Case {
+    Case::new("map_bigmalloc", DEBUG)
+}
 pub fn sleeper_o2() -> Case {
     Case::new("sleeper", OPTIMIZED)
 }

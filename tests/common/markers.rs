@@ -29,7 +29,7 @@ const KINDS: [&str; 4] = ["definite", "indirect", "possible", "reachable"];
 
 /// Each line of `text` holding `TAG:`: its 1-based number, a `file:line` for
 /// messages, and the words after the tag up to the comment's end.
-fn tagged_lines<'t>(
+pub(super) fn tagged_lines<'t>(
     file: &'t str,
     text: &'t str,
     tag: &'t str,

@@ -23,7 +23,7 @@ macro_rules! case_tests {
             churn_threads deep_churn dlopen ctor fork vfork exec signal_segv signal_raise signal_term
             signal_abort exit3 many_leaks kinds leak_o2 alloc_family_o2 realloc_chain_o2
             cxx_new_o2 threads_o2 many_leaks_o2 dlopen_o2 signals_handled mismatch
-            mismatch_o2 reuse reach reach_o2 sleeper sleeper_o2 sleeper_exit_group mmap_root bigheap
+            mismatch_o2 reuse reach reach_o2 sleeper sleeper_o2 sleeper_exit_group mmap_root map_bigmalloc bigheap
             heuristics heuristics_o2 three_leaks rpmatch libc_only);
     };
     (@each $check:path; $($case:ident)*) => {
@@ -40,6 +40,7 @@ pub mod attach;
 pub mod build;
 pub mod cases;
 pub mod errors;
+pub mod mappings;
 pub mod markers;
 pub mod process;
 pub mod report;

@@ -213,8 +213,8 @@ pub fn errors(report: &Value) -> Vec<HeapError> {
 
 /// What two runs of the same deterministic program must agree on whatever way the
 /// calls were recorded: how it ended, the totals (but the peak), the leaks (kind, blocks, bytes,
-/// and each frame's function, file, line and object) and the errors, in a stable
-/// order. Addresses (which ASLR moves), times and the tracer's own figures are
+/// and each frame's function, file, line and object), the errors and the mappings
+/// (with the mapping calls counted), in a stable order. Addresses (which ASLR moves), times and the tracer's own figures are
 /// left out.
 pub fn comparable(report: &Value) -> Value {
     let frames = |v: &Value| -> Value {
@@ -260,6 +260,32 @@ pub fn comparable(report: &Value) -> Value {
         })
         .unwrap_or_default();
     errors.sort_by_key(|v| v.to_string());
+    // The mappings the program made and kept, as the leaks (resident sizes and
+    // addresses are left out: they depend on where the kernel put things).
+    let mut mappings: Vec<Value> = report["mappings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    let mut prot: Vec<String> = m["prot"]
+                        .as_array()
+                        .map(|p| {
+                            p.iter()
+                                .filter_map(|s| s.as_str().map(String::from))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    prot.sort();
+                    serde_json::json!({
+                        "kind": m["kind"], "name": m["name"], "count": m["count"],
+                        "bytes": m["bytes"], "prot": prot,
+                        "descriptor_open": m["descriptor_open"], "stack": frames(&m["stack"]),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    mappings.sort_by_key(|v| v.to_string());
     // The peak depends on how threads interleaved, which no two runs share.
     let mut totals = report["totals"].clone();
     if let Some(t) = totals.as_object_mut() {
@@ -270,6 +296,8 @@ pub fn comparable(report: &Value) -> Value {
         "totals": totals,
         "leaks": leaks,
         "errors": errors,
+        "mappings": mappings,
+        "mapping_totals": report["mapping_totals"],
         "scanned": report["scan"].is_object(),
     })
 }
