@@ -538,3 +538,48 @@ fn attach_writes_every_format() {
         .count();
     assert_eq!(records, leaks);
 }
+
+/// Attached to and detached from again and again while its main thread forks, or
+/// makes threads, all the time: sooner or later memtrace stops it inside clone or
+/// fork, sees a child before its parent's event, sees a thread that has already
+/// exited, or meets an exiting one as it seizes. Every result of the program stays
+/// right and every attach works, in both modes. (Registers set at an event inside
+/// clone or fork are overwritten by the call's return: an injected munmap ran with
+/// the new thread's id for its number, and the program's fork returned ENOSYS.)
+#[test]
+fn attached_again_and_again_while_it_forks_and_makes_threads() {
+    for what in ["fork", "threads"] {
+        let target = Target::new(build_fixture("spawner", DEBUG))
+            .arg(what)
+            .arg("60");
+        let bg = Background::start(&target);
+        let pid = bg.pid();
+        for i in 0..8 {
+            for mode in MODES {
+                let run = run_attach(&with_mode(&["--duration", "0.1"], mode), pid);
+                assert_eq!(
+                    run.exit,
+                    Exit::Code(0),
+                    "{what}, attach {i} {mode:?}: stderr:\n{}",
+                    run.stderr
+                );
+                assert!(
+                    !run.stderr.contains("warning") && !run.stderr.contains("not stop"),
+                    "{what}, attach {i} {mode:?}: stderr:\n{}",
+                    run.stderr
+                );
+                assert_eq!(report::end(run.report()).0, "detached");
+            }
+        }
+        // Still running, untraced: the program's own checks passed so far.
+        wait_tracer(pid, false);
+        assert!(
+            std::fs::metadata(format!("/proc/{pid}")).is_ok(),
+            "{what}: the program ended early"
+        );
+        // SAFETY: kill(2) on the fixture's own pid; no memory is involved.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let finished = bg.finish();
+        assert_eq!(finished.exit, Exit::Signal(libc::SIGTERM), "{what}");
+    }
+}

@@ -80,14 +80,20 @@ impl<'s> Tracer<'s> {
             }
         };
         t.stats.threads_seen = t.threads.len() as u64;
-        // Inject into a thread that is neither in a group-stop nor exiting.
+        // Inject into a thread that is neither in a group-stop nor exiting nor inside
+        // a vfork; best one that is not inside a system call of its own (a thread
+        // inside a clone or fork is let out of it first).
         let inject = t
             .threads
             .iter()
             .filter(|(_, thread)| thread.started)
             .map(|(&tid, _)| tid)
-            .filter(|tid| !held.group_stopped.contains(tid) && !held.exiting.contains(tid))
-            .min_by_key(|&tid| (tid != pid, tid));
+            .filter(|tid| {
+                !held.group_stopped.contains(tid)
+                    && !held.exiting.contains(tid)
+                    && !held.in_vfork.contains(tid)
+            })
+            .min_by_key(|&tid| (held.in_syscall.contains(&tid), tid != pid, tid));
         let Some(inject) = inject else {
             t.let_go();
             return Err(TraceError::Setup(
@@ -96,6 +102,12 @@ impl<'s> Tracer<'s> {
             )
             .into());
         };
+        if held.in_syscall.contains(&inject) {
+            if let Err(e) = t.settle_in_place(inject) {
+                t.let_go();
+                return Err(e.into());
+            }
+        }
         if let Err(e) = t.setup_hooks(inject) {
             // Whatever was planted is taken out again: the process must not be harmed.
             let _ = t.detach_without_scan();
@@ -132,6 +144,8 @@ impl<'s> Tracer<'s> {
     fn wait_attached(&mut self, mut waiting: HashSet<Tid>) -> Result<Held, AttachError> {
         let mut held = Held::default();
         let mut known = waiting.clone();
+        // Fork children let go at a first stop that came before their fork event.
+        let mut early_children: HashSet<Tid> = HashSet::new();
         let mut wait = StopWait::new(self.waiter.stop_timeout());
         while !waiting.is_empty() {
             let Some(stop) = self
@@ -172,22 +186,44 @@ impl<'s> Tracer<'s> {
                     let _ = ptrace::detach(tid, 0);
                     continue;
                 }
+                Stop::Event { tid, .. } | Stop::Signal { tid, .. }
+                    if !known.contains(&tid)
+                        && super::thread_group_of(tid).is_some_and(|g| g != self.pid) =>
+                {
+                    // The same, stopped before its parent's fork event came: not a
+                    // thread of the process (taken for one, it would be resumed as
+                    // one, planted in, injected into).
+                    let _ = ptrace::detach(tid, 0);
+                    early_children.insert(tid);
+                    continue;
+                }
                 Stop::Event { tid, event, signal } => match event {
                     PtraceEvent::Stop if is_stop_signal(signal) => {
                         held.group_stopped.insert(tid);
                     }
                     PtraceEvent::Clone => {
+                        held.in_syscall.insert(tid);
                         if let Ok(new) = ptrace::event_msg(tid) {
                             let new = new as Tid;
-                            if known.insert(new) {
+                            if known.insert(new) && !super::stopwait::reaped(new) {
                                 waiting.insert(new);
                             }
                         }
                     }
+                    PtraceEvent::VforkDone => {
+                        held.in_syscall.insert(tid);
+                    }
                     PtraceEvent::Fork | PtraceEvent::Vfork => {
+                        if event == PtraceEvent::Fork {
+                            held.in_syscall.insert(tid);
+                        } else {
+                            held.in_vfork.insert(tid);
+                        }
                         if let Ok(child) = ptrace::event_msg(tid) {
-                            self.children
-                                .insert(child as Tid, super::Child::ForkPending(Vec::new()));
+                            if !early_children.remove(&(child as Tid)) {
+                                self.children
+                                    .insert(child as Tid, super::Child::ForkPending(Vec::new()));
+                            }
                         }
                     }
                     PtraceEvent::Exit => {
@@ -234,6 +270,10 @@ impl<'s> Tracer<'s> {
 struct Held {
     group_stopped: HashSet<Tid>,
     exiting: HashSet<Tid>,
+    /// At a clone, fork or vfork-done event: inside that system call.
+    in_syscall: HashSet<Tid>,
+    /// At a vfork event: inside a call that returns once the child exec'd or exited.
+    in_vfork: HashSet<Tid>,
 }
 
 /// Seizes and interrupts every thread of `pid`, reading the thread list until it is
@@ -260,8 +300,13 @@ fn seize_all(pid: i32) -> Result<HashSet<Tid>, AttachError> {
                 Err(_) if !seized.is_empty() && tracer_of(tid) == Some(me) => {
                     seized.insert(tid);
                 }
-                // Gone meanwhile.
+                // Gone meanwhile, or dead and not yet reaped (the kernel refuses a
+                // thread that has exited).
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) && tid != pid => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EPERM)
+                        && tid != pid
+                        && super::stopwait::dead(tid) => {}
                 Err(err) => {
                     for &t in &seized {
                         let _ = ptrace::detach(t, 0);

@@ -378,15 +378,27 @@ impl Tracer<'_> {
         if regions.is_empty() {
             return;
         }
+        // Best a thread that is not inside a system call of its own; one inside a
+        // clone or fork is first let out of it.
         let Some(tid) = held
             .iter()
-            .filter(|(_, h)| !h.exiting && !h.group_stop)
+            .filter(|(_, h)| !h.exiting && !h.group_stop && !h.in_vfork)
+            .min_by_key(|&(&t, h)| (h.in_syscall, t != self.pid, t))
             .map(|(&t, _)| t)
-            .min_by_key(|&t| (t != self.pid, t))
         else {
             eprintln!("memtrace: warning: no thread can run munmap: memtrace's pages stay mapped (unused)");
             return;
         };
+        if held.get(&tid).is_some_and(|h| h.in_syscall) {
+            if let Err(e) = self.settle_in_place(tid) {
+                eprintln!("memtrace: warning: {e}: memtrace's pages stay mapped (unused)");
+                return;
+            }
+            if let Some(h) = held.get_mut(&tid) {
+                h.in_syscall = false;
+                h.at_signal_stop = true;
+            }
+        }
         // From now on no scratch page is used: the injection patches code at the pc.
         self.scratch = Default::default();
         if let Some(r) = self.record_stats() {

@@ -136,7 +136,7 @@ impl Tracer<'_> {
 
     /// Prepares a freshly exec'd image (one thread, stopped at the exec event).
     pub(super) fn setup_image(&mut self, tid: Tid) -> Result<(), TraceError> {
-        self.settle_after_exec(tid)?;
+        self.settle_in_place(tid)?;
         self.setup_hooks(tid)
     }
 

@@ -82,19 +82,30 @@ impl Tracer<'_> {
         }
     }
 
-    /// At the exec stop the thread is still inside `execve`: registers set now are
-    /// partly overwritten by its return. Run the thread into a breakpoint placed at
-    /// its own pc (so no instruction of the program runs) to get a clean stop.
-    pub(super) fn settle_after_exec(&mut self, tid: Tid) -> Result<(), TraceError> {
-        let err =
-            |e: std::io::Error| TraceError::Setup(format!("stopping at the entry point: {e}"));
+    /// A thread stopped at an event inside a system call (the exec stop inside
+    /// `execve`, a clone, fork or vfork-done stop) is still in that call: registers
+    /// set now are partly overwritten by its return (an injected call would run with
+    /// the new thread's id for its number, and the program's fork would return that
+    /// call's -ENOSYS). Runs the thread into a breakpoint placed at its own pc (so no
+    /// instruction of the program runs) to get a clean stop, the call returned.
+    pub(super) fn settle_in_place(&mut self, tid: Tid) -> Result<(), TraceError> {
+        let err = |e: std::io::Error| {
+            TraceError::Setup(format!("letting a system call return before another: {e}"))
+        };
         let regs = ptrace::get_regs(tid).map_err(err)?;
         let pc = Native::pc(&regs);
         let mut orig = vec![0u8; Native::BREAKPOINT.len()];
         self.mem.read(pc, &mut orig).map_err(err)?;
+        // Other threads may run this code after a memtrace that died here.
+        if let Some(g) = &self.guardian {
+            g.record(pc, &orig);
+        }
         self.mem.write(pc, Native::BREAKPOINT).map_err(err)?;
         let ran = self.run_until_trap(tid, &regs);
         self.mem.write(pc, &orig).map_err(err)?;
+        if let Some(g) = &self.guardian {
+            g.withdraw(pc);
+        }
         let mut r = ran?;
         Native::set_pc(&mut r, pc);
         ptrace::set_regs(tid, &r).map_err(err)

@@ -565,8 +565,11 @@ impl<'s> Tracer<'s> {
                 if let Ok(new) = ptrace::event_msg(tid) {
                     self.stats.threads_seen += 1;
                     // If its first stop came before this event, it is known and running
-                    // already; otherwise that stop is still to come.
-                    self.threads.entry(new as Tid).or_default();
+                    // already; otherwise that stop is still to come. If it ran its
+                    // whole life before this event was read, it is no thread of ours.
+                    if self.threads.contains_key(&(new as Tid)) || !stopwait::reaped(new as Tid) {
+                        self.threads.entry(new as Tid).or_default();
+                    }
                 }
                 self.resume(tid);
             }

@@ -30,6 +30,11 @@ pub(super) struct Held {
     pub exiting: bool,
     /// In a group-stop (job control).
     pub group_stop: bool,
+    /// At a clone, fork or vfork-done event: inside that system call (see
+    /// `settle_in_place`), not yet fit for an injected one.
+    pub in_syscall: bool,
+    /// At a vfork event: the call returns only once the child has exec'd or exited.
+    pub in_vfork: bool,
 }
 
 pub(super) struct Settled {
@@ -126,15 +131,19 @@ impl Tracer<'_> {
                             );
                         }
                         PtraceEvent::Clone => {
+                            h.in_syscall = true;
                             if let Ok(new) = ptrace::event_msg(tid) {
                                 let new = new as Tid;
-                                if !held.contains_key(&new) {
+                                if !held.contains_key(&new) && !super::stopwait::reaped(new) {
                                     self.threads.entry(new).or_default();
                                     want.insert(new);
                                 }
                             }
                         }
+                        PtraceEvent::VforkDone => h.in_syscall = true,
                         PtraceEvent::Fork | PtraceEvent::Vfork => {
+                            h.in_syscall = event == PtraceEvent::Fork;
+                            h.in_vfork = event == PtraceEvent::Vfork;
                             if let Ok(child) = ptrace::event_msg(tid) {
                                 // A vfork child too: it is let go with the rest.
                                 let child = child as Tid;

@@ -97,8 +97,11 @@ impl Live<'_, '_> {
                 } => {
                     if let Ok(new) = ptrace::event_msg(tid) {
                         self.t.stats.threads_seen += 1;
-                        // Its first stop waits in the kernel for the stop loop.
-                        self.t.threads.entry(new as Tid).or_default();
+                        // Its first stop waits in the kernel for the stop loop (unless
+                        // its whole life is over already).
+                        if !super::stopwait::reaped(new as Tid) {
+                            self.t.threads.entry(new as Tid).or_default();
+                        }
                     }
                 }
                 // As the stop loop does: harvest, and the end-of-process scan if

@@ -114,6 +114,18 @@ pub(super) fn threads(tids: &HashSet<Tid>) -> String {
     format!("{word} {}", each.join(", "))
 }
 
+/// True when the thread is gone or dead, its exit not yet reaped (`Z`, `X`): the
+/// kernel refuses to trace it (EPERM), and it runs no more code.
+pub(super) fn dead(tid: Tid) -> bool {
+    state(tid).is_none_or(|s| s.starts_with('Z') || s.starts_with('X'))
+}
+
+/// True when the thread is no more, its exit reaped already: a clone event can name
+/// a thread that ran its whole short life before its parent's event was read.
+pub(super) fn reaped(tid: Tid) -> bool {
+    state(tid).is_none()
+}
+
 /// The state `/proc/TID/status` gives (`D (disk sleep)`).
 fn state(tid: Tid) -> Option<String> {
     let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
