@@ -245,6 +245,36 @@ fn unloaded_library_keeps_its_frames() {
     }
 }
 
+/// An optimized library (no frame pointers) that leaks and is unloaded at once: the
+/// leak's stack, held back to be unwound later, is unwound with the library's unwind
+/// tables, taken before they are dropped: plugin_leak, then main. (Unwound after,
+/// the walk fell back on frame pointers at plugin_leak and skipped main.)
+#[test]
+fn a_library_unloaded_at_once_is_unwound_with_its_own_tables() {
+    let program = build_fixture("dlopen_main", DEBUG);
+    let plugin = build_shared("plugin", common::OPTIMIZED);
+    let target = Target::new(&program).arg("--close").arg(&plugin);
+    let (run, _) = run_beside_valgrind(&[], &target);
+    let marker = common::markers(&common::build::fixture_source("plugin"))
+        .into_iter()
+        .next()
+        .expect("plugin.c's LEAK marker");
+    let leaks = report::leaks(run.report());
+    let leak = leak_at(&leaks, "plugin.c", marker.line);
+    let functions: Vec<Option<&str>> = leak
+        .stack
+        .iter()
+        .take(2)
+        .map(|f| f.function.as_deref())
+        .collect();
+    assert_eq!(
+        functions,
+        [Some("plugin_leak"), Some("main")],
+        "{:#?}",
+        leak.stack
+    );
+}
+
 /// glibc's functions have several names at one address (`strdup`, `__strdup`,
 /// `__GI___strdup`); its DWARF and its debug file's symbol table name the internal
 /// one. Every frame in libc and the loader is named as valgrind names it: the public

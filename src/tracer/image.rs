@@ -188,6 +188,12 @@ impl Tracer<'_> {
             .filter(|old| !now.iter().any(|m| same(m, old)))
             .cloned()
             .collect();
+        if !gone.is_empty() {
+            // Stacks held back for unwinding were taken with the old objects: they
+            // are unwound (and their calls told nested or not) while the unwinder
+            // and the tables still know them.
+            self.flush();
+        }
         for m in &gone {
             if let Some(g) = &self.guardian {
                 for (addr, _) in self.bps.iter().filter(|(_, b)| b.module_base == m.base) {
@@ -219,8 +225,6 @@ impl Tracer<'_> {
             });
         }
         if !gone.is_empty() {
-            // Stacks held back for unwinding were taken with the old objects.
-            self.flush();
             self.generation += 1;
         }
         if !gone.is_empty() || !new.is_empty() {
