@@ -65,6 +65,9 @@ pub struct Ring {
     pub addrs: Addrs,
     /// The next position to look at.
     read: u64,
+    /// A record could not be decoded: its length cannot be trusted, nothing after it
+    /// can be found. Nothing more is read (or released past it).
+    broken: bool,
     /// The head as last read: it is only read again when `read` reaches it (the
     /// writers keep its cache line busy).
     head_seen: u64,
@@ -92,6 +95,7 @@ impl Ring {
             mem,
             addrs,
             read: 0,
+            broken: false,
             head_seen: 0,
             tail: 0,
             holes: BTreeMap::new(),
@@ -141,6 +145,9 @@ impl Ring {
     /// written yet. A record whose writer is still at it (reserved, length known) is
     /// stepped over and given later, once committed.
     pub fn next_record(&mut self) -> Option<Result<Record, BadRecord>> {
+        if self.broken {
+            return None;
+        }
         loop {
             // A record stepped over that has committed since comes first: anything
             // of its thread after it was written after it.
@@ -168,7 +175,7 @@ impl Ring {
                 match &r {
                     Ok(_) => {}
                     // Its length cannot be trusted: nothing after it can be found.
-                    Err(_) => self.read = u64::MAX,
+                    Err(_) => self.broken = true,
                 }
                 return Some(r);
             }
@@ -240,15 +247,19 @@ impl Ring {
     }
 
     /// A copy of the entry record at `pos`, released already, if no writer has
-    /// reused its space since (its first word is still its commit: a writer changes
-    /// that word before anything after it).
+    /// reused its space since. A writer reuses it only after reserving past
+    /// `pos + RING_SIZE`: the head read after the copy says whether any did (its
+    /// reservation comes before its writes; a copy that saw one of those writes sees
+    /// that head). The commit word alone cannot tell: a writer sets a record's
+    /// length and thread before its commit word, and a record starting inside this
+    /// one never touches it.
     pub fn copy_if_intact(&self, pos: u64) -> Option<Box<[u8]>> {
-        let committed = || self.mem.ring_load(pos, REC_COMMIT) == pos + 1;
-        if !committed() {
+        if self.mem.ring_load(pos, REC_COMMIT) != pos + 1 {
             return None;
         }
         let copy: Box<[u8]> = self.record(pos).into();
-        committed().then_some(copy)
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        (self.head() <= pos + RING_SIZE).then_some(copy)
     }
 
     /// The records still being written, oldest first.
@@ -288,7 +299,12 @@ impl Ring {
     }
 
     pub fn has_room(&self, pos: u64, len: u64) -> bool {
-        pos + len - self.tail <= RING_SIZE
+        (pos + len).saturating_sub(self.tail) <= RING_SIZE
+    }
+
+    /// A record could not be read: the recording is over.
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     /// Writes and commits a record of memtrace's own at a reserved `pos` with room:
@@ -520,5 +536,80 @@ mod tests {
             ring.stats.holes > 0,
             "the reader never found a record half written"
         );
+    }
+
+    /// A record that cannot be decoded ends the reading: nothing after it is read,
+    /// the space before it stays releasable, and nothing past it is ever released
+    /// (the tail once became u64::MAX there: every later room check overflowed).
+    #[test]
+    fn a_bad_record_ends_the_reading_and_nothing_is_released_past_it() {
+        let file = memfd();
+        let other = file.try_clone().expect("dup");
+        let mut ring = Ring::new(SharedMem::map(file).expect("map"), Addrs::default(), 0);
+        let writer = SharedMem::map(other).expect("map");
+        let r = Return {
+            pos: 0,
+            tid: 1,
+            entry_pos: 0,
+            value: 0x10,
+            out: 0,
+        };
+        let good = write_like_the_target(&writer, &encode_return(&r), &[]);
+        let mut bad = encode_return(&r);
+        let info = memtrace_arch::recorder::info(RETURN_LEN, 0x7f, 0, 0);
+        bad[8..16].copy_from_slice(&info.to_le_bytes());
+        let bad_at = write_like_the_target(&writer, &bad, &[]);
+        write_like_the_target(&writer, &encode_return(&r), &[]);
+        assert!(matches!(ring.next_record(), Some(Ok(Record::Return(_)))));
+        assert!(matches!(ring.next_record(), Some(Err(_))));
+        assert!(ring.is_broken());
+        assert!(ring.next_record().is_none(), "read past a bad record");
+        ring.release(u64::MAX);
+        assert_eq!(writer.load(CTRL_TAIL), bad_at);
+        assert!(bad_at > good);
+        assert!(ring.has_room(bad_at, RETURN_LEN));
+    }
+
+    /// The first free of a double free is read back from the ring if no writer has
+    /// reused its space: a record written over its middle in the next lap (its own
+    /// commit word untouched) makes the copy unusable.
+    #[test]
+    fn a_record_written_over_in_the_next_lap_is_not_intact() {
+        let file = memfd();
+        let other = file.try_clone().expect("dup");
+        let mut ring = Ring::new(SharedMem::map(file).expect("map"), Addrs::default(), 0);
+        let writer = SharedMem::map(other).expect("map");
+        let e = Entry {
+            pos: 0,
+            tid: 1,
+            func: HookFn::Free,
+            hooked_return: false,
+            args: [0x10, 0, 0, 0, 0, 0],
+            ret: 0x5000,
+            sp: 0x7000,
+            fp: 0,
+            stack_len: 4096,
+        };
+        let first = write_like_the_target(&writer, &encode_entry(&e), &[0xaa; 4096]);
+        assert!(matches!(ring.next_record(), Some(Ok(Record::Entry(_)))));
+        ring.release(ring.read_pos());
+        let intact = ring
+            .copy_if_intact(first)
+            .expect("nothing written over it yet");
+        assert_eq!(intact.len() as u64, entry_len(4096));
+        // Another writer's record begins 1 KiB into it, one lap later.
+        let lap = first + RING_SIZE + 1024;
+        let skip = lap - writer.load(CTRL_HEAD);
+        writer.fetch_add(CTRL_HEAD, skip);
+        let r = Return {
+            pos: 0,
+            tid: 2,
+            entry_pos: 0,
+            value: 0,
+            out: 0,
+        };
+        let at = write_like_the_target(&writer, &encode_return(&r), &[]);
+        assert_eq!(at, lap);
+        assert_eq!(ring.copy_if_intact(first), None);
     }
 }
