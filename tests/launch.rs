@@ -272,6 +272,25 @@ fn a_thread_on_a_joined_threads_stack_is_recorded_as_itself() {
     assert!(stops < 100, "inline calls stopped: {trace}");
 }
 
+/// The main thread allocates on a coroutine's stack mmap'd below its own (after the
+/// thread was registered), with a guard page above it: the program runs as it does
+/// natively, and the report is valgrind's. Taking that stack for part of the main
+/// one, recording inline copied the main stack's height up from it, into the guard
+/// page: the program died of SIGSEGV.
+#[test]
+fn allocating_on_a_coroutine_stack_below_the_main_one() {
+    let case = cases::coroutine();
+    let target = case.target();
+    let native = run_native(&target);
+    assert_eq!(native.exit, Exit::Code(0), "the fixture itself");
+    let run = run_memtrace(&target);
+    // Exit status, markers (the leak at its line, its kind).
+    check_run(&case, &run, native.exit);
+    // valgrind's totals; not its stacks: it walks on past the end of the context
+    // (glibc's __start_context), where memtrace stops as the CFI says.
+    assert_eq!(report::totals(run.report()), case.valgrind().totals());
+}
+
 /// The scan is made at `_exit` (every thread stopped) when the program exits, at the
 /// exit stop of the thread that ends the process when it dies of a signal or calls
 /// exit_group itself (the dying threads still stop at their exits on this kernel);

@@ -266,12 +266,38 @@ fn stack_bounds(pid: i32, sp: u64, tp: u64, main_top: u64) -> Option<(u64, u64)>
     let maps = crate::maps::read(pid).ok()?;
     let m = maps.iter().find(|m| m.start <= sp && sp < m.end)?;
     if main_top != 0 && m.start <= main_top && main_top < m.end {
-        // It grows down: any stack pointer within the usual limit is on it.
+        // It grows down, as far as its size limit allows (the kernel maps nothing
+        // there unless told to) and the mapping below it: a stack pointer there is
+        // on it. One further down (a coroutine's or a signal stack mmap'd below, even
+        // later) is not: copying the main stack's height up from it would run off
+        // its end, into whatever lies above it.
         let hi = (main_top + 512).min(m.end);
-        return Some((hi.saturating_sub(1 << 30), hi));
+        let below = maps
+            .iter()
+            .map(|o| o.end)
+            .filter(|&end| end <= m.start)
+            .max()
+            .unwrap_or(0);
+        let limit = stack_limit(pid).unwrap_or(u64::MAX).min(1 << 30);
+        return Some((hi.saturating_sub(limit).max(below), hi));
     }
     let hi = if tp > sp && tp <= m.end { tp } else { m.end };
     Some((m.start, hi))
+}
+
+/// The soft limit of the process's stack size (`ulimit -s`), None when unlimited.
+fn stack_limit(pid: i32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    parse_stack_limit(&limits)
+}
+
+fn parse_stack_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max stack size"))?;
+    line["Max stack size".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl Tracer<'_> {
@@ -795,6 +821,9 @@ impl Tracer<'_> {
             }
         }
         rec.defer.release(now, all, &mut unwinder, &mut heap);
+        // Copies of recent frees the writers have written over since are no use.
+        let overwritten = rec.ring.head().saturating_sub(RING_SIZE);
+        rec.defer.forget_overwritten(overwritten);
         rec.most_read = unwinder.most_read;
         rec.unwinds = unwinder.unwinds;
         if unwinder.short {
@@ -835,6 +864,9 @@ impl Tracer<'_> {
 
     /// Reserves room for a record of memtrace's own, reading the ring until there is.
     fn reserve(&mut self, len: u64) -> Option<u64> {
+        if self.rec.as_ref()?.ring.is_broken() {
+            return None; // nothing is read any more: no room will come
+        }
         let pos = self.rec.as_mut()?.ring.reserve(len);
         for _ in 0..1_000_000 {
             let rec = self.rec.as_ref()?;
@@ -1103,5 +1135,22 @@ impl Tracer<'_> {
         s.records_abandoned = r.ring.stats.abandoned;
         s.unmatched_returns = r.calls.stats.unmatched_returns;
         Some(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_stack_limit;
+
+    #[test]
+    fn the_stack_limit_is_the_soft_one_or_none_when_unlimited() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max cpu time              unlimited            unlimited            seconds   \n\
+                      Max stack size            8388608              unlimited            bytes     \n";
+        assert_eq!(parse_stack_limit(limits), Some(8 << 20));
+        let unlimited =
+            "Max stack size            unlimited            unlimited            bytes     \n";
+        assert_eq!(parse_stack_limit(unlimited), None);
+        assert_eq!(parse_stack_limit("Max open files 1024 1024 files\n"), None);
     }
 }

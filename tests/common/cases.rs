@@ -129,6 +129,10 @@ pub fn churn_threads() -> Case {
 pub fn thread_reuse() -> Case {
     Case::new("thread_reuse", DEBUG)
 }
+/// coroutine.c: the main thread allocates on a small stack mmap'd below its own.
+pub fn coroutine() -> Case {
+    Case::new("coroutine", DEBUG)
+}
 pub fn dlopen() -> Case {
     dlopen_with(DEBUG)
 }
