@@ -109,6 +109,13 @@ pub fn relocate_entry(function: &[u8], from: u64, to: u64) -> Result<Relocated, 
                         reason: "a displaced call reads the stack".into(),
                     });
                 }
+                if insn.next_ip() < end {
+                    // It would return into the bytes the entry jump overwrote.
+                    return Err(RelocError::CannotRelocate {
+                        address: insn.ip(),
+                        reason: "a displaced call is followed by displaced code".into(),
+                    });
+                }
                 out.extend(push_return_address(insn.next_ip())?);
                 let mut jmp = *insn;
                 let code = match insn.code() {
@@ -594,6 +601,18 @@ mod tests {
             FlowControl::UnconditionalBranch | FlowControl::IndirectBranch
         ));
         assert!(insns.iter().all(|i| i.flow_control() != FlowControl::Call));
+    }
+
+    #[test]
+    fn a_displaced_call_followed_by_displaced_code_is_refused() {
+        // call rax; mov rdi,rax: the call would return into the entry jump's bytes.
+        let code = [0xff, 0xd0, 0x48, 0x89, 0xc7, 0xc3];
+        let e = relocate_entry(&code, 0x1000, 0x2000).unwrap_err();
+        assert!(matches!(e, RelocError::CannotRelocate { .. }), "{e}");
+        // The same call as the last displaced instruction returns past the jump.
+        let code = [0x90, 0x90, 0x90, 0xff, 0xd0, 0xc3];
+        let r = relocate_entry(&code, 0x1000, 0x2000).unwrap();
+        assert_eq!(r.original_len, 5);
     }
 
     #[test]
