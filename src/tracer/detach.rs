@@ -104,6 +104,8 @@ impl Tracer<'_> {
                 );
             }
         }
+        // A thread let out of a thunk or the stub may have committed its record.
+        self.flush();
         if all.unstopped.is_empty() {
             self.unmap_ours(&mut all.held);
         } else {
