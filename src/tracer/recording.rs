@@ -702,7 +702,10 @@ impl Tracer<'_> {
                 }
             }
         }
-        let stub = self.rec.as_ref().is_some_and(|r| r.is_stub(ret));
+        // A tail call from a hooked function returns through the stub, or through
+        // the trampoline when the shadow stack was full: allocator code either way.
+        let stub = self.rec.as_ref().is_some_and(|r| r.is_stub(ret))
+            || Some(ret) == self.scratch.trampoline();
         let c = Caller {
             allocator: stub || self.image.is_allocator_code(ret),
             internal: self.image.is_internal(ret),
