@@ -58,7 +58,8 @@ impl Tracer<'_> {
     /// A vfork child no longer runs on its parent's slot (it exec'd or exited).
     pub(super) fn vfork_done(&mut self, child: Tid) {
         if let Some(tp) = self.vfork_slots.remove(&child) {
-            if let Some(r) = self.rec.as_mut() {
+            // A slot two threads share stays on the slow path for good.
+            if let Some(r) = self.rec.as_mut().filter(|r| !r.shared_tps.contains(&tp)) {
                 r.ring.set_slow(tp, false);
             }
         }
