@@ -20,6 +20,16 @@ impl Tracer<'_> {
     ) -> Result<i64, TraceError> {
         let err = |what: &str, e: std::io::Error| TraceError::Setup(format!("{what}: {e}"));
         let saved = ptrace::get_regs(tid).map_err(|e| err("reading registers", e))?;
+        if Native::syscall_nr(&saved).is_some()
+            && Native::syscall_result(&saved) == -(libc::ENOSYS as i64)
+        {
+            // Stopped inside a system call still running (a fork or exit event):
+            // the injected one would take its place. Callers settle such a thread
+            // first; this is the last guard.
+            return Err(TraceError::Setup(
+                "the thread is inside a system call".to_string(),
+            ));
+        }
         let (stub, patched) = match self.scratch.syscall_stub() {
             Some(stub) => (stub, None),
             None => {
