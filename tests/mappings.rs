@@ -89,6 +89,12 @@ fn large_blocks_glibc_maps_itself_stay_heap() {
 }
 
 #[test]
+fn a_mapping_made_by_code_the_allocator_calls_back_is_the_programs() {
+    // operator new's call is open while its new_handler maps: the program's mapping.
+    check_fixture("map_callback", &[]);
+}
+
+#[test]
 fn a_static_programs_c_library_maps_for_itself_too() {
     // Its thread's stack (pthread_create), the munmap inside free: the C library's
     // own calls, as with libc.so (same totals), though no libc.so is mapped.

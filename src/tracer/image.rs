@@ -84,7 +84,25 @@ const STATIC_INTERNAL: &[&str] = &[
     "munmap_chunk",
     "free",
     "_nl_load_locale_from_archive",
+    // malloc's internals that map its large chunks and its arenas (an allocator call
+    // is open: the mappings are heap), and those they are inlined into.
+    "sysmalloc",
+    "sysmalloc_mmap",
+    "sysmalloc_mmap_fallback",
+    "new_heap",
+    "alloc_new_heap",
+    "grow_heap",
+    "_int_new_arena",
+    "arena_get2",
+    "_int_malloc",
+    "mremap_chunk",
 ];
+
+/// Whether symbol `name` is `wanted` or a copy of it the compiler made
+/// (`sysmalloc_mmap.constprop.0`, `tcache_init.part.0`).
+fn is_or_clones(name: &str, wanted: &str) -> bool {
+    name.split('.').next() == Some(wanted)
+}
 
 fn read_auxv(pid: i32) -> Vec<(u64, u64)> {
     let Ok(data) = std::fs::read(format!("/proc/{pid}/auxv")) else {
@@ -303,11 +321,13 @@ impl Tracer<'_> {
         match role {
             Role::Libc => self.image.internal.push((m.start, m.end)),
             Role::StaticExe => {
-                for name in STATIC_INTERNAL {
-                    if let Some(s) = info.function(name) {
-                        let start = bias.wrapping_add(s.address);
-                        self.image.internal.push((start, start + s.size.max(1)));
-                    }
+                for s in info.functions.iter().filter(|s| {
+                    STATIC_INTERNAL
+                        .iter()
+                        .any(|wanted| is_or_clones(&s.name, wanted))
+                }) {
+                    let start = bias.wrapping_add(s.address);
+                    self.image.internal.push((start, start + s.size.max(1)));
                 }
             }
             Role::Cxx | Role::Unwinder => self.image.runtime.push((m.start, m.end)),
