@@ -104,6 +104,17 @@ fn a_static_programs_c_library_maps_for_itself_too() {
 }
 
 #[test]
+fn the_c_librarys_locale_files_and_arena_trims_are_its_own() {
+    // A static program has no libc.so to tell the C library's code by: its own
+    // functions that map must be known by name.
+    for flags in [common::DEBUG, &["-g", "-O0", "-static"]] {
+        let (run, _) = common::mappings::check_fixture_built("map_libc", flags, &[]);
+        let list = common::mappings::mappings(run.report());
+        assert!(list.is_empty(), "{flags:?}: {list:#?}");
+    }
+}
+
+#[test]
 fn attach_tracks_what_is_mapped_while_attached_and_counts_older_unmaps_apart() {
     use common::attach::{run_attach, Background};
     use common::mappings::{
