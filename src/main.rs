@@ -339,8 +339,10 @@ fn finish(
         "{}",
         report::text::render_text_with(&report, outputs.gen_suppressions)
     );
-    if let Err(e) = report::render::write_outputs(&report, &outputs) {
-        eprintln!("memtrace: {e}");
+    if let Err(failures) = report::render::write_outputs(&report, &outputs) {
+        for e in failures {
+            eprintln!("memtrace: {e}");
+        }
         return Err(1);
     }
     Ok(report)

@@ -8,20 +8,21 @@
 use crate::maps::{self, Mapping};
 use std::os::unix::fs::{FileExt, MetadataExt};
 
-/// A file, as a device and inode: what a mapping's line and a descriptor share.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FileId {
-    pub dev: (u32, u32),
+/// A file a descriptor holds open: its device and inode, as `stat` through
+/// `/proc/PID/fd/N` sees them, and its path, as that link reads.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpenFile {
     pub inode: u64,
+    pub dev: (u32, u32),
+    pub path: String,
 }
 
-impl FileId {
-    /// The file a mapping maps (None for anonymous memory).
-    pub fn of(m: &Mapping) -> Option<FileId> {
-        (m.inode != 0).then_some(FileId {
-            dev: m.dev,
-            inode: m.inode,
-        })
+impl OpenFile {
+    /// Whether mapping `m` maps this file. The inode, and the device or the path:
+    /// on overlayfs whose layers are on other filesystems, `/proc/PID/maps` gives
+    /// the overlay's device while `stat` gives the layer's (same inode, same path).
+    pub fn is_mapped_by(&self, m: &Mapping) -> bool {
+        m.inode != 0 && self.inode == m.inode && (self.dev == m.dev || self.path == m.path)
     }
 }
 
@@ -37,8 +38,8 @@ pub struct ProcMemory {
     /// Every mapping, by address, with its resident size; memtrace's own pages in
     /// the target left out.
     pub vmas: Vec<Mapping>,
-    /// The files the process's descriptors hold open, sorted.
-    pub files: Vec<FileId>,
+    /// The files the process's descriptors hold open, by inode.
+    pub files: Vec<OpenFile>,
     /// The threads' stack pointers, where known (a thread stopped or blocked).
     pub stack_pointers: Vec<u64>,
     /// The first two words of each anonymous mapping, where they could be read: an
@@ -77,8 +78,13 @@ impl ProcMemory {
             .map(|i| self.heads[i].1)
     }
 
-    pub fn has_open(&self, f: FileId) -> bool {
-        self.files.binary_search(&f).is_ok()
+    /// Whether a descriptor holds open the file mapping `m` maps.
+    pub fn has_open(&self, m: &Mapping) -> bool {
+        let from = self.files.partition_point(|f| f.inode < m.inode);
+        self.files[from..]
+            .iter()
+            .take_while(|f| f.inode == m.inode)
+            .any(|f| f.is_mapped_by(m))
     }
 }
 
@@ -117,17 +123,22 @@ pub fn read_resident_runs(pid: i32, start: u64, end: u64) -> std::io::Result<Vec
     Ok(resident_runs(start, &entries))
 }
 
-/// The files behind `/proc/PID/fd/*` (what `stat` through the link sees).
-fn open_files(pid: i32) -> Vec<FileId> {
+/// The files behind `/proc/PID/fd/*` (what `stat` through the link sees, and the
+/// link's text), sorted.
+fn open_files(pid: i32) -> Vec<OpenFile> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
     };
-    let mut v: Vec<FileId> = dir
+    let mut v: Vec<OpenFile> = dir
         .flatten()
-        .filter_map(|e| std::fs::metadata(e.path()).ok())
-        .map(|md| FileId {
-            dev: dev_parts(md.dev()),
-            inode: md.ino(),
+        .filter_map(|e| {
+            let md = std::fs::metadata(e.path()).ok()?;
+            let path = std::fs::read_link(e.path()).ok()?;
+            Some(OpenFile {
+                inode: md.ino(),
+                dev: dev_parts(md.dev()),
+                path: path.to_string_lossy().into_owned(),
+            })
         })
         .collect();
     v.sort_unstable();
@@ -216,15 +227,41 @@ mod tests {
     }
 
     #[test]
-    fn reads_this_process_and_finds_its_own_open_file() {
-        let file = tempfile::tempfile().unwrap();
-        let md = file.metadata().unwrap();
-        let id = FileId {
-            dev: dev_parts(md.dev()),
-            inode: md.ino(),
+    fn a_descriptor_matches_a_mapping_by_inode_and_device_or_path() {
+        // A file on overlayfs whose lower layer is another filesystem, mapped and
+        // still open: /proc/PID/maps says 00:29, stat through the descriptor 00:2b.
+        let mapped =
+            &crate::maps::parse_maps("7f48a000-7f48b000 r--s 00000000 00:29 2 /mnt/ov/f")[0];
+        let open = |dev, path: &str| ProcMemory {
+            files: vec![OpenFile {
+                inode: 2,
+                dev,
+                path: path.into(),
+            }],
+            ..ProcMemory::default()
         };
+        assert!(open((0, 0x2b), "/mnt/ov/f").has_open(mapped));
+        assert!(open((0, 0x29), "/mnt/elsewhere/f").has_open(mapped));
+        // Another file with the same inode number on another filesystem.
+        assert!(!open((0, 0x2b), "/other/f").has_open(mapped));
+        let mut anonymous = mapped.clone();
+        (anonymous.inode, anonymous.path) = (0, String::new());
+        assert!(!open((0, 0), "").has_open(&anonymous));
+    }
+
+    #[test]
+    fn reads_this_process_and_finds_its_own_open_file() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let md = file.as_file().metadata().unwrap();
+        let mut mapped = crate::maps::parse_maps(&format!(
+            "1000-2000 r--s 00000000 00:00 {} {}",
+            md.ino(),
+            file.path().canonicalize().unwrap().display()
+        ))
+        .remove(0);
+        mapped.dev = dev_parts(md.dev());
         let m = ProcMemory::read(std::process::id() as i32, &[]).unwrap();
-        assert!(m.has_open(id));
+        assert!(m.has_open(&mapped));
         let rss: u64 = m.vmas.iter().filter_map(|v| v.rss).sum();
         assert!(rss > 0);
         assert!(!m.heads.is_empty() || m.vmas.iter().all(|v| !v.path.is_empty()));

@@ -382,3 +382,82 @@ fn completions_and_manual_pages() {
     let help = memtrace(&["report", "--help"]);
     assert!(help.stdout.contains("Examples:"), "{}", help.stdout);
 }
+
+/// Blocks of zero bytes (`malloc(0)`) are live but have no width: the flamegraph
+/// says so instead of failing, and the folded stacks carry them with 0 bytes.
+#[test]
+fn leaks_of_zero_bytes_still_give_a_flamegraph() {
+    let case = cases::zero_leak();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (svg, folded) = (dir.path().join("r.svg"), dir.path().join("r.folded"));
+    let run = run_memtrace_opts(
+        &[
+            "--flamegraph",
+            path_str(&svg),
+            "--collapsed",
+            path_str(&folded),
+        ],
+        &case.target(),
+    );
+    assert_eq!(run.status, 0, "stderr:\n{}", run.stderr);
+    let blocks: u64 = case.markers().iter().map(|m| m.blocks).sum();
+    assert!(blocks > 0 && case.markers().iter().all(|m| m.bytes == 0));
+    let text = String::from_utf8(read(&svg)).expect("UTF-8");
+    flamegraph_titles(text.as_bytes());
+    assert!(!text.contains("ERROR"), "{text}");
+    assert!(
+        text.contains(&format!("0 bytes in {blocks} blocks")),
+        "{text}"
+    );
+    let stacks = String::from_utf8(read(&folded)).expect("UTF-8");
+    assert!(
+        !stacks.is_empty() && stacks.lines().all(|l| l.ends_with(";main 0")),
+        "{stacks}"
+    );
+}
+
+/// A file that cannot be written keeps no other from being written: each failure is
+/// one line naming its file, and memtrace exits non-zero.
+#[test]
+fn an_unwritable_file_keeps_no_other_from_being_written() {
+    let case = cases::three_leaks();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let (pb, svg, xml, folded) = (
+        p("none/r.pb.gz"),
+        p("r.svg"),
+        p("none/r.xml"),
+        p("r.folded"),
+    );
+    let run = common::process::run_memtrace_once(
+        &[
+            "--pprof",
+            &pb,
+            "--flamegraph",
+            &svg,
+            "--xml",
+            &xml,
+            "--collapsed",
+            &folded,
+        ],
+        &case.target(),
+    );
+    assert_eq!(run.status, 1, "stderr:\n{}", run.stderr);
+    let failures: Vec<&str> = run
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("memtrace: cannot write"))
+        .collect();
+    assert_eq!(failures.len(), 2, "{}", run.stderr);
+    assert!(failures[0].starts_with(&format!("memtrace: cannot write {pb}: ")));
+    assert!(failures[1].starts_with(&format!("memtrace: cannot write {xml}: ")));
+    run.report();
+    flamegraph_titles(&read(Path::new(&svg)));
+    assert_eq!(
+        read(Path::new(&folded))
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count(),
+        3
+    );
+}

@@ -89,12 +89,29 @@ fn large_blocks_glibc_maps_itself_stay_heap() {
 }
 
 #[test]
+fn a_mapping_made_by_code_the_allocator_calls_back_is_the_programs() {
+    // operator new's call is open while its new_handler maps: the program's mapping.
+    check_fixture("map_callback", &[]);
+}
+
+#[test]
 fn a_static_programs_c_library_maps_for_itself_too() {
     // Its thread's stack (pthread_create), the munmap inside free: the C library's
     // own calls, as with libc.so (same totals), though no libc.so is mapped.
     let flags = &["-g", "-O0", "-static"];
     let (run, _) = common::mappings::check_fixture_built("map_bigmalloc", flags, &[]);
     assert!(common::mappings::mappings(run.report()).is_empty());
+}
+
+#[test]
+fn the_c_librarys_locale_files_and_arena_trims_are_its_own() {
+    // A static program has no libc.so to tell the C library's code by: its own
+    // functions that map must be known by name.
+    for flags in [common::DEBUG, &["-g", "-O0", "-static"]] {
+        let (run, _) = common::mappings::check_fixture_built("map_libc", flags, &[]);
+        let list = common::mappings::mappings(run.report());
+        assert!(list.is_empty(), "{flags:?}: {list:#?}");
+    }
 }
 
 #[test]

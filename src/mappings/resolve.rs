@@ -11,7 +11,7 @@ use super::model::{Live, Mappings};
 use crate::event::{DescKind, MapSource, StackId};
 use crate::hooks::HookFn;
 use crate::maps::Mapping;
-use crate::procmem::{FileId, ProcMemory};
+use crate::procmem::ProcMemory;
 use std::collections::HashMap;
 
 /// Live mappings sharing a stack and a backing (and whether its descriptor is open).
@@ -87,9 +87,7 @@ fn resolve(start: u64, l: &Live, mem: Option<&ProcMemory>) -> Resolved {
             (rss * overlap as u128 / v.len().max(1) as u128) as u64
         })
         .sum();
-    let descriptor_open = kind
-        .has_descriptor()
-        .then(|| FileId::of(first).is_some_and(|f| m.has_open(f)));
+    let descriptor_open = kind.has_descriptor().then(|| m.has_open(first));
     Resolved {
         kind,
         name,
@@ -211,9 +209,10 @@ mod tests {
                 ),
                 vma("3e000-42000 rw-p 00000000 00:00 0", 4 * K),
             ],
-            files: vec![FileId {
-                dev: (0, 1),
+            files: vec![crate::procmem::OpenFile {
                 inode: 12,
+                dev: (0, 1),
+                path: "/memfd:doublemapper (deleted)".into(),
             }],
             ..ProcMemory::default()
         };

@@ -4,12 +4,15 @@
 //! or memtrace at a stop).
 //!
 //! A mapping call (mmap, munmap, mremap...) made while an allocator call is open on
-//! its thread is the allocator's, whoever called it: glibc's malloc maps its large
-//! chunks and arenas from its own internal functions (sysmalloc, new_heap), not from
-//! the hooked entry points, and those mappings are heap. A mapping call made from
-//! the C library's own code otherwise (a thread's stack, a locale file, the munmap
-//! inside free, which has no open frame) is the library's: an event marked
-//! `internal`, which the mapping model applies but never counts as the program's.
+//! its thread, from the C library's own code, is the allocator's: glibc's malloc
+//! maps its large chunks and arenas from its own internal functions (sysmalloc,
+//! new_heap), not from the hooked entry points, and those mappings are heap. One made
+//! from the program's code meanwhile is the program's: a new_handler that operator
+//! new calls back, a signal handler run while the thread is inside malloc. A mapping
+//! call made from the C library's own code otherwise (a thread's stack, a locale
+//! file, the munmap inside free, which has no open frame) is the library's: an event
+//! marked `internal`, which the mapping model applies but never counts as the
+//! program's.
 
 use super::record::{Entry, Return};
 use crate::event::{Event, StackId, Tid};
@@ -101,11 +104,10 @@ impl Calls {
         // Only an allocator call makes the calls inside it nested: a mapping call
         // makes no hooked call of its own.
         let allocator_open = frames.iter().any(|f| !f.func.is_mapping());
-        let nested = if e.func.is_mapping() {
-            allocator_open
-        } else {
-            allocator_open && caller.allocator
-        };
+        // malloc's own mappings are made from libc's internals, not from a hooked
+        // function: for them, the C library's code counts as the allocator's.
+        let from_allocator = caller.allocator || (e.func.is_mapping() && caller.internal);
+        let nested = allocator_open && from_allocator;
         if nested {
             // operator new -> malloc: the outer call is the program's.
             self.stats.nested_calls += 1;
@@ -277,7 +279,7 @@ mod tests {
     }
 
     #[test]
-    fn mmap_inside_malloc_is_the_heaps_whoever_calls_it() {
+    fn mmap_inside_malloc_is_the_heaps_when_the_c_library_calls_it() {
         let mut c = Calls::new();
         c.entry(&entry(0, 1, HookFn::Malloc, 1 << 20, 0x1000), PROGRAM);
         // sysmalloc (libc, not a hooked function) maps the chunk.
@@ -299,6 +301,30 @@ mod tests {
             })
         ));
         assert_eq!(map.raw.map(|r| r.pos), Some(400), "its stack is wanted");
+    }
+
+    #[test]
+    fn the_programs_mmap_while_an_allocator_call_is_open_is_the_programs() {
+        let mut c = Calls::new();
+        c.entry(
+            &entry(0, 1, HookFn::new_op(false), 1 << 20, 0x1000),
+            PROGRAM,
+        );
+        c.entry(&entry(112, 1, HookFn::Malloc, 1 << 20, 0xf00), ALLOCATOR);
+        // A signal handler on the same stack (or a new_handler operator new calls
+        // back) maps memory: the call returns into the program's code.
+        assert_eq!(c.entry(&mmap_entry(224, 1, 8192, 0xd00), PROGRAM), None);
+        let map = c.ret(&ret(336, 1, 224, 0x7f00_0020_0000)).unwrap();
+        assert!(matches!(
+            map.ev,
+            Event::Mapping(MapCall::Map {
+                internal: false,
+                len: 8192,
+                ..
+            })
+        ));
+        assert_eq!(map.raw.map(|r| r.pos), Some(224), "its stack is wanted");
+        assert_eq!(c.stats.nested_calls, 1, "only malloc inside operator new");
     }
 
     #[test]

@@ -30,10 +30,17 @@ pub fn write_flamegraph(report: &Report, out: &mut dyn Write) -> std::io::Result
     // program compare at a glance.
     options.hash = true;
     options.deterministic = true;
-    if folded.is_empty() {
+    if weightless(&report.leaks) {
         return write_empty(&options, out);
     }
     flamegraph::from_lines(&mut options, folded.lines(), out)
+}
+
+/// Nothing to draw: no block live, or only blocks of zero bytes (`malloc(0)`), which
+/// have no width. inferno refuses a profile whose counts are all zero ("No stack
+/// counts found") after writing an SVG that says ERROR.
+fn weightless(leaks: &[super::model::Leak]) -> bool {
+    leaks.iter().all(|l| l.bytes == 0)
 }
 
 /// A differential flamegraph from `before` to `after`: widths are the later live
@@ -56,7 +63,8 @@ pub fn write_diff_flamegraph(
     options.count_name = "bytes".into();
     options.hash = true;
     options.deterministic = true;
-    if after.leaks.is_empty() {
+    // Widths are the later bytes: nothing to draw when none are left.
+    if weightless(&after.leaks) {
         return write_empty(&options, out);
     }
     flamegraph::from_lines(&mut options, folded.lines(), out)
@@ -160,6 +168,24 @@ mod tests {
         let s = svg(&r);
         parse(&s);
         assert!(s.contains("no leaks"), "{s}");
+    }
+
+    #[test]
+    fn blocks_of_zero_bytes_give_an_svg_that_says_so() {
+        let mut r = sample();
+        for l in &mut r.leaks {
+            l.bytes = 0;
+        }
+        r.totals.live_bytes = 0;
+        let s = svg(&r);
+        parse(&s);
+        assert!(!s.contains("ERROR"), "{s}");
+        assert!(s.contains("0 bytes in "), "{s}");
+        let mut out = Vec::new();
+        write_diff_flamegraph(&sample(), &r, &mut out).expect("a diff to nothing live");
+        let s = String::from_utf8(out).expect("UTF-8");
+        parse(&s);
+        assert!(!s.contains("ERROR"), "{s}");
     }
 
     #[test]

@@ -98,8 +98,9 @@ pub struct Outputs {
     pub gen_suppressions: bool,
 }
 
-/// Writes every file asked for; the first failure, as one line naming the file.
-pub fn write_outputs(report: &Report, o: &Outputs) -> Result<(), String> {
+/// Writes every file asked for, each whatever became of the others (a trace cannot
+/// be run again for the file that failed); each failure as one line naming its file.
+pub fn write_outputs(report: &Report, o: &Outputs) -> Result<(), Vec<String>> {
     let files = [
         (&o.json, Format::Json),
         (&o.flamegraph, Format::Flamegraph),
@@ -107,13 +108,20 @@ pub fn write_outputs(report: &Report, o: &Outputs) -> Result<(), String> {
         (&o.xml, Format::ValgrindXml),
         (&o.collapsed, Format::Collapsed),
     ];
-    for (path, format) in files {
-        if let Some(p) = path {
+    let failures: Vec<String> = files
+        .into_iter()
+        .filter_map(|(path, format)| {
+            let p = path.as_ref()?;
             write_file(p, |out| render(report, format, o.gen_suppressions, out))
-                .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-        }
+                .err()
+                .map(|e| format!("cannot write {}: {e}", p.display()))
+        })
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures)
     }
-    Ok(())
 }
 
 /// Creates (or truncates) `path` and writes it with `write`.
@@ -172,7 +180,35 @@ mod tests {
             ..Outputs::default()
         };
         let e = write_outputs(&sample(), &o).expect_err("unwritable");
-        assert!(e.starts_with("cannot write /nonexistent/r.xml: "), "{e}");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("cannot write /nonexistent/r.xml: "),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_fails_keeps_no_other_from_being_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = Outputs {
+            json: Some(PathBuf::from("/nonexistent/r.json")),
+            flamegraph: Some(dir.path().join("r.svg")),
+            xml: Some(PathBuf::from("/nonexistent/r.xml")),
+            collapsed: Some(dir.path().join("r.folded")),
+            ..Outputs::default()
+        };
+        let e = write_outputs(&sample(), &o).expect_err("unwritable");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("cannot write /nonexistent/r.json: "),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("cannot write /nonexistent/r.xml: "),
+            "{e:?}"
+        );
+        assert!(dir.path().join("r.svg").exists());
+        assert!(dir.path().join("r.folded").exists());
     }
 
     #[test]

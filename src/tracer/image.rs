@@ -74,7 +74,10 @@ const UNWIND_FUNCTIONS: &[&str] = &["_Unwind_RaiseException", "_Unwind_ForcedUnw
 /// Functions of a static glibc that act on the C library's own behalf: free at
 /// thread exit, map a thread's stack (allocate_stack is inlined in pthread_create),
 /// unmap cached stacks and a large block (free's munmap_chunk, which tail-calls
-/// munmap: the call returns into free), map a locale file.
+/// munmap: the call returns into free), give a thread arena's heap back (heap_trim,
+/// shrink_heap, inlined into _int_free), map a locale file (from the archive, or one
+/// of a locale's own files: C.UTF-8 on Debian) or the gconv cache. A static program
+/// has no libc.so whose whole range says so; with one, these are all inside it.
 const STATIC_INTERNAL: &[&str] = &[
     "tcache_thread_shutdown",
     "__malloc_arena_thread_freeres",
@@ -83,8 +86,31 @@ const STATIC_INTERNAL: &[&str] = &[
     "__nptl_free_stacks",
     "munmap_chunk",
     "free",
+    "_int_free",
+    "heap_trim",
+    "shrink_heap",
     "_nl_load_locale_from_archive",
+    "_nl_load_locale",
+    "__gconv_load_cache",
+    // malloc's internals that map its large chunks and its arenas (an allocator call
+    // is open: the mappings are heap), and those they are inlined into.
+    "sysmalloc",
+    "sysmalloc_mmap",
+    "sysmalloc_mmap_fallback",
+    "new_heap",
+    "alloc_new_heap",
+    "grow_heap",
+    "_int_new_arena",
+    "arena_get2",
+    "_int_malloc",
+    "mremap_chunk",
 ];
+
+/// Whether symbol `name` is `wanted` or a copy of it the compiler made
+/// (`sysmalloc_mmap.constprop.0`, `tcache_init.part.0`).
+fn is_or_clones(name: &str, wanted: &str) -> bool {
+    name.split('.').next() == Some(wanted)
+}
 
 fn read_auxv(pid: i32) -> Vec<(u64, u64)> {
     let Ok(data) = std::fs::read(format!("/proc/{pid}/auxv")) else {
@@ -303,11 +329,13 @@ impl Tracer<'_> {
         match role {
             Role::Libc => self.image.internal.push((m.start, m.end)),
             Role::StaticExe => {
-                for name in STATIC_INTERNAL {
-                    if let Some(s) = info.function(name) {
-                        let start = bias.wrapping_add(s.address);
-                        self.image.internal.push((start, start + s.size.max(1)));
-                    }
+                for s in info.functions.iter().filter(|s| {
+                    STATIC_INTERNAL
+                        .iter()
+                        .any(|wanted| is_or_clones(&s.name, wanted))
+                }) {
+                    let start = bias.wrapping_add(s.address);
+                    self.image.internal.push((start, start + s.size.max(1)));
                 }
             }
             Role::Cxx | Role::Unwinder => self.image.runtime.push((m.start, m.end)),

@@ -192,6 +192,10 @@ pub fn kinds() -> Case {
 pub fn three_leaks() -> Case {
     Case::new("three_leaks", DEBUG)
 }
+/// Blocks of zero bytes (malloc(0)) left live, and nothing else of the program's.
+pub fn zero_leak() -> Case {
+    Case::new("zero_leak", DEBUG)
+}
 /// A leak of its own, and the C library's regex cache that Debian's suppressions hide.
 pub fn rpmatch() -> Case {
     Case::new("rpmatch", DEBUG)

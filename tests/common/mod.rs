@@ -24,7 +24,7 @@ macro_rules! case_tests {
             signal_abort exit3 many_leaks kinds leak_o2 alloc_family_o2 realloc_chain_o2
             cxx_new_o2 threads_o2 many_leaks_o2 dlopen_o2 signals_handled mismatch
             mismatch_o2 reuse reach reach_o2 sleeper sleeper_o2 sleeper_exit_group mmap_root map_bigmalloc bigheap
-            heuristics heuristics_o2 three_leaks rpmatch libc_only);
+            heuristics heuristics_o2 three_leaks zero_leak rpmatch libc_only);
     };
     (@each $check:path; $($case:ident)*) => {
         $(
