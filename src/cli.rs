@@ -132,6 +132,12 @@ pub struct Findings {
     /// as definite; heap errors always count).
     #[arg(long, value_name = "KINDS", value_parser = leak_kinds, default_value = "definite")]
     pub errors_for_leak_kinds: LeakKinds,
+    /// The leak kinds the valgrind XML lists (--xml, report --format valgrind-xml),
+    /// as valgrind's own option: definite and possible unless told otherwise, so
+    /// that what reads valgrind's XML sees what it would from valgrind. The text and
+    /// JSON reports list every kind.
+    #[arg(long, value_name = "KINDS", value_parser = leak_kinds, default_value = "definite,possible")]
+    pub show_leak_kinds: LeakKinds,
 }
 
 /// The leak kinds `--error-exitcode` counts.
@@ -244,6 +250,7 @@ impl Common {
             xml: self.xml.clone(),
             collapsed: self.collapsed.clone(),
             gen_suppressions: self.findings.gen_suppressions(),
+            xml_leak_kinds: self.findings.show_leak_kinds.0.clone(),
         }
     }
 }

@@ -55,7 +55,7 @@ fn run_report(args: &ReportArgs) -> Result<i32, Failure> {
     let name = |p: &Path| p.display().to_string();
     let write = |out: &mut dyn Write| -> Result<(), DiffError> {
         match &reports[..] {
-            [one] => render::render(one, format, gen, out)?,
+            [one] => render::render(one, format, gen, &args.findings.show_leak_kinds.0, out)?,
             [before, after] => render::render_diff(
                 (before, &name(&args.files[0])),
                 (after, &name(&args.files[1])),

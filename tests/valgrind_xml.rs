@@ -38,8 +38,14 @@ fn parse_xml(path: &Path) -> Value {
     serde_json::from_str(&o.stdout).expect("the script's JSON")
 }
 
-/// valgrind's and memtrace's XML of one case, parsed.
+/// valgrind's and memtrace's XML of one case, parsed: with every leak kind shown.
 fn both(case: &Case) -> (Value, Value) {
+    both_showing(case, Some("all"))
+}
+
+/// The same, each told `--show-leak-kinds` (or left to its default with `None`).
+fn both_showing(case: &Case, kinds: Option<&str>) -> (Value, Value) {
+    let show = kinds.map(|k| format!("--show-leak-kinds={k}"));
     let target = case.target();
     let dir = tempfile::tempdir().expect("tempdir");
     let vg_xml = dir.path().join("valgrind.xml");
@@ -48,7 +54,7 @@ fn both(case: &Case) -> (Value, Value) {
         .arg("--xml=yes")
         .arg(format!("--xml-file={}", vg_xml.display()))
         .arg("--leak-check=full")
-        .arg("--show-leak-kinds=all")
+        .args(&show)
         .arg("--run-libc-freeres=no")
         .arg("--run-cxx-freeres=no")
         // Whole stacks, as memtrace keeps them.
@@ -58,15 +64,14 @@ fn both(case: &Case) -> (Value, Value) {
         .args(&target.args);
     run_with_watchdog(command, OTHER_LIMIT, "valgrind --xml=yes");
     let mt_xml = dir.path().join("memtrace.xml");
-    let run = run_memtrace_opts(
-        &[
-            "--depth",
-            "64",
-            "--xml",
-            mt_xml.to_str().expect("UTF-8 path"),
-        ],
-        &target,
-    );
+    let mut opts = vec![
+        "--depth",
+        "64",
+        "--xml",
+        mt_xml.to_str().expect("UTF-8 path"),
+    ];
+    opts.extend(show.as_deref());
+    let run = run_memtrace_opts(&opts, &target);
     assert!(
         mt_xml.exists(),
         "memtrace wrote no XML; stderr:\n{}",
@@ -270,6 +275,26 @@ fn alloc_family() {
 #[test]
 fn kinds() {
     check_leaks(cases::kinds());
+}
+
+/// Left to their defaults, both list definite and possible leaks only (what a CI
+/// plugin reading valgrind's XML takes for errors), numbered among all of them.
+#[test]
+fn kinds_shown_by_default() {
+    let (vg, mt) = both_showing(&cases::kinds(), None);
+    compare_leaks(&vg, &mt);
+    let kinds = |doc: &Value| -> Vec<String> {
+        let mut k: Vec<String> = errors(doc, true)
+            .iter()
+            .filter_map(|e| s(e, "kind").map(str::to_string))
+            .collect();
+        k.sort();
+        k.dedup();
+        k
+    };
+    assert_eq!(kinds(&mt), ["Leak_DefinitelyLost", "Leak_PossiblyLost"]);
+    let (_, all) = both_showing(&cases::kinds(), Some("definite,reachable"));
+    assert_eq!(kinds(&all), ["Leak_DefinitelyLost", "Leak_StillReachable"]);
 }
 
 #[test]

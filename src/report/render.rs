@@ -3,6 +3,7 @@
 //! `memtrace report` in any one format.
 
 use super::{collapsed, diff, flamegraph, json, pprof, text, xml, Report};
+use crate::suppress::LeakKind;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -30,11 +31,13 @@ impl Format {
     }
 }
 
-/// Writes `report` in `format` to `out`.
+/// Writes `report` in `format` to `out`; the valgrind XML lists the leaks of
+/// `xml_kinds` only, as valgrind's `--show-leak-kinds` does.
 pub fn render(
     report: &Report,
     format: Format,
     gen_suppressions: bool,
+    xml_kinds: &[LeakKind],
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
     match format {
@@ -46,7 +49,9 @@ pub fn render(
         ),
         Format::Flamegraph => flamegraph::write_flamegraph(report, out),
         Format::Pprof => pprof::write_pprof(report, out),
-        Format::ValgrindXml => out.write_all(xml::render_xml(report, gen_suppressions).as_bytes()),
+        Format::ValgrindXml => {
+            out.write_all(xml::render_xml(report, gen_suppressions, xml_kinds).as_bytes())
+        }
         Format::Collapsed => out.write_all(collapsed::live_bytes(report).as_bytes()),
     }
 }
@@ -96,6 +101,8 @@ pub struct Outputs {
     pub xml: Option<PathBuf>,
     pub collapsed: Option<PathBuf>,
     pub gen_suppressions: bool,
+    /// The leak kinds the valgrind XML lists (`--show-leak-kinds`).
+    pub xml_leak_kinds: Vec<LeakKind>,
 }
 
 /// Writes every file asked for, each whatever became of the others (a trace cannot
@@ -112,9 +119,11 @@ pub fn write_outputs(report: &Report, o: &Outputs) -> Result<(), Vec<String>> {
         .into_iter()
         .filter_map(|(path, format)| {
             let p = path.as_ref()?;
-            write_file(p, |out| render(report, format, o.gen_suppressions, out))
-                .err()
-                .map(|e| format!("cannot write {}: {e}", p.display()))
+            write_file(p, |out| {
+                render(report, format, o.gen_suppressions, &o.xml_leak_kinds, out)
+            })
+            .err()
+            .map(|e| format!("cannot write {}: {e}", p.display()))
         })
         .collect();
     if failures.is_empty() {
@@ -150,6 +159,7 @@ mod tests {
             xml: p("r.xml"),
             collapsed: p("r.folded"),
             gen_suppressions: false,
+            xml_leak_kinds: LeakKind::ALL.to_vec(),
         };
         let r = sample();
         write_outputs(&r, &o).expect("write");

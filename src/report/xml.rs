@@ -13,12 +13,15 @@ use super::text::thousands;
 use super::{HeapError, JsonFrame, Leak, Report};
 use crate::suppress::frames::allocator_frames;
 use crate::suppress::generate::{self, Generated, NAME};
+use crate::suppress::LeakKind;
 use crate::symbols::demangle;
 use std::fmt::Write;
 
 /// The whole XML document; with `gen_suppressions`, each error carries its
-/// suppression as valgrind's `--gen-suppressions=all` adds it.
-pub fn render_xml(report: &Report, gen_suppressions: bool) -> String {
+/// suppression as valgrind's `--gen-suppressions=all` adds it. Only leaks of
+/// `kinds` are listed (valgrind's `--show-leak-kinds`), numbered among all of them
+/// as valgrind numbers its loss records.
+pub fn render_xml(report: &Report, gen_suppressions: bool, kinds: &[LeakKind]) -> String {
     let mut x = String::new();
     x.push_str("<?xml version=\"1.0\"?>\n\n<valgrindoutput>\n\n");
     x.push_str("<protocolversion>4</protocolversion>\n<protocoltool>memcheck</protocoltool>\n\n");
@@ -46,7 +49,8 @@ pub fn render_xml(report: &Report, gen_suppressions: bool) -> String {
         unique += 1;
     }
     status(&mut x, "FINISHED", report.duration_ms);
-    for (i, leak) in report.leaks.iter().enumerate() {
+    let shown = |l: &Leak| LeakKind::of_report(&l.kind).is_none_or(|k| kinds.contains(&k));
+    for (i, leak) in report.leaks.iter().enumerate().filter(|(_, l)| shown(l)) {
         render_leak(
             &mut x,
             leak,

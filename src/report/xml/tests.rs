@@ -21,12 +21,12 @@ fn frames<'a>(stack: Node<'a, 'a>) -> Vec<(Option<&'a str>, Option<&'a str>, Opt
 
 #[test]
 fn golden_xml() {
-    check_golden("report.xml", &render_xml(&sample(), false));
+    check_golden("report.xml", &render_xml(&sample(), false, &LeakKind::ALL));
 }
 
 #[test]
 fn leaks_in_valgrinds_fields() {
-    let xml = render_xml(&sample(), false);
+    let xml = render_xml(&sample(), false, &LeakKind::ALL);
     let doc = Document::parse(&xml).expect("well-formed XML");
     let root = doc.root_element();
     assert_eq!(root.tag_name().name(), "valgrindoutput");
@@ -88,7 +88,7 @@ fn leaks_in_valgrinds_fields() {
 fn errors_in_valgrinds_fields() {
     let mut r = sample();
     r.errors[0].count = 3;
-    let xml = render_xml(&r, false);
+    let xml = render_xml(&r, false, &LeakKind::ALL);
     let doc = Document::parse(&xml).expect("well-formed XML");
     let root = doc.root_element();
     let e = root
@@ -124,7 +124,7 @@ fn errors_in_valgrinds_fields() {
     r.errors[0].first_free_stack.clear();
     r.errors[0].description =
         "is 0 bytes inside a block of size 4 alloc'd by operator new, released by free".into();
-    let xml = render_xml(&r, false);
+    let xml = render_xml(&r, false, &LeakKind::ALL);
     assert!(xml.contains("<kind>MismatchedFree</kind>"));
     assert!(xml.contains(
         "<auxwhat>Address 0x5581a2b4c2c0 is 0 bytes inside a block of size 4 alloc'd</auxwhat>"
@@ -141,7 +141,7 @@ fn suppressions_and_their_counts() {
         blocks: 2,
         bytes: 10,
     });
-    let xml = render_xml(&r, true);
+    let xml = render_xml(&r, true, &LeakKind::ALL);
     let doc = Document::parse(&xml).expect("well-formed XML");
     let root = doc.root_element();
     let pair = child(child(root, "suppcounts").expect("suppcounts"), "pair").expect("pair");
@@ -162,7 +162,7 @@ fn suppressions_and_their_counts() {
     assert_eq!(parsed.len(), 1);
     let supps = crate::suppress::Suppressions { list: parsed };
     assert!(supps.for_leak(&r.leaks[0]).is_some());
-    assert!(!render_xml(&r, false).contains("<suppression>"));
+    assert!(!render_xml(&r, false, &LeakKind::ALL).contains("<suppression>"));
 }
 
 #[test]
@@ -170,7 +170,7 @@ fn markup_in_names_is_escaped() {
     let mut r = sample();
     r.leaks[2].stack[0].function = Some("std::map<int, A&>::f".into());
     r.target.argv = vec!["./a".into(), "<x>".into()];
-    let xml = render_xml(&r, false);
+    let xml = render_xml(&r, false, &LeakKind::ALL);
     let doc = Document::parse(&xml).expect("well-formed XML");
     assert!(doc
         .descendants()
@@ -184,7 +184,7 @@ fn markup_in_names_is_escaped() {
 fn a_stack_that_was_not_recorded_keeps_its_allocator_frame() {
     let mut r = sample();
     r.leaks[2].stack.clear();
-    let xml = render_xml(&r, true);
+    let xml = render_xml(&r, true, &LeakKind::ALL);
     let doc = Document::parse(&xml).expect("well-formed XML");
     let leak = doc
         .root_element()
