@@ -293,8 +293,29 @@ fn kinds_shown_by_default() {
         k
     };
     assert_eq!(kinds(&mt), ["Leak_DefinitelyLost", "Leak_PossiblyLost"]);
-    let (_, all) = both_showing(&cases::kinds(), Some("definite,reachable"));
+    // `... in loss record N of M`: M counts the records not shown too, on both sides.
+    let of = |doc: &Value| -> Vec<String> {
+        errors(doc, true)
+            .iter()
+            .filter_map(|e| {
+                s(e, "what")?
+                    .rsplit_once(" of ")
+                    .map(|(_, m)| m.to_string())
+            })
+            .collect()
+    };
+    let (vg_of, mt_of) = (of(&vg), of(&mt));
+    assert!(
+        !vg_of.is_empty() && vg_of.iter().all(|m| m == &vg_of[0]),
+        "{vg_of:?}"
+    );
+    assert!(
+        mt_of.iter().all(|m| m == &vg_of[0]),
+        "{mt_of:?} != {vg_of:?}"
+    );
+    let (vg, all) = both_showing(&cases::kinds(), Some("definite,reachable"));
     assert_eq!(kinds(&all), ["Leak_DefinitelyLost", "Leak_StillReachable"]);
+    compare_leaks(&vg, &all);
 }
 
 #[test]
