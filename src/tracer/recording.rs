@@ -878,6 +878,9 @@ impl Tracer<'_> {
             }
             self.drain_all();
             self.release(true);
+            if self.rec.as_ref()?.ring.is_broken() {
+                return None; // broken while reading: no room will come
+            }
             if let Some(r) = self.rec.as_mut() {
                 if !r.ring.has_room(pos, len) {
                     // Copies held for old frees or open calls: out of the ring.
