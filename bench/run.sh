@@ -118,8 +118,8 @@ median_seconds() {
 }
 
 # json_field FILE KEY: the first number after "KEY": in a JSON file.
-json_field() {
-    tr -d ' \n' <"$1" | sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" | head -n 1
+json_field() { # FILE NAME: the first field NAME (totals and stats come before the leaks)
+    tr -d ' \n' <"$1" | grep -o "\"$2\":[0-9]*" | head -n 1 | cut -d: -f2
 }
 
 # totals FILE: the report's totals, as one comparable line.
