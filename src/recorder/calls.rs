@@ -56,6 +56,9 @@ pub struct Caller {
     pub allocator: bool,
     /// From the allocator's own object (libc): a free glibc makes on its own behalf.
     pub internal: bool,
+    /// A mapping call from here, made while an allocator call is open, maps for the
+    /// heap (the C library's code, or anywhere when malloc's internals have no names).
+    pub heap_maps: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -106,7 +109,7 @@ impl Calls {
         let allocator_open = frames.iter().any(|f| !f.func.is_mapping());
         // malloc's own mappings are made from libc's internals, not from a hooked
         // function: for them, the C library's code counts as the allocator's.
-        let from_allocator = caller.allocator || (e.func.is_mapping() && caller.internal);
+        let from_allocator = caller.allocator || (e.func.is_mapping() && caller.heap_maps);
         let nested = allocator_open && from_allocator;
         if nested {
             // operator new -> malloc: the outer call is the program's.
@@ -253,16 +256,19 @@ mod tests {
     const PROGRAM: Caller = Caller {
         allocator: false,
         internal: false,
+        heap_maps: false,
     };
     const ALLOCATOR: Caller = Caller {
         allocator: true,
         internal: false,
+        heap_maps: false,
     };
     /// The C library's own code, outside the hooked functions (sysmalloc, free's
     /// munmap_chunk, pthread_create's allocate_stack).
     const LIBC: Caller = Caller {
         allocator: false,
         internal: true,
+        heap_maps: true,
     };
 
     fn mmap_entry(pos: u64, tid: Tid, len: u64, sp: u64) -> Entry {

@@ -31,6 +31,10 @@ pub struct Image {
     /// The C++ runtime and unwinder: inside a hooked call, a call made from there
     /// (the exception object of a failing operator new) is the allocator's.
     runtime: Vec<(u64, u64)>,
+    /// A static program linked without its local symbols: malloc's internals that
+    /// map (sysmalloc, new_heap) cannot be told by name, so a mapping call made
+    /// while an allocator call is open is taken for the heap's, whoever made it.
+    malloc_unnamed: bool,
 }
 
 impl Image {
@@ -41,6 +45,12 @@ impl Image {
 
     pub fn is_internal(&self, addr: u64) -> bool {
         self.internal.iter().any(|&(s, e)| s <= addr && addr < e)
+    }
+
+    /// Whether a mapping call returning to `ret`, made while an allocator call is
+    /// open, maps memory for the heap.
+    pub fn maps_for_heap(&self, ret: u64) -> bool {
+        self.malloc_unnamed || self.is_internal(ret)
     }
 
     /// Whether a call returning to `ret` was made by the allocator's own code: a
@@ -337,6 +347,10 @@ impl Tracer<'_> {
                     let start = bias.wrapping_add(s.address);
                     self.image.internal.push((start, start + s.size.max(1)));
                 }
+                self.image.malloc_unnamed = !info
+                    .functions
+                    .iter()
+                    .any(|s| is_or_clones(&s.name, "sysmalloc"));
             }
             Role::Cxx | Role::Unwinder => self.image.runtime.push((m.start, m.end)),
         }

@@ -709,6 +709,7 @@ impl Tracer<'_> {
         let c = Caller {
             allocator: stub || self.image.is_allocator_code(ret),
             internal: self.image.is_internal(ret),
+            heap_maps: self.image.maps_for_heap(ret),
         };
         if let Some(r) = self.rec.as_mut() {
             r.callers[slot] = Some((ret, c));
