@@ -267,11 +267,18 @@ impl Defer {
     /// over by now: a double free could not get their stacks back anyway). Without
     /// this, a program freeing millions of blocks a second kept millions of them.
     pub fn forget_overwritten(&mut self, limit: u64) {
-        while let Some(&(ptr, at)) = self.recent_order.front() {
+        // Each entry looked at once at most: one whose copy memtrace owns (taken out
+        // of a full ring) goes to the back, to leave with its time, not to hold up
+        // those behind it.
+        for _ in 0..self.recent_order.len() {
+            let Some(&(ptr, at)) = self.recent_order.front() else {
+                break;
+            };
             match self.recent.get(&ptr) {
                 // Freed again since: this entry is stale.
                 Some(r) if r.at != at => {}
-                Some(r) if r.free.owned.is_none() && r.free.pos < limit => {
+                Some(r) if r.free.owned.is_some() => self.recent_order.push_back((ptr, at)),
+                Some(r) if r.free.pos < limit => {
                     self.recent.remove(&ptr);
                 }
                 None => {}
@@ -674,5 +681,31 @@ mod tests {
         left.sort();
         assert_eq!(left, vec![0x30]);
         assert_eq!(d.recent_order.len(), 1);
+    }
+
+    /// A recent free whose copy memtrace owns stays (until its time), and holds up
+    /// none of those behind it.
+    #[test]
+    fn an_owned_copy_holds_up_no_forgetting() {
+        let mut d = Defer::new();
+        let t = 1_000u64;
+        for (i, ptr) in [0x10u64, 0x20, 0x30].into_iter().enumerate() {
+            d.push(alloc(ptr, 100 + i as u64), t);
+        }
+        d.push(free(0x10, 300, FreeKind::Free), t);
+        d.evacuate(&mut |r| vec![0u8; r.pos as usize].into_boxed_slice());
+        d.push(free(0x20, 400, FreeKind::Free), t);
+        d.push(free(0x30, 500, FreeKind::Free), t);
+        let (mut h, mut u) = (FakeHeap::default(), ById(0));
+        d.release(t + UNWIND_AGE.as_nanos() as u64, false, &mut u, &mut h);
+        assert_eq!(d.recent.len(), 3);
+        d.forget_overwritten(450);
+        let mut left: Vec<u64> = d.recent.keys().copied().collect();
+        left.sort();
+        assert_eq!(left, vec![0x10, 0x30]);
+        assert_eq!(d.recent_order.len(), 2);
+        // Written over later, the owned one still stays.
+        d.forget_overwritten(10_000);
+        assert_eq!(d.recent.keys().copied().collect::<Vec<_>>(), vec![0x10]);
     }
 }
