@@ -259,7 +259,9 @@ impl Ring {
         }
         let copy: Box<[u8]> = self.record(pos).into();
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        (self.head() <= pos + RING_SIZE).then_some(copy)
+        // Not yet released, no writer may reuse it, however far the head has gone
+        // (writers reserve before they wait for room).
+        (pos >= self.tail || self.head() <= pos + RING_SIZE).then_some(copy)
     }
 
     /// The records still being written, oldest first.
@@ -610,6 +612,29 @@ mod tests {
         };
         let at = write_like_the_target(&writer, &encode_return(&r), &[]);
         assert_eq!(at, lap);
+        assert_eq!(ring.copy_if_intact(first), None);
+    }
+
+    /// Writers waiting for room have moved the head a lap past a record that is not
+    /// released yet: none of them may write over it, so it is intact.
+    #[test]
+    fn a_record_not_released_is_intact_however_far_the_head_is() {
+        let file = memfd();
+        let other = file.try_clone().expect("dup");
+        let mut ring = Ring::new(SharedMem::map(file).expect("map"), Addrs::default(), 0);
+        let writer = SharedMem::map(other).expect("map");
+        let r = Return {
+            pos: 0,
+            tid: 2,
+            entry_pos: 0,
+            value: 0,
+            out: 0,
+        };
+        let first = write_like_the_target(&writer, &encode_return(&r), &[]);
+        assert!(matches!(ring.next_record(), Some(Ok(Record::Return(_)))));
+        writer.fetch_add(CTRL_HEAD, RING_SIZE + 1024);
+        assert!(ring.copy_if_intact(first).is_some());
+        ring.release(ring.read_pos());
         assert_eq!(ring.copy_if_intact(first), None);
     }
 }

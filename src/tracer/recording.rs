@@ -825,8 +825,13 @@ impl Tracer<'_> {
             }
         }
         rec.defer.release(now, all, &mut unwinder, &mut heap);
-        // Copies of recent frees the writers have written over since are no use.
-        let overwritten = rec.ring.head().saturating_sub(RING_SIZE);
+        // Copies of recent frees the writers have written over since are no use:
+        // released, and a lap behind the head.
+        let overwritten = rec
+            .ring
+            .head()
+            .saturating_sub(RING_SIZE)
+            .min(rec.ring.tail());
         rec.defer.forget_overwritten(overwritten);
         rec.most_read = unwinder.most_read;
         rec.unwinds = unwinder.unwinds;
