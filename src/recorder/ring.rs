@@ -146,7 +146,11 @@ impl Ring {
     /// stepped over and given later, once committed.
     pub fn next_record(&mut self) -> Option<Result<Record, BadRecord>> {
         if self.broken {
-            return None;
+            // Nothing past the bad record can be found; those stepped over before
+            // it are still read as they commit.
+            let pos = self.committed_hole()?;
+            self.holes.remove(&pos);
+            return Some(self.take(pos));
         }
         loop {
             // A record stepped over that has committed since comes first: anything
@@ -570,6 +574,41 @@ mod tests {
         assert_eq!(writer.load(CTRL_TAIL), bad_at);
         assert!(bad_at > good);
         assert!(ring.has_room(bad_at, RETURN_LEN));
+    }
+
+    /// A record stepped over before a bad one, committed only after it, is still read.
+    #[test]
+    fn a_record_stepped_over_before_a_bad_one_is_read_when_it_commits() {
+        let file = memfd();
+        let other = file.try_clone().expect("dup");
+        let mut ring = Ring::new(SharedMem::map(file).expect("map"), Addrs::default(), 0);
+        let writer = SharedMem::map(other).expect("map");
+        let r = Return {
+            pos: 0,
+            tid: 1,
+            entry_pos: 0,
+            value: 0x10,
+            out: 0,
+        };
+        // A writer reserves and marks its record, and is not done yet.
+        let header = encode_return(&r);
+        let hole = writer.fetch_add(CTRL_HEAD, RETURN_LEN);
+        writer.ring_write(hole, 8, &header[8..24]);
+        writer.ring_store(hole, REC_COMMIT, hole | REC_RESERVED);
+        let mut bad = encode_return(&r);
+        let info = memtrace_arch::recorder::info(RETURN_LEN, 0x7f, 0, 0);
+        bad[8..16].copy_from_slice(&info.to_le_bytes());
+        write_like_the_target(&writer, &bad, &[]);
+        assert!(matches!(ring.next_record(), Some(Err(_))));
+        assert!(ring.is_broken());
+        assert!(ring.next_record().is_none());
+        writer.ring_write(hole, 24, &header[24..]);
+        writer.ring_store(hole, REC_COMMIT, hole + 1);
+        match ring.next_record() {
+            Some(Ok(Record::Return(got))) => assert_eq!((got.pos, got.value), (hole, 0x10)),
+            other => panic!("the record stepped over: {other:?}"),
+        }
+        assert!(ring.next_record().is_none());
     }
 
     /// The first free of a double free is read back from the ring if no writer has
