@@ -464,6 +464,25 @@ mod tests {
         }
     }
 
+    /// A ring read by memtrace and a second mapping of it to write as the target does.
+    fn ring_and_writer() -> (Ring, SharedMem) {
+        let file = memfd();
+        let other = file.try_clone().expect("dup");
+        let ring = Ring::new(SharedMem::map(file).expect("map"), Addrs::default(), 0);
+        (ring, SharedMem::map(other).expect("map"))
+    }
+
+    /// A return record of `tid` with `value`.
+    fn ret(tid: Tid, value: u64) -> Return {
+        Return {
+            pos: 0,
+            tid,
+            entry_pos: 0,
+            value,
+            out: 0,
+        }
+    }
+
     /// Writes a record as the generated code does: length and thread, then the
     /// reserved mark, then the rest, then the commit.
     fn write_like_the_target(mem: &SharedMem, header: &[u8], payload: &[u8]) -> u64 {
@@ -486,10 +505,7 @@ mod tests {
     /// be read before its entry, whatever the timing.
     #[test]
     fn a_threads_return_never_comes_before_its_entry() {
-        let file = memfd();
-        let other = file.try_clone().expect("dup");
-        let mut ring = Ring::new(SharedMem::map(file).expect("map"), Addrs::default(), 0);
-        let writer = SharedMem::map(other).expect("map");
+        let (mut ring, writer) = ring_and_writer();
         const CALLS: u64 = 100_000;
         const STACK: usize = 8 << 10;
         let t = std::thread::spawn(move || {
@@ -549,17 +565,8 @@ mod tests {
     /// (the tail once became u64::MAX there: every later room check overflowed).
     #[test]
     fn a_bad_record_ends_the_reading_and_nothing_is_released_past_it() {
-        let file = memfd();
-        let other = file.try_clone().expect("dup");
-        let mut ring = Ring::new(SharedMem::map(file).expect("map"), Addrs::default(), 0);
-        let writer = SharedMem::map(other).expect("map");
-        let r = Return {
-            pos: 0,
-            tid: 1,
-            entry_pos: 0,
-            value: 0x10,
-            out: 0,
-        };
+        let (mut ring, writer) = ring_and_writer();
+        let r = ret(1, 0x10);
         let good = write_like_the_target(&writer, &encode_return(&r), &[]);
         let mut bad = encode_return(&r);
         let info = memtrace_arch::recorder::info(RETURN_LEN, 0x7f, 0, 0);
@@ -579,17 +586,8 @@ mod tests {
     /// A record stepped over before a bad one, committed only after it, is still read.
     #[test]
     fn a_record_stepped_over_before_a_bad_one_is_read_when_it_commits() {
-        let file = memfd();
-        let other = file.try_clone().expect("dup");
-        let mut ring = Ring::new(SharedMem::map(file).expect("map"), Addrs::default(), 0);
-        let writer = SharedMem::map(other).expect("map");
-        let r = Return {
-            pos: 0,
-            tid: 1,
-            entry_pos: 0,
-            value: 0x10,
-            out: 0,
-        };
+        let (mut ring, writer) = ring_and_writer();
+        let r = ret(1, 0x10);
         // A writer reserves and marks its record, and is not done yet.
         let header = encode_return(&r);
         let hole = writer.fetch_add(CTRL_HEAD, RETURN_LEN);
@@ -616,10 +614,7 @@ mod tests {
     /// commit word untouched) makes the copy unusable.
     #[test]
     fn a_record_written_over_in_the_next_lap_is_not_intact() {
-        let file = memfd();
-        let other = file.try_clone().expect("dup");
-        let mut ring = Ring::new(SharedMem::map(file).expect("map"), Addrs::default(), 0);
-        let writer = SharedMem::map(other).expect("map");
+        let (mut ring, writer) = ring_and_writer();
         let e = Entry {
             pos: 0,
             tid: 1,
@@ -642,13 +637,7 @@ mod tests {
         let lap = first + RING_SIZE + 1024;
         let skip = lap - writer.load(CTRL_HEAD);
         writer.fetch_add(CTRL_HEAD, skip);
-        let r = Return {
-            pos: 0,
-            tid: 2,
-            entry_pos: 0,
-            value: 0,
-            out: 0,
-        };
+        let r = ret(2, 0);
         let at = write_like_the_target(&writer, &encode_return(&r), &[]);
         assert_eq!(at, lap);
         assert_eq!(ring.copy_if_intact(first), None);
@@ -658,17 +647,8 @@ mod tests {
     /// released yet: none of them may write over it, so it is intact.
     #[test]
     fn a_record_not_released_is_intact_however_far_the_head_is() {
-        let file = memfd();
-        let other = file.try_clone().expect("dup");
-        let mut ring = Ring::new(SharedMem::map(file).expect("map"), Addrs::default(), 0);
-        let writer = SharedMem::map(other).expect("map");
-        let r = Return {
-            pos: 0,
-            tid: 2,
-            entry_pos: 0,
-            value: 0,
-            out: 0,
-        };
+        let (mut ring, writer) = ring_and_writer();
+        let r = ret(2, 0);
         let first = write_like_the_target(&writer, &encode_return(&r), &[]);
         assert!(matches!(ring.next_record(), Some(Ok(Record::Return(_)))));
         writer.fetch_add(CTRL_HEAD, RING_SIZE + 1024);
