@@ -5,21 +5,11 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::attach::Background;
-use common::process::{memtrace_binary, run_with_watchdog_stdout, MEMTRACE_LIMIT, OTHER_LIMIT};
+use common::process::{memtrace_binary, run_with_watchdog_stdout, MEMTRACE_LIMIT};
 use common::{build_fixture, build_shared, Target, DEBUG};
 use serde_json::Value;
-
-/// Waits until the background process has printed `ready`.
-fn wait_ready(bg: &Background) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while !bg.stdout_so_far().contains("ready") {
-        assert!(Instant::now() < until, "the process never became ready");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 fn census(pid: i32, json: bool) -> (i32, String, String) {
     let mut c = Command::new(memtrace_binary());
@@ -93,7 +83,7 @@ fn group<'a>(c: &'a Value, kind: &str, name: Option<&str>) -> Option<&'a Value> 
 fn the_census_of_a_doublemapper_mid_run_sums_to_the_kernels() {
     let exe = build_fixture("doublemapper", DEBUG);
     let (bg, stdin) = Background::start_piped(&Target::new(exe).arg("32").arg("pause"));
-    wait_ready(&bg);
+    bg.wait_for_output("ready");
     let c = checked_census(bg.pid());
     // 32 rounds of two 1 MiB views, plus the round whose views were unmapped.
     let dm = group(&c, "memfd", Some("doublemapper")).unwrap_or_else(|| panic!("{c}"));
@@ -135,11 +125,7 @@ fn the_census_of_a_python_that_leaked_through_a_native_library() {
         plugin = plugin.display().to_string()
     );
     let (bg, stdin) = Background::start_piped(&Target::new(&python).arg("-c").arg(&script));
-    let until = Instant::now() + OTHER_LIMIT;
-    while !bg.stdout_so_far().contains("ready") {
-        assert!(Instant::now() < until, "python never became ready");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    bg.wait_for_output("ready");
     let c = checked_census(bg.pid());
     let lib = plugin.display().to_string();
     assert!(group(&c, "image", Some(&lib)).is_some(), "{lib} not in {c}");

@@ -131,23 +131,9 @@ fn attach_tracks_what_is_mapped_while_attached_and_counts_older_unmaps_apart() {
     let dump = dir.path().join("maps");
     let exe = common::build_fixture("map_attach", common::DEBUG);
     let bg = Background::start(&common::Target::new(exe).arg(&dump));
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !bg.stdout_so_far().contains("ready") {
-        assert!(
-            std::time::Instant::now() < until,
-            "map_attach never became ready"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    bg.wait_for_output("ready");
     // Before the trace: the census sees the older memfd.
-    let mut census = std::process::Command::new(common::process::memtrace_binary());
-    census.args(["maps", "--json", &bg.pid().to_string()]);
-    let out = common::process::run_with_watchdog_stdout(
-        census,
-        common::process::MEMTRACE_LIMIT,
-        "memtrace maps",
-    );
-    let c: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let c = common::mappings::census_json(bg.pid());
     let named = |v: &serde_json::Value, name: &str| {
         v.as_array()
             .unwrap()
@@ -182,24 +168,9 @@ fn the_scan_leaves_untouched_shared_pages_alone() {
     use common::attach::{run_attach, Background};
     let exe = common::build_fixture("doublemapper", common::DEBUG);
     let (bg, stdin) = Background::start_piped(&common::Target::new(exe).arg("32").arg("pause"));
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !bg.stdout_so_far().contains("ready") {
-        assert!(
-            std::time::Instant::now() < until,
-            "doublemapper never became ready"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    bg.wait_for_output("ready");
     let resident = || -> u64 {
-        let mut census = std::process::Command::new(common::process::memtrace_binary());
-        census.args(["maps", "--json", &bg.pid().to_string()]);
-        let out = common::process::run_with_watchdog_stdout(
-            census,
-            common::process::MEMTRACE_LIMIT,
-            "memtrace maps",
-        );
-        let c: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        c["groups"]
+        common::mappings::census_json(bg.pid())["groups"]
             .as_array()
             .unwrap()
             .iter()

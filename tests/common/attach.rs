@@ -53,6 +53,18 @@ impl Background {
         std::fs::read_to_string(self.stdout.path()).unwrap_or_default()
     }
 
+    /// Waits (a minute at most) until the fixture has written `text` to stdout.
+    pub fn wait_for_output(&self, text: &str) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !self.stdout_so_far().contains(text) {
+            assert!(
+                std::time::Instant::now() < until,
+                "the process never wrote {text:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     fn start_with_stdin(target: &Target, stdin: Stdio) -> Background {
         let stdout = tempfile::NamedTempFile::new()
             .unwrap_or_else(|e| panic!("cannot create a temporary file: {e}"));

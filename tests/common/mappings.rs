@@ -358,3 +358,16 @@ pub fn check_fixture_built(name: &str, flags: &[&str], args: &[&str]) -> (Run, V
     check_against_maps(&list, &vmas);
     (run, vmas)
 }
+
+/// `memtrace maps --json PID`, parsed.
+pub fn census_json(pid: i32) -> Value {
+    let mut census = std::process::Command::new(super::process::memtrace_binary());
+    census.args(["maps", "--json", &pid.to_string()]);
+    let out = super::process::run_with_watchdog_stdout(
+        census,
+        super::process::MEMTRACE_LIMIT,
+        "memtrace maps",
+    );
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("memtrace maps --json: {e}: {}", out.stderr))
+}
