@@ -82,8 +82,9 @@
 //!
 //! A mapping takes the same path: libc's `mmap`, `munmap`, `mremap`, `mprotect`,
 //! `shmat`... are hooked with the allocator, and each call becomes an
-//! [`event::MapCall`] (one made inside an open allocator call is glibc's own, nested:
-//! heap). The sinks keep the live mappings ([`mappings::Mappings`]) next to the heap;
+//! [`event::MapCall`] (one made by the C library's code inside an open allocator
+//! call is malloc's own, nested: heap; one the program makes meanwhile, from a
+//! `new_handler` say, is the program's). The sinks keep the live mappings ([`mappings::Mappings`]) next to the heap;
 //! at every scan the tracer reads `/proc/PID/smaps` and the open descriptors
 //! ([`procmem::ProcMemory`]), so that the report says what each mapping still live
 //! maps, how much of it is resident and whether its descriptor is open.
