@@ -303,7 +303,7 @@ pub struct Entry {
 
 impl HookFn {
     /// Every function hooked, once each, in the order of [`HookFn::id`].
-    fn all() -> &'static [HookFn] {
+    pub fn all() -> &'static [HookFn] {
         static ALL: std::sync::OnceLock<Vec<HookFn>> = std::sync::OnceLock::new();
         ALL.get_or_init(|| {
             let mut v: Vec<HookFn> = Vec::new();

@@ -20,7 +20,9 @@
 //! 3. The program calls malloc(30) and jumps to the thunk: no stop. The thunk finds
 //!    the thread's slot in the table (hashing `fs:0`), reserves a record in the ring
 //!    (`lock xadd`), writes the call (function, arguments, return address, stack
-//!    pointer) and a copy of the top of the stack, swaps the return address for the
+//!    pointer) and a copy of the top of the stack (only the part that changed since
+//!    the thread's previous call: the rest is in that call's record, or in the one
+//!    it names, see [`recorder::chain`]), swaps the return address for the
 //!    shared return stub (the real one on the thread's shadow stack in the table),
 //!    commits the record and runs malloc's displaced instructions, then malloc.
 //!    A thread not registered yet (its first call), a stack the thunk cannot copy,

@@ -314,3 +314,47 @@ fn the_scan_says_when_it_was_made() {
         assert!(run.report().get("scan_missing").is_none());
     }
 }
+
+/// deep_churn's calls come from under 21 frames of 700 bytes each that stay the same
+/// from one call to the next: each record copies only the part of the stack that
+/// changed since the thread's last call, and finds the rest in earlier records. The
+/// stacks put back together that way are whole: every leak's, down to the thread's
+/// start function (valgrind, the oracle, is compared with by `check_memtrace`).
+#[test]
+fn records_copy_only_the_stack_that_changed() {
+    let case = cases::deep_churn();
+    let run = check_memtrace(&case);
+    let recording = &run.report()["trace"]["recording"];
+    let field = |name: &str| {
+        recording[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("recording.{name}: {recording}"))
+    };
+    let (stands_for, copied) = (field("stack_bytes"), field("stack_bytes_copied"));
+    assert!(
+        copied * 4 < stands_for,
+        "records copied most of their stacks: {recording}"
+    );
+    assert_eq!(field("stack_chains_lost"), 0, "{recording}");
+    let leaks = report::leaks(run.report());
+    let kept = leaks
+        .iter()
+        .find(|l| {
+            l.stack
+                .iter()
+                .any(|f| f.function.as_deref() == Some("churn"))
+        })
+        .unwrap_or_else(|| panic!("no leak from churn: {leaks:?}"));
+    let names: Vec<&str> = kept
+        .stack
+        .iter()
+        .filter_map(|f| f.function.as_deref())
+        .collect();
+    // LEVELS + 1 calls of descend, then run: 23 frames under malloc and churn.
+    assert_eq!(
+        names.iter().filter(|&&n| n == "descend").count(),
+        21,
+        "{names:?}"
+    );
+    assert!(names.contains(&"run"), "the stack stops short: {names:?}");
+}

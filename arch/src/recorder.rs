@@ -10,6 +10,8 @@
 //!   the thread pointer (x86_64: `fs:0`). A slot holds the thread's id, the bounds of
 //!   its stack (how far up a stack copy may read) and its *shadow stack*: the real
 //!   return address of each hooked call whose return was swapped for the return stub;
+//! - the **stack mirrors** (`MIRROR_*`): for some threads, a copy of the top of the
+//!   stack as the last record that used it saw it (see "Stack copies" below);
 //! - the **ring** (`RING_*`): records, mapped twice back to back so that a record
 //!   never wraps.
 //!
@@ -20,6 +22,23 @@
 //! length is written); the reader takes records in position
 //! order and releases them by moving `CTRL_TAIL`. A writer that finds no room waits
 //! on `CTRL_TAIL_SEQ` (a futex), which the reader bumps each time it moves the tail.
+
+//! ## Stack copies
+//! An entry record stands for the stack from its stack pointer up to a *top* (the
+//! thread's stack end, or the copy length above the stack pointer), but most of it
+//! is usually what the thread's previous call saw already: the same outer frames,
+//! byte for byte. So a thread with a mirror compares its stack with the mirror from
+//! the top down, 32 bytes at a time, and copies only what lies below the first
+//! difference (the record's *own* bytes, `[sp + 8, wm)`) into the record and into the
+//! mirror. The rest, `[wm, top)`, is found in earlier records: the mirror is made of
+//! *layers*, each the own bytes of one record, the newest lowest; the record names
+//! the layer that holds `wm` (`ENTRY_PREV`), whose record names the one holding its
+//! own upper end, and so on, up to a whole copy (`ENTRY_BASE`, the oldest record the
+//! chain reads). A thread copies its whole stack again when its chain starts more
+//! than `CHAIN_SPAN` bytes of ring behind, when its layers are full, and when its
+//! stack pointer is below what the mirror holds. A signal handler's call made while
+//! the thread's thunk works on the mirror (`SLOT_MIRROR_BUSY`) copies the whole
+//! stack and leaves the mirror alone.
 
 /// Size of the control page.
 pub const CTRL_SIZE: u64 = 4096;
@@ -76,7 +95,25 @@ pub const SLOT_HI: u64 = 24;
 pub const SLOT_FLAGS: u64 = 32;
 /// Frames on the shadow stack.
 pub const SLOT_DEPTH: u64 = 40;
-pub const SLOT_FRAMES: u64 = 64;
+/// The lowest stack address the thread's mirror holds (`u64::MAX`: no mirror).
+pub const SLOT_MIRROR_FLOOR: u64 = 48;
+/// What to add to a stack address for its place in the mirror.
+pub const SLOT_MIRROR_DELTA: u64 = 56;
+/// What the mirror holds: `[SLOT_MIRROR_LO, SLOT_MIRROR_HI)` (empty: nothing).
+pub const SLOT_MIRROR_LO: u64 = 64;
+pub const SLOT_MIRROR_HI: u64 = 72;
+/// Non-zero while a thunk of the thread reads or writes the mirror.
+pub const SLOT_MIRROR_BUSY: u64 = 80;
+/// Layers of the mirror.
+pub const SLOT_LAYER_DEPTH: u64 = 88;
+/// `MAX_LAYERS` layers of `LAYER_SIZE` bytes, the highest (oldest) first.
+pub const SLOT_LAYERS: u64 = 128;
+/// A layer: its upper end (the record's `wm`), and its record's position.
+pub const LAYER_SIZE: u64 = 16;
+pub const LAYER_UPPER: u64 = 0;
+pub const LAYER_POS: u64 = 8;
+pub const MAX_LAYERS: u64 = 16;
+pub const SLOT_FRAMES: u64 = SLOT_LAYERS + MAX_LAYERS * LAYER_SIZE;
 pub const FRAME_SIZE: u64 = 32;
 /// The real return address of a call whose return goes through the stub.
 pub const FRAME_RET: u64 = 0;
@@ -92,10 +129,23 @@ pub const MAX_FRAMES: u64 = (SLOT_SIZE - SLOT_FRAMES) / FRAME_SIZE;
 /// its parent's thread pointer, stack and slot.
 pub const SLOT_FLAG_SLOW: u64 = 1;
 
+/// Stack mirrors: how many threads have one, and how much of the top of its stack
+/// each holds (a power of two).
+pub const MIRRORS: u64 = 256;
+pub const MIRROR_SIZE: u64 = 64 << 10;
+/// Where the mirrors start in the memfd.
+pub const MIRRORS_OFFSET: u64 = CTRL_SIZE + TABLE_SIZE;
+/// A thread copies its whole stack when its chain of records starts further back in
+/// the ring than this: the reader keeps twice this much below what it read (see
+/// `KEEP_BEHIND`), so that a chain is still there when its last record is read.
+pub const CHAIN_SPAN: u64 = 1 << 20;
+/// How much of the ring, below the oldest record not read yet, is never released.
+pub const KEEP_BEHIND: u64 = 2 * CHAIN_SPAN;
+
 /// Ring size: a power of two, a multiple of the page size.
 pub const RING_SIZE: u64 = 32 << 20;
 /// Where the ring starts in the memfd.
-pub const RING_OFFSET: u64 = CTRL_SIZE + TABLE_SIZE;
+pub const RING_OFFSET: u64 = MIRRORS_OFFSET + MIRRORS * MIRROR_SIZE;
 /// The memfd's size.
 pub const SHARED_SIZE: u64 = RING_OFFSET + RING_SIZE;
 
@@ -125,11 +175,22 @@ pub const ENTRY_RET: u64 = 72;
 /// Entry: the stack pointer at the entry (the return address is there).
 pub const ENTRY_SP: u64 = 80;
 pub const ENTRY_FP: u64 = 88;
-/// Entry: how many bytes of stack follow, copied from `ENTRY_SP + 8` up.
+/// Entry: how many bytes of stack follow (its own bytes), copied from `ENTRY_SP + 8`
+/// up.
 pub const ENTRY_STACK_LEN: u64 = 96;
-pub const ENTRY_STACK: u64 = 104;
+/// Entry: how many bytes of stack, from `ENTRY_SP + 8` up, the record stands for:
+/// its own, then those of the records of its chain.
+pub const ENTRY_FULL_LEN: u64 = 104;
+/// Entry: the record holding the stack just above its own bytes (`NO_RECORD` when
+/// its own bytes are the whole copy).
+pub const ENTRY_PREV: u64 = 112;
+/// Entry: the oldest record of its chain (its own position when it is whole).
+pub const ENTRY_BASE: u64 = 120;
+pub const ENTRY_STACK: u64 = 128;
 /// Entry flag: the return address was swapped for the stub (a return record follows).
 pub const ENTRY_FLAG_RETURN: u8 = 1;
+/// `ENTRY_PREV` of a record whose copy is whole.
+pub const NO_RECORD: u64 = u64::MAX;
 
 /// Return: the entry record's position.
 pub const RETURN_ENTRY_POS: u64 = 24;
@@ -196,14 +257,17 @@ mod tests {
 
     const _: () = assert!(CTRL_WAIT_TICKS + 8 <= CTRL_SIZE);
     const _: () = assert!(MAX_FRAMES >= 16);
+    const _: () = assert!(SLOT_LAYER_DEPTH + 8 <= SLOT_LAYERS);
+    const _: () = assert!(MIRROR_SIZE.is_power_of_two() && MIRROR_SIZE.is_multiple_of(4096));
+    const _: () = assert!(KEEP_BEHIND < RING_SIZE / 4);
 
     #[test]
     fn layout_fits() {
         assert_eq!(RING_OFFSET % 4096, 0);
         assert_eq!(SLOT_FRAMES + MAX_FRAMES * FRAME_SIZE, SLOT_SIZE);
-        assert_eq!(entry_len(0), 112);
-        assert_eq!(entry_len(8), 112);
-        assert_eq!(entry_len(9), 128);
+        assert_eq!(entry_len(0), 128);
+        assert_eq!(entry_len(16), 144);
+        assert_eq!(entry_len(17), 160);
         assert!(entry_len(MAX_STACK_COPY) < RING_SIZE / 4);
         assert!(slot_of(u64::MAX) < TABLE_SLOTS);
         let i = info(48, KIND_RETURN, 7, 1);

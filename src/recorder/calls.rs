@@ -25,7 +25,10 @@ use rustc_hash::FxHashMap as HashMap;
 pub struct RawStack {
     /// The entry record that holds the copy.
     pub pos: u64,
-    /// The whole record, once taken out of the ring (which must reuse its space).
+    /// The oldest record the copy is read from (`pos`, or the start of its chain).
+    pub pin: u64,
+    /// The whole record, its stack whole, once taken out of the ring (which must
+    /// reuse its space).
     pub owned: Option<Box<[u8]>>,
 }
 
@@ -33,6 +36,7 @@ impl RawStack {
     pub fn of(e: &Entry) -> RawStack {
         RawStack {
             pos: e.pos,
+            pin: e.base.min(e.pos),
             owned: None,
         }
     }
@@ -178,6 +182,19 @@ impl Calls {
         Some(Out { ev, raw: f.raw })
     }
 
+    /// The stack of the entry at `pos` (just made into `out`, and maybe an open
+    /// call) is `copy`, out of the ring.
+    pub fn own(&mut self, tid: Tid, pos: u64, copy: &[u8], out: Option<&mut Out>) {
+        let opened = self.threads.get_mut(&tid).into_iter().flatten();
+        let raws = opened
+            .filter(|f| f.pos == pos)
+            .filter_map(|f| f.raw.as_mut())
+            .chain(out.and_then(|o| o.raw.as_mut()));
+        for raw in raws.filter(|r| r.pos == pos) {
+            raw.owned = Some(copy.into());
+        }
+    }
+
     /// The thread is unwinding its stack: none of its open calls will return.
     pub fn unwind(&mut self, tid: Tid) {
         if let Some(frames) = self.threads.get_mut(&tid) {
@@ -240,6 +257,9 @@ mod tests {
             sp,
             fp: 0,
             stack_len: 0,
+            full_len: 0,
+            prev: memtrace_arch::recorder::NO_RECORD,
+            base: pos,
         }
     }
 

@@ -101,7 +101,7 @@ impl Item {
             .into_iter()
             .flatten()
             .filter(|r| r.owned.is_none())
-            .map(|r| r.pos)
+            .map(|r| r.pin)
             .min()
     }
 
@@ -278,7 +278,7 @@ impl Defer {
                 // Freed again since: this entry is stale.
                 Some(r) if r.at != at => {}
                 Some(r) if r.free.owned.is_some() => self.recent_order.push_back((ptr, at)),
-                Some(r) if r.free.pos < limit => {
+                Some(r) if r.free.pin < limit => {
                     self.recent.remove(&ptr);
                 }
                 None => {}
@@ -482,7 +482,11 @@ mod tests {
     }
 
     fn raw(pos: u64) -> Option<RawStack> {
-        Some(RawStack { pos, owned: None })
+        Some(RawStack {
+            pos,
+            pin: pos,
+            owned: None,
+        })
     }
 
     fn alloc(ptr: u64, pos: u64) -> Out {

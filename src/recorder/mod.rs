@@ -9,6 +9,7 @@
 //! short while so that only the stacks that matter are unwound.
 
 pub mod calls;
+pub mod chain;
 pub mod defer;
 pub mod record;
 pub mod ring;

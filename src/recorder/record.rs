@@ -19,8 +19,22 @@ pub struct Entry {
     /// The stack pointer at the entry (where the return address was).
     pub sp: u64,
     pub fp: u64,
-    /// Bytes of stack copied into the record, from `sp + 8` up.
+    /// Bytes of stack copied into the record (its own), from `sp + 8` up.
     pub stack_len: u64,
+    /// Bytes of stack the record stands for, from `sp + 8` up: its own, then those
+    /// of its chain (see "Stack copies" in `memtrace_arch::recorder`).
+    pub full_len: u64,
+    /// The record holding the stack just above its own bytes (`NO_RECORD`: none).
+    pub prev: u64,
+    /// The oldest record its chain reads (its own position when it is whole).
+    pub base: u64,
+}
+
+impl Entry {
+    /// Its own bytes are its whole stack copy.
+    pub fn is_whole(&self) -> bool {
+        self.prev == NO_RECORD
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +111,17 @@ pub fn decode(pos: u64, h: &[u8]) -> Result<Record, BadRecord> {
         KIND_ENTRY => {
             let func = HookFn::from_id(func).ok_or(BadRecord::Function { pos, func })?;
             let stack_len = word(h, ENTRY_STACK_LEN);
-            if len < ENTRY_STACK || entry_len(stack_len) != len {
+            let full_len = word(h, ENTRY_FULL_LEN);
+            let prev = word(h, ENTRY_PREV);
+            let base = word(h, ENTRY_BASE);
+            let whole = prev == NO_RECORD;
+            if len < ENTRY_STACK
+                || entry_len(stack_len) != len
+                || full_len > MAX_STACK_COPY
+                || full_len < stack_len
+                || (whole && full_len != stack_len)
+                || (!whole && (prev >= pos || base > prev))
+            {
                 return Err(BadRecord::Length { pos, len });
             }
             let mut args = [0u64; 6];
@@ -114,6 +138,10 @@ pub fn decode(pos: u64, h: &[u8]) -> Result<Record, BadRecord> {
                 sp: word(h, ENTRY_SP),
                 fp: word(h, ENTRY_FP),
                 stack_len,
+                full_len,
+                prev,
+                // A whole copy is its own chain.
+                base: if whole { pos } else { base },
             }))
         }
         KIND_RETURN => Ok(Record::Return(Return {
@@ -151,6 +179,9 @@ pub fn encode_entry(e: &Entry) -> Vec<u8> {
     put(ENTRY_SP, e.sp);
     put(ENTRY_FP, e.fp);
     put(ENTRY_STACK_LEN, e.stack_len);
+    put(ENTRY_FULL_LEN, e.full_len);
+    put(ENTRY_PREV, e.prev);
+    put(ENTRY_BASE, e.base);
     h
 }
 
@@ -192,6 +223,9 @@ mod tests {
             sp: 0x7ffc_0000,
             fp: 0x7ffc_0100,
             stack_len: 40,
+            full_len: 40,
+            prev: NO_RECORD,
+            base: 4096,
         };
         let h = encode_entry(&e);
         assert_eq!(decode(4096, &h), Ok(Record::Entry(e)));
@@ -219,8 +253,28 @@ mod tests {
         h[8..16].copy_from_slice(&info(112, KIND_ENTRY, 99, 0).to_le_bytes());
         assert_eq!(decode(0, &h), Err(BadRecord::Function { pos: 0, func: 99 }));
         // An entry whose stack length disagrees with its record length.
-        h[8..16].copy_from_slice(&info(112, KIND_ENTRY, 1, 0).to_le_bytes());
+        h[8..16].copy_from_slice(&info(128, KIND_ENTRY, 1, 0).to_le_bytes());
         h[96..104].copy_from_slice(&100u64.to_le_bytes());
         assert!(matches!(decode(0, &h), Err(BadRecord::Length { .. })));
+        // A chain that reads a record written after it.
+        let e = Entry {
+            pos: 256,
+            tid: 1,
+            func: HookFn::Malloc,
+            hooked_return: false,
+            args: [0; 6],
+            ret: 0,
+            sp: 0x1000,
+            fp: 0,
+            stack_len: 16,
+            full_len: 64,
+            prev: 128,
+            base: 0,
+        };
+        assert!(decode(256, &encode_entry(&e)).is_ok());
+        let later = Entry { prev: 512, ..e };
+        assert!(decode(256, &encode_entry(&later)).is_err());
+        let short = Entry { full_len: 8, ..e };
+        assert!(decode(256, &encode_entry(&short)).is_err());
     }
 }

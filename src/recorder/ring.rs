@@ -2,7 +2,8 @@
 //! position order (stepping over records still being written), releasing them, and
 //! writing records of its own (for the calls it stops at).
 
-use super::record::{self, BadRecord, Record, HEADER_LEN};
+use super::chain::{self, BrokenChain};
+use super::record::{self, BadRecord, Entry, Record, HEADER_LEN};
 use crate::event::Tid;
 use crate::ptrace::SharedMem;
 use memtrace_arch::recorder::*;
@@ -75,6 +76,10 @@ pub struct Ring {
     tail: u64,
     holes: BTreeMap<u64, Hole>,
     header: [u8; HEADER_LEN],
+    /// Stack mirrors no thread has (see "Stack copies" in `memtrace_arch::recorder`).
+    free_mirrors: Vec<u64>,
+    /// The mirror of each thread pointer that has one.
+    mirrors: std::collections::HashMap<u64, u64>,
     pub stats: RingStats,
 }
 
@@ -100,6 +105,8 @@ impl Ring {
             tail: 0,
             holes: BTreeMap::new(),
             header: [0; HEADER_LEN],
+            free_mirrors: (0..MIRRORS).rev().collect(),
+            mirrors: Default::default(),
             stats: RingStats::default(),
         }
     }
@@ -250,22 +257,72 @@ impl Ring {
         self.mem.prefetch_bytes(pos, record::HEADER_LEN + len);
     }
 
-    /// A copy of the entry record at `pos`, released already, if no writer has
-    /// reused its space since. A writer reuses it only after reserving past
-    /// `pos + RING_SIZE`: the head read after the copy says whether any did (its
-    /// reservation comes before its writes; a copy that saw one of those writes sees
-    /// that head). The commit word alone cannot tell: a writer sets a record's
-    /// length and thread before its commit word, and a record starting inside this
-    /// one never touches it.
-    pub fn copy_if_intact(&self, pos: u64) -> Option<Box<[u8]>> {
+    /// The committed entry at `pos` and its own stack bytes.
+    fn entry_at(&self, pos: u64) -> Option<(Entry, &[u8])> {
         if self.mem.ring_load(pos, REC_COMMIT) != pos + 1 {
             return None;
         }
-        let copy: Box<[u8]> = self.record(pos).into();
+        let rec = self.record(pos);
+        let Ok(Record::Entry(e)) = record::decode(pos, rec.get(..HEADER_LEN)?) else {
+            return None;
+        };
+        let own = rec.get(HEADER_LEN..HEADER_LEN + e.stack_len as usize)?;
+        Some((e, own))
+    }
+
+    /// The whole stack copy `e` (an entry still in the ring) stands for, into `out`:
+    /// its own bytes, then those of its chain.
+    pub fn whole_stack(&self, e: &Entry, out: &mut Vec<u8>) -> Result<(), BrokenChain> {
+        let rec = self.record(e.pos);
+        let own = rec
+            .get(HEADER_LEN..HEADER_LEN + e.stack_len as usize)
+            .ok_or(BrokenChain::Gone(e.pos))?;
+        chain::rebuild(e, own, |p| self.entry_at(p), out)
+    }
+
+    /// The entry record at `pos` on its own: a header that says its copy is whole,
+    /// then the whole copy. None when it or its chain is gone. The caller checks
+    /// that nothing was written over meanwhile (see [`Ring::copy_if_intact`]).
+    pub fn materialize(&self, pos: u64) -> Option<(Box<[u8]>, Entry)> {
+        let (e, _) = self.entry_at(pos)?;
+        let mut stack = Vec::new();
+        self.whole_stack(&e, &mut stack).ok()?;
+        let whole = Entry {
+            stack_len: stack.len() as u64,
+            full_len: stack.len() as u64,
+            prev: NO_RECORD,
+            base: pos,
+            ..e
+        };
+        let mut b = record::encode_entry(&whole);
+        b[REC_COMMIT as usize..REC_COMMIT as usize + 8].copy_from_slice(&(pos + 1).to_le_bytes());
+        b.extend_from_slice(&stack);
+        Some((b.into(), e))
+    }
+
+    /// The entry record at `pos`, not released, taken out of the ring: made whole
+    /// (its chain is held with it), or as it is if that cannot be.
+    pub fn whole_record(&self, pos: u64) -> Box<[u8]> {
+        match self.materialize(pos) {
+            Some((b, _)) => b,
+            None => self.record(pos).into(),
+        }
+    }
+
+    /// A copy of the entry record at `pos` (made whole), released already, if no
+    /// writer has reused its space, or its chain's, since. A writer reuses it only
+    /// after reserving past `base + RING_SIZE`: the head read after the copy says
+    /// whether any did (its reservation comes before its writes; a copy that saw one
+    /// of those writes sees that head). The commit word alone cannot tell: a writer
+    /// sets a record's length and thread before its commit word, and a record
+    /// starting inside this one never touches it.
+    pub fn copy_if_intact(&self, pos: u64) -> Option<Box<[u8]>> {
+        let (copy, e) = self.materialize(pos)?;
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         // Not yet released, no writer may reuse it, however far the head has gone
         // (writers reserve before they wait for room).
-        (pos >= self.tail || self.head() <= pos + RING_SIZE).then_some(copy)
+        let base = e.base.min(pos);
+        (base >= self.tail || self.head() <= base + RING_SIZE).then_some(copy)
     }
 
     /// The records still being written, oldest first.
@@ -360,6 +417,31 @@ impl Ring {
         self.mem.store(off + SLOT_HI, hi);
         self.mem.store(off + SLOT_FLAGS, 0);
         self.mem.store(off + SLOT_DEPTH, 0);
+        // A stack mirror, empty, if one is free: the first call copies its stack
+        // whole.
+        let mirror = match self.mirrors.remove(&tp) {
+            Some(m) => Some(m),
+            None => self.free_mirrors.pop(),
+        };
+        self.mem.store(off + SLOT_MIRROR_HI, 0);
+        self.mem.store(off + SLOT_MIRROR_LO, 0);
+        self.mem.store(off + SLOT_MIRROR_BUSY, 0);
+        self.mem.store(off + SLOT_LAYER_DEPTH, 0);
+        match mirror.filter(|_| hi >= MIRROR_SIZE) {
+            Some(m) => {
+                self.mirrors.insert(tp, m);
+                let at = self.addrs.ctrl + MIRRORS_OFFSET + m * MIRROR_SIZE;
+                self.mem
+                    .store(off + SLOT_MIRROR_DELTA, (at + MIRROR_SIZE).wrapping_sub(hi));
+                self.mem.store(off + SLOT_MIRROR_FLOOR, hi - MIRROR_SIZE);
+            }
+            None => {
+                if let Some(m) = mirror {
+                    self.free_mirrors.push(m);
+                }
+                self.mem.store(off + SLOT_MIRROR_FLOOR, u64::MAX);
+            }
+        }
         // The key last: a thread that finds its slot finds it complete.
         self.mem.store(off + SLOT_KEY, tp);
         true
@@ -370,6 +452,11 @@ impl Ring {
     pub fn unregister(&mut self, tp: u64) {
         if let Some(off) = self.find(tp) {
             self.mem.store(off + SLOT_KEY, TOMBSTONE);
+        }
+        // Its thread runs no more: another may have its mirror (stacks are read
+        // from the ring, never from a mirror).
+        if let Some(m) = self.mirrors.remove(&tp) {
+            self.free_mirrors.push(m);
         }
     }
 
@@ -483,6 +570,24 @@ mod tests {
         }
     }
 
+    /// A free's entry record with `stack` bytes of stack, whole.
+    fn free_entry(stack: u64) -> Entry {
+        Entry {
+            pos: 0,
+            tid: 1,
+            func: HookFn::Free,
+            hooked_return: false,
+            args: [0x10, 0, 0, 0, 0, 0],
+            ret: 0x5000,
+            sp: 0x7000,
+            fp: 0,
+            stack_len: stack,
+            full_len: stack,
+            prev: NO_RECORD,
+            base: 0,
+        }
+    }
+
     /// Writes a record as the generated code does: length and thread, then the
     /// reserved mark, then the rest, then the commit.
     fn write_like_the_target(mem: &SharedMem, header: &[u8], payload: &[u8]) -> u64 {
@@ -521,6 +626,9 @@ mod tests {
                     sp: 0x7000,
                     fp: 0,
                     stack_len: STACK as u64,
+                    full_len: STACK as u64,
+                    prev: NO_RECORD,
+                    base: 0,
                 };
                 let pos = write_like_the_target(&writer, &encode_entry(&e), &stack);
                 let r = Return {
@@ -615,17 +723,7 @@ mod tests {
     #[test]
     fn a_record_written_over_in_the_next_lap_is_not_intact() {
         let (mut ring, writer) = ring_and_writer();
-        let e = Entry {
-            pos: 0,
-            tid: 1,
-            func: HookFn::Free,
-            hooked_return: false,
-            args: [0x10, 0, 0, 0, 0, 0],
-            ret: 0x5000,
-            sp: 0x7000,
-            fp: 0,
-            stack_len: 4096,
-        };
+        let e = free_entry(4096);
         let first = write_like_the_target(&writer, &encode_entry(&e), &[0xaa; 4096]);
         assert!(matches!(ring.next_record(), Some(Ok(Record::Entry(_)))));
         ring.release(ring.read_pos());
@@ -648,12 +746,55 @@ mod tests {
     #[test]
     fn a_record_not_released_is_intact_however_far_the_head_is() {
         let (mut ring, writer) = ring_and_writer();
-        let r = ret(2, 0);
-        let first = write_like_the_target(&writer, &encode_return(&r), &[]);
-        assert!(matches!(ring.next_record(), Some(Ok(Record::Return(_)))));
+        let first = write_like_the_target(&writer, &encode_entry(&free_entry(64)), &[7; 64]);
+        assert!(matches!(ring.next_record(), Some(Ok(Record::Entry(_)))));
         writer.fetch_add(CTRL_HEAD, RING_SIZE + 1024);
         assert!(ring.copy_if_intact(first).is_some());
         ring.release(ring.read_pos());
         assert_eq!(ring.copy_if_intact(first), None);
+    }
+
+    /// A record that copied only the bottom of its stack is made whole from the
+    /// record that holds the rest; once a writer reuses that record's space, a
+    /// released copy of it can no longer be had.
+    #[test]
+    fn a_partial_copy_is_made_whole_from_its_chain_while_the_chain_is_there() {
+        let (mut ring, writer) = ring_and_writer();
+        // The whole stack, [0x7008, 0x7108), as the first call saw it.
+        let first_stack: Vec<u8> = (0..256u32).map(|i| i as u8).collect();
+        let first = write_like_the_target(&writer, &encode_entry(&free_entry(256)), &first_stack);
+        // The second call, from 0x6ff8 up: only [0x6ff8, 0x7048) changed.
+        let own = vec![0xee; 0x50];
+        let second = Entry {
+            sp: 0x6ff0,
+            stack_len: 0x50,
+            full_len: 0x110,
+            prev: first,
+            base: first,
+            ..free_entry(0)
+        };
+        let at = write_like_the_target(&writer, &encode_entry(&second), &own);
+        for _ in 0..2 {
+            assert!(matches!(ring.next_record(), Some(Ok(Record::Entry(_)))));
+        }
+        let (whole, e) = ring.materialize(at).expect("its chain is there");
+        assert_eq!(e.prev, first);
+        let mut want = own.clone();
+        want.extend_from_slice(&first_stack[0x40..]);
+        assert_eq!(&whole[HEADER_LEN..], &want[..]);
+        match record::decode(at, &whole[..HEADER_LEN]) {
+            Ok(Record::Entry(w)) => {
+                assert!(w.is_whole());
+                assert_eq!((w.stack_len, w.full_len), (0x110, 0x110));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Both released; a writer a lap later reuses the first one's space only.
+        ring.release(ring.read_pos());
+        assert!(ring.copy_if_intact(at).is_some());
+        let lap = first + RING_SIZE + 16;
+        writer.fetch_add(CTRL_HEAD, lap - writer.load(CTRL_HEAD));
+        write_like_the_target(&writer, &encode_return(&ret(2, 0)), &[]);
+        assert_eq!(ring.copy_if_intact(at), None);
     }
 }

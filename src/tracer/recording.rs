@@ -23,7 +23,9 @@ use crate::recorder::defer::{FreeCheck, Heap, Unwind};
 use crate::recorder::record::{self, Entry, Return};
 use crate::recorder::{Addrs, Caller, Calls, Defer, RawStack, Record, Ring, ShadowFrame};
 use crate::unwind::{StackWalker, Start};
-use memtrace_arch::recorder::{entry_len, MAX_STACK_COPY, RETURN_LEN, RING_SIZE};
+use memtrace_arch::recorder::{
+    entry_len, KEEP_BEHIND, MAX_STACK_COPY, NO_RECORD, RETURN_LEN, RING_SIZE,
+};
 use memtrace_arch::{Arch, Native, Regs, ReturnSlot, ThunkSpec};
 use std::time::Instant;
 
@@ -40,7 +42,7 @@ pub const FIRST_COPY_LEN: u64 = 64 << 10;
 pub const MIN_COPY_LEN: u64 = 8 << 10;
 pub const LEARN_EVERY: u64 = 1024;
 /// Room for one thunk and its displaced instructions.
-const THUNK_ROOM: u64 = 1024;
+const THUNK_ROOM: u64 = 2048;
 /// Room for the return stub.
 const STUB_ROOM: u64 = 512;
 /// Where the displaced instructions go, from the thunk's start.
@@ -98,6 +100,13 @@ pub struct RecordStats {
     /// Records read from the ring.
     pub records: u64,
     pub record_bytes: u64,
+    /// Stack bytes the entry records stand for, and those they copied (the rest was
+    /// found in earlier records of their thread: "Stack copies" in
+    /// `memtrace_arch::recorder`).
+    pub stack_bytes: u64,
+    pub stack_bytes_copied: u64,
+    /// Stacks whose chain of records was gone when they were needed (truncated).
+    pub stack_chains_lost: u64,
     /// Calls that took the slow path (a stop) in inline mode.
     pub slow_path_stops: u64,
     /// Stacks unwound, and those never needed (blocks freed young, frees that were
@@ -145,6 +154,8 @@ pub(super) struct Recording {
     /// What the unwinds since the last look at the copy length needed.
     most_read: u64,
     unwinds: u64,
+    /// A whole stack put back together from a record's chain.
+    whole: Vec<u8>,
     /// Recent answers of [`Tracer::caller`], by return address.
     pub callers: Box<[Option<(u64, Caller)>; 256]>,
     /// Thread pointers more than one thread runs on (their calls stop, and return
@@ -183,6 +194,8 @@ impl Heap for SinkHeap<'_, '_> {
 /// Unwinds raw stacks from their copies.
 struct Unwinder<'a> {
     ring: &'a Ring,
+    whole: &'a mut Vec<u8>,
+    chains_lost: &'a mut u64,
     walker: &'a mut StackWalker,
     stacks: &'a mut crate::event::StackTable,
     frames: &'a mut Vec<u64>,
@@ -213,9 +226,21 @@ impl Unwind for Unwinder<'_> {
             // Cannot be: it was an entry when read. Keep the trace going.
             _ => return self.stacks.intern(&[], true, self.generation),
         };
-        let bytes = record
+        let own = record
             .get(record::HEADER_LEN..record::HEADER_LEN + entry.stack_len as usize)
             .unwrap_or(&[]);
+        let bytes = if entry.is_whole() || raw.owned.is_some() {
+            own
+        } else {
+            match self.ring.whole_stack(&entry, self.whole) {
+                Ok(()) => &self.whole[..],
+                Err(_) => {
+                    // Cannot be while the record is held: unwind what it has.
+                    *self.chains_lost += 1;
+                    own
+                }
+            }
+        };
         let start = Start {
             return_address: entry.ret,
             sp: Native::sp_after_return(entry.sp),
@@ -232,7 +257,7 @@ impl Unwind for Unwinder<'_> {
         let ending = walked.ending.unwrap_or(crate::unwind::Ending::Failed);
         if walked.ran_off
             && ending == crate::unwind::Ending::Failed
-            && entry.stack_len >= self.ring.copy_len()
+            && entry.full_len >= self.ring.copy_len()
         {
             self.short = true;
         }
@@ -371,6 +396,7 @@ impl Tracer<'_> {
             idle_looks: 0,
             most_read: 0,
             unwinds: 0,
+            whole: Vec::new(),
             callers: Box::new([None; 256]),
             shared_tps: std::collections::HashSet::new(),
             ticks_origin: (ptrace::time_stamp(), Instant::now()),
@@ -770,10 +796,21 @@ impl Tracer<'_> {
             Record::Entry(e) => {
                 if let Some(r) = self.rec.as_mut() {
                     r.stats.calls += 1;
+                    r.stats.stack_bytes += e.full_len;
+                    r.stats.stack_bytes_copied += e.stack_len;
                 }
                 let caller = self.caller(e.ret);
                 let Some(r) = self.rec.as_mut() else { return };
-                r.calls.entry(&e, caller)
+                let mut out = r.calls.entry(&e, caller);
+                if !e.is_whole() && e.base < r.ring.tail() {
+                    // Its chain starts below what was released (its writer was slow
+                    // to reserve): taken out of the ring now, while it is there.
+                    match r.ring.copy_if_intact(e.pos) {
+                        Some(copy) => r.calls.own(e.tid, e.pos, &copy, out.as_mut()),
+                        None => r.stats.stack_chains_lost += 1,
+                    }
+                }
+                out
             }
             Record::Return(ret) => {
                 let Some(r) = self.rec.as_mut() else { return };
@@ -797,6 +834,8 @@ impl Tracer<'_> {
         let Some(rec) = self.rec.as_mut() else { return };
         let mut unwinder = Unwinder {
             ring: &rec.ring,
+            whole: &mut rec.whole,
+            chains_lost: &mut rec.stats.stack_chains_lost,
             walker: &mut self.walker,
             stacks: &mut self.stacks,
             frames: &mut self.frame_buf,
@@ -818,8 +857,8 @@ impl Tracer<'_> {
             rec.defer.relieve(limit, now, &mut unwinder, &mut heap);
             let ring = unwinder.ring;
             for raw in rec.calls.raw_stacks_mut() {
-                if raw.owned.is_none() && raw.pos < limit {
-                    raw.owned = Some(ring.record(raw.pos).into());
+                if raw.owned.is_none() && raw.pin < limit {
+                    raw.owned = Some(ring.whole_record(raw.pos));
                     rec.stats.stacks_evacuated += 1;
                 }
             }
@@ -849,13 +888,16 @@ impl Tracer<'_> {
             rec.most_read = 0;
             rec.unwinds = 0;
         }
-        let mut upto = rec.ring.read_pos();
+        // A record not read yet may read its chain from up to CHAIN_SPAN below
+        // itself (a writer slow to reserve, from a little further: see
+        // `take_record`).
+        let mut upto = rec.ring.read_pos().saturating_sub(KEEP_BEHIND);
         if let Some(p) = rec.defer.oldest_pin() {
             upto = upto.min(p);
         }
         for raw in rec.calls.raw_stacks_mut() {
             if raw.owned.is_none() {
-                upto = upto.min(raw.pos);
+                upto = upto.min(raw.pin);
             }
         }
         rec.ring.release(upto);
@@ -891,11 +933,11 @@ impl Tracer<'_> {
                 if !r.ring.has_room(pos, len) {
                     // Copies held for old frees or open calls: out of the ring.
                     let ring = &r.ring;
-                    let mut copy = |raw: &RawStack| -> Box<[u8]> { ring.record(raw.pos).into() };
+                    let mut copy = |raw: &RawStack| -> Box<[u8]> { ring.whole_record(raw.pos) };
                     r.defer.evacuate(&mut copy);
                     for raw in r.calls.raw_stacks_mut() {
                         if raw.owned.is_none() {
-                            raw.owned = Some(ring.record(raw.pos).into());
+                            raw.owned = Some(ring.whole_record(raw.pos));
                         }
                     }
                     std::thread::yield_now();
@@ -945,10 +987,14 @@ impl Tracer<'_> {
             sp,
             fp: Native::frame_pointer(regs),
             stack_len: stack.len() as u64,
+            full_len: stack.len() as u64,
+            prev: NO_RECORD,
+            base: 0,
         };
         let len = entry_len(e.stack_len);
         let pos = self.reserve(len)?;
         e.pos = pos;
+        e.base = pos;
         let header = record::encode_entry(&e);
         let stub = self.rec.as_ref()?.ring.addrs.ret_stub;
         let mut swapped = false;
@@ -1152,7 +1198,29 @@ impl Tracer<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_stack_limit;
+    use super::*;
+
+    /// Every hooked function's thunk fits in its room (one that did not fell back to
+    /// a stop per call, silently).
+    #[test]
+    fn every_thunk_fits_before_its_displaced_code() {
+        for func in HookFn::all() {
+            let at = 0x7f00_1000_0000;
+            let spec = ThunkSpec {
+                ctrl: 0x7f00_2000_0000,
+                func: func.id(),
+                hook_return: func.hooks_return(),
+                out_ptr_arg: *func == HookFn::PosixMemalign,
+                displaced: at + DISPLACED_AT,
+            };
+            let code = Native::recorder_thunk(at, &spec).expect("assembles");
+            assert!(
+                code.code.len() as u64 <= DISPLACED_AT,
+                "{func:?}: {} bytes",
+                code.code.len()
+            );
+        }
+    }
 
     #[test]
     fn the_stack_limit_is_the_soft_one_or_none_when_unlimited() {

@@ -29,6 +29,8 @@ use iced_x86::{
 
 /// `jmp rel32`.
 pub const ENTRY_JUMP_LEN: usize = 5;
+/// The stack is compared with its mirror this many bytes at a time.
+const CHUNK: i32 = 64;
 const SYS_FUTEX: i32 = 202;
 const FUTEX_WAIT: i32 = 0;
 /// `mov rax, qword ptr fs:[0]` (code_asm has no absolute form without a base).
@@ -271,10 +273,10 @@ fn wait_for_room(
 }
 
 /// Registers the thunk saves, in push order.
-const THUNK_SAVED: [AsmRegister64; 8] = [rax, rcx, rdx, rsi, rdi, r8, r9, rbx];
+const THUNK_SAVED: [AsmRegister64; 12] = [rax, rcx, rdx, rsi, rdi, r8, r9, rbx, r12, r13, r14, r15];
 /// Where each integer argument is once they are saved: its offset from rsp.
 fn saved_arg(n: usize) -> i32 {
-    // rdi, rsi, rdx, rcx, r8, r9 by push position (rbx was pushed last, at 0).
+    // rdi, rsi, rdx, rcx, r8, r9 by push position (r15 was pushed last, at 0).
     let reg = [rdi, rsi, rdx, rcx, r8, r9][n];
     let pos = THUNK_SAVED.iter().position(|&r| r == reg).unwrap_or(0);
     8 * (THUNK_SAVED.len() - 1 - pos) as i32
@@ -283,6 +285,152 @@ fn saved_arg(n: usize) -> i32 {
 /// The recording thunk of one hooked function, to be placed at `at`.
 pub fn thunk(at: u64, spec: &ThunkSpec) -> Result<Thunk, RelocError> {
     thunk_code(at, spec).map_err(asm_err)
+}
+
+/// Decides how much of the stack the record copies, against the thread's mirror (see
+/// "Stack copies" in `crate::recorder`). On entry: `rdx` the slot, `rbx` the stack
+/// pointer at the function's entry, `rsi` the bytes the record stands for (from
+/// `rbx + 8` up to the top), `r11` the control page. On exit: `r12` the bytes to
+/// copy, `r13` the record holding the stack above them (`NO_RECORD`: none, the copy
+/// is whole), `r14` the number of layers that stay below the new one, `r15` 1 when
+/// this call owns the mirror (and must update it and let it go). Uses rax, rcx, rdi,
+/// r8, r10.
+fn mirror_compare(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut whole = a.create_label();
+    let mut not_ours = a.create_label();
+    let mut next = a.create_label();
+    let mut differs = a.create_label();
+    let mut find = a.create_label();
+    let mut done = a.create_label();
+    a.mov(r12, rsi)?;
+    a.mov(r13, NO_RECORD)?;
+    a.xor(r14d, r14d)?;
+    a.xor(r15d, r15d)?;
+    // rdi: the copy's start. Below the mirror (or no mirror): a whole copy.
+    a.lea(rdi, qword_ptr(rbx + 8))?;
+    a.cmp(rdi, qword_ptr(rdx + SLOT_MIRROR_FLOOR))?;
+    a.jb(not_ours)?;
+    // A signal handler's call while this thread's thunk works on the mirror.
+    a.cmp(qword_ptr(rdx + SLOT_MIRROR_BUSY), 0)?;
+    a.jne(not_ours)?;
+    a.mov(qword_ptr(rdx + SLOT_MIRROR_BUSY), 1)?;
+    a.mov(r15d, 1)?;
+    // rcx: the top. Above what the mirror holds: a whole copy.
+    a.lea(rcx, qword_ptr(rdi + rsi))?;
+    a.cmp(rcx, qword_ptr(rdx + SLOT_MIRROR_HI))?;
+    a.ja(whole)?;
+    // A chain that starts too far back in the ring.
+    a.mov(rax, qword_ptr(r11 + CTRL_HEAD))?;
+    a.sub(rax, qword_ptr(rdx + SLOT_LAYERS + LAYER_POS))?;
+    a.cmp(rax, CHAIN_SPAN as i32)?;
+    a.ja(whole)?;
+    // r8: the lowest address compared, max(start, what the mirror holds).
+    a.mov(r8, qword_ptr(rdx + SLOT_MIRROR_LO))?;
+    a.cmp(r8, rdi)?;
+    a.cmovb(r8, rdi)?;
+    a.mov(r10, qword_ptr(rdx + SLOT_MIRROR_DELTA))?;
+    // From the top down, CHUNK bytes at a time: rcx ends at the upper end of the
+    // first chunk that differs (wm). xmm0-xmm2 are saved: no hooked function takes
+    // vector arguments, but the C library's own callers might keep values there.
+    a.sub(rsp, 48)?;
+    for (n, x) in [xmm0, xmm1, xmm2].into_iter().enumerate() {
+        a.movdqu(xmmword_ptr(rsp + 16 * n as i32), x)?;
+    }
+    a.set_label(&mut next)?;
+    a.lea(rax, qword_ptr(r8 + CHUNK))?;
+    a.cmp(rcx, rax)?;
+    a.jb(differs)?;
+    // Each 16 bytes of the stack and of its mirror (unaligned loads: a stack's top
+    // need not be aligned), compared byte by byte, the results folded into xmm0.
+    let at = |n: i32| CHUNK - 16 * n;
+    a.movdqu(xmm0, xmmword_ptr(rcx - at(0)))?;
+    a.movdqu(xmm1, xmmword_ptr(rcx + r10 - at(0)))?;
+    a.pcmpeqb(xmm0, xmm1)?;
+    for n in 1..CHUNK / 16 {
+        a.movdqu(xmm1, xmmword_ptr(rcx - at(n)))?;
+        a.movdqu(xmm2, xmmword_ptr(rcx + r10 - at(n)))?;
+        a.pcmpeqb(xmm1, xmm2)?;
+        a.pand(xmm0, xmm1)?;
+    }
+    a.pmovmskb(eax, xmm0)?;
+    a.cmp(eax, 0xffff)?;
+    a.jne(differs)?;
+    a.sub(rcx, CHUNK)?;
+    a.jmp(next)?;
+    a.set_label(&mut differs)?;
+    for (n, x) in [xmm0, xmm1, xmm2].into_iter().enumerate() {
+        a.movdqu(x, xmmword_ptr(rsp + 16 * n as i32))?;
+    }
+    a.add(rsp, 48)?;
+    // Nothing alike: a whole copy.
+    a.lea(rax, qword_ptr(rdi + rsi))?;
+    a.cmp(rcx, rax)?;
+    a.jae(whole)?;
+    // r14: layers above wm stay; the lowest of them holds wm (the top layer always
+    // does: it reaches the mirror's top).
+    a.mov(r14, qword_ptr(rdx + SLOT_LAYER_DEPTH))?;
+    a.test(r14, r14)?;
+    a.jz(whole)?;
+    a.set_label(&mut find)?;
+    a.mov(rax, r14)?;
+    a.shl(rax, LAYER_SIZE.trailing_zeros())?;
+    a.cmp(
+        qword_ptr(rdx + rax + (SLOT_LAYERS - LAYER_SIZE + LAYER_UPPER)),
+        rcx,
+    )?;
+    a.ja(done)?;
+    a.dec(r14)?;
+    a.jnz(find)?;
+    a.jmp(whole)?;
+    a.set_label(&mut done)?;
+    a.cmp(r14, MAX_LAYERS as i32)?;
+    a.jae(whole)?;
+    a.mov(
+        r13,
+        qword_ptr(rdx + rax + (SLOT_LAYERS - LAYER_SIZE + LAYER_POS)),
+    )?;
+    a.mov(r12, rcx)?;
+    a.sub(r12, rdi)?;
+    a.jmp(not_ours)?;
+    a.set_label(&mut whole)?;
+    a.mov(r12, rsi)?;
+    a.mov(r13, NO_RECORD)?;
+    a.xor(r14d, r14d)?;
+    a.set_label(&mut not_ours)?;
+    Ok(())
+}
+
+/// After the record at `rax` got its own bytes: the mirror gets them too, and a
+/// layer for them, and is let go. Registers as [`mirror_compare`] left them; `rbx`
+/// the entry's stack pointer, `rsi` the bytes the record stands for. Uses rcx, rdi,
+/// rsi, r10.
+fn mirror_update(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut skip = a.create_label();
+    a.test(r15d, r15d)?;
+    a.jz(skip)?;
+    // The mirror's new range: [start, top).
+    a.lea(rdi, qword_ptr(rbx + 8))?;
+    a.lea(rcx, qword_ptr(rdi + rsi))?;
+    a.mov(qword_ptr(rdx + SLOT_MIRROR_HI), rcx)?;
+    a.mov(qword_ptr(rdx + SLOT_MIRROR_LO), rdi)?;
+    // The layer: at index r14, upper end start + own bytes, this record.
+    a.lea(rcx, qword_ptr(rdi + r12))?;
+    a.mov(r10, r14)?;
+    a.shl(r10, LAYER_SIZE.trailing_zeros())?;
+    a.mov(qword_ptr(rdx + r10 + (SLOT_LAYERS + LAYER_UPPER)), rcx)?;
+    a.mov(qword_ptr(rdx + r10 + (SLOT_LAYERS + LAYER_POS)), rax)?;
+    a.lea(r10, qword_ptr(r14 + 1))?;
+    a.mov(qword_ptr(rdx + SLOT_LAYER_DEPTH), r10)?;
+    // The own bytes into the mirror.
+    a.mov(r10, rax)?;
+    a.mov(rsi, rdi)?;
+    a.add(rdi, qword_ptr(rdx + SLOT_MIRROR_DELTA))?;
+    a.mov(rcx, r12)?;
+    a.rep().movsb()?;
+    a.mov(rax, r10)?;
+    a.mov(qword_ptr(rdx + SLOT_MIRROR_BUSY), 0)?;
+    a.set_label(&mut skip)?;
+    Ok(())
 }
 
 fn thunk_code(at: u64, spec: &ThunkSpec) -> Result<Thunk, IcedError> {
@@ -294,6 +442,7 @@ fn thunk_code(at: u64, spec: &ThunkSpec) -> Result<Thunk, IcedError> {
     let mut wait = a.create_label();
     let mut copy = a.create_label();
     let mut no_hook = a.create_label();
+    let mut whole = a.create_label();
     let saved_bytes = 8 * THUNK_SAVED.len() as i32;
 
     a.mov(r11, spec.ctrl)?;
@@ -314,7 +463,8 @@ fn thunk_code(at: u64, spec: &ThunkSpec) -> Result<Thunk, IcedError> {
     a.lea(rcx, qword_ptr(rbx + 8))?;
     a.cmp(rcx, rsi)?;
     a.ja(slow_pop)?;
-    // rsi: bytes to copy, from rbx + 8 up to the stack's top, at most CTRL_COPY_LEN.
+    // rsi: bytes the record stands for, from rbx + 8 up to the stack's top, at most
+    // CTRL_COPY_LEN.
     a.sub(rsi, rcx)?;
     a.mov(rcx, qword_ptr(r11 + CTRL_COPY_LEN))?;
     a.cmp(rsi, rcx)?;
@@ -332,7 +482,9 @@ fn thunk_code(at: u64, spec: &ThunkSpec) -> Result<Thunk, IcedError> {
         a.mov(r9d, 1)?;
     }
     a.set_label(&mut no_hook)?;
-    a.lea(r8, qword_ptr(rsi + (ENTRY_STACK + REC_ALIGN - 1) as i32))?;
+    // r12: the bytes to copy; r13, r14, r15: see mirror_compare.
+    mirror_compare(&mut a)?;
+    a.lea(r8, qword_ptr(r12 + (ENTRY_STACK + REC_ALIGN - 1) as i32))?;
     a.and(r8, -(REC_ALIGN as i32))?;
     a.mov(rax, r8)?;
     a.lock().xadd(qword_ptr(r11 + CTRL_HEAD), rax)?;
@@ -366,7 +518,16 @@ fn thunk_code(at: u64, spec: &ThunkSpec) -> Result<Thunk, IcedError> {
     a.mov(qword_ptr(rdi + ENTRY_RET), rcx)?;
     a.mov(qword_ptr(rdi + ENTRY_SP), rbx)?;
     a.mov(qword_ptr(rdi + ENTRY_FP), rbp)?;
-    a.mov(qword_ptr(rdi + ENTRY_STACK_LEN), rsi)?;
+    a.mov(qword_ptr(rdi + ENTRY_STACK_LEN), r12)?;
+    a.mov(qword_ptr(rdi + ENTRY_FULL_LEN), rsi)?;
+    a.mov(qword_ptr(rdi + ENTRY_PREV), r13)?;
+    // The chain's base: the top layer's record, or this one when it is whole.
+    a.mov(rcx, rax)?;
+    a.cmp(r13, NO_RECORD as i32)?;
+    a.je(whole)?;
+    a.mov(rcx, qword_ptr(rdx + SLOT_LAYERS + LAYER_POS))?;
+    a.set_label(&mut whole)?;
+    a.mov(qword_ptr(rdi + ENTRY_BASE), rcx)?;
     if spec.hook_return {
         a.test(r9d, r9d)?;
         a.jz(copy)?;
@@ -391,14 +552,21 @@ fn thunk_code(at: u64, spec: &ThunkSpec) -> Result<Thunk, IcedError> {
         a.mov(qword_ptr(rbx), r10)?;
     }
     a.set_label(&mut copy)?;
+    // The own bytes into the record: rsi (the full length) is kept in r9, free now.
+    a.mov(r9, rsi)?;
     a.mov(r10, rdi)?;
     a.mov(r8, rax)?;
-    a.mov(rcx, rsi)?;
+    a.mov(rcx, r12)?;
     a.lea(rsi, qword_ptr(rbx + 8))?;
     a.lea(rdi, qword_ptr(rdi + ENTRY_STACK))?;
     a.rep().movsb()?;
+    a.mov(rax, r8)?;
+    a.mov(rsi, r9)?;
+    a.push(r10)?;
+    mirror_update(&mut a)?;
+    a.pop(r10)?;
     // Commit: the reader takes the record once this word is its position + 1.
-    a.lea(rax, qword_ptr(r8 + 1))?;
+    a.lea(rax, qword_ptr(rax + 1))?;
     a.mov(qword_ptr(r10 + REC_COMMIT), rax)?;
     for r in THUNK_SAVED.iter().rev() {
         a.pop(*r)?;
@@ -418,6 +586,13 @@ fn thunk_code(at: u64, spec: &ThunkSpec) -> Result<Thunk, IcedError> {
     let mut bypass_pop = a.create_label();
     wait_for_room(&mut a, spec.ctrl, r8, &[rdx, rsi, r9], room, bypass_pop)?;
     a.set_label(&mut bypass_pop)?;
+    // The mirror is let go (its layers may not match it any more: forgotten).
+    let mut unowned = a.create_label();
+    a.test(r15d, r15d)?;
+    a.jz(unowned)?;
+    a.mov(qword_ptr(rdx + SLOT_MIRROR_HI), 0)?;
+    a.mov(qword_ptr(rdx + SLOT_MIRROR_BUSY), 0)?;
+    a.set_label(&mut unowned)?;
     for r in THUNK_SAVED.iter().rev() {
         a.pop(*r)?;
     }
@@ -661,13 +836,13 @@ mod tests {
 
     #[test]
     fn saved_arguments_are_where_the_pushes_put_them() {
-        // Pushed rax, rcx, rdx, rsi, rdi, r8, r9, rbx: rbx at 0, rdi at 24.
-        assert_eq!(saved_arg(0), 24);
-        assert_eq!(saved_arg(1), 32);
-        assert_eq!(saved_arg(2), 40);
-        assert_eq!(saved_arg(3), 48);
-        assert_eq!(saved_arg(4), 16);
-        assert_eq!(saved_arg(5), 8);
+        // Pushed rax, rcx, rdx, rsi, rdi, r8, r9, rbx, r12-r15: r15 at 0, rdi at 56.
+        assert_eq!(saved_arg(0), 56);
+        assert_eq!(saved_arg(1), 64);
+        assert_eq!(saved_arg(2), 72);
+        assert_eq!(saved_arg(3), 80);
+        assert_eq!(saved_arg(4), 48);
+        assert_eq!(saved_arg(5), 40);
     }
 
     #[test]
