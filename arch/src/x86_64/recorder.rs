@@ -29,8 +29,34 @@ use iced_x86::{
 
 /// `jmp rel32`.
 pub const ENTRY_JUMP_LEN: usize = 5;
-/// The stack is compared with its mirror this many bytes at a time.
-const CHUNK: i32 = 64;
+/// How the stack is compared with its mirror.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Compare {
+    /// 16 bytes at a time, 64 a round: every x86-64 has SSE2.
+    Sse2,
+    /// 32 bytes at a time, 128 a round.
+    Avx2,
+}
+
+impl Compare {
+    /// The best this machine has (memtrace and the target run on the same one).
+    fn best() -> Compare {
+        // This file is compiled on any host; the code runs only on an x86-64 one.
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Compare::Avx2;
+        }
+        Compare::Sse2
+    }
+
+    /// Bytes compared a round: the copy's granularity.
+    fn chunk(self) -> i32 {
+        match self {
+            Compare::Sse2 => 64,
+            Compare::Avx2 => 128,
+        }
+    }
+}
 const SYS_FUTEX: i32 = 202;
 const FUTEX_WAIT: i32 = 0;
 /// `mov rax, qword ptr fs:[0]` (code_asm has no absolute form without a base).
@@ -284,7 +310,7 @@ fn saved_arg(n: usize) -> i32 {
 
 /// The recording thunk of one hooked function, to be placed at `at`.
 pub fn thunk(at: u64, spec: &ThunkSpec) -> Result<Thunk, RelocError> {
-    thunk_code(at, spec).map_err(asm_err)
+    thunk_code(at, spec, Compare::best()).map_err(asm_err)
 }
 
 /// Decides how much of the stack the record copies, against the thread's mirror (see
@@ -295,7 +321,7 @@ pub fn thunk(at: u64, spec: &ThunkSpec) -> Result<Thunk, RelocError> {
 /// is whole), `r14` the number of layers that stay below the new one, `r15` 1 when
 /// this call owns the mirror (and must update it and let it go). Uses rax, rcx, rdi,
 /// r8, r10.
-fn mirror_compare(a: &mut CodeAssembler) -> Result<(), IcedError> {
+fn mirror_compare(a: &mut CodeAssembler, compare: Compare) -> Result<(), IcedError> {
     let mut whole = a.create_label();
     let mut not_ours = a.create_label();
     let mut next = a.create_label();
@@ -329,35 +355,56 @@ fn mirror_compare(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.cmp(r8, rdi)?;
     a.cmovb(r8, rdi)?;
     a.mov(r10, qword_ptr(rdx + SLOT_MIRROR_DELTA))?;
-    // From the top down, CHUNK bytes at a time: rcx ends at the upper end of the
-    // first chunk that differs (wm). xmm0-xmm2 are saved: no hooked function takes
-    // vector arguments, but the C library's own callers might keep values there.
+    // From the top down, a chunk at a time: rcx ends at the upper end of the first
+    // chunk that differs (wm). xmm0-xmm2 are saved: no hooked function takes vector
+    // arguments, but the C library's own callers might keep values there. Their upper
+    // halves are not (glibc's AVX2 string functions, which malloc calls, end with
+    // vzeroupper too).
+    let chunk = compare.chunk();
     a.sub(rsp, 48)?;
     for (n, x) in [xmm0, xmm1, xmm2].into_iter().enumerate() {
         a.movdqu(xmmword_ptr(rsp + 16 * n as i32), x)?;
     }
     a.set_label(&mut next)?;
-    a.lea(rax, qword_ptr(r8 + CHUNK))?;
+    a.lea(rax, qword_ptr(r8 + chunk))?;
     a.cmp(rcx, rax)?;
     a.jb(differs)?;
-    // Each 16 bytes of the stack and of its mirror (unaligned loads: a stack's top
-    // need not be aligned), compared byte by byte, the results folded into xmm0.
-    let at = |n: i32| CHUNK - 16 * n;
-    a.movdqu(xmm0, xmmword_ptr(rcx - at(0)))?;
-    a.movdqu(xmm1, xmmword_ptr(rcx + r10 - at(0)))?;
-    a.pcmpeqb(xmm0, xmm1)?;
-    for n in 1..CHUNK / 16 {
-        a.movdqu(xmm1, xmmword_ptr(rcx - at(n)))?;
-        a.movdqu(xmm2, xmmword_ptr(rcx + r10 - at(n)))?;
-        a.pcmpeqb(xmm1, xmm2)?;
-        a.pand(xmm0, xmm1)?;
+    // Each vector of the stack and of its mirror (unaligned: a stack's top need not
+    // be), compared byte by byte, the results folded into xmm0 / ymm0.
+    let at = |n: i32, width: i32| chunk - width * n;
+    match compare {
+        Compare::Sse2 => {
+            a.movdqu(xmm0, xmmword_ptr(rcx - at(0, 16)))?;
+            a.movdqu(xmm1, xmmword_ptr(rcx + r10 - at(0, 16)))?;
+            a.pcmpeqb(xmm0, xmm1)?;
+            for n in 1..chunk / 16 {
+                a.movdqu(xmm1, xmmword_ptr(rcx - at(n, 16)))?;
+                a.movdqu(xmm2, xmmword_ptr(rcx + r10 - at(n, 16)))?;
+                a.pcmpeqb(xmm1, xmm2)?;
+                a.pand(xmm0, xmm1)?;
+            }
+            a.pmovmskb(eax, xmm0)?;
+            a.cmp(eax, 0xffff)?;
+        }
+        Compare::Avx2 => {
+            a.vmovdqu(ymm0, ymmword_ptr(rcx - at(0, 32)))?;
+            a.vpcmpeqb(ymm0, ymm0, ymmword_ptr(rcx + r10 - at(0, 32)))?;
+            for n in 1..chunk / 32 {
+                a.vmovdqu(ymm1, ymmword_ptr(rcx - at(n, 32)))?;
+                a.vpcmpeqb(ymm1, ymm1, ymmword_ptr(rcx + r10 - at(n, 32)))?;
+                a.vpand(ymm0, ymm0, ymm1)?;
+            }
+            a.vpmovmskb(eax, ymm0)?;
+            a.cmp(eax, -1)?;
+        }
     }
-    a.pmovmskb(eax, xmm0)?;
-    a.cmp(eax, 0xffff)?;
     a.jne(differs)?;
-    a.sub(rcx, CHUNK)?;
+    a.sub(rcx, chunk)?;
     a.jmp(next)?;
     a.set_label(&mut differs)?;
+    if compare == Compare::Avx2 {
+        a.vzeroupper()?;
+    }
     for (n, x) in [xmm0, xmm1, xmm2].into_iter().enumerate() {
         a.movdqu(x, xmmword_ptr(rsp + 16 * n as i32))?;
     }
@@ -433,7 +480,7 @@ fn mirror_update(a: &mut CodeAssembler) -> Result<(), IcedError> {
     Ok(())
 }
 
-fn thunk_code(at: u64, spec: &ThunkSpec) -> Result<Thunk, IcedError> {
+fn thunk_code(at: u64, spec: &ThunkSpec, compare: Compare) -> Result<Thunk, IcedError> {
     let mut a = CodeAssembler::new(64)?;
     let mut bypass = a.create_label();
     let mut slow_pop = a.create_label();
@@ -483,7 +530,7 @@ fn thunk_code(at: u64, spec: &ThunkSpec) -> Result<Thunk, IcedError> {
     }
     a.set_label(&mut no_hook)?;
     // r12: the bytes to copy; r13, r14, r15: see mirror_compare.
-    mirror_compare(&mut a)?;
+    mirror_compare(&mut a, compare)?;
     a.lea(r8, qword_ptr(r12 + (ENTRY_STACK + REC_ALIGN - 1) as i32))?;
     a.and(r8, -(REC_ALIGN as i32))?;
     a.mov(rax, r8)?;
@@ -832,6 +879,26 @@ mod tests {
         )
         .unwrap();
         assert!(free.code.len() < t.code.len());
+    }
+
+    /// Both ways of comparing the stack with its mirror assemble into code that
+    /// keeps every vector register it uses but the upper halves.
+    #[test]
+    fn both_comparisons_assemble() {
+        let at = 0x7f00_1000_0000;
+        for compare in [Compare::Sse2, Compare::Avx2] {
+            let t = thunk_code(at, &spec(), compare).unwrap();
+            let insns = decode_all(&t.code, at);
+            assert!(insns.iter().all(|i| !i.is_invalid()), "{compare:?}");
+            let vzeroupper = insns.iter().any(|i| i.code() == Code::VEX_Vzeroupper);
+            assert_eq!(vzeroupper, compare == Compare::Avx2);
+            // xmm0-xmm2 saved and restored.
+            let saves = insns
+                .iter()
+                .filter(|i| i.code() == Code::Movdqu_xmmm128_xmm)
+                .count();
+            assert_eq!(saves, 3, "{compare:?}");
+        }
     }
 
     #[test]
