@@ -40,11 +40,12 @@ impl Live {
         self.blocks.contains_key(ptr)
     }
 
-    pub fn insert(&mut self, ptr: u64, b: Block) {
+    /// Puts `b` at `ptr`; gives back the block that was there, if any.
+    pub fn insert(&mut self, ptr: u64, b: Block) -> Option<Block> {
         if let Some(o) = &mut self.order {
             o.insert(ptr, b.size);
         }
-        self.blocks.insert(ptr, b);
+        self.blocks.insert(ptr, b)
     }
 
     pub fn remove(&mut self, ptr: &u64) -> Option<Block> {
