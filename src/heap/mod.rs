@@ -444,6 +444,18 @@ impl Heap {
         }
     }
 
+    /// `ev` will be applied soon: the place of its block in the live table is
+    /// loaded now, so that the look-ups then do not wait for memory.
+    pub fn prefetch(&self, ev: &Event) {
+        let ptr = match *ev {
+            Event::Alloc { ptr, .. } | Event::Free { ptr, .. } => ptr,
+            Event::ReallocStart { old, .. } => old,
+            Event::ReallocEnd { new, .. } => new,
+            _ => return,
+        };
+        self.live.prefetch(ptr);
+    }
+
     /// The stacks of a freed block's allocation and free, unwound only now (a double
     /// free of it is coming).
     pub fn amend_freed(
