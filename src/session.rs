@@ -205,6 +205,9 @@ impl Sink for Collector {
     fn check_free(&self, ev: &Event) -> crate::recorder::FreeCheck {
         self.heap.check_free(ev)
     }
+    fn prefetch(&self, ev: &Event) {
+        self.heap.prefetch(ev);
+    }
     fn amend_freed(
         &mut self,
         ptr: u64,

@@ -22,6 +22,7 @@ use serde::Serialize;
 // Fx hashing: the keys are addresses and ids that memtrace made, hashed once per
 // allocator call, where SipHash's protection against chosen keys buys nothing.
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 
 mod live;
@@ -318,9 +319,10 @@ impl Heap {
                 func,
                 ..
             } => {
-                if let Some(&b) = self.live.get(&ptr) {
+                if let Some(b) = self.take(ptr) {
                     self.check_family(ptr, &b, kind, stack, func);
-                    self.release(ptr, stack, func);
+                    self.totals.frees += 1;
+                    self.remember_freed(ptr, &b, stack, func);
                 } else if internal || self.nested.remove(&ptr) {
                     self.uncounted.internal_frees += 1;
                 } else if self.before_trace(ptr) {
@@ -442,6 +444,18 @@ impl Heap {
         }
     }
 
+    /// `ev` will be applied soon: the place of its block in the live table is
+    /// loaded now, so that the look-ups then do not wait for memory.
+    pub fn prefetch(&self, ev: &Event) {
+        let ptr = match *ev {
+            Event::Alloc { ptr, .. } | Event::Free { ptr, .. } => ptr,
+            Event::ReallocStart { old, .. } => old,
+            Event::ReallocEnd { new, .. } => new,
+            _ => return,
+        };
+        self.live.prefetch(ptr);
+    }
+
     /// The stacks of a freed block's allocation and free, unwound only now (a double
     /// free of it is coming).
     pub fn amend_freed(
@@ -472,9 +486,24 @@ impl Heap {
         if ptr == 0 {
             return;
         }
-        // The allocator handed out an address we still had as live: its free was made
-        // by code we do not hook. Forget the stale block; it was no free of ours.
-        self.take(ptr);
+        let block = Block {
+            size,
+            stack,
+            kind,
+            tid,
+            seq: self.seq,
+            leak: None,
+            indirect_bytes: 0,
+            at_ns: self.now_ns,
+            func,
+        };
+        self.seq += 1;
+        // One look-up for both: the block goes in, and a stale one comes out when the
+        // allocator handed out an address we still had as live (its free was made by
+        // code we do not hook: forget it; it was no free of ours).
+        if let Some(stale) = self.live.insert(ptr, block) {
+            self.uncount_live(&stale);
+        }
         // Handed out again: freeing it is right from now on.
         self.freed.remove(&ptr);
         self.nested.remove(&ptr);
@@ -489,33 +518,23 @@ impl Heap {
         site.bytes += size;
         site.live_blocks += 1;
         site.live_bytes += size;
-        self.live.insert(
-            ptr,
-            Block {
-                size,
-                stack,
-                kind,
-                tid,
-                seq: self.seq,
-                leak: None,
-                indirect_bytes: 0,
-                at_ns: self.now_ns,
-                func,
-            },
-        );
-        self.seq += 1;
     }
 
     /// Removes a live block without counting anything.
     fn take(&mut self, ptr: u64) -> Option<Block> {
         let b = self.live.remove(&ptr)?;
+        self.uncount_live(&b);
+        Some(b)
+    }
+
+    /// A block that left the live table: out of the live totals and its site's.
+    fn uncount_live(&mut self, b: &Block) {
         self.totals.live_blocks -= 1;
         self.totals.live_bytes -= b.size;
         if let Some(site) = self.sites.get_mut(&b.stack) {
             site.live_blocks -= 1;
             site.live_bytes -= b.size;
         }
-        Some(b)
     }
 
     fn restore(&mut self, ptr: u64, b: Block) {
@@ -525,14 +544,6 @@ impl Heap {
         site.live_blocks += 1;
         site.live_bytes += b.size;
         self.live.insert(ptr, b);
-    }
-
-    /// Frees a live block.
-    fn release(&mut self, ptr: u64, stack: StackId, func: HookFn) {
-        if let Some(b) = self.take(ptr) {
-            self.totals.frees += 1;
-            self.remember_freed(ptr, &b, stack, func);
-        }
     }
 
     fn remember_freed(&mut self, ptr: u64, b: &Block, free_stack: StackId, free_func: HookFn) {
@@ -552,8 +563,10 @@ impl Heap {
         while self.freed_order.len() > FREED_REMEMBERED {
             if let Some((old, seq)) = self.freed_order.pop_front() {
                 // Only if that entry is still the one queued (not freed again since).
-                if self.freed.get(&old).is_some_and(|f| f.seq == seq) {
-                    self.freed.remove(&old);
+                if let Entry::Occupied(e) = self.freed.entry(old) {
+                    if e.get().seq == seq {
+                        e.remove();
+                    }
                 }
             }
         }

@@ -51,6 +51,8 @@ pub trait Heap {
     /// The stacks of a freed block's allocation and free, unwound late.
     fn amend_freed(&mut self, ptr: u64, alloc_stack: Option<StackId>, free_stack: Option<StackId>);
     fn event(&mut self, ev: Event);
+    /// `ev` will reach the heap soon: start loading what it looks up.
+    fn prefetch(&self, _ev: &Event) {}
 }
 
 /// Unwinds raw stacks.
@@ -249,7 +251,7 @@ impl Defer {
             if !(all || due || self.owned_bytes > OWNED_BUDGET) {
                 break;
             }
-            self.prefetch_ahead(unwind);
+            self.prefetch_ahead(unwind, heap);
             self.pop(now, unwind, heap);
         }
         while let Some(&(ptr, at)) = self.recent_order.front() {
@@ -297,15 +299,17 @@ impl Defer {
                 break;
             }
             self.stats.early += 1;
-            self.prefetch_ahead(unwind);
+            self.prefetch_ahead(unwind, heap);
             self.pop(now, unwind, heap);
         }
     }
 
     /// The stacks a few events ahead that will be unwound (allocations not freed
-    /// young): their copies, written long ago, come from memory meanwhile.
-    fn prefetch_ahead(&self, unwind: &mut dyn Unwind) {
+    /// young): their copies, written long ago, come from memory meanwhile; and the
+    /// heap's entries that event will look up.
+    fn prefetch_ahead(&self, unwind: &mut dyn Unwind, heap: &dyn Heap) {
         if let Some(item) = self.queue.get(PREFETCH_AHEAD) {
+            heap.prefetch(&item.ev);
             if !item.freed_young && is_alloc(&item.ev).is_some() {
                 if let Some(raw) = item.raw.as_ref().filter(|r| r.owned.is_none()) {
                     unwind.prefetch(raw);

@@ -73,6 +73,8 @@ pub trait Sink {
     fn classified(&mut self, _scan: &Scan) {}
     /// Whether applying `ev` (a free) would be a heap error: only then is its stack
     /// unwound (see [`crate::recorder::defer`]).
+    /// `ev` will be handed to [`Sink::event`] soon: start loading what it looks up.
+    fn prefetch(&self, _ev: &Event) {}
     fn check_free(&self, _ev: &Event) -> crate::recorder::FreeCheck {
         crate::recorder::FreeCheck::Fine
     }

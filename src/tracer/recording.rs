@@ -189,6 +189,9 @@ impl Heap for SinkHeap<'_, '_> {
     fn event(&mut self, ev: Event) {
         self.0.event(ev);
     }
+    fn prefetch(&self, ev: &Event) {
+        self.0.prefetch(ev);
+    }
 }
 
 /// Unwinds raw stacks from their copies.

@@ -177,6 +177,9 @@ impl Sink for Feed {
     fn check_free(&self, ev: &Event) -> crate::recorder::FreeCheck {
         self.heap.check_free(ev)
     }
+    fn prefetch(&self, ev: &Event) {
+        self.heap.prefetch(ev);
+    }
     fn memory(&mut self, m: crate::procmem::ProcMemory) {
         Feed::memory(self, m);
     }
