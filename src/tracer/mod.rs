@@ -71,10 +71,10 @@ pub trait Sink {
     }
     /// A reachability scan's outcome: a kind for each block `live_blocks` gave.
     fn classified(&mut self, _scan: &Scan) {}
-    /// Whether applying `ev` (a free) would be a heap error: only then is its stack
-    /// unwound (see [`crate::recorder::defer`]).
     /// `ev` will be handed to [`Sink::event`] soon: start loading what it looks up.
     fn prefetch(&self, _ev: &Event) {}
+    /// Whether applying `ev` (a free) would be a heap error: only then is its stack
+    /// unwound (see [`crate::recorder::defer`]).
     fn check_free(&self, _ev: &Event) -> crate::recorder::FreeCheck {
         crate::recorder::FreeCheck::Fine
     }
