@@ -28,9 +28,9 @@
 //! thread's stack end, or the copy length above the stack pointer), but most of it
 //! is usually what the thread's previous call saw already: the same outer frames,
 //! byte for byte. So a thread with a mirror compares its stack with the mirror from
-//! the top down, 32 bytes at a time, and copies only what lies below the first
-//! difference (the record's *own* bytes, `[sp + 8, wm)`) into the record and into the
-//! mirror. The rest, `[wm, top)`, is found in earlier records: the mirror is made of
+//! the top down, 128 bytes at a time (64 without AVX2), and copies only what lies
+//! below the first difference (the record's *own* bytes, `[sp + 8, wm)`) into the
+//! record and into the mirror. The rest, `[wm, top)`, is found in earlier records: the mirror is made of
 //! *layers*, each the own bytes of one record, the newest lowest; the record names
 //! the layer that holds `wm` (`ENTRY_PREV`), whose record names the one holding its
 //! own upper end, and so on, up to a whole copy (`ENTRY_BASE`, the oldest record the
@@ -102,7 +102,7 @@ pub const SLOT_MIRROR_DELTA: u64 = 56;
 /// What the mirror holds: `[SLOT_MIRROR_LO, SLOT_MIRROR_HI)` (empty: nothing).
 pub const SLOT_MIRROR_LO: u64 = 64;
 pub const SLOT_MIRROR_HI: u64 = 72;
-/// Non-zero while a thunk of the thread reads or writes the mirror.
+/// The stack pointer of the thunk reading or writing the mirror (0: none).
 pub const SLOT_MIRROR_BUSY: u64 = 80;
 /// Layers of the mirror.
 pub const SLOT_LAYER_DEPTH: u64 = 88;
@@ -198,6 +198,10 @@ pub const RETURN_VALUE: u64 = 32;
 /// Return: what posix_memalign wrote through its first argument (when it returned 0).
 pub const RETURN_OUT: u64 = 40;
 pub const RETURN_LEN: u64 = 48;
+
+/// Most bytes a thunk's code may take (memtrace places the displaced instructions
+/// right after).
+pub const THUNK_CODE_MAX: u64 = 1920;
 
 /// Most stack bytes a record may copy.
 pub const MAX_STACK_COPY: u64 = 256 << 10;

@@ -24,7 +24,7 @@ use crate::recorder::record::{self, Entry, Return};
 use crate::recorder::{Addrs, Caller, Calls, Defer, RawStack, Record, Ring, ShadowFrame};
 use crate::unwind::{StackWalker, Start};
 use memtrace_arch::recorder::{
-    entry_len, KEEP_BEHIND, MAX_STACK_COPY, NO_RECORD, RETURN_LEN, RING_SIZE,
+    entry_len, KEEP_BEHIND, MAX_STACK_COPY, NO_RECORD, RETURN_LEN, RING_SIZE, THUNK_CODE_MAX,
 };
 use memtrace_arch::{Arch, Native, Regs, ReturnSlot, ThunkSpec};
 use std::time::Instant;
@@ -42,11 +42,11 @@ pub const FIRST_COPY_LEN: u64 = 64 << 10;
 pub const MIN_COPY_LEN: u64 = 8 << 10;
 pub const LEARN_EVERY: u64 = 1024;
 /// Room for one thunk and its displaced instructions.
-const THUNK_ROOM: u64 = 2048;
+const THUNK_ROOM: u64 = THUNK_CODE_MAX + 128;
 /// Room for the return stub.
 const STUB_ROOM: u64 = 512;
 /// Where the displaced instructions go, from the thunk's start.
-const DISPLACED_AT: u64 = THUNK_ROOM - 128;
+const DISPLACED_AT: u64 = THUNK_CODE_MAX;
 /// Past this much of the ring in use, stack copies are taken out of it.
 const PRESSURE: u64 = RING_SIZE / 2;
 /// Records read at most before the loop looks for the target's stops again.
@@ -232,7 +232,11 @@ impl Unwind for Unwinder<'_> {
         let own = record
             .get(record::HEADER_LEN..record::HEADER_LEN + entry.stack_len as usize)
             .unwrap_or(&[]);
-        let bytes = if entry.is_whole() || raw.owned.is_some() {
+        let bytes = if entry.is_whole() {
+            own
+        } else if raw.owned.is_some() {
+            // Taken out of the ring when its chain was gone: a truncated stack.
+            *self.chains_lost += 1;
             own
         } else {
             match self.ring.whole_stack(&entry, self.whole) {
@@ -808,10 +812,14 @@ impl Tracer<'_> {
                 if !e.is_whole() && e.base < r.ring.tail() {
                     // Its chain starts below what was released (its writer was slow
                     // to reserve): taken out of the ring now, while it is there.
-                    match r.ring.copy_if_intact(e.pos) {
-                        Some(copy) => r.calls.own(e.tid, e.pos, &copy, out.as_mut()),
-                        None => r.stats.stack_chains_lost += 1,
-                    }
+                    // When its chain is gone already, its own bytes are all there is
+                    // (the unwind counts it lost): owned either way, so that it pins
+                    // nothing below the tail.
+                    let copy = r
+                        .ring
+                        .copy_if_intact(e.pos)
+                        .unwrap_or_else(|| r.ring.record(e.pos).into());
+                    r.calls.own(e.tid, e.pos, &copy, out.as_mut());
                 }
                 out
             }

@@ -336,10 +336,21 @@ fn mirror_compare(a: &mut CodeAssembler, compare: Compare) -> Result<(), IcedErr
     a.lea(rdi, qword_ptr(rbx + 8))?;
     a.cmp(rdi, qword_ptr(rdx + SLOT_MIRROR_FLOOR))?;
     a.jb(not_ours)?;
-    // A signal handler's call while this thread's thunk works on the mirror.
-    a.cmp(qword_ptr(rdx + SLOT_MIRROR_BUSY), 0)?;
-    a.jne(not_ours)?;
-    a.mov(qword_ptr(rdx + SLOT_MIRROR_BUSY), 1)?;
+    // SLOT_MIRROR_BUSY: the stack pointer of the thunk working on the mirror. A call
+    // at or below it is a signal handler's, run in the middle: a whole copy, the
+    // mirror left alone. One above it finds a thunk left by longjmp (its frame is
+    // gone): the mirror is taken over, and made again from a whole copy.
+    let mut free = a.create_label();
+    a.mov(rax, qword_ptr(rdx + SLOT_MIRROR_BUSY))?;
+    a.test(rax, rax)?;
+    a.jz(free)?;
+    a.cmp(rbx, rax)?;
+    a.jbe(not_ours)?;
+    a.mov(qword_ptr(rdx + SLOT_MIRROR_BUSY), rbx)?;
+    a.mov(r15d, 1)?;
+    a.jmp(whole)?;
+    a.set_label(&mut free)?;
+    a.mov(qword_ptr(rdx + SLOT_MIRROR_BUSY), rbx)?;
     a.mov(r15d, 1)?;
     // rcx: the top. Above what the mirror holds: a whole copy.
     a.lea(rcx, qword_ptr(rdi + rsi))?;
@@ -449,8 +460,8 @@ fn mirror_compare(a: &mut CodeAssembler, compare: Compare) -> Result<(), IcedErr
 
 /// After the record at `rax` got its own bytes: the mirror gets them too, and a
 /// layer for them, and is let go. Registers as [`mirror_compare`] left them; `rbx`
-/// the entry's stack pointer, `rsi` the bytes the record stands for. Uses rcx, rdi,
-/// rsi, r10.
+/// the entry's stack pointer, `rsi` the bytes the record stands for, `r9` the
+/// record's own bytes. Uses rcx, rdi, rsi, r10.
 fn mirror_update(a: &mut CodeAssembler) -> Result<(), IcedError> {
     let mut skip = a.create_label();
     a.test(r15d, r15d)?;
@@ -468,9 +479,9 @@ fn mirror_update(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.mov(qword_ptr(rdx + r10 + (SLOT_LAYERS + LAYER_POS)), rax)?;
     a.lea(r10, qword_ptr(r14 + 1))?;
     a.mov(qword_ptr(rdx + SLOT_LAYER_DEPTH), r10)?;
-    // The own bytes into the mirror.
+    // The own bytes into the mirror, from the record (at r9).
     a.mov(r10, rax)?;
-    a.mov(rsi, rdi)?;
+    a.mov(rsi, r9)?;
     a.add(rdi, qword_ptr(rdx + SLOT_MIRROR_DELTA))?;
     a.mov(rcx, r12)?;
     a.rep().movsb()?;
@@ -608,13 +619,16 @@ fn thunk_code(at: u64, spec: &ThunkSpec, compare: Compare) -> Result<Thunk, Iced
     a.lea(rdi, qword_ptr(rdi + ENTRY_STACK))?;
     a.rep().movsb()?;
     a.mov(rax, r8)?;
+    // Commit: the reader takes the record once this word is its position + 1. Before
+    // the mirror names it as a layer: a later record's chain never reads a record
+    // that may not commit (a signal handler that longjmps out of this thunk).
+    a.lea(rcx, qword_ptr(rax + 1))?;
+    a.mov(qword_ptr(r10 + REC_COMMIT), rcx)?;
     a.mov(rsi, r9)?;
-    a.push(r10)?;
+    // The mirror's bytes from the record's, not from the stack again: another thread
+    // may write a variable on this stack in between.
+    a.lea(r9, qword_ptr(r10 + ENTRY_STACK))?;
     mirror_update(&mut a)?;
-    a.pop(r10)?;
-    // Commit: the reader takes the record once this word is its position + 1.
-    a.lea(rax, qword_ptr(rax + 1))?;
-    a.mov(qword_ptr(r10 + REC_COMMIT), rax)?;
     for r in THUNK_SAVED.iter().rev() {
         a.pop(*r)?;
     }
@@ -888,6 +902,19 @@ mod tests {
         let at = 0x7f00_1000_0000;
         for compare in [Compare::Sse2, Compare::Avx2] {
             let t = thunk_code(at, &spec(), compare).unwrap();
+            assert!(t.code.len() as u64 <= THUNK_CODE_MAX, "{compare:?}");
+            let free = ThunkSpec {
+                hook_return: false,
+                ..spec()
+            };
+            let posix_memalign = ThunkSpec {
+                out_ptr_arg: true,
+                ..spec()
+            };
+            for other in [free, posix_memalign] {
+                let len = thunk_code(at, &other, compare).unwrap().code.len();
+                assert!(len as u64 <= THUNK_CODE_MAX, "{compare:?}");
+            }
             let insns = decode_all(&t.code, at);
             assert!(insns.iter().all(|i| !i.is_invalid()), "{compare:?}");
             let vzeroupper = insns.iter().any(|i| i.code() == Code::VEX_Vzeroupper);
