@@ -30,15 +30,17 @@
 //! byte for byte. So a thread with a mirror compares its stack with the mirror from
 //! the top down, 128 bytes at a time (64 without AVX2), and copies only what lies
 //! below the first difference (the record's *own* bytes, `[sp + 8, wm)`) into the
-//! record and into the mirror. The rest, `[wm, top)`, is found in earlier records: the mirror is made of
-//! *layers*, each the own bytes of one record, the newest lowest; the record names
-//! the layer that holds `wm` (`ENTRY_PREV`), whose record names the one holding its
-//! own upper end, and so on, up to a whole copy (`ENTRY_BASE`, the oldest record the
-//! chain reads). A thread copies its whole stack again when its chain starts more
-//! than `CHAIN_SPAN` bytes of ring behind, when its layers are full, and when its
-//! stack pointer is below what the mirror holds. A signal handler's call made while
-//! the thread's thunk works on the mirror (`SLOT_MIRROR_BUSY`) copies the whole
-//! stack and leaves the mirror alone.
+//! record and into the mirror. The rest, `[wm, top)`, is found in earlier records:
+//! the mirror is made of *layers*, each the own bytes of one record, the newest
+//! lowest; the record names the layer that holds `wm` (`ENTRY_PREV`), whose record
+//! names the one holding its own upper end, and so on, up to a whole copy
+//! (`ENTRY_BASE`, the oldest record the chain reads). A thread copies its whole
+//! stack again when its chain starts more than `CHAIN_SPAN` bytes of ring behind,
+//! when its layers are full, and when its stack pointer is below what the mirror
+//! holds. `SLOT_MIRROR_BUSY` is the stack pointer of the thunk working on the
+//! mirror: a call below it (a signal handler's, run in the middle) copies its whole
+//! stack and leaves the mirror alone; a call at or above it finds a thunk that
+//! longjmp left, and takes the mirror over from a whole copy.
 
 /// Size of the control page.
 pub const CTRL_SIZE: u64 = 4096;

@@ -232,22 +232,28 @@ impl Unwind for Unwinder<'_> {
         let own = record
             .get(record::HEADER_LEN..record::HEADER_LEN + entry.stack_len as usize)
             .unwrap_or(&[]);
+        // A copy whose chain was gone: a truncated stack, not one that says the copy
+        // length is too short.
+        let mut lost = false;
         let bytes = if entry.is_whole() {
             own
         } else if raw.owned.is_some() {
-            // Taken out of the ring when its chain was gone: a truncated stack.
-            *self.chains_lost += 1;
+            // Taken out of the ring when its chain was gone already.
+            lost = true;
             own
         } else {
             match self.ring.whole_stack(&entry, self.whole) {
                 Ok(()) => &self.whole[..],
                 Err(_) => {
                     // Cannot be while the record is held: unwind what it has.
-                    *self.chains_lost += 1;
+                    lost = true;
                     own
                 }
             }
         };
+        if lost {
+            *self.chains_lost += 1;
+        }
         let start = Start {
             return_address: entry.ret,
             sp: Native::sp_after_return(entry.sp),
@@ -263,6 +269,7 @@ impl Unwind for Unwinder<'_> {
             .walk_copy(entry.tid, start, bytes, self.depth, self.frames);
         let ending = walked.ending.unwrap_or(crate::unwind::Ending::Failed);
         if walked.ran_off
+            && !lost
             && ending == crate::unwind::Ending::Failed
             && entry.full_len >= self.ring.copy_len()
         {

@@ -337,15 +337,15 @@ fn mirror_compare(a: &mut CodeAssembler, compare: Compare) -> Result<(), IcedErr
     a.cmp(rdi, qword_ptr(rdx + SLOT_MIRROR_FLOOR))?;
     a.jb(not_ours)?;
     // SLOT_MIRROR_BUSY: the stack pointer of the thunk working on the mirror. A call
-    // at or below it is a signal handler's, run in the middle: a whole copy, the
-    // mirror left alone. One above it finds a thunk left by longjmp (its frame is
+    // below it is a signal handler's, run in the middle: a whole copy, the mirror
+    // left alone. One at or above it finds a thunk left by longjmp (its frame is
     // gone): the mirror is taken over, and made again from a whole copy.
     let mut free = a.create_label();
     a.mov(rax, qword_ptr(rdx + SLOT_MIRROR_BUSY))?;
     a.test(rax, rax)?;
     a.jz(free)?;
     a.cmp(rbx, rax)?;
-    a.jbe(not_ours)?;
+    a.jb(not_ours)?;
     a.mov(qword_ptr(rdx + SLOT_MIRROR_BUSY), rbx)?;
     a.mov(r15d, 1)?;
     a.jmp(whole)?;
@@ -466,6 +466,10 @@ fn mirror_update(a: &mut CodeAssembler) -> Result<(), IcedError> {
     let mut skip = a.create_label();
     a.test(r15d, r15d)?;
     a.jz(skip)?;
+    // Taken over meanwhile (a handler on an alternate stack inside this one's range
+    // took this thunk for one left by longjmp): the mirror is the taker's now.
+    a.cmp(qword_ptr(rdx + SLOT_MIRROR_BUSY), rbx)?;
+    a.jne(skip)?;
     // The mirror's new range: [start, top).
     a.lea(rdi, qword_ptr(rbx + 8))?;
     a.lea(rcx, qword_ptr(rdi + rsi))?;
