@@ -77,11 +77,11 @@ impl Live {
             return;
         }
         let i = home(ptr, self.mask());
-        prefetch(&self.starts[i]);
+        crate::ptrace::prefetch(&self.starts[i]);
         let b: *const Block = &self.blocks[i];
-        prefetch(b);
+        crate::ptrace::prefetch(b);
         // A block may straddle two cache lines.
-        prefetch(
+        crate::ptrace::prefetch(
             b.cast::<u8>()
                 .wrapping_add(std::mem::size_of::<Block>() - 1),
         );
@@ -231,17 +231,6 @@ const EMPTY: Block = Block {
     at_ns: 0,
     func: crate::hooks::HookFn::Malloc,
 };
-
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint: it never faults, whatever the address.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 #[cfg(test)]
 mod tests {

@@ -233,6 +233,19 @@ pub fn cpus_allowed() -> usize {
     }
 }
 
+/// Asks the CPU to start loading the cache line at `p` (memtrace's own memory, about
+/// to be read: a hash table slot).
+pub fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// The CPU's time stamp counter, what the recording code in the target times its
 /// waits with (0 where there is none).
 pub fn time_stamp() -> u64 {
