@@ -91,9 +91,31 @@ impl Known {
     }
 }
 
+/// framehop's rule cache is direct-mapped on the address modulo 509: an interpreter's
+/// few hundred hot pcs collide in it, and every collision is a CFI lookup and parse
+/// again. Several caches, chosen by the address divided by 509, make it one cache of
+/// 509 x [`RULE_CACHES`] slots.
+const RULE_CACHES: usize = 16;
+
+pub(crate) struct Rules(Vec<CacheNative<MayAllocateDuringUnwind>>);
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules((0..RULE_CACHES).map(|_| CacheNative::new()).collect())
+    }
+}
+
+impl Rules {
+    /// The cache for frame `frame`'s lookup address.
+    pub(crate) fn at(&mut self, frame: FrameAddress) -> &mut CacheNative<MayAllocateDuringUnwind> {
+        let i = (frame.address_for_lookup() / 509) as usize % RULE_CACHES;
+        &mut self.0[i]
+    }
+}
+
 pub struct StackWalker {
     unwinder: UnwinderNative<Vec<u8>, MayAllocateDuringUnwind>,
-    cache: CacheNative<MayAllocateDuringUnwind>,
+    cache: Rules,
     known: Vec<Known>,
     copy: StackCopy,
     reuse: reuse::Reuse,
@@ -103,7 +125,7 @@ impl Default for StackWalker {
     fn default() -> Self {
         StackWalker {
             unwinder: UnwinderNative::new(),
-            cache: CacheNative::new(),
+            cache: Rules::default(),
             known: Vec::new(),
             copy: StackCopy::default(),
             reuse: reuse::Reuse::default(),
@@ -219,7 +241,7 @@ impl StackWalker {
                 return Ending::DepthLimit;
             }
             out.push(frame.address());
-            match unwinder.unwind_frame(frame, &mut regs, cache, &mut read_stack) {
+            match unwinder.unwind_frame(frame, &mut regs, cache.at(frame), &mut read_stack) {
                 Ok(Some(ra)) => match FrameAddress::from_return_address(ra) {
                     Some(next) => frame = next,
                     None => return Ending::Complete,

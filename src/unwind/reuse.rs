@@ -12,7 +12,7 @@
 
 use super::{at_top, frame_registers, unwind_regs, Ending, Start};
 use crate::event::Tid;
-use framehop::{CacheNative, FrameAddress, MayAllocateDuringUnwind, Unwinder, UnwinderNative};
+use framehop::{FrameAddress, MayAllocateDuringUnwind, Unwinder, UnwinderNative};
 use rustc_hash::FxHashMap;
 
 /// Threads whose last unwind is kept, at most.
@@ -84,7 +84,7 @@ impl Reuse {
     pub fn walk(
         &mut self,
         unwinder: &mut UnwinderNative<Vec<u8>, MayAllocateDuringUnwind>,
-        cache: &mut CacheNative<MayAllocateDuringUnwind>,
+        cache: &mut super::Rules,
         tid: Tid,
         start: Start,
         stack: &[u8],
@@ -166,7 +166,7 @@ impl Reuse {
                     Err(())
                 }
             };
-            match unwinder.unwind_frame(frame, &mut regs, cache, &mut read_stack) {
+            match unwinder.unwind_frame(frame, &mut regs, cache.at(frame), &mut read_stack) {
                 Ok(Some(ra)) => match FrameAddress::from_return_address(ra) {
                     Some(next) => frame = next,
                     None => break Ending::Complete,
