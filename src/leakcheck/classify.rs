@@ -2,7 +2,7 @@
 
 use super::edges::Hit;
 use super::{Blocks, Edges, Kind, Memory, Options, Segment};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -29,7 +29,7 @@ struct Marker<'a> {
     /// asked at every interior pointer into a block not yet reached, and a real heap
     /// has many (perl's SV arenas: tens of thousands), so each answer that needs a
     /// read of the target is read once.
-    vtables: HashMap<u64, bool>,
+    vtables: FxHashMap<u64, bool>,
 }
 
 /// A kind per block of `blocks` (address order), and for each definitely lost block
@@ -53,7 +53,7 @@ pub fn classify_edges(
         indirect: vec![0; blocks.len()],
         pending: vec![false; blocks.len()],
         stack: Vec::new(),
-        vtables: HashMap::new(),
+        vtables: FxHashMap::default(),
     };
     for &h in &edges.roots {
         m.mark_from_reached(h, true);

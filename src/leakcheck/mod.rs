@@ -131,6 +131,14 @@ pub fn next_chunk(start: u64, size: u64) -> u64 {
 }
 
 /// Live blocks sorted by address, and which block a word hits.
+///
+/// Every word of the heap is looked up, and a binary search over tens of thousands of
+/// starts was most of a scan's time. So blocks are grouped into regions of pages
+/// (blocks with less than [`REGION_GAP`] pages between them), and each region has a
+/// table: per page, how many blocks start before it. A word's page then names the
+/// few blocks starting on it, searched there. A block of [`BIG_PAGES`] or more
+/// counts in a region by its first page only (its other pages would make a table as
+/// large as it); a word on no region's page can only be inside such a block.
 #[derive(Clone, Debug, Default)]
 pub struct Blocks {
     starts: Vec<u64>,
@@ -139,7 +147,28 @@ pub struct Blocks {
     low: u64,
     high: u64,
     glibc_chunks: bool,
+    /// By first page.
+    regions: Vec<Region>,
+    /// The regions' tables, one after the other.
+    before: Vec<u32>,
+    /// The blocks of [`BIG_PAGES`] pages or more, by start.
+    big: Vec<u32>,
 }
+
+#[derive(Clone, Copy, Debug)]
+struct Region {
+    first_page: u64,
+    last_page: u64,
+    /// Where its table starts in `before`: `last_page - first_page + 2` entries, the
+    /// blocks starting before each page, and before the page after the last.
+    table: usize,
+}
+
+const PAGE_SHIFT: u32 = 12;
+/// Pages with no block between two blocks that still share a region.
+const REGION_GAP: u64 = 64;
+/// Blocks of this many pages or more are not in the regions' tables past their start.
+const BIG_PAGES: u64 = 256;
 
 impl Blocks {
     /// `blocks` as `(start, size)`, in any order.
@@ -152,12 +181,47 @@ impl Blocks {
             .map(|&(s, n)| s.saturating_add(n.max(1)))
             .max()
             .unwrap_or(0);
+        let starts: Vec<u64> = sorted.iter().map(|b| b.0).collect();
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        let mut big = Vec::new();
+        for (i, &(start, size)) in sorted.iter().enumerate() {
+            let first = start >> PAGE_SHIFT;
+            let mut last = start.saturating_add(size.max(1) - 1) >> PAGE_SHIFT;
+            if last - first >= BIG_PAGES {
+                big.push(i as u32);
+                last = first;
+            }
+            match spans.last_mut() {
+                Some(r) if first <= r.1.saturating_add(REGION_GAP) => r.1 = r.1.max(last),
+                _ => spans.push((first, last)),
+            }
+        }
+        let mut regions = Vec::with_capacity(spans.len());
+        let mut before = Vec::new();
+        let mut j = 0;
+        for (first_page, last_page) in spans {
+            regions.push(Region {
+                first_page,
+                last_page,
+                table: before.len(),
+            });
+            for page in first_page..=last_page + 1 {
+                let at = page << PAGE_SHIFT;
+                while j < starts.len() && starts[j] < at {
+                    j += 1;
+                }
+                before.push(j as u32);
+            }
+        }
         Blocks {
-            low: sorted.first().map(|b| b.0).unwrap_or(0),
+            low: starts.first().copied().unwrap_or(0),
             high,
-            starts: sorted.iter().map(|b| b.0).collect(),
             sizes: sorted.iter().map(|b| b.1).collect(),
+            starts,
             glibc_chunks: options.glibc_chunks,
+            regions,
+            before,
+            big,
         }
     }
 
@@ -183,7 +247,7 @@ impl Blocks {
         if word < self.low || word >= self.high {
             return None;
         }
-        let i = self.starts.partition_point(|&s| s <= word).checked_sub(1)?;
+        let i = self.candidate(word)?;
         let (start, size) = (self.starts[i], self.sizes[i]);
         if word == start {
             return Some((i, true));
@@ -195,6 +259,33 @@ impl Blocks {
             return None;
         }
         Some((i, false))
+    }
+
+    /// The block `word` may be in: the last one that starts at or below it.
+    #[inline]
+    fn candidate(&self, word: u64) -> Option<usize> {
+        let page = word >> PAGE_SHIFT;
+        let r = self
+            .regions
+            .partition_point(|r| r.first_page <= page)
+            .checked_sub(1)
+            .map(|k| self.regions[k])
+            .filter(|r| page <= r.last_page);
+        match r {
+            Some(r) => {
+                let at = r.table + (page - r.first_page) as usize;
+                let (first, end) = (self.before[at] as usize, self.before[at + 1] as usize);
+                let within = self.starts[first..end].partition_point(|&s| s <= word);
+                (first + within).checked_sub(1)
+            }
+            None => {
+                // On no region's page: only a big block can hold the word.
+                let k = self
+                    .big
+                    .partition_point(|&i| self.starts[i as usize] <= word);
+                Some(self.big[k.checked_sub(1)?] as usize)
+            }
+        }
     }
 }
 

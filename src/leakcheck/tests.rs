@@ -351,3 +351,60 @@ fn interior_pointers_cost_no_read_each() {
     assert!(kinds.iter().all(|&k| k == Kind::Reachable), "{kinds:?}");
     assert!(mem.reads <= 8, "{} reads", mem.reads);
 }
+
+/// The block `word` is in, found by a binary search over every start: what the
+/// page index must answer.
+fn hit_by_search(blocks: &[(u64, u64)], word: u64) -> Option<(u64, bool)> {
+    let i = blocks.partition_point(|b| b.0 <= word).checked_sub(1)?;
+    let (start, size) = blocks[i];
+    if word == start {
+        return Some((start, true));
+    }
+    (word - start < size && word != next_chunk(start, size)).then_some((start, false))
+}
+
+#[test]
+fn the_page_index_finds_what_a_search_of_every_start_finds() {
+    // Blocks of every size on a few pages and across many (big ones too), with gaps of
+    // every size, some far apart (a heap and an mmap'd block): every word near every
+    // edge, and words anywhere.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..40 {
+        let mut blocks = Vec::new();
+        let mut at = HEAP + next(4096);
+        for _ in 0..200 {
+            let size = match next(6) {
+                0 => next(3) * 8,
+                5 if next(4) == 0 => (1 << 20) + next(1 << 21),
+                1 => 16 + next(64) * 16,
+                2 => 4096 * (1 + next(3)) - 8,
+                3 => 24 + next(5000),
+                _ => 40,
+            };
+            blocks.push((at, size));
+            at +=
+                size.max(1).next_multiple_of(16) + [0, 16, 4096, 70_000, 1 << 20][next(5) as usize];
+            if round % 4 == 0 && next(50) == 0 {
+                at += 1 << 40;
+            }
+        }
+        let index = Blocks::new(&blocks, Options::default());
+        let mut words: Vec<u64> = blocks
+            .iter()
+            .flat_map(|&(s, n)| [s, s + n, next_chunk(s, n), s & !4095, (s + n) | 4095])
+            .flat_map(|w| [w.wrapping_sub(1), w, w + 1, w + 8])
+            .collect();
+        words.extend((0..2000).map(|_| HEAP + next(at - HEAP + 8192)));
+        for w in words {
+            let want = hit_by_search(&blocks, w);
+            let got = index.hit(w).map(|(i, at_start)| (index.start(i), at_start));
+            assert_eq!(got, want, "word {w:#x}, round {round}");
+        }
+    }
+}
