@@ -276,6 +276,7 @@ fn trace_plain(
         }
         session::run_to_end(t).map_err(|message| StartError { message, code: 1 })?
     };
+    let sym = collector.take_symbolizer();
     Ok(Traced {
         pid: end.pid,
         end: end.end,
@@ -284,7 +285,7 @@ fn trace_plain(
         mappings: collector.mappings,
         stacks: end.stacks,
         trace: end.stats,
-        sym: collector.sym,
+        sym,
         scan: collector.scan,
         scan_error: end.scan_error,
         unmatched_breaks: end.unmatched_breaks,

@@ -153,7 +153,11 @@ pub struct Collector {
     pub heap: Heap,
     pub mappings: Tracked,
     /// Made when the first objects are known (files are opened through /proc/PID/root).
-    pub sym: Option<Symbolizer>,
+    /// Reached through [`Collector::symbolizer`]: it may be away, warming.
+    sym: Option<Symbolizer>,
+    /// The symbolizer, away in a thread of its own while a scan reads the target:
+    /// it loads the debug data of the live blocks' stacks meanwhile.
+    warming: Option<std::thread::JoinHandle<Option<Symbolizer>>>,
     pub started: Instant,
     /// The last reachability scan.
     pub scan: Option<ScanStats>,
@@ -167,16 +171,31 @@ impl Collector {
             heap,
             mappings: Tracked::new(attached),
             sym: None,
+            warming: None,
             started,
             scan: None,
         }
+    }
+
+    /// The symbolizer (None until objects were known), back from warming if it was.
+    pub fn symbolizer(&mut self) -> &mut Option<Symbolizer> {
+        if let Some(thread) = self.warming.take() {
+            // A panic in the warming thread loses what it knew: start again.
+            self.sym = thread.join().ok().flatten();
+        }
+        &mut self.sym
+    }
+
+    /// The symbolizer, for the report.
+    pub fn take_symbolizer(&mut self) -> Option<Symbolizer> {
+        self.symbolizer().take()
     }
 }
 
 impl Sink for Collector {
     fn event(&mut self, ev: Event) {
         if ev == Event::Exec {
-            if let Some(sym) = &mut self.sym {
+            if let Some(sym) = self.symbolizer() {
                 sym.reset();
             }
             self.scan = None;
@@ -190,14 +209,54 @@ impl Sink for Collector {
         self.mappings.memory(m);
     }
     fn modules(&mut self, pid: i32, modules: &[Module], generation: u32) {
-        self.sym
+        self.symbolizer()
             .get_or_insert_with(|| Symbolizer::new(pid))
             .update_modules(modules, generation);
     }
     fn live_blocks(&mut self) -> Vec<(u64, u64)> {
         self.heap.live_spans()
     }
+    fn scan_starting(&mut self, stacks: &StackTable) {
+        // The report symbolizes the live blocks' stacks; reading its debug data
+        // (inflating, parsing units) takes as long as a scan of a small heap. The
+        // scan waits on the target's memory and leaves a processor free: do it there.
+        let Some(sym) = self.symbolizer().take() else {
+            return;
+        };
+        let ids: rustc_hash::FxHashSet<_> = self.heap.live_blocks().map(|(_, b)| b.stack).collect();
+        let mut addresses: Vec<(u32, u64)> = ids
+            .into_iter()
+            .flat_map(|id| {
+                let generation = stacks.generation(id);
+                stacks.get(id).iter().map(move |&a| (generation, a))
+            })
+            .collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        // Handed over once the thread runs: a thread that cannot be made leaves it here.
+        let (hand, take) = std::sync::mpsc::channel::<Symbolizer>();
+        let thread = std::thread::Builder::new()
+            .name("symbols".into())
+            .spawn(move || {
+                let mut sym = take.recv().ok()?;
+                for (generation, address) in addresses {
+                    sym.symbolize_in(address, generation);
+                }
+                Some(sym)
+            });
+        match thread {
+            Ok(t) => match hand.send(sym) {
+                Ok(()) => self.warming = Some(t),
+                Err(back) => self.sym = Some(back.0),
+            },
+            Err(_) => self.sym = Some(sym),
+        }
+    }
     fn classified(&mut self, scan: &Scan) {
+        // Back before the process is let go: the files it names are opened through
+        // /proc/PID/root, which goes with it (a path that was there when looked at and
+        // gone when opened gave a report without the C library's debug data).
+        self.symbolizer();
         self.heap
             .classify(&scan.blocks, &scan.kinds, &scan.indirect_bytes);
         self.scan = Some(scan.stats);

@@ -69,6 +69,10 @@ pub trait Sink {
     fn live_blocks(&mut self) -> Vec<(u64, u64)> {
         Vec::new()
     }
+    /// A scan is about to read the target (every thread stopped) for a while: `stacks`
+    /// holds every stack so far. Work that can run beside it may start now; it is done
+    /// by [`Sink::classified`], before the process may go.
+    fn scan_starting(&mut self, _stacks: &StackTable) {}
     /// A reachability scan's outcome: a kind for each block `live_blocks` gave.
     fn classified(&mut self, _scan: &Scan) {}
     /// `ev` will be handed to [`Sink::event`] soon: start loading what it looks up.

@@ -208,6 +208,7 @@ impl Tracer<'_> {
         let started = std::time::Instant::now();
         let maps = maps::read(self.pid).map_err(ScanError::Maps)?;
         let mut blocks = self.sink.live_blocks();
+        self.sink.scan_starting(&self.stacks);
         blocks.sort_unstable();
         let starts: Vec<u64> = all
             .regs
