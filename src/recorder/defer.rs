@@ -65,6 +65,9 @@ pub trait Unwind {
     fn prefetch(&mut self, _raw: &RawStack) {}
 }
 
+/// Stale entries of the young blocks' map allowed beyond twice the queue's length.
+const YOUNG_SLACK: usize = 4096;
+
 /// How many events ahead the stacks to unwind are loaded.
 const PREFETCH_AHEAD: usize = 6;
 
@@ -92,14 +95,15 @@ struct Item {
     freed_young: bool,
     /// A free of a block allocated by an event still here: no error can come of it.
     frees_young: bool,
-    /// The young block's allocation stack, kept for a double free later.
-    young_alloc: Option<RawStack>,
+    /// The young block's allocation stack, kept for a double free later (rare: boxed,
+    /// for a smaller queue).
+    young_alloc: Option<Box<RawStack>>,
 }
 
 impl Item {
     /// The oldest ring position this item reads a stack copy from.
     fn pin(&self) -> Option<u64> {
-        [&self.raw, &self.young_alloc]
+        [self.raw.as_ref(), self.young_alloc.as_deref()]
             .into_iter()
             .flatten()
             .filter(|r| r.owned.is_none())
@@ -108,7 +112,7 @@ impl Item {
     }
 
     fn owned_bytes(&self) -> u64 {
-        [&self.raw, &self.young_alloc]
+        [self.raw.as_ref(), self.young_alloc.as_deref()]
             .into_iter()
             .flatten()
             .filter_map(|r| r.owned.as_ref())
@@ -123,7 +127,7 @@ impl Item {
 #[derive(Debug)]
 struct Recent {
     free: RawStack,
-    alloc: Option<RawStack>,
+    alloc: Option<Box<RawStack>>,
     at: u64,
 }
 
@@ -137,7 +141,10 @@ pub struct Defer {
     /// The smallest pin of the queue, as a monotonic queue: `(seq, pos)`, positions
     /// rising, front the minimum.
     pins: VecDeque<(u64, u64)>,
-    /// Live young blocks: pointer to the sequence number of their allocation.
+    /// Young blocks: pointer to the sequence number of their allocation. An entry
+    /// whose allocation has left the queue is stale, and known as such by its number
+    /// (below `first`): entries are not removed as their events leave, which would be
+    /// a look-up more for every allocation; they are swept out now and then.
     young: Map<u64, u64>,
     recent: Map<u64, Recent>,
     recent_order: VecDeque<(u64, u64)>,
@@ -209,6 +216,10 @@ impl Defer {
             _ => {}
         }
         if let Some(ptr) = is_alloc(&item.ev) {
+            if self.young.len() >= 2 * self.queue.len() + YOUNG_SLACK {
+                let first = self.first;
+                self.young.retain(|_, s| *s >= first);
+            }
             self.young.insert(ptr, seq);
             // Handed out again: a free of it is no double free any more.
             self.recent.remove(&ptr);
@@ -229,7 +240,7 @@ impl Defer {
         &mut self,
         ptr: u64,
         ok: impl Fn(AllocKind) -> bool,
-    ) -> Option<Option<RawStack>> {
+    ) -> Option<Option<Box<RawStack>>> {
         let s = self.young.remove(&ptr)?;
         let alloc = self.queue.get_mut(s.checked_sub(self.first)? as usize)?;
         let family = match alloc.ev {
@@ -240,7 +251,7 @@ impl Defer {
             return None;
         }
         alloc.freed_young = true;
-        Some(alloc.raw.clone())
+        Some(alloc.raw.clone().map(Box::new))
     }
 
     /// Hands the heap every event older than [`UNWIND_AGE`] (all of them with
@@ -331,11 +342,6 @@ impl Defer {
     }
 
     fn leave(&mut self, mut item: Item, now: u64, unwind: &mut dyn Unwind, heap: &mut dyn Heap) {
-        if let Some(ptr) = is_alloc(&item.ev) {
-            if self.young.get(&ptr) == Some(&(self.first - 1)) {
-                self.young.remove(&ptr);
-            }
-        }
         let mut keep_free = false;
         let stack = match item.ev {
             Event::Alloc { .. } | Event::ReallocEnd { .. } => {
@@ -431,7 +437,10 @@ impl Defer {
     pub fn evacuate(&mut self, copy: &mut dyn FnMut(&RawStack) -> Box<[u8]>) {
         let mut owned = 0;
         for item in &mut self.queue {
-            for raw in [&mut item.raw, &mut item.young_alloc].into_iter().flatten() {
+            for raw in [item.raw.as_mut(), item.young_alloc.as_deref_mut()]
+                .into_iter()
+                .flatten()
+            {
                 if raw.owned.is_none() {
                     let bytes = copy(raw);
                     owned += bytes.len() as u64;
