@@ -271,6 +271,9 @@ fn trace_plain(
     let end = {
         let mut t = session::start_tracer(&start, &mut collector, waiter, common)?;
         session::configure(&mut t, common, started);
+        // Ticks let the collector have the symbolizer load objects while the program
+        // runs (see `Collector::tick`).
+        t.set_tick(Duration::from_millis(100));
         if let Some((specs, batch)) = debugger {
             t.set_debugger(specs, Box::new(batch));
         }

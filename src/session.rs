@@ -161,6 +161,8 @@ pub struct Collector {
     pub started: Instant,
     /// The last reachability scan.
     pub scan: Option<ScanStats>,
+    /// The stacks whose objects were handed to the symbolizer to load ahead.
+    stacks_seen: usize,
 }
 
 impl Collector {
@@ -174,6 +176,7 @@ impl Collector {
             warming: None,
             started,
             scan: None,
+            stacks_seen: 0,
         }
     }
 
@@ -212,6 +215,25 @@ impl Sink for Collector {
         self.symbolizer()
             .get_or_insert_with(|| Symbolizer::new(pid))
             .update_modules(modules, generation);
+    }
+    fn tick(&mut self, stacks: &StackTable) {
+        // The objects of new stacks' frames are what the report will read: they load
+        // meanwhile, when a processor is idle. (Not while the symbolizer is away
+        // warming: waiting for it here would hold the process at its exit stop.)
+        if self.warming.is_some() {
+            return;
+        }
+        let from = self.stacks_seen;
+        self.stacks_seen = stacks.len();
+        let Some(sym) = self.symbolizer() else {
+            return;
+        };
+        for id in (from..stacks.len()).map(|i| crate::event::StackId(i as u32)) {
+            let generation = stacks.generation(id);
+            for &address in stacks.get(id) {
+                sym.preload(address, generation);
+            }
+        }
     }
     fn live_blocks(&mut self) -> Vec<(u64, u64)> {
         self.heap.live_spans()
@@ -253,10 +275,6 @@ impl Sink for Collector {
         }
     }
     fn classified(&mut self, scan: &Scan) {
-        // Back before the process is let go: the files it names are opened through
-        // /proc/PID/root, which goes with it (a path that was there when looked at and
-        // gone when opened gave a report without the C library's debug data).
-        self.symbolizer();
         self.heap
             .classify(&scan.blocks, &scan.kinds, &scan.indirect_bytes);
         self.scan = Some(scan.stats);

@@ -13,13 +13,14 @@
 //! a library mapped where an unloaded one was cannot take the old one's frames.
 
 use crate::aliases::{is_mangled, Aliases};
-use crate::maps::{target_path, Module};
+use crate::maps::Module;
 use addr2line::Loader;
 use object::{Object, ObjectKind, ObjectSection, ObjectSegment, ReadCache};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
 
 /// Where separate debug files live (the `libc6-dbg` layout).
 const DEBUG_DIR: &str = "/usr/lib/debug";
@@ -91,24 +92,81 @@ struct Loaded {
 }
 
 pub struct Symbolizer {
+    /// The target's root directory, held open: paths the target names are opened
+    /// under it even after the process is gone (and its `/proc/PID/root` with it).
     /// None when module paths are host paths (tests, replays).
-    pid: Option<i32>,
+    root: Option<Arc<File>>,
     /// Every module ever added, oldest first.
     entries: Vec<Entry>,
     /// Frames per (entry, address).
     cache: HashMap<(usize, u64), Vec<Frame>>,
     /// The generation of the latest module list.
     generation: u32,
+    /// Objects being loaded ahead of need (see [`Symbolizer::preload`]).
+    preloader: Option<Preloader>,
+    /// Counts resets (exec): an object loaded for an earlier program is not taken.
+    epoch: u64,
+}
+
+/// A thread that loads objects while the trace runs, on processor time nothing
+/// else wants: reading a debug file (the C library's is 4 MB of compressed DWARF)
+/// is otherwise done when the report is made, after the program ended.
+struct Preloader {
+    jobs: mpsc::Sender<Preload>,
+    done: mpsc::Receiver<(u64, usize, Option<Loaded>)>,
+    /// Entries sent and not back yet.
+    pending: HashSet<usize>,
+}
+
+struct Preload {
+    epoch: u64,
+    idx: usize,
+    root: Option<Arc<File>>,
+    module: Module,
+    file: Option<File>,
+    /// An address in it, looked up once: the first look-up parses the DWARF's units.
+    address: u64,
+}
+
+impl Preloader {
+    fn start() -> Option<Preloader> {
+        let (jobs, take) = mpsc::channel::<Preload>();
+        let (give, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("symbols".into())
+            .spawn(move || {
+                crate::ptrace::run_this_thread_when_idle();
+                while let Ok(job) = take.recv() {
+                    let loaded = load(job.root.as_deref(), &job.module, job.file.as_ref());
+                    if let Some(l) = &loaded {
+                        let probe = job.address.wrapping_sub(1).wrapping_sub(l.bias);
+                        dwarf_frames(&l.primary, probe, job.address);
+                    }
+                    if give.send((job.epoch, job.idx, loaded)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Preloader {
+            jobs,
+            done,
+            pending: HashSet::new(),
+        })
+    }
 }
 
 impl Symbolizer {
-    /// A symbolizer for process `pid`: module paths are opened through `/proc/PID/root`.
+    /// A symbolizer for process `pid`: module paths are opened under its root
+    /// (`/proc/PID/root`, opened now).
     pub fn new(pid: i32) -> Self {
         Symbolizer {
-            pid: Some(pid),
+            root: File::open(format!("/proc/{pid}/root")).ok().map(Arc::new),
             entries: Vec::new(),
             cache: HashMap::new(),
             generation: 0,
+            preloader: None,
+            epoch: 0,
         }
     }
 
@@ -116,10 +174,12 @@ impl Symbolizer {
     /// them (tests, recorded traces).
     pub fn for_files(modules: &[Module]) -> Self {
         let mut s = Symbolizer {
-            pid: None,
+            root: None,
             entries: Vec::new(),
             cache: HashMap::new(),
             generation: 0,
+            preloader: None,
+            epoch: 0,
         };
         s.add_modules(modules);
         s
@@ -127,10 +187,7 @@ impl Symbolizer {
 
     /// Path through which a file the target names is opened.
     fn host_path(&self, path: &str) -> PathBuf {
-        match self.pid {
-            Some(pid) => target_path(pid, path),
-            None => PathBuf::from(path),
-        }
+        rooted(self.root.as_deref(), path)
     }
 
     /// The target's module list is `modules` as of module generation `generation`
@@ -168,6 +225,77 @@ impl Symbolizer {
     pub fn reset(&mut self) {
         self.entries.clear();
         self.cache.clear();
+        self.epoch += 1;
+        if let Some(p) = &mut self.preloader {
+            p.pending.clear();
+        }
+    }
+
+    /// `address` (of a stack taken in module generation `generation`) will likely be
+    /// symbolized: its object is loaded now, on a thread of its own, if it was not.
+    pub fn preload(&mut self, address: u64, generation: u32) {
+        self.take_preloaded(None);
+        let Some(idx) = self
+            .entries
+            .iter()
+            .rposition(|e| e.module.contains(address) && e.alive_in(generation))
+        else {
+            return;
+        };
+        if self.entries[idx].loaded.is_some()
+            || self
+                .preloader
+                .as_ref()
+                .is_some_and(|p| p.pending.contains(&idx))
+        {
+            return;
+        }
+        if self.preloader.is_none() {
+            self.preloader = Preloader::start();
+        }
+        let Some(p) = &mut self.preloader else {
+            return;
+        };
+        let entry = &self.entries[idx];
+        let job = Preload {
+            epoch: self.epoch,
+            idx,
+            root: self.root.clone(),
+            module: entry.module.clone(),
+            file: entry.file.as_ref().and_then(|f| f.try_clone().ok()),
+            address,
+        };
+        if p.jobs.send(job).is_ok() {
+            p.pending.insert(idx);
+        }
+    }
+
+    /// Stores the objects the preloader has loaded; with `wait`, waits until entry
+    /// `wait` is no longer being loaded there.
+    fn take_preloaded(&mut self, wait: Option<usize>) {
+        let Some(p) = &mut self.preloader else {
+            return;
+        };
+        loop {
+            let waiting = wait.is_some_and(|i| p.pending.contains(&i));
+            let next = if waiting {
+                p.done.recv().ok()
+            } else {
+                p.done.try_recv().ok()
+            };
+            let Some((epoch, idx, loaded)) = next else {
+                if waiting {
+                    // The thread is gone: nothing more will come back.
+                    p.pending.clear();
+                }
+                return;
+            };
+            if epoch == self.epoch && p.pending.remove(&idx) {
+                if let Some(e) = self.entries.get_mut(idx) {
+                    e.loaded.get_or_insert(loaded);
+                }
+            }
+        }
     }
 
     /// Records the target's current modules: a new generation when one has gone.
@@ -204,11 +332,12 @@ impl Symbolizer {
     }
 
     fn lookup(&mut self, idx: usize, address: u64) -> Vec<Frame> {
-        let pid = self.pid;
+        self.take_preloaded(Some(idx));
+        let root = self.root.clone();
         let entry = &mut self.entries[idx];
         let object = Some(entry.module.path.clone());
         if entry.loaded.is_none() {
-            entry.loaded = Some(load(pid, &entry.module, entry.file.as_ref()));
+            entry.loaded = Some(load(root.as_deref(), &entry.module, entry.file.as_ref()));
         }
         let Some(Some(loaded)) = &entry.loaded else {
             return vec![Frame::unknown(address, object)];
@@ -293,10 +422,11 @@ impl Symbolizer {
     }
 
     fn loaded(&mut self, idx: usize) -> Option<&Loaded> {
-        let pid = self.pid;
+        self.take_preloaded(Some(idx));
+        let root = self.root.clone();
         let entry = self.entries.get_mut(idx)?;
         if entry.loaded.is_none() {
-            entry.loaded = Some(load(pid, &entry.module, entry.file.as_ref()));
+            entry.loaded = Some(load(root.as_deref(), &entry.module, entry.file.as_ref()));
         }
         entry.loaded.as_ref().and_then(Option::as_ref)
     }
@@ -413,8 +543,21 @@ fn dwarf_frames(loader: &Loader, probe: u64, address: u64) -> Vec<Frame> {
     out
 }
 
+/// Where to open `path`, a path the target names: under its root (`root`, a
+/// directory held open) when the file is there, else on the host as it is.
+fn rooted(root: Option<&File>, path: &str) -> PathBuf {
+    if let Some(root) = root {
+        let p = PathBuf::from(format!("/proc/self/fd/{}", root.as_raw_fd()))
+            .join(path.trim_start_matches('/'));
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from(path)
+}
+
 /// Parses a module once: load bias, debug file, loaders. None when unreadable.
-fn load(pid: Option<i32>, module: &Module, file: Option<&File>) -> Option<Loaded> {
+fn load(root: Option<&File>, module: &Module, file: Option<&File>) -> Option<Loaded> {
     let file = file?;
     let cache = ReadCache::new(file);
     let obj = object::File::parse(&cache).ok()?;
@@ -422,10 +565,7 @@ fn load(pid: Option<i32>, module: &Module, file: Option<&File>) -> Option<Loaded
     // Reopening our own descriptor reads the very file the target mapped, even if it
     // has since been deleted or replaced, or the target's root is gone.
     let self_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    let resolve = |p: &str| match pid {
-        Some(pid) => target_path(pid, p),
-        None => PathBuf::from(p),
-    };
+    let resolve = |p: &str| rooted(root, p);
     let debug_path = if has_dwarf(&obj) {
         None
     } else {
@@ -581,6 +721,24 @@ mod tests {
     use super::*;
     use std::process::Command;
 
+    #[test]
+    fn the_targets_root_stays_reachable_after_it_is_gone() {
+        // Files the target names are opened under its root, held open: a load made
+        // while the process exits must not find a path and then fail to open it.
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let sym = Symbolizer::new(child.id() as i32);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let p = sym.host_path("/bin/sh");
+        assert!(p.starts_with("/proc/self/fd/"), "{p:?}");
+        assert!(File::open(&p).is_ok());
+        // Not in the target's root: the host's.
+        assert_eq!(
+            sym.host_path("/no/such/file"),
+            PathBuf::from("/no/such/file")
+        );
+    }
+
     const SRC: &str = r#"#include <stdlib.h>
 static inline __attribute__((always_inline)) int twice(int x) {
     return x * 2; // INLINE
@@ -687,6 +845,34 @@ int main(int argc, char **argv) { // MAIN
         assert_eq!(f[1].function.as_deref(), Some("main"));
         assert_eq!((f[1].line, f[1].inlined), (Some(line_of("// CALL")), false));
         assert_eq!(f[0].address, f[1].address);
+    }
+
+    #[test]
+    fn an_object_loaded_ahead_gives_the_frames_a_load_on_demand_gives() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some(bin) = compile(dir.path(), "g", &["-g", "-O0", "-no-pie"]) else {
+            return;
+        };
+        let (main, _) = symbol(&bin, "main");
+        let mut ahead = Symbolizer::for_files(&[module(&bin, 0x40_0000)]);
+        ahead.preload(main + 1, 0);
+        ahead.preload(main + 1, 0);
+        assert_eq!(ahead.preloader.as_ref().map(|p| p.pending.len()), Some(1));
+        let f = ahead.symbolize(main + 1);
+        // Taken from the preloader, not loaded again.
+        assert!(ahead
+            .preloader
+            .as_ref()
+            .is_some_and(|p| p.pending.is_empty()));
+        let mut on_demand = Symbolizer::for_files(&[module(&bin, 0x40_0000)]);
+        assert_eq!(f, on_demand.symbolize(main + 1));
+        assert_eq!(f[0].function.as_deref(), Some("main"));
+        // A preload for a program replaced by exec is not taken.
+        let mut reset = Symbolizer::for_files(&[module(&bin, 0x40_0000)]);
+        reset.preload(main + 1, 0);
+        reset.reset();
+        reset.add_modules(&[module(&bin, 0x40_0000)]);
+        assert_eq!(reset.symbolize(main + 1), f);
     }
 
     #[test]

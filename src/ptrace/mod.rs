@@ -246,6 +246,15 @@ pub fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// Puts the calling thread in the SCHED_IDLE class: it runs only on a processor that
+/// nothing else wants, so background work never slows the target or the reader.
+/// False when the kernel refuses (the thread then runs as before).
+pub fn run_this_thread_when_idle() -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler only reads `param`; pid 0 is the calling thread.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
+}
+
 /// The CPU's time stamp counter, what the recording code in the target times its
 /// waits with (0 where there is none).
 pub fn time_stamp() -> u64 {

@@ -70,8 +70,8 @@ pub trait Sink {
         Vec::new()
     }
     /// A scan is about to read the target (every thread stopped) for a while: `stacks`
-    /// holds every stack so far. Work that can run beside it may start now; it is done
-    /// by [`Sink::classified`], before the process may go.
+    /// holds every stack so far. Work that can run beside it may start now (it must
+    /// not hold the process up: the scan at detach ends with the process let go).
     fn scan_starting(&mut self, _stacks: &StackTable) {}
     /// A reachability scan's outcome: a kind for each block `live_blocks` gave.
     fn classified(&mut self, _scan: &Scan) {}
