@@ -206,8 +206,8 @@ impl Blocks {
                 table: before.len(),
             });
             for page in first_page..=last_page + 1 {
-                let at = page << PAGE_SHIFT;
-                while j < starts.len() && starts[j] < at {
+                // By page, not address: the page after the last one may be past 2^64.
+                while j < starts.len() && starts[j] >> PAGE_SHIFT < page {
                     j += 1;
                 }
                 before.push(j as u32);
@@ -279,11 +279,17 @@ impl Blocks {
                 (first + within).checked_sub(1)
             }
             None => {
-                // On no region's page: only a big block can hold the word.
+                // On no region's page: only a big block can hold the word, unless
+                // blocks overlap (one starts inside a big one: a realloc in flight, a
+                // free not seen). Then the search of every start answers.
                 let k = self
                     .big
                     .partition_point(|&i| self.starts[i as usize] <= word);
-                Some(self.big[k.checked_sub(1)?] as usize)
+                let b = self.big[k.checked_sub(1)?] as usize;
+                if self.starts.get(b + 1).is_some_and(|&s| s <= word) {
+                    return self.starts.partition_point(|&s| s <= word).checked_sub(1);
+                }
+                Some(b)
             }
         }
     }

@@ -394,11 +394,24 @@ fn the_page_index_finds_what_a_search_of_every_start_finds() {
                 at += 1 << 40;
             }
         }
+        if round % 5 == 1 {
+            // Overlapping blocks: one inside a big one, another across two.
+            let (s, n) = blocks[next(blocks.len() as u64) as usize];
+            blocks.push((s + 0x2000, 16));
+            blocks.push((s + n.saturating_sub(8), 64));
+            blocks.push((s - 8, 3 << 20));
+            blocks.sort_unstable();
+            blocks.dedup_by_key(|b| b.0);
+        }
+        if round == 2 {
+            // The very top of the address space.
+            blocks.push((u64::MAX - 4095, 4000));
+        }
         let index = Blocks::new(&blocks, Options::default());
         let mut words: Vec<u64> = blocks
             .iter()
             .flat_map(|&(s, n)| [s, s + n, next_chunk(s, n), s & !4095, (s + n) | 4095])
-            .flat_map(|w| [w.wrapping_sub(1), w, w + 1, w + 8])
+            .flat_map(|w| [w.wrapping_sub(1), w, w.wrapping_add(1), w.wrapping_add(8)])
             .collect();
         words.extend((0..2000).map(|_| HEAP + next(at - HEAP + 8192)));
         for w in words {
