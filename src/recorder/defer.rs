@@ -95,15 +95,14 @@ struct Item {
     freed_young: bool,
     /// A free of a block allocated by an event still here: no error can come of it.
     frees_young: bool,
-    /// The young block's allocation stack, kept for a double free later (rare: boxed,
-    /// for a smaller queue).
-    young_alloc: Option<Box<RawStack>>,
+    /// The young block's allocation stack, kept for a double free later.
+    young_alloc: Option<RawStack>,
 }
 
 impl Item {
     /// The oldest ring position this item reads a stack copy from.
     fn pin(&self) -> Option<u64> {
-        [self.raw.as_ref(), self.young_alloc.as_deref()]
+        [&self.raw, &self.young_alloc]
             .into_iter()
             .flatten()
             .filter(|r| r.owned.is_none())
@@ -112,7 +111,7 @@ impl Item {
     }
 
     fn owned_bytes(&self) -> u64 {
-        [self.raw.as_ref(), self.young_alloc.as_deref()]
+        [&self.raw, &self.young_alloc]
             .into_iter()
             .flatten()
             .filter_map(|r| r.owned.as_ref())
@@ -127,7 +126,7 @@ impl Item {
 #[derive(Debug)]
 struct Recent {
     free: RawStack,
-    alloc: Option<Box<RawStack>>,
+    alloc: Option<RawStack>,
     at: u64,
 }
 
@@ -240,7 +239,7 @@ impl Defer {
         &mut self,
         ptr: u64,
         ok: impl Fn(AllocKind) -> bool,
-    ) -> Option<Option<Box<RawStack>>> {
+    ) -> Option<Option<RawStack>> {
         let s = self.young.remove(&ptr)?;
         let alloc = self.queue.get_mut(s.checked_sub(self.first)? as usize)?;
         let family = match alloc.ev {
@@ -251,7 +250,7 @@ impl Defer {
             return None;
         }
         alloc.freed_young = true;
-        Some(alloc.raw.clone().map(Box::new))
+        Some(alloc.raw.clone())
     }
 
     /// Hands the heap every event older than [`UNWIND_AGE`] (all of them with
@@ -437,10 +436,7 @@ impl Defer {
     pub fn evacuate(&mut self, copy: &mut dyn FnMut(&RawStack) -> Box<[u8]>) {
         let mut owned = 0;
         for item in &mut self.queue {
-            for raw in [item.raw.as_mut(), item.young_alloc.as_deref_mut()]
-                .into_iter()
-                .flatten()
-            {
+            for raw in [&mut item.raw, &mut item.young_alloc].into_iter().flatten() {
                 if raw.owned.is_none() {
                     let bytes = copy(raw);
                     owned += bytes.len() as u64;
@@ -566,6 +562,29 @@ mod tests {
             &mut h,
         );
         assert!(d.recent.is_empty());
+    }
+
+    #[test]
+    fn a_free_after_its_allocation_left_is_not_young_and_stale_entries_go() {
+        let mut d = Defer::new();
+        let t = 1_000u64;
+        let (mut h, mut u) = (FakeHeap::default(), ById(0));
+        d.push(alloc(0x10, 100), t);
+        d.release(t + UNWIND_AGE.as_nanos() as u64, false, &mut u, &mut h);
+        // The allocation left (unwound, in the heap); its entry is stale, not gone.
+        assert_eq!(u.0, 1);
+        // Its free is an old block's: the heap is asked, and the stack kept.
+        d.push(free(0x10, 300, FreeKind::Free), t);
+        let item = d.queue.back().expect("queued");
+        assert!(!item.frees_young && item.young_alloc.is_none());
+        // Allocations that leave while others come: the map stays within its bound.
+        let mut now = t;
+        for i in 0..(4 * YOUNG_SLACK as u64) {
+            d.push(alloc(0x1000 + i * 16, 400 + i), now);
+            now += UNWIND_AGE.as_nanos() as u64;
+            d.release(now, false, &mut u, &mut h);
+            assert!(d.young.len() <= 2 * d.queue.len() + YOUNG_SLACK + 1);
+        }
     }
 
     #[test]
