@@ -61,7 +61,10 @@
 //!    meanings, and the heap keeps each block's kind. Then live blocks are grouped
 //!    by stack and kind, symbolized once per distinct address
 //!    ([`symbols::Symbolizer`], in the module generation the stack was taken in, so
-//!    a library unloaded meanwhile still resolves). Suppressions in valgrind's
+//!    a library unloaded meanwhile still resolves). The objects those stacks point
+//!    into were mostly read already: while the program ran, a thread that only runs
+//!    on an idle processor loaded the objects of every new stack, and during the
+//!    scan another thread symbolized the live blocks' stacks. Suppressions in valgrind's
 //!    format ([`suppress`]) take out the known findings, each stack seen as
 //!    valgrind's with the allocator function the event carried (malloc) first;
 //!    then the report is written as text and JSON, and on request as a

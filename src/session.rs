@@ -183,8 +183,11 @@ impl Collector {
     /// The symbolizer (None until objects were known), back from warming if it was.
     pub fn symbolizer(&mut self) -> &mut Option<Symbolizer> {
         if let Some(thread) = self.warming.take() {
-            // A panic in the warming thread loses what it knew: start again.
-            self.sym = thread.join().ok().flatten();
+            self.sym = match thread.join() {
+                Ok(sym) => sym,
+                // A panic there is one of memtrace's own: not to be hidden.
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
         }
         &mut self.sym
     }
@@ -220,7 +223,8 @@ impl Sink for Collector {
         // The objects of new stacks' frames are what the report will read: they load
         // meanwhile, when a processor is idle. (Not while the symbolizer is away
         // warming: waiting for it here would hold the process at its exit stop.)
-        if self.warming.is_some() {
+        // (Nor before any object is known: those stacks wait for the next tick.)
+        if self.warming.is_some() || self.sym.is_none() {
             return;
         }
         let from = self.stacks_seen;
@@ -241,7 +245,9 @@ impl Sink for Collector {
     fn scan_starting(&mut self, stacks: &StackTable) {
         // The report symbolizes the live blocks' stacks; reading its debug data
         // (inflating, parsing units) takes as long as a scan of a small heap. The
-        // scan waits on the target's memory and leaves a processor free: do it there.
+        // target is stopped, so on a machine of two processors or more one is free
+        // during the scan: do it there. (On one processor it lengthens the stop by
+        // what it does; the report would take that long after it anyway.)
         let Some(sym) = self.symbolizer().take() else {
             return;
         };

@@ -1,7 +1,10 @@
 //! Symbolization: return addresses to function, file, line and object, off the hot path.
 //!
 //! The tracer records raw return addresses; this module turns them into [`Frame`]s when a
-//! report or the TUI needs them. Per module it computes the load bias once, finds the
+//! report or the TUI needs them. Objects likely to be needed can be loaded ahead, on a
+//! thread that runs only on an idle processor ([`Symbolizer::preload`]); nothing ever
+//! waits for that thread. Files the target names are opened under its root directory,
+//! held open from the start. Per module it computes the load bias once, finds the
 //! DWARF (in the object itself, or in a separate debug file found by build id or
 //! `.gnu_debuglink`, as `libc6-dbg` installs them), and falls back to the nearest ELF
 //! symbol when there is no line information. Results are cached per address.
@@ -262,7 +265,13 @@ impl Symbolizer {
             idx,
             root: self.root.clone(),
             module: entry.module.clone(),
-            file: entry.file.as_ref().and_then(|f| f.try_clone().ok()),
+            // Opened again, not duplicated: a duplicate shares the file offset, and
+            // this thread may read it while the caller, no longer waiting, loads the
+            // same object itself.
+            file: entry
+                .file
+                .as_ref()
+                .and_then(|f| File::open(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()),
             address,
         };
         if p.jobs.send(job).is_ok() {
@@ -270,30 +279,32 @@ impl Symbolizer {
         }
     }
 
-    /// Stores the objects the preloader has loaded; with `wait`, waits until entry
-    /// `wait` is no longer being loaded there.
-    fn take_preloaded(&mut self, wait: Option<usize>) {
+    /// Stores the objects the preloader has loaded so far. Entry `needed`, if still
+    /// being loaded there, is given up on: the caller loads it itself. Waiting would
+    /// be waiting on a thread that runs only when a processor is idle, which on a
+    /// busy machine is seconds or never.
+    fn take_preloaded(&mut self, needed: Option<usize>) {
+        while let Some(done) = self.preloader.as_ref().and_then(|p| p.done.try_recv().ok()) {
+            self.store_preloaded(done);
+        }
         let Some(p) = &mut self.preloader else {
             return;
         };
-        loop {
-            let waiting = wait.is_some_and(|i| p.pending.contains(&i));
-            let next = if waiting {
-                p.done.recv().ok()
-            } else {
-                p.done.try_recv().ok()
-            };
-            let Some((epoch, idx, loaded)) = next else {
-                if waiting {
-                    // The thread is gone: nothing more will come back.
-                    p.pending.clear();
-                }
-                return;
-            };
-            if epoch == self.epoch && p.pending.remove(&idx) {
-                if let Some(e) = self.entries.get_mut(idx) {
-                    e.loaded.get_or_insert(loaded);
-                }
+        if let Some(i) = needed {
+            // Its result, when it comes, finds it no longer pending and is dropped.
+            p.pending.remove(&i);
+        }
+    }
+
+    /// One object back from the preloader: kept if it is still wanted (loaded for
+    /// this program, and not given up on).
+    fn store_preloaded(&mut self, (epoch, idx, loaded): (u64, usize, Option<Loaded>)) {
+        let Some(p) = &mut self.preloader else {
+            return;
+        };
+        if epoch == self.epoch && p.pending.remove(&idx) {
+            if let Some(e) = self.entries.get_mut(idx) {
+                e.loaded.get_or_insert(loaded);
             }
         }
     }
@@ -853,26 +864,57 @@ int main(int argc, char **argv) { // MAIN
         let Some(bin) = compile(dir.path(), "g", &["-g", "-O0", "-no-pie"]) else {
             return;
         };
+        let other_src =
+            "int helper(int x) { return x + 1; }\nint main(void) { return helper(0); }\n";
+        let Some(other) = compile_source(dir.path(), "other", other_src, &["-g", "-O0", "-no-pie"])
+        else {
+            return;
+        };
+        // The preloader's answer, however long its idle thread takes to give it.
+        let answer = |s: &Symbolizer| s.preloader.as_ref().unwrap().done.recv().unwrap();
         let (main, _) = symbol(&bin, "main");
         let mut ahead = Symbolizer::for_files(&[module(&bin, 0x40_0000)]);
         ahead.preload(main + 1, 0);
         ahead.preload(main + 1, 0);
         assert_eq!(ahead.preloader.as_ref().map(|p| p.pending.len()), Some(1));
+        let done = answer(&ahead);
+        ahead.store_preloaded(done);
+        assert!(
+            ahead.entries[0].loaded.is_some(),
+            "the preloaded object is kept"
+        );
         let f = ahead.symbolize(main + 1);
-        // Taken from the preloader, not loaded again.
-        assert!(ahead
-            .preloader
-            .as_ref()
-            .is_some_and(|p| p.pending.is_empty()));
         let mut on_demand = Symbolizer::for_files(&[module(&bin, 0x40_0000)]);
         assert_eq!(f, on_demand.symbolize(main + 1));
         assert_eq!(f[0].function.as_deref(), Some("main"));
-        // A preload for a program replaced by exec is not taken.
-        let mut reset = Symbolizer::for_files(&[module(&bin, 0x40_0000)]);
-        reset.preload(main + 1, 0);
-        reset.reset();
-        reset.add_modules(&[module(&bin, 0x40_0000)]);
-        assert_eq!(reset.symbolize(main + 1), f);
+        // A preload for a program replaced by exec is not taken for the new one's
+        // object at the same place.
+        let mut exec = Symbolizer::for_files(&[module(&bin, 0x40_0000)]);
+        exec.preload(main + 1, 0);
+        exec.reset();
+        exec.add_modules(&[module(&other, 0x40_0000)]);
+        let done = answer(&exec);
+        exec.store_preloaded(done);
+        assert!(
+            exec.entries[0].loaded.is_none(),
+            "the old program's object is dropped"
+        );
+        let (other_main, _) = symbol(&other, "main");
+        let g = exec.symbolize(other_main + 1);
+        assert_eq!(g[0].function.as_deref(), Some("main"));
+        assert!(
+            g[0].file.as_deref().is_some_and(|p| p.ends_with("other.c")),
+            "{g:?}"
+        );
+        // An object still being loaded when it is needed is loaded there and then:
+        // nothing waits for the idle thread.
+        let mut busy = Symbolizer::for_files(&[module(&bin, 0x40_0000)]);
+        busy.preload(main + 1, 0);
+        assert_eq!(busy.symbolize(main + 1), f);
+        assert!(busy
+            .preloader
+            .as_ref()
+            .is_some_and(|p| p.pending.is_empty()));
     }
 
     #[test]

@@ -30,7 +30,8 @@ pub(super) struct Control {
 
 impl Tracer<'_> {
     /// Wakes the stop loop at least every `every` to call `Sink::tick`, so that a
-    /// live view goes on refreshing while the program neither allocates nor frees.
+    /// live view goes on refreshing while the program neither allocates nor frees
+    /// (and the collector hands new stacks' objects to the symbolizer).
     pub fn set_tick(&mut self, every: Duration) {
         self.control.tick = Some(every);
         self.control.next_tick = Some(Instant::now() + every);
