@@ -203,8 +203,16 @@ impl Calls {
         }
     }
 
-    pub fn thread_gone(&mut self, tid: Tid) {
-        self.threads.remove(&tid);
+    /// The thread is gone, and every record reserved before `before` was read: its
+    /// calls opened before then will not return. Calls opened since are a new
+    /// thread's that has its id (kept).
+    pub fn thread_gone(&mut self, tid: Tid, before: u64) {
+        if let Some(frames) = self.threads.get_mut(&tid) {
+            frames.retain(|f| f.pos >= before && f.pos != u64::MAX);
+            if frames.is_empty() {
+                self.threads.remove(&tid);
+            }
+        }
     }
 
     /// A call that was in flight when memtrace attached: its inner calls are nested.
@@ -302,6 +310,23 @@ mod tests {
             0,
         ];
         e
+    }
+
+    #[test]
+    fn a_gone_thread_forgets_only_the_calls_opened_before_its_end() {
+        let mut c = Calls::new();
+        c.entry(&entry(0, 7, HookFn::Malloc, 16, 0x1000), PROGRAM);
+        // Thread 7 ended when the head was at 500; a new thread 7 (its id reused)
+        // opened a call at 600 before the reading got there.
+        c.entry(&entry(600, 7, HookFn::Malloc, 32, 0x8000), PROGRAM);
+        c.thread_gone(7, 500);
+        assert_eq!(c.open_calls(7), 1);
+        assert_eq!(c.ret(&ret(100, 7, 0, 0x10)), None);
+        assert_eq!(c.stats.unmatched_returns, 1);
+        let alloc = c.ret(&ret(700, 7, 600, 0x20)).unwrap();
+        assert!(matches!(alloc.ev, Event::Alloc { size: 32, .. }));
+        c.thread_gone(7, 800);
+        assert_eq!(c.open_calls(7), 0);
     }
 
     #[test]

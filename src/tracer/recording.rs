@@ -161,6 +161,9 @@ pub(super) struct Recording {
     /// Thread pointers more than one thread runs on (their calls stop, and return
     /// through the trampoline).
     pub shared_tps: std::collections::HashSet<u64>,
+    /// Threads gone, with the head when they went: their open calls are forgotten
+    /// once everything reserved before then was read (see [`Tracer::settle_gone`]).
+    pub gone: Vec<(Tid, u64)>,
 }
 
 impl Recording {
@@ -413,6 +416,7 @@ impl Tracer<'_> {
             whole: Vec::new(),
             callers: Box::new([None; 256]),
             shared_tps: std::collections::HashSet::new(),
+            gone: Vec::new(),
             ticks_origin: (ptrace::time_stamp(), Instant::now()),
         });
         Ok(())
@@ -709,19 +713,45 @@ impl Tracer<'_> {
         }
     }
 
-    /// A thread is gone: its slot too (its records were read first), unless another
-    /// thread has it by now.
+    /// A thread is gone: its slot too, unless another thread has it by now. Its
+    /// records are all reserved, but not all read: another thread may hold an earlier
+    /// position it has not begun to write, and reading stops there. So its open calls
+    /// are forgotten, and its records never committed given up on, only once the
+    /// reading has passed the head as it is now (a return read after that would find
+    /// no call, and its block would be lost).
     pub(super) fn unregister_thread(&mut self, tid: Tid) {
         let tp = self.threads.get(&tid).map_or(0, |t| t.tp);
         if let Some(rec) = self.rec.as_mut() {
             if tp != 0 && rec.ring.owner(tp) == Some(tid) {
                 rec.ring.unregister(tp);
             }
-            rec.calls.thread_gone(tid);
+            let head = rec.ring.head();
+            rec.gone.push((tid, head));
+        }
+        self.settle_gone();
+    }
+
+    /// Forgets the gone threads whose records have all been read (or stepped over
+    /// while being written: those are theirs for good, never committed).
+    pub(super) fn settle_gone(&mut self) {
+        let Some(rec) = self.rec.as_mut() else { return };
+        if rec.gone.is_empty() {
+            return;
+        }
+        let read = rec.ring.read_pos();
+        let settled: Vec<(Tid, u64)> = rec
+            .gone
+            .iter()
+            .copied()
+            .filter(|&(_, h)| h <= read)
+            .collect();
+        rec.gone.retain(|&(_, h)| h > read);
+        for (tid, head) in settled {
+            rec.calls.thread_gone(tid, head);
             let holes: Vec<u64> = rec
                 .ring
                 .holes()
-                .filter(|(_, h)| h.tid == tid)
+                .filter(|&(p, h)| h.tid == tid && p < head)
                 .map(|(p, _)| p)
                 .collect();
             for p in holes {
@@ -779,6 +809,7 @@ impl Tracer<'_> {
             count += 1;
             self.take_record(rec, now);
         }
+        self.settle_gone();
         self.release(false);
         if let Some(r) = self.rec.as_mut() {
             r.busy = count > 0;

@@ -129,6 +129,11 @@ pub fn churn_threads() -> Case {
 pub fn thread_reuse() -> Case {
     Case::new("thread_reuse", DEBUG)
 }
+/// thread_waves.c: threads ending while others churn (records still unread at an
+/// end).
+pub fn thread_waves() -> Case {
+    Case::new("thread_waves", DEBUG)
+}
 /// coroutine.c: the main thread allocates on a small stack mmap'd below its own.
 pub fn coroutine() -> Case {
     Case::new("coroutine", DEBUG)

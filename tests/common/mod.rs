@@ -50,7 +50,8 @@ pub mod valgrind;
 pub use build::{build_fixture, build_shared, build_stripped, crafted, Crafted, DEBUG, OPTIMIZED};
 pub use markers::{markers, parse_markers, Marker};
 pub use process::{
-    run_memtrace, run_memtrace_env, run_memtrace_opts, run_native, Exit, Run, Target,
+    run_memtrace, run_memtrace_env, run_memtrace_inline, run_memtrace_opts, run_native, Exit, Run,
+    Target,
 };
 pub use report::{Frame, Leak, Totals};
 pub use valgrind::{parse_valgrind, run_valgrind, run_valgrind_with, Valgrind};

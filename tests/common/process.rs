@@ -234,6 +234,12 @@ pub fn run_memtrace_opts(options: &[&str], target: &Target) -> Run {
     run_memtrace_env(&[], options, target)
 }
 
+/// `memtrace launch --no-tui --json <tmp> -- PROGRAM ARGS...` once, recording inline:
+/// for a run repeated to catch a race.
+pub fn run_memtrace_inline(target: &Target) -> Run {
+    run_once(&[], &[], target)
+}
+
 /// [`run_memtrace_opts`] with these variables set in memtrace's environment (which
 /// the program inherits), PATH for one.
 pub fn run_memtrace_env(env: &[(&str, OsString)], options: &[&str], target: &Target) -> Run {
