@@ -629,7 +629,12 @@ impl Tracer<'_> {
         let trapped = self.deferred.iter().any(
             |s| matches!(*s, ptrace::Stop::Signal { tid: t, signal: libc::SIGTRAP } if t == tid),
         );
-        if trapped {
+        // Trapped, and interrupted before its SIGTRAP was taken: its pc is one byte
+        // into the entry, and it has not run a byte of it. A single step would only
+        // take the signal (which would pass for the step's), and the next one would
+        // run the middle of the first instruction. Left there, it takes the SIGTRAP
+        // when it is resumed, and the stop handler sends it past the entry jump.
+        if trapped || super::settle::trap_pending(tid) {
             return;
         }
         for _ in 0..16 {

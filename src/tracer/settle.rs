@@ -246,7 +246,7 @@ impl Tracer<'_> {
 
 /// Whether a SIGTRAP is pending for thread `tid` (SigPnd in `/proc/TID/status`: the
 /// signals sent to this very thread, as a breakpoint's is).
-fn trap_pending(tid: Tid) -> bool {
+pub(super) fn trap_pending(tid: Tid) -> bool {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
         return false;
     };
