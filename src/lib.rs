@@ -106,6 +106,7 @@ pub mod aliases;
 pub mod attachable;
 pub mod census;
 pub mod cli;
+pub mod clock;
 pub mod debug;
 pub mod elf;
 pub mod event;

@@ -159,6 +159,8 @@ pub struct Collector {
     /// it loads the debug data of the live blocks' stacks meanwhile.
     warming: Option<std::thread::JoinHandle<Option<Symbolizer>>>,
     pub started: Instant,
+    /// `started`'s clock, cheap enough for every event.
+    clock: crate::clock::EventClock,
     /// The last reachability scan.
     pub scan: Option<ScanStats>,
     /// The stacks whose objects were handed to the symbolizer to load ahead.
@@ -175,6 +177,7 @@ impl Collector {
             sym: None,
             warming: None,
             started,
+            clock: crate::clock::EventClock::new(started),
             scan: None,
             stacks_seen: 0,
         }
@@ -206,7 +209,7 @@ impl Sink for Collector {
             }
             self.scan = None;
         }
-        let now = self.started.elapsed().as_nanos() as u64;
+        let now = self.clock.now_ns();
         self.heap.set_now(now);
         self.heap.apply(&ev);
         self.mappings.event(&ev, now);

@@ -256,7 +256,8 @@ pub fn run_this_thread_when_idle() -> bool {
 }
 
 /// The CPU's time stamp counter, what the recording code in the target times its
-/// waits with (0 where there is none).
+/// waits with; where there is none, nanoseconds since a moment of this process (a
+/// counter all the same, at one tick a nanosecond).
 pub fn time_stamp() -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
@@ -265,7 +266,11 @@ pub fn time_stamp() -> u64 {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        0
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        ORIGIN
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos() as u64
     }
 }
 

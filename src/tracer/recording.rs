@@ -167,6 +167,19 @@ pub(super) struct Recording {
 }
 
 impl Recording {
+    /// Time stamp counter ticks as nanoseconds, at the rate seen since the recording
+    /// began.
+    pub fn ticks_to_ns(&self, ticks: u64) -> u64 {
+        let (tsc0, t0) = self.ticks_origin;
+        let ns = t0.elapsed().as_nanos() as f64;
+        let per_ns = ptrace::time_stamp().saturating_sub(tsc0) as f64 / ns.max(1.0);
+        if per_ns > 0.0 {
+            (ticks as f64 / per_ns) as u64
+        } else {
+            0
+        }
+    }
+
     pub fn is_stub(&self, addr: u64) -> bool {
         self.stub.0 <= addr && addr < self.stub.1
     }
@@ -215,11 +228,14 @@ struct Unwinder<'a> {
     /// The most bytes of a copy any unwind read since the last look.
     most_read: u64,
     unwinds: u64,
+    /// Time stamp counter ticks spent unwinding (the clock costs too much to be read
+    /// twice an unwind): turned into time by [`Recording::ticks_to_ns`].
+    ticks: u64,
 }
 
 impl Unwind for Unwinder<'_> {
     fn unwind(&mut self, raw: &RawStack) -> StackId {
-        let started = Instant::now();
+        let started = ptrace::time_stamp();
         let record: &[u8] = match &raw.owned {
             Some(b) => b,
             None => self.ring.record(raw.pos),
@@ -282,7 +298,7 @@ impl Unwind for Unwinder<'_> {
         self.most_read = self.most_read.max(walked.most as u64);
         self.unwinds += 1;
         self.stats.frames_reused += walked.reused as u64;
-        self.stats.unwind_ns += started.elapsed().as_nanos() as u64;
+        self.ticks += ptrace::time_stamp().saturating_sub(started);
         self.stats.stacks_captured += 1;
         self.stats.frames_captured += self.frames.len() as u64;
         self.stacks
@@ -901,6 +917,7 @@ impl Tracer<'_> {
             short: false,
             most_read: rec.most_read,
             unwinds: rec.unwinds,
+            ticks: 0,
         };
         let mut heap = SinkHeap(&mut *self.sink);
         let now = self.clock.elapsed().as_nanos() as u64;
@@ -928,6 +945,7 @@ impl Tracer<'_> {
         rec.defer.forget_overwritten(overwritten);
         rec.most_read = unwinder.most_read;
         rec.unwinds = unwinder.unwinds;
+        let ticks = unwinder.ticks;
         if unwinder.short {
             let len = (rec.ring.copy_len() * 2).min(MAX_STACK_COPY);
             rec.ring.set_copy_len(len);
@@ -955,6 +973,9 @@ impl Tracer<'_> {
             }
         }
         rec.ring.release(upto);
+        if ticks > 0 {
+            self.stats.unwind_ns += rec.ticks_to_ns(ticks);
+        }
     }
 
     /// A record made no sense: stop recording (the program runs on, untouched), say so.
@@ -1234,14 +1255,7 @@ impl Tracer<'_> {
         s.stacks_never_needed = r.defer.stats.never_needed;
         s.stacks_evacuated = r.defer.stats.evacuated;
         s.ring_waits = waits;
-        let (tsc0, t0) = r.ticks_origin;
-        let ns = t0.elapsed().as_nanos() as f64;
-        let per_ns = ptrace::time_stamp().saturating_sub(tsc0) as f64 / ns.max(1.0);
-        s.ring_wait_ns = if per_ns > 0.0 {
-            (ticks as f64 / per_ns) as u64
-        } else {
-            0
-        };
+        s.ring_wait_ns = r.ticks_to_ns(ticks);
         s.stack_copy_len = r.ring.copy_len();
         s.records_in_progress = r.ring.stats.holes;
         s.records_abandoned = r.ring.stats.abandoned;

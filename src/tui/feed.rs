@@ -22,6 +22,8 @@ pub struct Feed {
     tx: Sender<UiEvent>,
     snapshots: Snapshotter,
     started: Instant,
+    /// `started`'s clock, cheap enough for every event.
+    clock: crate::clock::EventClock,
     last: Option<Instant>,
     /// Something changed since the last snapshot.
     dirty: bool,
@@ -42,6 +44,7 @@ impl Feed {
             tx,
             snapshots: Snapshotter::default(),
             started,
+            clock: crate::clock::EventClock::new(started),
             last: None,
             dirty: true,
             state: TargetState::Running,
@@ -57,7 +60,7 @@ impl Feed {
             self.scan = None;
             self.send(Update::Exec);
         }
-        let now = self.started.elapsed().as_nanos() as u64;
+        let now = self.clock.now_ns();
         self.heap.set_now(now);
         self.heap.apply(ev);
         self.mappings.event(ev, now);
