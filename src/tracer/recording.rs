@@ -650,7 +650,17 @@ impl Tracer<'_> {
         // take the signal (which would pass for the step's), and the next one would
         // run the middle of the first instruction. Left there, it takes the SIGTRAP
         // when it is resumed, and the stop handler sends it past the entry jump.
-        if trapped || super::settle::trap_pending(tid) {
+        if trapped {
+            return;
+        }
+        let one_in = |pc: u64| {
+            sites
+                .iter()
+                .any(|s| pc == s.entry + Native::BREAKPOINT.len() as u64)
+        };
+        if ptrace::get_regs(tid).is_ok_and(|r| one_in(Native::pc(&r)))
+            && super::settle::trap_pending(tid)
+        {
             return;
         }
         for _ in 0..16 {
@@ -752,32 +762,41 @@ impl Tracer<'_> {
         self.settle_gone();
     }
 
-    /// Forgets the gone threads whose records have all been read (or stepped over
-    /// while being written: those are theirs for good, never committed).
+    /// Forgets the gone threads whose records have all been read: their open calls
+    /// are dropped. Their records still being written are given up on at once, for
+    /// every gone thread: no one will finish them, and a hole holds the ring's tail
+    /// (a writer waiting for room past it would keep the reading from ever passing the
+    /// head the thread is waited for at).
     pub(super) fn settle_gone(&mut self) {
         let Some(rec) = self.rec.as_mut() else { return };
         if rec.gone.is_empty() {
             return;
         }
-        let read = rec.ring.read_pos();
-        let settled: Vec<(Tid, u64)> = rec
-            .gone
-            .iter()
-            .copied()
-            .filter(|&(_, h)| h <= read)
+        let holes: Vec<u64> = rec
+            .ring
+            .holes()
+            .filter(|&(p, h)| rec.gone.iter().any(|&(t, head)| t == h.tid && p < head))
+            .map(|(p, _)| p)
             .collect();
-        rec.gone.retain(|&(_, h)| h > read);
-        for (tid, head) in settled {
+        for p in holes {
+            rec.ring.abandon(p);
+        }
+        let read = rec.ring.read_pos();
+        for &(tid, head) in rec.gone.iter().filter(|&&(_, h)| h <= read) {
             rec.calls.thread_gone(tid, head);
-            let holes: Vec<u64> = rec
-                .ring
-                .holes()
-                .filter(|&(p, h)| h.tid == tid && p < head)
-                .map(|(p, _)| p)
-                .collect();
-            for p in holes {
-                rec.ring.abandon(p);
+        }
+        rec.gone.retain(|&(_, h)| h > read);
+    }
+
+    /// An entry of thread `tid` at `pos`: a gone thread of that id whose every record
+    /// lies below it is forgotten first (the id is a new thread's).
+    fn settle_gone_before(&mut self, tid: Tid, pos: u64) {
+        let Some(rec) = self.rec.as_mut() else { return };
+        if rec.gone.iter().any(|&(t, h)| t == tid && h <= pos) {
+            for &(_, head) in rec.gone.iter().filter(|&&(t, h)| t == tid && h <= pos) {
+                rec.calls.thread_gone(tid, head);
             }
+            rec.gone.retain(|&(t, h)| !(t == tid && h <= pos));
         }
     }
 
@@ -866,6 +885,7 @@ impl Tracer<'_> {
                     r.stats.stack_bytes_copied += e.stack_len;
                 }
                 let caller = self.caller(e.ret);
+                self.settle_gone_before(e.tid, e.pos);
                 let Some(r) = self.rec.as_mut() else { return };
                 let mut out = r.calls.entry(&e, caller);
                 if !e.is_whole() && e.base < r.ring.tail() {
