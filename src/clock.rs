@@ -61,7 +61,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_in_a_burst_are_at_most_a_refresh_apart_and_never_go_back() {
+    fn reads_in_a_burst_never_go_back_nor_ahead_of_the_real_time() {
         let started = Instant::now();
         let mut c = EventClock::new(started);
         let mut last = 0;

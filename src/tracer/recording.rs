@@ -645,14 +645,14 @@ impl Tracer<'_> {
         let trapped = self.deferred.iter().any(
             |s| matches!(*s, ptrace::Stop::Signal { tid: t, signal: libc::SIGTRAP } if t == tid),
         );
+        if trapped {
+            return;
+        }
         // Trapped, and interrupted before its SIGTRAP was taken: its pc is one byte
         // into the entry, and it has not run a byte of it. A single step would only
         // take the signal (which would pass for the step's), and the next one would
         // run the middle of the first instruction. Left there, it takes the SIGTRAP
         // when it is resumed, and the stop handler sends it past the entry jump.
-        if trapped {
-            return;
-        }
         let one_in = |pc: u64| {
             sites
                 .iter()
@@ -747,9 +747,9 @@ impl Tracer<'_> {
     /// A thread is gone: its slot too, unless another thread has it by now. Its
     /// records are all reserved, but not all read: another thread may hold an earlier
     /// position it has not begun to write, and reading stops there. So its open calls
-    /// are forgotten, and its records never committed given up on, only once the
-    /// reading has passed the head as it is now (a return read after that would find
-    /// no call, and its block would be lost).
+    /// are forgotten only once the reading has passed the head as it is now (a return
+    /// read after that would find no call, and its block would be lost); see
+    /// [`Tracer::settle_gone`].
     pub(super) fn unregister_thread(&mut self, tid: Tid) {
         let tp = self.threads.get(&tid).map_or(0, |t| t.tp);
         if let Some(rec) = self.rec.as_mut() {
