@@ -108,6 +108,7 @@ pub mod census;
 pub mod cli;
 pub mod clock;
 pub mod debug;
+pub mod debuginfo;
 pub mod elf;
 pub mod event;
 pub mod heap;

@@ -16,8 +16,8 @@
 //! a library mapped where an unloaded one was cannot take the old one's frames.
 
 use crate::aliases::{is_mangled, Aliases};
+use crate::debuginfo::Debug;
 use crate::maps::Module;
-use addr2line::Loader;
 use object::{Object, ObjectKind, ObjectSection, ObjectSegment, ReadCache};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -86,10 +86,10 @@ struct Loaded {
     /// Runtime address minus file address.
     bias: u64,
     /// DWARF and symbols: the separate debug file when there is one, else the object.
-    primary: Loader,
+    primary: Debug,
     /// The object itself when `primary` is a separate debug file: its `.dynsym` answers
     /// when the debug file has no symbol table.
-    secondary: Option<Loader>,
+    secondary: Option<Debug>,
     /// The functions known by several names (glibc's), and the name to show for each.
     aliases: Aliases,
 }
@@ -127,7 +127,8 @@ struct Preload {
     root: Option<Arc<File>>,
     module: Module,
     file: Option<File>,
-    /// An address in it, looked up once: the first look-up parses the DWARF's units.
+    /// An address in it, looked up once: the first look-up reads the DWARF unit
+    /// that holds it (the C library's: `__libc_start_call_main`, in every stack).
     address: u64,
 }
 
@@ -446,15 +447,14 @@ impl Symbolizer {
     pub fn row_at(&mut self, pc: u64) -> Option<Row> {
         let loaded = self.loaded_at(pc)?;
         let probe = pc.wrapping_sub(loaded.bias);
-        let mut rows = loaded.primary.find_location_range(probe, probe + 1).ok()?;
-        let (start, len, loc) = rows.next()?;
+        let (start, len, file, line) = loaded.primary.rows(probe, probe + 1).into_iter().next()?;
         if !(start <= probe && probe < start + len) {
             return None;
         }
         Some(Row {
             start: start.wrapping_add(loaded.bias),
-            file: loc.file?.to_string(),
-            line: loc.line?,
+            file: file?,
+            line: line?,
         })
     }
 
@@ -476,12 +476,10 @@ impl Symbolizer {
             let Some(loaded) = self.loaded(i) else {
                 continue;
             };
-            let Ok(rows) = loaded.primary.find_location_range(0, u64::MAX) else {
-                continue;
-            };
-            for (start, len, loc) in rows {
-                let same_file = loc.file.is_some_and(|f| f == file || f.ends_with(&suffix));
-                if loc.line == Some(line) && same_file {
+            let rows = loaded.primary.rows(0, u64::MAX);
+            for (start, len, row_file, row_line) in rows {
+                let same_file = row_file.is_some_and(|f| f == file || f.ends_with(&suffix));
+                if row_line == Some(line) && same_file {
                     let s = start.wrapping_add(loaded.bias);
                     out.push((s, s + len));
                 }
@@ -500,10 +498,7 @@ impl Loaded {
     /// Nearest symbol containing `probe` (a file address): its name as the symbol
     /// table spells it, and its start.
     fn raw_symbol(&self, probe: u64) -> Option<(String, u64)> {
-        let from = |l: &Loader| {
-            l.find_symbol_info(probe)
-                .map(|s| (s.name().to_string(), s.address()))
-        };
+        let from = |d: &Debug| d.symbol(probe);
         let (name, start) =
             from(&self.primary).or_else(|| self.secondary.as_ref().and_then(from))?;
         match self.aliases.best(start, &name) {
@@ -521,33 +516,20 @@ impl Loaded {
 }
 
 /// Every frame addr2line knows at `probe`, innermost first; empty without DWARF there.
-fn dwarf_frames(loader: &Loader, probe: u64, address: u64) -> Vec<Frame> {
-    let mut out = Vec::new();
-    let Ok(mut iter) = loader.find_frames(probe) else {
-        return out;
-    };
-    while let Ok(Some(f)) = iter.next() {
-        let function = f
-            .function
-            .as_ref()
-            .and_then(|n| n.raw_name().ok())
-            .map(|n| demangle(&n));
-        let (file, line) = match f.location {
-            Some(l) => (l.file.map(String::from), l.line),
-            None => (None, None),
-        };
-        if function.is_none() && file.is_none() {
-            continue;
-        }
-        out.push(Frame {
+fn dwarf_frames(debug: &Debug, probe: u64, address: u64) -> Vec<Frame> {
+    let mut out: Vec<Frame> = debug
+        .frames(probe)
+        .into_iter()
+        .filter(|f| f.function.is_some() || f.file.is_some())
+        .map(|f| Frame {
             address,
-            function,
-            file,
-            line,
+            function: f.function.as_deref().map(demangle),
+            file: f.file,
+            line: f.line,
             inlined: true,
             ..Frame::default()
-        });
-    }
+        })
+        .collect();
     if let Some(outer) = out.last_mut() {
         outer.inlined = false;
     }
@@ -570,12 +552,13 @@ fn rooted(root: Option<&File>, path: &str) -> PathBuf {
 /// Parses a module once: load bias, debug file, loaders. None when unreadable.
 fn load(root: Option<&File>, module: &Module, file: Option<&File>) -> Option<Loaded> {
     let file = file?;
-    let cache = ReadCache::new(file);
-    let obj = object::File::parse(&cache).ok()?;
-    let bias = load_bias(&obj, module.base);
     // Reopening our own descriptor reads the very file the target mapped, even if it
-    // has since been deleted or replaced, or the target's root is gone.
+    // has since been deleted or replaced, or the target's root is gone. Read whole:
+    // its symbol table's names, read one by one through a cache, cost more.
     let self_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let data = std::fs::read(&self_path).ok()?;
+    let obj = object::File::parse(&*data).ok()?;
+    let bias = load_bias(&obj, module.base);
     let resolve = |p: &str| rooted(root, p);
     let debug_path = if has_dwarf(&obj) {
         None
@@ -586,13 +569,12 @@ fn load(root: Option<&File>, module: &Module, file: Option<&File>) -> Option<Loa
     let mut aliases = Aliases::default();
     aliases.add(&obj);
     // The debug file's symbol table has the local aliases the object's lacks.
-    if let Some(file) = debug
+    if let Some(data) = debug
         .as_ref()
         .and(debug_path)
-        .and_then(|p| File::open(p).ok())
+        .and_then(|p| std::fs::read(p).ok())
     {
-        let cache = ReadCache::new(&file);
-        if let Ok(d) = object::File::parse(&cache) {
+        if let Ok(d) = object::File::parse(&*data) {
             aliases.add(&d);
         }
     }
@@ -601,12 +583,12 @@ fn load(root: Option<&File>, module: &Module, file: Option<&File>) -> Option<Loa
         Some(primary) => Some(Loaded {
             bias,
             primary,
-            secondary: Loader::new(&self_path).ok(),
+            secondary: Debug::from_data(&data),
             aliases,
         }),
         None => Some(Loaded {
             bias,
-            primary: Loader::new(&self_path).ok()?,
+            primary: Debug::from_data(&data)?,
             secondary: None,
             aliases,
         }),
@@ -689,7 +671,7 @@ fn debug_file_matches(path: &Path, id: Option<&[u8]>) -> bool {
 
 /// A loader for a debug file, with the dwz supplementary file it points to if any
 /// (Debian's debug packages share common DWARF in one such file).
-fn open_debug(path: &Path, resolve: &dyn Fn(&str) -> PathBuf) -> Option<Loader> {
+fn open_debug(path: &Path, resolve: &dyn Fn(&str) -> PathBuf) -> Option<Debug> {
     let sup = (|| {
         let file = File::open(path).ok()?;
         let cache = ReadCache::new(&file);
@@ -706,10 +688,7 @@ fn open_debug(path: &Path, resolve: &dyn Fn(&str) -> PathBuf) -> Option<Loader> 
             .flatten()
             .find(|p| p.exists())
     })();
-    match sup {
-        Some(sup) => Loader::new_with_sup(path, Some(sup)).ok(),
-        None => Loader::new(path).ok(),
-    }
+    Debug::open(path, sup.as_deref())
 }
 
 /// Demangles a Rust or C++ symbol; other names come back unchanged.
