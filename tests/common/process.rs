@@ -250,8 +250,11 @@ pub fn run_memtrace_env(env: &[(&str, OsString)], options: &[&str], target: &Tar
     // run's, as its report is.
     let mut with_stops = options.to_vec();
     with_stops.push("--stops");
-    let stops = run_once(env, &with_stops, target);
-    let inline = run_once(env, options, target);
+    // Both runs at the same addresses: what the C library does can depend on where
+    // the kernel puts a mapping (glibc trims a new arena's 128 MiB reservation with
+    // one munmap or two, as it falls), and the reports count those calls.
+    let stops = run_at(env, &with_stops, target, Layout::Fixed);
+    let inline = run_at(env, options, target, Layout::Fixed);
     let what = format!("{} {}", options.join(" "), target.display());
     assert_eq!(
         inline.exit, stops.exit,
@@ -278,11 +281,33 @@ pub fn run_memtrace_once(options: &[&str], target: &Target) -> Run {
     run_once(&[], options, target)
 }
 
+/// Where a run's mappings go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Wherever the kernel puts them (address space layout randomization).
+    Random,
+    /// The same place every run: memtrace runs under `setarch -R`, and the program
+    /// inherits it, as gdb runs a program.
+    Fixed,
+}
+
 fn run_once(env: &[(&str, OsString)], options: &[&str], target: &Target) -> Run {
+    run_at(env, options, target, Layout::Random)
+}
+
+fn run_at(env: &[(&str, OsString)], options: &[&str], target: &Target, layout: Layout) -> Run {
     let dir =
         tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
     let json_path = dir.path().join("report.json");
-    let mut command = Command::new(memtrace_binary());
+    let mut command = match layout {
+        Layout::Random => Command::new(memtrace_binary()),
+        Layout::Fixed => {
+            let mut c = Command::new("setarch");
+            c.args([std::env::consts::ARCH, "-R"])
+                .arg(memtrace_binary());
+            c
+        }
+    };
     command
         .arg("launch")
         .arg("--no-tui")
