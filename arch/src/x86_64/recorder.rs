@@ -483,15 +483,88 @@ fn mirror_update(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.mov(qword_ptr(rdx + r10 + (SLOT_LAYERS + LAYER_POS)), rax)?;
     a.lea(r10, qword_ptr(r14 + 1))?;
     a.mov(qword_ptr(rdx + SLOT_LAYER_DEPTH), r10)?;
-    // The own bytes into the mirror, from the record (at r9).
+    // The own bytes into the mirror, from the record (at r9), unless they went
+    // there with the record's.
+    let mut copied = a.create_label();
+    a.test(r13, r13)?;
+    a.jnz(copied)?;
     a.mov(r10, rax)?;
     a.mov(rsi, r9)?;
     a.add(rdi, qword_ptr(rdx + SLOT_MIRROR_DELTA))?;
     a.mov(rcx, r12)?;
     a.rep().movsb()?;
     a.mov(rax, r10)?;
+    a.set_label(&mut copied)?;
     a.mov(qword_ptr(rdx + SLOT_MIRROR_BUSY), 0)?;
     a.set_label(&mut skip)?;
+    Ok(())
+}
+
+/// Copies the `r12` own bytes from the stack (at `rsi`) into the record (at `rdi`),
+/// and, when this call owns the mirror, into the mirror too: each vector read once
+/// from the stack and written to both, so that the two hold the same bytes even if
+/// another thread writes on this stack meanwhile. On exit `r13` is non-zero when the
+/// mirror got them. Uses rax, rcx, rsi, rdi (and xmm0, kept).
+fn own_bytes_copy(a: &mut CodeAssembler, compare: Compare) -> Result<(), IcedError> {
+    let mut plain = a.create_label();
+    let mut next = a.create_label();
+    let mut last = a.create_label();
+    let mut done = a.create_label();
+    let width: i32 = match compare {
+        Compare::Sse2 => 16,
+        Compare::Avx2 => 32,
+    };
+    a.xor(r13d, r13d)?;
+    a.test(r15d, r15d)?;
+    a.jz(plain)?;
+    // Taken over by a handler that ran in between: the mirror is not this call's.
+    a.cmp(qword_ptr(rdx + SLOT_MIRROR_BUSY), rbx)?;
+    a.jne(plain)?;
+    a.cmp(r12, width)?;
+    a.jb(plain)?;
+    // rcx: where the stack's bytes go in the mirror; r13: the last whole vector's
+    // offset; rax: the offset.
+    a.mov(rcx, rsi)?;
+    a.add(rcx, qword_ptr(rdx + SLOT_MIRROR_DELTA))?;
+    a.lea(r13, qword_ptr(r12 - width))?;
+    a.xor(eax, eax)?;
+    a.sub(rsp, 16)?;
+    a.movdqu(xmmword_ptr(rsp), xmm0)?;
+    let one = |a: &mut CodeAssembler, at: AsmRegister64| -> Result<(), IcedError> {
+        match compare {
+            Compare::Sse2 => {
+                a.movdqu(xmm0, xmmword_ptr(rsi + at))?;
+                a.movdqu(xmmword_ptr(rdi + at), xmm0)?;
+                a.movdqu(xmmword_ptr(rcx + at), xmm0)
+            }
+            Compare::Avx2 => {
+                a.vmovdqu(ymm0, ymmword_ptr(rsi + at))?;
+                a.vmovdqu(ymmword_ptr(rdi + at), ymm0)?;
+                a.vmovdqu(ymmword_ptr(rcx + at), ymm0)
+            }
+        }
+    };
+    a.set_label(&mut next)?;
+    one(a, rax)?;
+    a.add(rax, width)?;
+    a.cmp(rax, r13)?;
+    a.jbe(next)?;
+    // What is left is less than a vector: the last vector's worth, again in part.
+    a.cmp(rax, r12)?;
+    a.jae(last)?;
+    one(a, r13)?;
+    a.set_label(&mut last)?;
+    if compare == Compare::Avx2 {
+        a.vzeroupper()?;
+    }
+    a.movdqu(xmm0, xmmword_ptr(rsp))?;
+    a.add(rsp, 16)?;
+    a.mov(r13d, 1)?;
+    a.jmp(done)?;
+    a.set_label(&mut plain)?;
+    a.mov(rcx, r12)?;
+    a.rep().movsb()?;
+    a.set_label(&mut done)?;
     Ok(())
 }
 
@@ -618,10 +691,9 @@ fn thunk_code(at: u64, spec: &ThunkSpec, compare: Compare) -> Result<Thunk, Iced
     a.mov(r9, rsi)?;
     a.mov(r10, rdi)?;
     a.mov(r8, rax)?;
-    a.mov(rcx, r12)?;
     a.lea(rsi, qword_ptr(rbx + 8))?;
     a.lea(rdi, qword_ptr(rdi + ENTRY_STACK))?;
-    a.rep().movsb()?;
+    own_bytes_copy(&mut a, compare)?;
     a.mov(rax, r8)?;
     // Commit: the reader takes the record once this word is its position + 1. Before
     // the mirror names it as a layer: a later record's chain never reads a record
@@ -923,12 +995,37 @@ mod tests {
             assert!(insns.iter().all(|i| !i.is_invalid()), "{compare:?}");
             let vzeroupper = insns.iter().any(|i| i.code() == Code::VEX_Vzeroupper);
             assert_eq!(vzeroupper, compare == Compare::Avx2);
-            // xmm0-xmm2 saved and restored.
-            let saves = insns
-                .iter()
-                .filter(|i| i.code() == Code::Movdqu_xmmm128_xmm)
-                .count();
-            assert_eq!(saves, 3, "{compare:?}");
+            // Every vector register the code writes is saved on the stack and
+            // restored from it, as many times (the compare's, then the copy's).
+            let on_stack = |code: Code, reg_op: u32| {
+                let mut regs: Vec<Register> = insns
+                    .iter()
+                    .filter(|i| i.code() == code && i.memory_base() == Register::RSP)
+                    .map(|i| i.op_register(reg_op))
+                    .collect();
+                regs.sort_unstable_by_key(|r| *r as u32);
+                regs
+            };
+            let saved = on_stack(Code::Movdqu_xmmm128_xmm, 1);
+            let restored = on_stack(Code::Movdqu_xmm_xmmm128, 0);
+            assert_eq!(saved, restored, "{compare:?}");
+            assert_eq!(
+                saved,
+                [
+                    Register::XMM0,
+                    Register::XMM0,
+                    Register::XMM1,
+                    Register::XMM2
+                ],
+                "{compare:?}"
+            );
+            for i in &insns {
+                let written = i.op0_register();
+                if written.is_xmm() || written.is_ymm() {
+                    let n = written.number();
+                    assert!(saved.iter().any(|r| r.number() == n), "{compare:?} {i}");
+                }
+            }
         }
     }
 
