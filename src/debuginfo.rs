@@ -13,12 +13,12 @@
 //! (`DW_FORM_ref_addr`), which a cut-down `.debug_info` would misplace. Location lists
 //! are never loaded: nothing here evaluates a variable's location.
 
-use addr2line::{Context, Loader};
+use addr2line::{Context, Loader, LookupResult};
 use gimli::{EndianArcSlice, Reader, RunTimeEndian, Section, SectionId};
 use object::{Object, ObjectSection, SymbolMap, SymbolMapEntry};
 use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 type R = EndianArcSlice<RunTimeEndian>;
@@ -60,18 +60,22 @@ pub struct DebugInfo {
     /// The whole-file context, made on first need.
     whole: OnceCell<Option<Box<Context<R>>>>,
     symbols: SymbolMap<Sym>,
+    /// Where the object was read from, and addr2line's loader of it, made for a
+    /// unit whose DWARF is in a split DWARF file (which the loader finds and reads).
+    path: PathBuf,
+    split: OnceCell<Option<Box<Loader>>>,
 }
 
 impl DebugInfo {
     /// Reads the object at `path`: its symbol table now, its DWARF sections too
     /// (decompressed), its units on look-up. None when it is not an object.
     pub fn open(path: &Path) -> Option<DebugInfo> {
-        Self::from_data(&std::fs::read(path).ok()?)
+        Self::from_data(&std::fs::read(path).ok()?, path)
     }
 
-    /// As [`DebugInfo::open`], from the object's bytes (which it copies what it keeps
-    /// of).
-    pub fn from_data(data: &[u8]) -> Option<DebugInfo> {
+    /// As [`DebugInfo::open`], from the bytes of the object at `path` (it copies what
+    /// it keeps of them).
+    pub fn from_data(data: &[u8], path: &Path) -> Option<DebugInfo> {
         let obj = object::File::parse(data).ok()?;
         let endian = if obj.is_little_endian() {
             RunTimeEndian::Little
@@ -109,6 +113,8 @@ impl DebugInfo {
             units: RefCell::default(),
             whole: OnceCell::new(),
             symbols,
+            path: path.to_path_buf(),
+            split: OnceCell::new(),
         })
     }
 
@@ -121,32 +127,43 @@ impl DebugInfo {
 
     /// Every frame at `probe`, innermost first (inlined calls, then the function).
     pub fn frames(&self, probe: u64) -> Vec<DwarfFrame> {
-        let Some(index) = &self.index else {
-            return self
-                .whole()
-                .map(|c| frames_in(c, probe))
-                .unwrap_or_default();
+        let whole = || {
+            self.whole()
+                .map_or(Some(Vec::new()), |c| frames_in(c, probe))
         };
-        for unit in units_holding(index, probe) {
-            let mut units = self.units.borrow_mut();
-            let ctx = units
-                .entry(unit)
-                .or_insert_with(|| unit_context(&self.sections, unit));
-            let frames = match ctx {
-                Some(c) => frames_in(c, probe),
-                // A unit that refers outside itself: the whole file's context.
-                None => {
-                    drop(units);
-                    self.whole()
-                        .map(|c| frames_in(c, probe))
-                        .unwrap_or_default()
+        let found = match &self.index {
+            None => whole(),
+            Some(index) => {
+                let mut found = Some(Vec::new());
+                for unit in units_holding(index, probe) {
+                    let mut units = self.units.borrow_mut();
+                    let ctx = units
+                        .entry(unit)
+                        .or_insert_with(|| unit_context(&self.sections, unit));
+                    found = match ctx {
+                        Some(c) => frames_in(c, probe),
+                        // A unit that refers outside itself: the whole file's context.
+                        None => {
+                            drop(units);
+                            whole()
+                        }
+                    };
+                    if found.as_ref().is_none_or(|f| !f.is_empty()) {
+                        break;
+                    }
                 }
-            };
-            if !frames.is_empty() {
-                return frames;
+                found
             }
-        }
-        Vec::new()
+        };
+        // None: the unit's functions are in a split DWARF file.
+        found.unwrap_or_else(|| {
+            self.split
+                .get_or_init(|| Loader::new(&self.path).ok().map(Box::new))
+                .as_ref()
+                .and_then(|l| l.find_frames(probe).ok())
+                .map(collect)
+                .unwrap_or_default()
+        })
     }
 
     /// The line-table rows that overlap `[low, high)`: start, length, file, line.
@@ -195,11 +212,13 @@ fn dwarf_of(sections: &gimli::DwarfSections<R>) -> gimli::Dwarf<R> {
     sections.borrow(|s| s.clone())
 }
 
-/// The frames addr2line finds at `probe` in `ctx`.
-fn frames_in(ctx: &Context<R>, probe: u64) -> Vec<DwarfFrame> {
-    match ctx.find_frames(probe).skip_all_loads() {
-        Ok(iter) => collect(iter),
-        Err(_) => Vec::new(),
+/// The frames addr2line finds at `probe` in `ctx`; None when they are in a split
+/// DWARF file, which addr2line's loader reads (and this context cannot).
+fn frames_in(ctx: &Context<R>, probe: u64) -> Option<Vec<DwarfFrame>> {
+    match ctx.find_frames(probe) {
+        LookupResult::Output(Ok(iter)) => Some(collect(iter)),
+        LookupResult::Output(Err(_)) => Some(Vec::new()),
+        LookupResult::Load { .. } => None,
     }
 }
 
@@ -242,9 +261,9 @@ impl Debug {
         }
     }
 
-    /// An object without a supplementary file, from its bytes.
-    pub fn from_data(data: &[u8]) -> Option<Debug> {
-        DebugInfo::from_data(data).map(|d| Debug::Lazy(Box::new(d)))
+    /// The object at `path`, without a supplementary file, from its bytes.
+    pub fn from_data(data: &[u8], path: &Path) -> Option<Debug> {
+        DebugInfo::from_data(data, path).map(|d| Debug::Lazy(Box::new(d)))
     }
 
     /// Every frame at `probe` (a file address), innermost first.
@@ -511,6 +530,50 @@ mod tests {
         assert!(d.whole.get().is_none());
         let units = dwarf_of(&d.sections).units().count();
         assert!(units > 100, "{units}");
+    }
+
+    #[test]
+    fn functions_in_a_split_dwarf_file_are_found_as_addr2line_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("split.c");
+        std::fs::write(
+            &src,
+            "#include <stdlib.h>\n\
+             static inline __attribute__((always_inline)) int twice(int x) { return x * 2; }\n\
+             __attribute__((noinline)) void *make(int n) { return malloc(twice(n)); }\n\
+             int main(int argc, char **argv) { return make(argc) != 0; }\n",
+        )
+        .unwrap();
+        let bin = dir.path().join("split");
+        let built = std::process::Command::new("cc")
+            .current_dir(dir.path())
+            .args(["-g", "-O2", "-gsplit-dwarf", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .status()
+            .expect("the tests need a C compiler (cc)");
+        assert!(built.success());
+        let dwo = std::fs::read_dir(dir.path())
+            .unwrap()
+            .any(|e| e.unwrap().path().extension().is_some_and(|x| x == "dwo"));
+        assert!(
+            dwo,
+            "the compiler wrote the functions' DWARF to a .dwo file"
+        );
+        let lazy = DebugInfo::open(&bin).unwrap();
+        let whole = Loader::new(&bin).unwrap();
+        let data = std::fs::read(&bin).unwrap();
+        let obj = object::File::parse(&*data).unwrap();
+        let text = obj.section_by_name(".text").unwrap();
+        let mut functions = 0;
+        for probe in text.address()..text.address() + text.size() {
+            let frames = lazy.frames(probe);
+            let expected = whole.find_frames(probe).map(collect).unwrap_or_default();
+            assert_eq!(frames, expected, "frames at {probe:#x}");
+            functions += usize::from(frames.iter().any(|f| f.function.as_deref() == Some("make")));
+        }
+        // The function names come from the .dwo: the comparison covered them.
+        assert!(functions > 0);
     }
 
     #[test]

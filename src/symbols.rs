@@ -583,12 +583,12 @@ fn load(root: Option<&File>, module: &Module, file: Option<&File>) -> Option<Loa
         Some(primary) => Some(Loaded {
             bias,
             primary,
-            secondary: Debug::from_data(&data),
+            secondary: Debug::from_data(&data, &self_path),
             aliases,
         }),
         None => Some(Loaded {
             bias,
-            primary: Debug::from_data(&data)?,
+            primary: Debug::from_data(&data, &self_path)?,
             secondary: None,
             aliases,
         }),
