@@ -42,8 +42,43 @@ fn kernel_sums(pid: i32) -> (u64, u64, u64) {
     (count, bytes, kb * 1024)
 }
 
-/// The census of `pid` (paused), checked against the kernel's sums; returns it.
+/// Stops `pid` (SIGSTOP) until the returned guard is dropped: a process blocked in
+/// a read can still touch a page on its way there (Python's first `stdin.read`),
+/// between the census and the kernel's sums.
+fn stopped(pid: i32) -> impl Drop {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    struct Resume(Pid);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = kill(self.0, Signal::SIGCONT);
+        }
+    }
+    let p = Pid::from_raw(pid);
+    kill(p, Signal::SIGSTOP).unwrap();
+    // Stopped once /proc says so (state T).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let state = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .next();
+        if state == Some("T") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pid} does not stop: {stat}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Resume(p)
+}
+
+/// The census of `pid` (stopped meanwhile), checked against the kernel's sums;
+/// returns it.
 fn checked_census(pid: i32) -> Value {
+    let _stopped = stopped(pid);
     let (code, stdout, stderr) = census(pid, true);
     assert_eq!(code, 0, "memtrace maps failed: {stderr}");
     let c: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
