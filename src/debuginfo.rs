@@ -309,28 +309,27 @@ fn rows_in(ctx: &Context<R>, low: u64, high: u64) -> Vec<(u64, u64, Option<Strin
     }
 }
 
-/// The units whose aranges hold `probe`, latest begin first.
+/// The units whose aranges hold `probe`, in addr2line's order (the range that ends
+/// first, then the unit that comes first): when units overlap (copies of a C++
+/// inline function that the linker discarded), the same unit answers.
 fn units_holding(index: &Index, probe: u64) -> impl Iterator<Item = usize> + '_ {
-    let end = index
-        .ranges
-        .partition_point(|&(begin, _, _)| begin <= probe);
-    (0..end)
-        .rev()
-        // No range before one whose prefix ends at or before the probe can hold it.
-        .take_while(move |&i| index.max_end[i] > probe)
-        .filter(move |&i| probe < index.ranges[i].1)
+    let from = index.ranges.partition_point(|&(_, end, _)| end <= probe);
+    (from..index.ranges.len())
+        // No range from one on whose remaining begins all lie above the probe.
+        .take_while(move |&i| index.min_begin[i] <= probe)
+        .filter(move |&i| index.ranges[i].0 <= probe)
         .map(move |i| index.ranges[i].2)
 }
 
 /// Address ranges of units.
 struct Index {
-    /// `(begin, end, unit offset)`, by begin.
+    /// `(begin, end, unit offset)`, by end, then unit.
     ranges: Vec<(u64, u64, usize)>,
-    /// The greatest end of `ranges[..=i]`, for each `i`.
-    max_end: Vec<u64>,
+    /// The least begin of `ranges[i..]`, for each `i`.
+    min_begin: Vec<u64>,
 }
 
-/// The aranges of every unit, by begin; None when a compilation unit has none (so
+/// The aranges of every unit, in look-up order; None when a compilation unit has none (so
 /// only a parse of every unit finds its addresses), or when the sections are
 /// unreadable, or when there is a supplementary file (its units are parsed whole).
 fn aranges_index(dwarf: &gimli::Dwarf<R>) -> Option<Index> {
@@ -364,17 +363,19 @@ fn aranges_index(dwarf: &gimli::Dwarf<R>) -> Option<Index> {
             return None;
         }
     }
-    index.sort_unstable();
-    let max_end = index
+    index.sort_unstable_by_key(|&(begin, end, unit)| (end, unit, begin));
+    let mut min_begin: Vec<u64> = index
         .iter()
-        .scan(0, |m, &(_, end, _)| {
-            *m = end.max(*m);
+        .rev()
+        .scan(u64::MAX, |m, &(begin, _, _)| {
+            *m = begin.min(*m);
             Some(*m)
         })
         .collect();
+    min_begin.reverse();
     Some(Index {
         ranges: index,
-        max_end,
+        min_begin,
     })
 }
 
@@ -576,22 +577,101 @@ mod tests {
         assert!(functions > 0);
     }
 
+    /// Frames and first rows at every byte of `bin`'s text, against addr2line's.
+    fn same_as_addr2line(bin: &Path) -> usize {
+        let lazy = DebugInfo::open(bin).unwrap();
+        let whole = Loader::new(bin).unwrap();
+        let data = std::fs::read(bin).unwrap();
+        let obj = object::File::parse(&*data).unwrap();
+        let text = obj.section_by_name(".text").unwrap();
+        let mut lines = 0;
+        for probe in text.address()..text.address() + text.size() {
+            let frames = lazy.frames(probe);
+            let expected = whole.find_frames(probe).map(collect).unwrap_or_default();
+            assert_eq!(frames, expected, "frames at {probe:#x}");
+            let row = lazy.rows(probe, probe + 1).into_iter().next();
+            let expected = whole
+                .find_location_range(probe, probe + 1)
+                .unwrap()
+                .next()
+                .map(|(start, len, loc)| (start, len, loc.file.map(String::from), loc.line));
+            assert_eq!(row, expected, "row at {probe:#x}");
+            lines += usize::from(row.is_some());
+        }
+        lines
+    }
+
     #[test]
-    fn every_unit_whose_ranges_hold_an_address_is_found() {
+    fn where_units_overlap_the_unit_addr2line_would_take_answers() {
+        // An inline C++ function compiled in two units with other flags: the linker
+        // keeps one copy, and the other unit's ranges still cover its address.
+        let dir = tempfile::tempdir().unwrap();
+        // Its body is long, and much longer at -O0 than at -O2: the discarded
+        // copy's range runs past the kept one's end, into the functions after it.
+        let mut header = String::from(
+            "#include <cstdlib>\ninline __attribute__((noinline)) long big(long x) {\n  long s = 0;\n",
+        );
+        for i in 0..200 {
+            header += &format!(
+                "  s += (x * {i}) ^ (s >> 3);\n  if (s & {}) s -= rand();\n",
+                1 << (i % 13)
+            );
+        }
+        header += "  return s;\n}\n";
+        std::fs::write(dir.path().join("big.h"), header).unwrap();
+        let units = [
+            (
+                "a.cpp",
+                "#include \"big.h\"\nlong f1(long x) { return big(x) + 1; }\n",
+            ),
+            (
+                "b.cpp",
+                "#include \"big.h\"\nlong f1(long);\n\
+                 int main(int c, char **) { return (int)(big(c) + f1(c)); }\n",
+            ),
+        ];
+        for (name, text) in units {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        for (first, second, out) in [("-O2", "-O0", "x"), ("-O0", "-O2", "y")] {
+            for (flags, src) in [(first, "a.cpp"), (second, "b.cpp")] {
+                let ok = std::process::Command::new("c++")
+                    .current_dir(dir.path())
+                    .args(["-g", flags, "-c", src])
+                    .status()
+                    .expect("the tests need a C++ compiler (c++)");
+                assert!(ok.success());
+            }
+            let bin = dir.path().join(out);
+            let ok = std::process::Command::new("c++")
+                .current_dir(dir.path())
+                .args(["a.o", "b.o", "-o"])
+                .arg(&bin)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            assert!(same_as_addr2line(&bin) > 0);
+        }
+    }
+
+    #[test]
+    fn every_unit_whose_ranges_hold_an_address_is_found_in_addr2lines_order() {
+        // By end, then unit: addr2line tries the range that ends first.
         let ranges = vec![
-            (0, 100, 1),
             (10, 20, 2),
             (30, 40, 3),
+            (0, 100, 1),
             (120, 130, 4),
+            (120, 130, 6),
             (125, 200, 5),
         ];
-        let max_end = vec![100, 100, 100, 130, 200];
-        let index = Index { ranges, max_end };
+        let min_begin = vec![0, 0, 0, 120, 120, 125];
+        let index = Index { ranges, min_begin };
         let at = |p| units_holding(&index, p).collect::<Vec<_>>();
         assert_eq!(at(15), [2, 1]);
         assert_eq!(at(50), [1]);
         assert_eq!(at(100), Vec::<usize>::new());
-        assert_eq!(at(127), [5, 4]);
+        assert_eq!(at(127), [4, 6, 5]);
         assert_eq!(at(199), [5]);
         assert_eq!(at(200), Vec::<usize>::new());
     }
