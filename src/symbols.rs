@@ -67,6 +67,7 @@ struct Entry {
     module: Module,
     /// Opened when the module was first seen: by the time we symbolize, the target may
     /// have exited (its `/proc/PID/root` gone with it) or the file may have been replaced.
+    /// Handed on to what is loaded from it.
     file: Option<File>,
     /// Parsed on first lookup; `Some(None)` when the object could not be read.
     loaded: Option<Option<Loaded>>,
@@ -92,6 +93,9 @@ struct Loaded {
     secondary: Option<Debug>,
     /// The functions known by several names (glibc's), and the name to show for each.
     aliases: Aliases,
+    /// The object's file, held open: `primary` or `secondary` names it by its
+    /// descriptor, to read its split DWARF when a look-up first needs it.
+    _object: File,
 }
 
 pub struct Symbolizer {
@@ -141,7 +145,9 @@ impl Preloader {
             .spawn(move || {
                 crate::ptrace::run_this_thread_when_idle();
                 while let Ok(job) = take.recv() {
-                    let loaded = load(job.root.as_deref(), &job.module, job.file.as_ref());
+                    let loaded = job
+                        .file
+                        .and_then(|f| load(job.root.as_deref(), &job.module, f));
                     if let Some(l) = &loaded {
                         let probe = job.address.wrapping_sub(1).wrapping_sub(l.bias);
                         dwarf_frames(&l.primary, probe, job.address);
@@ -266,13 +272,9 @@ impl Symbolizer {
             idx,
             root: self.root.clone(),
             module: entry.module.clone(),
-            // Opened again, not duplicated: a duplicate shares the file offset, and
-            // this thread may read it while the caller, no longer waiting, loads the
-            // same object itself.
-            file: entry
-                .file
-                .as_ref()
-                .and_then(|f| File::open(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()),
+            // A duplicate, whose number names the file for as long as what is loaded
+            // holds it. Both read the file through a path, each with an offset of its own.
+            file: entry.file.as_ref().and_then(|f| f.try_clone().ok()),
             address,
         };
         if p.jobs.send(job).is_ok() {
@@ -306,6 +308,8 @@ impl Symbolizer {
         if epoch == self.epoch && p.pending.remove(&idx) {
             if let Some(e) = self.entries.get_mut(idx) {
                 e.loaded.get_or_insert(loaded);
+                // What is loaded holds a file of its own.
+                e.file = None;
             }
         }
     }
@@ -349,7 +353,8 @@ impl Symbolizer {
         let entry = &mut self.entries[idx];
         let object = Some(entry.module.path.clone());
         if entry.loaded.is_none() {
-            entry.loaded = Some(load(root.as_deref(), &entry.module, entry.file.as_ref()));
+            let file = entry.file.take();
+            entry.loaded = Some(file.and_then(|f| load(root.as_deref(), &entry.module, f)));
         }
         let Some(Some(loaded)) = &entry.loaded else {
             return vec![Frame::unknown(address, object)];
@@ -438,7 +443,8 @@ impl Symbolizer {
         let root = self.root.clone();
         let entry = self.entries.get_mut(idx)?;
         if entry.loaded.is_none() {
-            entry.loaded = Some(load(root.as_deref(), &entry.module, entry.file.as_ref()));
+            let file = entry.file.take();
+            entry.loaded = Some(file.and_then(|f| load(root.as_deref(), &entry.module, f)));
         }
         entry.loaded.as_ref().and_then(Option::as_ref)
     }
@@ -550,13 +556,13 @@ fn rooted(root: Option<&File>, path: &str) -> PathBuf {
 }
 
 /// Parses a module once: load bias, debug file, loaders. None when unreadable.
-fn load(root: Option<&File>, module: &Module, file: Option<&File>) -> Option<Loaded> {
-    let file = file?;
+/// What it loads holds `file`: a split DWARF look-up reads the object again, later.
+fn load(root: Option<&File>, module: &Module, file: File) -> Option<Loaded> {
     // Reopening our own descriptor reads the very file the target mapped, even if it
     // has since been deleted or replaced, or the target's root is gone. Read whole:
     // its symbol table's names, read one by one through a cache, cost more.
-    let self_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    let data = std::fs::read(&self_path).ok()?;
+    let object = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let data = std::fs::read(&object).ok()?;
     let obj = object::File::parse(&*data).ok()?;
     let bias = load_bias(&obj, module.base);
     let resolve = |p: &str| rooted(root, p);
@@ -583,14 +589,16 @@ fn load(root: Option<&File>, module: &Module, file: Option<&File>) -> Option<Loa
         Some(primary) => Some(Loaded {
             bias,
             primary,
-            secondary: Debug::from_data(&data, &self_path),
+            secondary: Debug::from_data(&data, &object),
             aliases,
+            _object: file,
         }),
         None => Some(Loaded {
             bias,
-            primary: Debug::from_data(&data, &self_path)?,
+            primary: Debug::from_data(&data, &object)?,
             secondary: None,
             aliases,
+            _object: file,
         }),
     }
 }
@@ -1001,6 +1009,55 @@ int main(int argc, char **argv) { // MAIN
             Some(b.to_string_lossy().into_owned())
         );
         assert_eq!(s.symbolize(main_a + 1), f, "the latest generation is b's");
+    }
+
+    #[test]
+    fn a_preloaded_objects_split_dwarf_is_read_from_that_object_later() {
+        // The preloader once loaded an object through a descriptor that its job then
+        // closed: a split DWARF look-up made afterwards read whatever file took the
+        // descriptor's number since.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("split.c"),
+            "#include <stdlib.h>\n\
+             static inline __attribute__((always_inline)) int twice(int x) { return x * 2; }\n\
+             __attribute__((noinline)) void *make(int n) { return malloc(twice(n)); }\n\
+             int main(int argc, char **argv) { return make(argc) != 0; }\n",
+        )
+        .unwrap();
+        let bin = dir.path().join("split");
+        let built = Command::new("cc")
+            .current_dir(dir.path())
+            .args(["-g", "-O2", "-gsplit-dwarf", "-no-pie", "-o"])
+            .arg(&bin)
+            .arg("split.c")
+            .status()
+            .unwrap();
+        assert!(built.success());
+        let (make, _) = symbol(&bin, "make");
+        let (start, _) = symbol(&bin, "_start");
+        let first = module(&bin, 0x40_0000);
+        let expected: Vec<_> = (1..9)
+            .map(|i| Symbolizer::for_files(std::slice::from_ref(&first)).symbolize(make + i))
+            .collect();
+        assert!(
+            expected.iter().all(|f| f.iter().any(|f| f.line.is_some())),
+            "the split DWARF gives lines: {expected:?}"
+        );
+        let mut ahead =
+            Symbolizer::for_files(&[first, module(Path::new("/bin/true"), 0x1000_0000)]);
+        for address in [start + 1, 0x1000_0000 + 1] {
+            ahead.preload(address, 0);
+            // One job at a time: the first job is over when the second's answer comes.
+            let done = ahead.preloader.as_ref().unwrap().done.recv().unwrap();
+            ahead.store_preloaded(done);
+        }
+        // Files opened now take the lowest free numbers, any the jobs closed among them.
+        let _others: Vec<_> = (0..8)
+            .map(|_| File::open("/proc/self/exe").unwrap())
+            .collect();
+        let got: Vec<_> = (1..9).map(|i| ahead.symbolize(make + i)).collect();
+        assert_eq!(got, expected);
     }
 
     #[test]
