@@ -286,8 +286,8 @@ pub fn run_memtrace_once(options: &[&str], target: &Target) -> Run {
 enum Layout {
     /// Wherever the kernel puts them (address space layout randomization).
     Random,
-    /// The same place every run: memtrace runs under `setarch -R`, and the program
-    /// inherits it, as gdb runs a program.
+    /// The same place every run: memtrace runs with address space randomization
+    /// off (`setarch -R`), and the program inherits it, as gdb runs a program.
     Fixed,
 }
 
@@ -302,9 +302,20 @@ fn run_at(env: &[(&str, OsString)], options: &[&str], target: &Target, layout: L
     let mut command = match layout {
         Layout::Random => Command::new(memtrace_binary()),
         Layout::Fixed => {
-            let mut c = Command::new("setarch");
-            c.args([std::env::consts::ARCH, "-R"])
-                .arg(memtrace_binary());
+            let mut c = Command::new(memtrace_binary());
+            // SAFETY: personality(2) is a plain system call, safe between fork and
+            // exec. Where it is refused (a seccomp filter), the run is randomized.
+            unsafe {
+                c.pre_exec(|| {
+                    let current = libc::personality(0xffff_ffff);
+                    if current != -1 {
+                        libc::personality(
+                            current as libc::c_ulong | libc::ADDR_NO_RANDOMIZE as libc::c_ulong,
+                        );
+                    }
+                    Ok(())
+                });
+            }
             c
         }
     };
