@@ -571,19 +571,17 @@ fn load(root: Option<&File>, module: &Module, file: File) -> Option<Loaded> {
     } else {
         find_debug_file(&obj, &module.path, &resolve)
     };
-    let debug = debug_path.as_ref().and_then(|p| open_debug(p, &resolve));
     let mut aliases = Aliases::default();
     aliases.add(&obj);
-    // The debug file's symbol table has the local aliases the object's lacks.
-    if let Some(data) = debug
-        .as_ref()
-        .and(debug_path)
-        .and_then(|p| std::fs::read(p).ok())
-    {
-        if let Ok(d) = object::File::parse(&*data) {
-            aliases.add(&d);
-        }
-    }
+    // Read once, for its DWARF and for its symbol table, which has the local aliases
+    // the object's lacks.
+    let debug = debug_path.as_ref().and_then(|p| {
+        let data = std::fs::read(p).ok()?;
+        let parsed = object::File::parse(&*data).ok()?;
+        let debug = open_debug(p, &data, &parsed, &resolve)?;
+        aliases.add(&parsed);
+        Some(debug)
+    });
     let aliases = aliases.finish();
     match debug {
         Some(primary) => Some(Loaded {
@@ -679,11 +677,13 @@ fn debug_file_matches(path: &Path, id: Option<&[u8]>) -> bool {
 
 /// A loader for a debug file, with the dwz supplementary file it points to if any
 /// (Debian's debug packages share common DWARF in one such file).
-fn open_debug(path: &Path, resolve: &dyn Fn(&str) -> PathBuf) -> Option<Debug> {
+fn open_debug<'d>(
+    path: &Path,
+    data: &'d [u8],
+    obj: &object::File<'d>,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Option<Debug> {
     let sup = (|| {
-        let file = File::open(path).ok()?;
-        let cache = ReadCache::new(&file);
-        let obj = object::File::parse(&cache).ok()?;
         let (name, id) = obj.gnu_debugaltlink().ok().flatten()?;
         let name = String::from_utf8_lossy(name).into_owned();
         let near = match path.parent() {
@@ -696,7 +696,10 @@ fn open_debug(path: &Path, resolve: &dyn Fn(&str) -> PathBuf) -> Option<Debug> {
             .flatten()
             .find(|p| p.exists())
     })();
-    Debug::open(path, sup.as_deref())
+    match sup {
+        Some(sup) => Debug::open(path, Some(&sup)),
+        None => Debug::from_data(data, path),
+    }
 }
 
 /// Demangles a Rust or C++ symbol; other names come back unchanged.
