@@ -439,7 +439,7 @@ fn refers_outside(mut table: R) -> Option<bool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use object::ObjectSymbol;
     use std::path::PathBuf;
@@ -533,34 +533,42 @@ mod tests {
         assert!(units > 100, "{units}");
     }
 
-    #[test]
-    fn functions_in_a_split_dwarf_file_are_found_as_addr2line_finds_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("split.c");
+    /// A program whose functions' DWARF the compiler put in a `.dwo` file, built
+    /// in `dir` with `flags` added: `make` calls malloc through an inlined `twice`.
+    pub(crate) fn build_split_dwarf(dir: &Path, flags: &[&str]) -> PathBuf {
         std::fs::write(
-            &src,
+            dir.join("split.c"),
             "#include <stdlib.h>\n\
              static inline __attribute__((always_inline)) int twice(int x) { return x * 2; }\n\
              __attribute__((noinline)) void *make(int n) { return malloc(twice(n)); }\n\
              int main(int argc, char **argv) { return make(argc) != 0; }\n",
         )
         .unwrap();
-        let bin = dir.path().join("split");
+        let bin = dir.join("split");
         let built = std::process::Command::new("cc")
-            .current_dir(dir.path())
-            .args(["-g", "-O2", "-gsplit-dwarf", "-o"])
+            .current_dir(dir)
+            .args(["-g", "-O2", "-gsplit-dwarf"])
+            .args(flags)
+            .arg("-o")
             .arg(&bin)
-            .arg(&src)
+            .arg("split.c")
             .status()
             .expect("the tests need a C compiler (cc)");
         assert!(built.success());
-        let dwo = std::fs::read_dir(dir.path())
+        let dwo = std::fs::read_dir(dir)
             .unwrap()
             .any(|e| e.unwrap().path().extension().is_some_and(|x| x == "dwo"));
         assert!(
             dwo,
             "the compiler wrote the functions' DWARF to a .dwo file"
         );
+        bin
+    }
+
+    #[test]
+    fn functions_in_a_split_dwarf_file_are_found_as_addr2line_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = build_split_dwarf(dir.path(), &[]);
         let lazy = DebugInfo::open(&bin).unwrap();
         let whole = Loader::new(&bin).unwrap();
         let data = std::fs::read(&bin).unwrap();

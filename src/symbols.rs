@@ -1020,23 +1020,7 @@ int main(int argc, char **argv) { // MAIN
         // closed: a split DWARF look-up made afterwards read whatever file took the
         // descriptor's number since.
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("split.c"),
-            "#include <stdlib.h>\n\
-             static inline __attribute__((always_inline)) int twice(int x) { return x * 2; }\n\
-             __attribute__((noinline)) void *make(int n) { return malloc(twice(n)); }\n\
-             int main(int argc, char **argv) { return make(argc) != 0; }\n",
-        )
-        .unwrap();
-        let bin = dir.path().join("split");
-        let built = Command::new("cc")
-            .current_dir(dir.path())
-            .args(["-g", "-O2", "-gsplit-dwarf", "-no-pie", "-o"])
-            .arg(&bin)
-            .arg("split.c")
-            .status()
-            .unwrap();
-        assert!(built.success());
+        let bin = crate::debuginfo::tests::build_split_dwarf(dir.path(), &["-no-pie"]);
         let (make, _) = symbol(&bin, "make");
         let (start, _) = symbol(&bin, "_start");
         let first = module(&bin, 0x40_0000);
