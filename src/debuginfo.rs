@@ -251,14 +251,12 @@ pub enum Debug {
 }
 
 impl Debug {
-    /// Reads the object at `path`, with its supplementary file if it has one.
-    pub fn open(path: &Path, sup: Option<&Path>) -> Option<Debug> {
-        match sup {
-            Some(sup) => Loader::new_with_sup(path, Some(sup))
-                .ok()
-                .map(|l| Debug::Whole(Box::new(l))),
-            None => DebugInfo::open(path).map(|d| Debug::Lazy(Box::new(d))),
-        }
+    /// Reads the object at `path` with the supplementary (dwz) file `sup` its DWARF
+    /// refers into: parsed whole, by addr2line.
+    pub fn open_with_sup(path: &Path, sup: &Path) -> Option<Debug> {
+        Loader::new_with_sup(path, Some(sup))
+            .ok()
+            .map(|l| Debug::Whole(Box::new(l)))
     }
 
     /// The object at `path`, without a supplementary file, from its bytes.

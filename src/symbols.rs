@@ -697,7 +697,7 @@ fn open_debug<'d>(
             .find(|p| p.exists())
     })();
     match sup {
-        Some(sup) => Debug::open(path, Some(&sup)),
+        Some(sup) => Debug::open_with_sup(path, &sup),
         None => Debug::from_data(data, path),
     }
 }
