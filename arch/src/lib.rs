@@ -78,6 +78,28 @@ pub struct Insn {
     pub branch_target: Option<u64>,
 }
 
+/// What one instruction does to the flow of control, as the frame analysis that lets
+/// the stack compare step over a frame's locals needs it (see "Skipped ranges" in
+/// [`recorder`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// On to the next instruction (a system call too).
+    Next,
+    /// A call (to this address, when it is written in the instruction): on to the
+    /// next instruction once it returns.
+    Call(Option<u64>),
+    /// A jump to this address, always.
+    Jump(u64),
+    /// A jump to this address, or on to the next instruction.
+    Branch(u64),
+    /// A jump to an address held in a register or in memory.
+    IndirectJump,
+    /// A return.
+    Return,
+    /// Goes nowhere this code says (a trap, an invalid opcode, a halt).
+    Stop,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Syntax {
     Intel,
@@ -209,6 +231,11 @@ pub trait Arch {
     fn thread_pointer(r: &Regs) -> u64;
     /// Decodes up to `count` instructions.
     fn disassemble(code: &[u8], address: u64, count: usize, syntax: Syntax) -> Vec<Insn>;
+    /// The length and [`Flow`] of the instruction at the start of `code` (at
+    /// `address`); `None` if it is not a valid one.
+    fn flow(code: &[u8], address: u64) -> Option<(usize, Flow)>;
+    /// The DWARF number of the stack pointer register (CFI rules name it).
+    const DWARF_SP: u16;
     /// Register names and values, in the order a debugger shows them.
     fn named_registers(r: &Regs) -> Vec<(&'static str, u64)>;
 }

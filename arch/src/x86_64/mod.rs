@@ -3,7 +3,7 @@
 mod recorder;
 
 use crate::{
-    Arch, Insn, Regs, RelocError, Relocated, ReturnSlot, ReturnStub, Syntax, Thunk, ThunkSpec,
+    Arch, Flow, Insn, Regs, RelocError, Relocated, ReturnSlot, ReturnStub, Syntax, Thunk, ThunkSpec,
 };
 use iced_x86::{
     BlockEncoder, BlockEncoderOptions, Decoder, DecoderOptions, FlowControl, Formatter,
@@ -75,6 +75,7 @@ impl Arch for X86_64 {
     const SYS_MEMFD_CREATE: u64 = 319;
     const SYS_MADVISE: u64 = 28;
     const SYS_CLOSE: u64 = 3;
+    const DWARF_SP: u16 = 7;
 
     fn pc(r: &Regs) -> u64 {
         r.words[RIP]
@@ -262,6 +263,29 @@ impl Arch for X86_64 {
         out
     }
 
+    fn flow(code: &[u8], address: u64) -> Option<(usize, Flow)> {
+        let insn = decode_one(code, address)?;
+        let target = insn.near_branch_target();
+        let flow = match insn.flow_control() {
+            FlowControl::Next => Flow::Next,
+            FlowControl::Call | FlowControl::IndirectCall
+                if insn.mnemonic() == Mnemonic::Syscall =>
+            {
+                Flow::Next
+            }
+            FlowControl::Call if target != 0 => Flow::Call(Some(target)),
+            FlowControl::Call | FlowControl::IndirectCall => Flow::Call(None),
+            FlowControl::UnconditionalBranch if target != 0 => Flow::Jump(target),
+            FlowControl::ConditionalBranch if target != 0 => Flow::Branch(target),
+            FlowControl::UnconditionalBranch | FlowControl::IndirectBranch => Flow::IndirectJump,
+            FlowControl::Return => Flow::Return,
+            // A far conditional branch, xbegin: none in compiled C; nothing known.
+            FlowControl::ConditionalBranch | FlowControl::XbeginXabortXend => Flow::IndirectJump,
+            FlowControl::Interrupt | FlowControl::Exception => Flow::Stop,
+        };
+        Some((insn.len(), flow))
+    }
+
     fn named_registers(r: &Regs) -> Vec<(&'static str, u64)> {
         [
             ("rax", RAX),
@@ -292,6 +316,28 @@ impl Arch for X86_64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_kind_of_flow_is_told_apart() {
+        let at = 0x1000;
+        for (bytes, want) in [
+            (&[0x48, 0x89, 0xc7][..], (3, Flow::Next)),
+            (&[0x0f, 0x05], (2, Flow::Next)),
+            (&[0xe8, 0x10, 0, 0, 0], (5, Flow::Call(Some(0x1015)))),
+            (&[0xff, 0xd0], (2, Flow::Call(None))),
+            (&[0xeb, 0x02], (2, Flow::Jump(0x1004))),
+            (&[0xe9, 0x00, 0x01, 0, 0], (5, Flow::Jump(0x1105))),
+            (&[0x75, 0xfe], (2, Flow::Branch(0x1000))),
+            (&[0xff, 0xe0], (2, Flow::IndirectJump)),
+            (&[0x3e, 0xff, 0xe0], (3, Flow::IndirectJump)),
+            (&[0xc3], (1, Flow::Return)),
+            (&[0x0f, 0x0b], (2, Flow::Stop)),
+            (&[0xcc], (1, Flow::Stop)),
+        ] {
+            assert_eq!(X86_64::flow(bytes, at), Some(want), "{bytes:x?}");
+        }
+        assert_eq!(X86_64::flow(&[0x0f], at), None);
+    }
 
     fn tail_target(code: &[u8]) -> u64 {
         let n = code.len();
