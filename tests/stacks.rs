@@ -20,6 +20,11 @@ const ALL_FRAMES: &[&str] = &["--depth", "64"];
 /// memtrace on the case with every frame kept: exit, markers, totals and every
 /// frame against valgrind, frames against the `FRAME:` markers, no stack cut short.
 fn check_whole_stacks(case: &Case, sources: &[&str]) -> Vec<common::Leak> {
+    check_whole_stacks_run(case, sources).0
+}
+
+/// [`check_whole_stacks`], with the run.
+fn check_whole_stacks_run(case: &Case, sources: &[&str]) -> (Vec<common::Leak>, common::Run) {
     check_fixture(case);
     let target = case.target();
     let native = run_native(&target);
@@ -43,7 +48,7 @@ fn check_whole_stacks(case: &Case, sources: &[&str]) -> Vec<common::Leak> {
         target.display(),
         run.stderr
     );
-    leaks
+    (leaks, run)
 }
 
 /// memtrace on a program that is no fixture case: its exit is the program's and its
@@ -83,6 +88,33 @@ fn leak_at<'a>(leaks: &'a [common::Leak], file: &str, line: u32) -> &'a common::
 #[test]
 fn deep_recursion_with_frame_pointers() {
     check_whole_stacks(&cases::stacks(), &["stacks.c"]);
+}
+
+/// The stack compare steps over the locals of main's big frame and of a thread's
+/// start routine's, once an unwind has found them (the run says how many bytes it
+/// stepped over, and for how many threads); other frames come and go below, one of
+/// them big, called from one call site after another, over stale return addresses.
+/// Every stack is whole and valgrind's, in both modes (the run compares them), and
+/// no unwind needed a word that was stepped over.
+#[test]
+fn stacks_under_a_frame_the_compare_steps_over() {
+    let (_, run) = check_whole_stacks_run(&cases::big_frames(), &["big_frames.c"]);
+    let recording = &run.report()["trace"]["recording"];
+    let skipped = recording["stack_bytes_skipped"].as_u64();
+    assert!(
+        skipped.is_some_and(|b| b > 0),
+        "nothing stepped over: {recording}"
+    );
+    assert_eq!(
+        recording["stack_skip_threads"].as_u64(),
+        Some(2),
+        "main's frame and the start routine's: {recording}"
+    );
+    assert_eq!(
+        recording["stack_skip_misreads"].as_u64(),
+        Some(0),
+        "{recording}"
+    );
 }
 
 /// -O2 -fomit-frame-pointer: %rbp is an ordinary register; only the CFI unwinds.

@@ -41,6 +41,25 @@
 //! mirror: a call below it (a signal handler's, run in the middle) copies its whole
 //! stack and leaves the mirror alone; a call at or above it finds a thunk that
 //! longjmp left, and takes the mirror over from a whole copy.
+//!
+//! ## Skipped ranges
+//! Most of a deep stack's unchanged bytes can be one big frame's locals (a shell's
+//! state in `main`), which no unwinder reads: it reads return addresses and saved
+//! registers. memtrace sets, per thread, a range of such locals (`SLOT_SKIP`); a
+//! compare that reaches it with no difference above it steps over the whole rounds
+//! inside it, and the record says which bytes it did not compare (`ENTRY_SKIP`):
+//! the chain has what the mirror held there, which may not be what the stack holds.
+//!
+//! The range is only ever one frame's, chosen so that equal bytes above it prove the
+//! frame is still there and still owns the range: the frame of a function whose
+//! stack pointer is its CFA less a constant at every call it makes, which never
+//! tail-calls, called by a function that makes that call once and never returns
+//! (`main` under the C library's start code, a thread's start routine under
+//! `start_thread`); the range lies between its lowest saved register and the
+//! highest point any callee's frame reaches. The return address above it, equal,
+//! is that one call's. (memtrace's `unwind::shape` checks both functions' code
+//! and CFI.) The reader still checks that no unwind reads a word there; one that
+//! would is cut short at that frame, counted, and the thread's range is dropped.
 
 /// Size of the control page.
 pub const CTRL_SIZE: u64 = 4096;
@@ -108,6 +127,9 @@ pub const SLOT_MIRROR_HI: u64 = 72;
 pub const SLOT_MIRROR_BUSY: u64 = 80;
 /// Layers of the mirror.
 pub const SLOT_LAYER_DEPTH: u64 = 88;
+/// A range of the stack the compare may step over ([`skip`]-packed; 0: none), set
+/// by memtrace (see "Skipped ranges" above).
+pub const SLOT_SKIP: u64 = 96;
 /// `MAX_LAYERS` layers of `LAYER_SIZE` bytes, the highest (oldest) first.
 pub const SLOT_LAYERS: u64 = 128;
 /// A layer: its upper end (the record's `wm`), and its record's position.
@@ -188,7 +210,10 @@ pub const ENTRY_FULL_LEN: u64 = 104;
 pub const ENTRY_PREV: u64 = 112;
 /// Entry: the oldest record of its chain (its own position when it is whole).
 pub const ENTRY_BASE: u64 = 120;
-pub const ENTRY_STACK: u64 = 128;
+/// Entry: the range of its chain's bytes the compare stepped over ([`skip`]-packed;
+/// 0: none): they are what the mirror held, not what the stack did.
+pub const ENTRY_SKIP: u64 = 128;
+pub const ENTRY_STACK: u64 = 144;
 /// Entry flag: the return address was swapped for the stub (a return record follows).
 pub const ENTRY_FLAG_RETURN: u8 = 1;
 /// `ENTRY_PREV` of a record whose copy is whole.
@@ -211,6 +236,22 @@ pub const MAX_STACK_COPY: u64 = 256 << 10;
 /// The length of an entry record with `stack` bytes of stack.
 pub const fn entry_len(stack: u64) -> u64 {
     (ENTRY_STACK + stack + REC_ALIGN - 1) & !(REC_ALIGN - 1)
+}
+
+/// Smallest range worth stepping over: two compare rounds of the widest kind.
+pub const MIN_SKIP: u64 = 1024;
+
+/// A skipped range `[lo, lo + len)` in one word, so that it is read and written
+/// whole: `lo` (below 2^48) in the low 48 bits, `len / 8` in the next 15 (`len` a
+/// multiple of 8 below 2^18).
+pub const fn skip(lo: u64, len: u64) -> u64 {
+    lo | (len >> 3) << 48
+}
+
+/// The `[lo, hi)` of a [`skip`]-packed range (empty for 0).
+pub const fn unskip(packed: u64) -> (u64, u64) {
+    let lo = packed & ((1 << 48) - 1);
+    (lo, lo + (((packed >> 48) & 0x7fff) << 3))
 }
 
 /// The info word of a record.
@@ -271,9 +312,13 @@ mod tests {
     fn layout_fits() {
         assert_eq!(RING_OFFSET % 4096, 0);
         assert_eq!(SLOT_FRAMES + MAX_FRAMES * FRAME_SIZE, SLOT_SIZE);
-        assert_eq!(entry_len(0), 128);
-        assert_eq!(entry_len(16), 144);
-        assert_eq!(entry_len(17), 160);
+        assert_eq!(entry_len(0), 144);
+        assert_eq!(entry_len(16), 160);
+        assert_eq!(entry_len(17), 176);
+        const { assert!(SLOT_SKIP + 8 <= SLOT_LAYERS) };
+        let (lo, len) = (0x7fff_ffff_e008, MAX_STACK_COPY - 8);
+        assert_eq!(unskip(skip(lo, len)), (lo, lo + len));
+        assert_eq!(unskip(0), (0, 0));
         assert!(entry_len(MAX_STACK_COPY) < RING_SIZE / 4);
         assert!(slot_of(u64::MAX) < TABLE_SLOTS);
         let i = info(48, KIND_RETURN, 7, 1);

@@ -268,6 +268,7 @@ mod tests {
             full_len: 0,
             prev: memtrace_arch::recorder::NO_RECORD,
             base: pos,
+            skipped: (0, 0),
         }
     }
 

@@ -78,6 +78,7 @@ mod tests {
             full_len: full,
             prev,
             base: 0,
+            skipped: (0, 0),
         }
     }
 

@@ -28,6 +28,9 @@ pub struct Entry {
     pub prev: u64,
     /// The oldest record its chain reads (its own position when it is whole).
     pub base: u64,
+    /// The stack addresses `[lo, hi)` of its chain whose bytes the compare did not
+    /// look at (empty: none): they are what the mirror held, maybe not the stack.
+    pub skipped: (u64, u64),
 }
 
 impl Entry {
@@ -114,13 +117,18 @@ pub fn decode(pos: u64, h: &[u8]) -> Result<Record, BadRecord> {
             let full_len = word(h, ENTRY_FULL_LEN);
             let prev = word(h, ENTRY_PREV);
             let base = word(h, ENTRY_BASE);
+            let skipped = unskip(word(h, ENTRY_SKIP));
             let whole = prev == NO_RECORD;
+            let sp = word(h, ENTRY_SP);
             if len < ENTRY_STACK
                 || entry_len(stack_len) != len
                 || full_len > MAX_STACK_COPY
                 || full_len < stack_len
                 || (whole && full_len != stack_len)
                 || (!whole && (prev >= pos || base > prev))
+                || (skipped.0 < skipped.1
+                    && (skipped.0 < sp.wrapping_add(8)
+                        || skipped.1 > sp.wrapping_add(8).wrapping_add(full_len)))
             {
                 return Err(BadRecord::Length { pos, len });
             }
@@ -135,13 +143,14 @@ pub fn decode(pos: u64, h: &[u8]) -> Result<Record, BadRecord> {
                 hooked_return: flags & ENTRY_FLAG_RETURN != 0,
                 args,
                 ret: word(h, ENTRY_RET),
-                sp: word(h, ENTRY_SP),
+                sp,
                 fp: word(h, ENTRY_FP),
                 stack_len,
                 full_len,
                 prev,
                 // A whole copy is its own chain.
                 base: if whole { pos } else { base },
+                skipped,
             }))
         }
         KIND_RETURN => Ok(Record::Return(Return {
@@ -182,6 +191,9 @@ pub fn encode_entry(e: &Entry) -> Vec<u8> {
     put(ENTRY_FULL_LEN, e.full_len);
     put(ENTRY_PREV, e.prev);
     put(ENTRY_BASE, e.base);
+    if e.skipped.0 < e.skipped.1 {
+        put(ENTRY_SKIP, skip(e.skipped.0, e.skipped.1 - e.skipped.0));
+    }
     h
 }
 
@@ -226,6 +238,7 @@ mod tests {
             full_len: 40,
             prev: NO_RECORD,
             base: 4096,
+            skipped: (0, 0),
         };
         let h = encode_entry(&e);
         assert_eq!(decode(4096, &h), Ok(Record::Entry(e)));
@@ -270,11 +283,33 @@ mod tests {
             full_len: 64,
             prev: 128,
             base: 0,
+            skipped: (0, 0),
         };
         assert!(decode(256, &encode_entry(&e)).is_ok());
         let later = Entry { prev: 512, ..e };
         assert!(decode(256, &encode_entry(&later)).is_err());
         let short = Entry { full_len: 8, ..e };
         assert!(decode(256, &encode_entry(&short)).is_err());
+        // Bytes skipped: within what it stands for (a copy made whole keeps them).
+        let skipped = Entry {
+            skipped: (0x1018, 0x1040),
+            ..e
+        };
+        assert_eq!(
+            decode(256, &encode_entry(&skipped)),
+            Ok(Record::Entry(skipped))
+        );
+        for bad in [(0x1000, 0x1040), (0x1018, 0x1050)] {
+            let e = Entry { skipped: bad, ..e };
+            assert!(decode(256, &encode_entry(&e)).is_err(), "{bad:x?}");
+        }
+        let whole = Entry {
+            prev: NO_RECORD,
+            stack_len: 64,
+            base: 256,
+            skipped: (0x1018, 0x1040),
+            ..e
+        };
+        assert_eq!(decode(256, &encode_entry(&whole)), Ok(Record::Entry(whole)));
     }
 }

@@ -80,6 +80,8 @@ pub struct Ring {
     free_mirrors: Vec<u64>,
     /// The mirror of each thread pointer that has one.
     mirrors: std::collections::HashMap<u64, u64>,
+    /// The thread pointer of each thread registered.
+    thread_pointers: std::collections::HashMap<Tid, u64>,
     pub stats: RingStats,
 }
 
@@ -107,6 +109,7 @@ impl Ring {
             header: [0; HEADER_LEN],
             free_mirrors: (0..MIRRORS).rev().collect(),
             mirrors: Default::default(),
+            thread_pointers: Default::default(),
             stats: RingStats::default(),
         }
     }
@@ -427,6 +430,7 @@ impl Ring {
         self.mem.store(off + SLOT_MIRROR_LO, 0);
         self.mem.store(off + SLOT_MIRROR_BUSY, 0);
         self.mem.store(off + SLOT_LAYER_DEPTH, 0);
+        self.mem.store(off + SLOT_SKIP, 0);
         match mirror.filter(|_| hi >= MIRROR_SIZE) {
             Some(m) => {
                 self.mirrors.insert(tp, m);
@@ -444,12 +448,47 @@ impl Ring {
         }
         // The key last: a thread that finds its slot finds it complete.
         self.mem.store(off + SLOT_KEY, tp);
+        self.thread_pointers.retain(|_, &mut t| t != tp);
+        self.thread_pointers.insert(tid, tp);
         true
+    }
+
+    /// Lets the stack compare of thread `tid` step over `[lo, hi)` (see "Skipped
+    /// ranges" in `memtrace_arch::recorder`); an empty range: over nothing.
+    pub fn set_skip(&self, tid: Tid, (lo, hi): (u64, u64)) {
+        let Some(off) = self.slot_of_thread(tid) else {
+            return;
+        };
+        let len = hi.saturating_sub(lo).min(MAX_STACK_COPY - 8) & !7;
+        let packed = if len < MIN_SKIP || lo >= 1 << 48 {
+            0
+        } else {
+            skip(lo, len)
+        };
+        // A store the thread's cache line pays for: only a change.
+        if self.mem.load(off + SLOT_SKIP) != packed {
+            self.mem.store(off + SLOT_SKIP, packed);
+        }
+    }
+
+    /// The range [`Ring::set_skip`] set for thread `tid` (empty: none).
+    pub fn skip_of(&self, tid: Tid) -> (u64, u64) {
+        self.slot_of_thread(tid)
+            .map(|off| unskip(self.mem.load(off + SLOT_SKIP)))
+            .unwrap_or((0, 0))
+    }
+
+    /// The slot of thread `tid`, while it is that thread's (a thread pointer is
+    /// reused by the next thread given the same stack).
+    fn slot_of_thread(&self, tid: Tid) -> Option<u64> {
+        let off = self.find(*self.thread_pointers.get(&tid)?)?;
+        (self.mem.load(off + SLOT_TID) == tid as u64).then_some(off)
     }
 
     /// Forgets a thread (it exited). Its slot is a tombstone: later slots of the same
     /// probe chain stay reachable.
     pub fn unregister(&mut self, tp: u64) {
+        self.thread_pointers.retain(|_, &mut t| t != tp);
         if let Some(off) = self.find(tp) {
             self.mem.store(off + SLOT_KEY, TOMBSTONE);
         }
@@ -559,6 +598,29 @@ mod tests {
         (ring, SharedMem::map(other).expect("map"))
     }
 
+    #[test]
+    fn a_skipped_range_is_set_only_for_its_own_thread() {
+        let (mut ring, writer) = ring_and_writer();
+        let hi = 0x7fff_0010_0000;
+        assert!(ring.register(0x5000, 7, hi - (1 << 20), hi));
+        let slot = |field| writer.load(CTRL_SIZE + slot_of(0x5000) * SLOT_SIZE + field);
+        let range = (hi - 0x4000, hi - 0x2000);
+        ring.set_skip(7, range);
+        assert_eq!(ring.skip_of(7), range);
+        assert_eq!(unskip(slot(SLOT_SKIP)), range);
+        // Too narrow: none.
+        ring.set_skip(7, (hi - 0x100, hi));
+        assert_eq!(ring.skip_of(7), (0, 0));
+        assert_eq!(slot(SLOT_SKIP), 0);
+        ring.set_skip(7, range);
+        // A thread given the same thread pointer: the last one's range is not its.
+        ring.unregister(0x5000);
+        assert!(ring.register(0x5000, 8, hi - (1 << 20), hi));
+        assert_eq!(ring.skip_of(8), (0, 0));
+        ring.set_skip(7, range);
+        assert_eq!(slot(SLOT_SKIP), 0);
+    }
+
     /// A return record of `tid` with `value`.
     fn ret(tid: Tid, value: u64) -> Return {
         Return {
@@ -585,6 +647,7 @@ mod tests {
             full_len: stack,
             prev: NO_RECORD,
             base: 0,
+            skipped: (0, 0),
         }
     }
 
@@ -629,6 +692,7 @@ mod tests {
                     full_len: STACK as u64,
                     prev: NO_RECORD,
                     base: 0,
+                    skipped: (0, 0),
                 };
                 let pos = write_like_the_target(&writer, &encode_entry(&e), &stack);
                 let r = Return {

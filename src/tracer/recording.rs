@@ -41,6 +41,13 @@ use std::time::Instant;
 pub const FIRST_COPY_LEN: u64 = 64 << 10;
 pub const MIN_COPY_LEN: u64 = 8 << 10;
 pub const LEARN_EVERY: u64 = 1024;
+/// Which range of its stack a thread's compare may step over (see "Skipped ranges"
+/// in `memtrace_arch::recorder`) is looked at after each of its first
+/// `SKIP_LOOKS_FIRST` unwinds, then after one in `SKIP_LOOK_EVERY`.
+const SKIP_LOOKS_FIRST: u32 = 64;
+const SKIP_LOOK_EVERY: u32 = 32;
+/// `skip_looks` of a thread whose compare steps over nothing any more.
+const SKIP_NEVER: u32 = u32::MAX;
 /// Room for one thunk and its displaced instructions.
 const THUNK_ROOM: u64 = THUNK_CODE_MAX + 128;
 /// Room for the return stub.
@@ -105,6 +112,12 @@ pub struct RecordStats {
     /// `memtrace_arch::recorder`).
     pub stack_bytes: u64,
     pub stack_bytes_copied: u64,
+    /// Stack bytes the compare stepped over (a steady frame's locals: "Skipped
+    /// ranges" in `memtrace_arch::recorder`), threads given such a range, and
+    /// unwinds that needed a word there (cut short there; none is expected).
+    pub stack_bytes_skipped: u64,
+    pub stack_skip_threads: u64,
+    pub stack_skip_misreads: u64,
     /// Stacks whose chain of records was gone when they were needed (truncated).
     pub stack_chains_lost: u64,
     /// Calls that took the slow path (a stop) in inline mode.
@@ -164,6 +177,11 @@ pub(super) struct Recording {
     /// Threads gone, with the head when they went: their open calls are forgotten
     /// once everything reserved before then was read (see [`Tracer::settle_gone`]).
     pub gone: Vec<(Tid, u64)>,
+    /// Per thread: its unwinds looked at for a range its compare may step over, or
+    /// `SKIP_NEVER` once an unwind needed a word it had stepped over.
+    skip_looks: rustc_hash::FxHashMap<Tid, u32>,
+    /// Threads ever given a range.
+    skip_threads: rustc_hash::FxHashSet<Tid>,
 }
 
 impl Recording {
@@ -214,7 +232,10 @@ impl Heap for SinkHeap<'_, '_> {
 struct Unwinder<'a> {
     ring: &'a Ring,
     whole: &'a mut Vec<u8>,
-    chains_lost: &'a mut u64,
+    /// The recording's counters.
+    counts: &'a mut RecordStats,
+    skip_looks: &'a mut rustc_hash::FxHashMap<Tid, u32>,
+    skip_threads: &'a mut rustc_hash::FxHashSet<Tid>,
     walker: &'a mut StackWalker,
     stacks: &'a mut crate::event::StackTable,
     frames: &'a mut Vec<u64>,
@@ -231,6 +252,19 @@ struct Unwinder<'a> {
     /// Time stamp counter ticks spent unwinding (the clock costs too much to be read
     /// twice an unwind): turned into time by [`Recording::ticks_to_ns`].
     ticks: u64,
+}
+
+impl Unwinder<'_> {
+    /// Whether this unwind of thread `tid` is one to look at for a range its
+    /// compare may step over.
+    fn look_for_skip(&mut self, tid: Tid) -> bool {
+        let looks = self.skip_looks.entry(tid).or_insert(0);
+        if *looks == SKIP_NEVER {
+            return false;
+        }
+        *looks = looks.saturating_add(1).min(SKIP_NEVER - 1);
+        *looks <= SKIP_LOOKS_FIRST || *looks % SKIP_LOOK_EVERY == 0
+    }
 }
 
 impl Unwind for Unwinder<'_> {
@@ -271,7 +305,7 @@ impl Unwind for Unwinder<'_> {
             }
         };
         if lost {
-            *self.chains_lost += 1;
+            self.counts.stack_chains_lost += 1;
         }
         let start = Start {
             return_address: entry.ret,
@@ -283,9 +317,34 @@ impl Unwind for Unwinder<'_> {
                 0
             },
         };
-        let walked = self
-            .walker
-            .walk_copy(entry.tid, start, bytes, self.depth, self.frames);
+        let walked = self.walker.walk_copy_unread(
+            entry.tid,
+            start,
+            bytes,
+            // A lost chain's copy ends below any range stepped over.
+            if lost { (0, 0) } else { entry.skipped },
+            self.depth,
+            self.frames,
+        );
+        if walked.misread {
+            // An unwind needed a word the compare stepped over (which the choice of
+            // range should make impossible): the thread's compare steps over
+            // nothing from now on.
+            self.counts.stack_skip_misreads += 1;
+            self.skip_looks.insert(entry.tid, SKIP_NEVER);
+            self.ring.set_skip(entry.tid, (0, 0));
+        } else if !lost && self.look_for_skip(entry.tid) {
+            let pid = self.pid;
+            let range =
+                self.walker
+                    .steady_range(entry.tid, memtrace_arch::recorder::MIN_SKIP, &mut |m| {
+                        std::fs::read(crate::maps::target_path(pid, &m.path)).ok()
+                    });
+            if range.is_some() && self.skip_threads.insert(entry.tid) {
+                self.counts.stack_skip_threads += 1;
+            }
+            self.ring.set_skip(entry.tid, range.unwrap_or((0, 0)));
+        }
         let ending = walked.ending.unwrap_or(crate::unwind::Ending::Failed);
         if walked.ran_off
             && !lost
@@ -433,6 +492,8 @@ impl Tracer<'_> {
             callers: Box::new([None; 256]),
             shared_tps: std::collections::HashSet::new(),
             gone: Vec::new(),
+            skip_looks: Default::default(),
+            skip_threads: Default::default(),
             ticks_origin: (ptrace::time_stamp(), Instant::now()),
         });
         Ok(())
@@ -784,6 +845,8 @@ impl Tracer<'_> {
         let read = rec.ring.read_pos();
         for &(tid, head) in rec.gone.iter().filter(|&&(_, h)| h <= read) {
             rec.calls.thread_gone(tid, head);
+            rec.skip_looks.remove(&tid);
+            rec.skip_threads.remove(&tid);
         }
         rec.gone.retain(|&(_, h)| h > read);
     }
@@ -883,6 +946,7 @@ impl Tracer<'_> {
                     r.stats.calls += 1;
                     r.stats.stack_bytes += e.full_len;
                     r.stats.stack_bytes_copied += e.stack_len;
+                    r.stats.stack_bytes_skipped += e.skipped.1 - e.skipped.0;
                 }
                 let caller = self.caller(e.ret);
                 self.settle_gone_before(e.tid, e.pos);
@@ -925,7 +989,9 @@ impl Tracer<'_> {
         let mut unwinder = Unwinder {
             ring: &rec.ring,
             whole: &mut rec.whole,
-            chains_lost: &mut rec.stats.stack_chains_lost,
+            counts: &mut rec.stats,
+            skip_looks: &mut rec.skip_looks,
+            skip_threads: &mut rec.skip_threads,
             walker: &mut self.walker,
             stacks: &mut self.stacks,
             frames: &mut self.frame_buf,
@@ -950,7 +1016,7 @@ impl Tracer<'_> {
             for raw in rec.calls.raw_stacks_mut() {
                 if raw.owned.is_none() && raw.pin < limit {
                     raw.owned = Some(ring.whole_record(raw.pos));
-                    rec.stats.stacks_evacuated += 1;
+                    unwinder.counts.stacks_evacuated += 1;
                 }
             }
         }
@@ -1085,6 +1151,7 @@ impl Tracer<'_> {
             full_len: stack.len() as u64,
             prev: NO_RECORD,
             base: 0,
+            skipped: (0, 0),
         };
         let len = entry_len(e.stack_len);
         let pos = self.reserve(len)?;

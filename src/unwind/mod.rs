@@ -13,6 +13,7 @@
 //! function that reads the target's memory, so it can be tested on a made-up stack.
 
 mod reuse;
+pub mod shape;
 
 pub use reuse::Walked;
 
@@ -119,6 +120,10 @@ pub struct StackWalker {
     known: Vec<Known>,
     copy: StackCopy,
     reuse: reuse::Reuse,
+    /// The modules as last synced, and what [`StackWalker::steady_range`] learnt of
+    /// their functions.
+    modules: Vec<Module>,
+    shapes: Shapes,
 }
 
 impl Default for StackWalker {
@@ -129,6 +134,8 @@ impl Default for StackWalker {
             known: Vec::new(),
             copy: StackCopy::default(),
             reuse: reuse::Reuse::default(),
+            modules: Vec::new(),
+            shapes: Shapes::default(),
         }
     }
 }
@@ -153,6 +160,8 @@ impl StackWalker {
         self.known = keep;
         // Frames unwound before may belong to objects that are gone or moved.
         self.reuse.clear();
+        self.modules = now.to_vec();
+        self.shapes = Shapes::default();
         for (m, k) in now.iter().zip(current) {
             if self.known.contains(&k) {
                 continue;
@@ -197,7 +206,72 @@ impl StackWalker {
             reuse,
             ..
         } = self;
-        reuse.walk(unwinder, cache, tid, start, stack, depth, out)
+        reuse.walk(unwinder, cache, tid, start, stack, (0, 0), depth, out)
+    }
+
+    /// As [`StackWalker::walk_copy`], for a copy whose bytes in `unread` (`[lo, hi)`)
+    /// may not be the stack's: a walk that needs one stops there, failed.
+    pub fn walk_copy_unread(
+        &mut self,
+        tid: crate::event::Tid,
+        start: Start,
+        stack: &[u8],
+        unread: (u64, u64),
+        depth: usize,
+        out: &mut Vec<u64>,
+    ) -> Walked {
+        let StackWalker {
+            unwinder,
+            cache,
+            reuse,
+            ..
+        } = self;
+        reuse.walk(unwinder, cache, tid, start, stack, unread, depth, out)
+    }
+
+    /// A range of thread `tid`'s stack, at least `min` bytes, that its stack compare
+    /// may step over (see "Skipped ranges" in `memtrace_arch::recorder`), from its
+    /// last walk from a copy: the locals of a frame among the outermost ones whose
+    /// function keeps a steady frame, called once by its caller ([`shape`]). The
+    /// objects' bytes come from `read_file`, once per object.
+    pub fn steady_range(
+        &mut self,
+        tid: crate::event::Tid,
+        min: u64,
+        read_file: &mut dyn FnMut(&Module) -> Option<Vec<u8>>,
+    ) -> Option<(u64, u64)> {
+        let StackWalker {
+            reuse,
+            modules,
+            shapes,
+            ..
+        } = self;
+        let reuse::Complete {
+            frames, sps, reads, ..
+        } = reuse.last_complete(tid)?;
+        let n = frames.len();
+        let mut best: Option<(u64, u64)> = None;
+        for j in n.saturating_sub(OUTER_FRAMES + 1)..n.saturating_sub(1) {
+            // Frame j's function and the return address into its caller; its CFA is
+            // the caller's stack pointer.
+            let (pc, ra, cfa) = (frames[j].wrapping_sub(1), frames[j + 1], sps[j + 1]);
+            let Some(shape) = shapes.shape(modules, read_file, pc, ra) else {
+                continue;
+            };
+            let (Some(lo), Some(hi)) = (
+                cfa.checked_sub(shape.calls_below),
+                cfa.checked_sub(shape.saves_below),
+            ) else {
+                continue;
+            };
+            if hi - lo >= min
+                && best.is_none_or(|(l, h)| hi - lo > h - l)
+                && !reads.iter().any(|&(a, _)| reuse::overlaps(a, (lo, hi)))
+            {
+                best = Some((lo, hi));
+            }
+        }
+        best
     }
 
     /// Unwinds a thread stopped anywhere (the debugger): `start.return_address` is
@@ -290,16 +364,101 @@ fn unwind_regs(s: Start) -> UnwindRegsNative {
     UnwindRegsNative::new(s.return_address, s.sp, s.frame_pointer)
 }
 
+/// How many of a walk's outermost frames [`StackWalker::steady_range`] looks at: a
+/// thread's start routine or `main` is among them (under `start_thread` and
+/// `clone3`, or the C library's start code and `_start`).
+const OUTER_FRAMES: usize = 4;
+
+/// What [`StackWalker::steady_range`] learnt of the modules' functions, and the
+/// bytes of the objects it read for it.
+#[derive(Default)]
+struct Shapes {
+    /// Per object (by its module's start): its bytes, `None` if unreadable.
+    files: rustc_hash::FxHashMap<u64, Option<std::sync::Arc<Vec<u8>>>>,
+    /// Return addresses whose call is made once.
+    once: rustc_hash::FxHashMap<u64, bool>,
+    /// Functions with a steady frame, by the range of addresses they cover, and pcs
+    /// whose function has none.
+    steady: Vec<(std::ops::Range<u64>, shape::FrameShape)>,
+    unsteady: rustc_hash::FxHashSet<u64>,
+}
+
+impl Shapes {
+    /// The object holding `at`, with its bias.
+    fn object(
+        &mut self,
+        modules: &[Module],
+        read_file: &mut dyn FnMut(&Module) -> Option<Vec<u8>>,
+        at: u64,
+    ) -> Option<(std::sync::Arc<Vec<u8>>, u64)> {
+        let m = modules.iter().find(|m| (m.start..m.end).contains(&at))?;
+        let data = self
+            .files
+            .entry(m.start)
+            .or_insert_with(|| read_file(m).map(std::sync::Arc::new))
+            .clone()?;
+        let bias = object::File::parse(&data[..])
+            .ok()
+            .map(|o| bias_of(m, &o))?;
+        Some((data, bias))
+    }
+
+    /// The shape of the frame of the function at `pc`, if it is steady and its
+    /// caller, returned to at `ra`, calls it once.
+    fn shape(
+        &mut self,
+        modules: &[Module],
+        read_file: &mut dyn FnMut(&Module) -> Option<Vec<u8>>,
+        pc: u64,
+        ra: u64,
+    ) -> Option<shape::FrameShape> {
+        let once = match self.once.get(&ra) {
+            Some(&once) => once,
+            None => {
+                let once = self
+                    .object(modules, read_file, ra)
+                    .is_some_and(|(data, bias)| shape::called_once(&data, bias, ra));
+                self.once.insert(ra, once);
+                once
+            }
+        };
+        if !once || self.unsteady.contains(&pc) {
+            return None;
+        }
+        if let Some((_, s)) = self.steady.iter().find(|(r, _)| r.contains(&pc)) {
+            return Some(*s);
+        }
+        match self
+            .object(modules, read_file, pc)
+            .and_then(|(data, bias)| shape::steady_frame(&data, bias, pc))
+        {
+            Some((range, s)) => {
+                self.steady.push((range, s));
+                Some(s)
+            }
+            None => {
+                self.unsteady.insert(pc);
+                None
+            }
+        }
+    }
+}
+
+/// What `m`'s addresses add to its object's: the mapping of file offset 0 holds the
+/// lowest PT_LOAD, rounded down to a page (as the hooks compute it; zero for a
+/// non-PIE executable).
+fn bias_of(m: &Module, obj: &object::File<'_>) -> u64 {
+    let lowest = obj.segments().map(|s| s.address()).min().unwrap_or(0);
+    m.base.wrapping_sub(lowest & !0xfff)
+}
+
 /// The framehop module for `m`, from its file's bytes: `.eh_frame` and its index,
 /// `.debug_frame` when there is no `.eh_frame`.
 fn framehop_module(m: &Module, data: &[u8]) -> framehop::Module<Vec<u8>> {
     let mut info = ExplicitModuleSectionInfo::<Vec<u8>>::default();
     let mut bias = m.base;
     if let Ok(obj) = object::File::parse(data) {
-        let lowest = obj.segments().map(|s| s.address()).min().unwrap_or(0);
-        // As the hooks compute it: the mapping of file offset 0 holds the lowest
-        // PT_LOAD, rounded down to a page (zero for a non-PIE executable).
-        bias = m.base.wrapping_sub(lowest & !0xfff);
+        bias = bias_of(m, &obj);
         let section = |name: &str| {
             let s = obj.section_by_name(name)?;
             let bytes = s.data().ok()?.to_vec();

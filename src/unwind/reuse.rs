@@ -41,6 +41,19 @@ pub struct Walked {
     pub ran_off: bool,
     /// Frames taken from the thread's last unwind.
     pub reused: usize,
+    /// It needed a word of the copy's unread range (see [`Reuse::walk`]): it ended
+    /// there, as a failed unwind.
+    pub misread: bool,
+}
+
+/// A walk that reached the stack's end.
+pub struct Complete<'a> {
+    /// Per frame: its address (a return address, as the walk's output).
+    pub frames: &'a [u64],
+    /// Per frame: its stack pointer (the CFA of the frame before).
+    pub sps: Vec<u64>,
+    /// Every stack word read, as (address, value).
+    pub reads: &'a [(u64, u64)],
 }
 
 #[derive(Default)]
@@ -50,6 +63,11 @@ pub struct Reuse {
     spare: Walk,
 }
 
+/// The word at `addr` has a byte in `[lo, hi)`.
+pub(super) fn overlaps(addr: u64, (lo, hi): (u64, u64)) -> bool {
+    addr < hi && addr.saturating_add(8) > lo
+}
+
 fn word(stack: &[u8], base: u64, addr: u64) -> Option<u64> {
     let off = usize::try_from(addr.checked_sub(base)?).ok()?;
     let b = stack.get(off..off.checked_add(8)?)?;
@@ -57,8 +75,15 @@ fn word(stack: &[u8], base: u64, addr: u64) -> Option<u64> {
 }
 
 impl Walk {
-    /// The frame with these registers whose reads, from it on, all hold in `stack`.
-    fn suffix(&self, state: (u64, u64, u64), stack: &[u8], base: u64) -> Option<usize> {
+    /// The frame with these registers whose reads, from it on, all hold in `stack`
+    /// (none of them in its `unread` range).
+    fn suffix(
+        &self,
+        state: (u64, u64, u64),
+        stack: &[u8],
+        base: u64,
+        unread: (u64, u64),
+    ) -> Option<usize> {
         let j = self.states.iter().position(|&s| s == state)?;
         if j >= self.frames.len() {
             return None;
@@ -66,20 +91,32 @@ impl Walk {
         let from = *self.marks.get(j)?;
         self.reads[from..]
             .iter()
-            .all(|&(a, v)| word(stack, base, a) == Some(v))
+            .all(|&(a, v)| !overlaps(a, unread) && word(stack, base, a) == Some(v))
             .then_some(j)
     }
 }
 
 impl Reuse {
+    /// Thread `tid`'s last walk from a copy, if it reached the stack's end.
+    pub fn last_complete(&self, tid: Tid) -> Option<Complete<'_>> {
+        let walk = self.walks.get(&tid)?;
+        (walk.ending == Some(Ending::Complete)).then(|| Complete {
+            frames: &walk.frames,
+            sps: walk.states.iter().map(|&(_, sp, _)| sp).collect(),
+            reads: &walk.reads,
+        })
+    }
+
     /// Forgets every kept unwind (the loaded objects changed).
     pub fn clear(&mut self) {
         self.walks.clear();
     }
 
     /// Unwinds thread `tid`'s stack from `start`, whose copy is `stack` (from
-    /// `start.sp` up): at most `depth` return addresses into `out`. (The unwinder and
-    /// its cache are the walker's, lent for the walk.)
+    /// `start.sp` up): at most `depth` return addresses into `out`. The copy's bytes
+    /// in `unread` (`[lo, hi)`, empty for none) may not be the stack's: an unwind that
+    /// needs a word there stops, failed, rather than read it. (The unwinder and its
+    /// cache are the walker's, lent for the walk.)
     #[allow(clippy::too_many_arguments)]
     pub fn walk(
         &mut self,
@@ -88,6 +125,7 @@ impl Reuse {
         tid: Tid,
         start: Start,
         stack: &[u8],
+        unread: (u64, u64),
         depth: usize,
         out: &mut Vec<u64>,
     ) -> Walked {
@@ -118,7 +156,7 @@ impl Reuse {
             if let Some((last, j)) = last
                 .as_ref()
                 .filter(|l| matches!(l.ending, Some(Ending::Complete | Ending::DepthLimit)))
-                .and_then(|l| Some((l, l.suffix(state, stack, base)?)))
+                .and_then(|l| Some((l, l.suffix(state, stack, base, unread)?)))
             {
                 let rest = &last.frames[j..];
                 // A suffix cut by the last unwind's depth is only enough if this one
@@ -153,7 +191,12 @@ impl Reuse {
             now.marks.push(now.reads.len());
             out.push(frame.address());
             let reads = &mut now.reads;
+            let misread = &mut done.misread;
             let mut read_stack = |addr: u64| match word(stack, base, addr) {
+                _ if overlaps(addr, unread) => {
+                    *misread = true;
+                    Err(())
+                }
                 Some(v) => {
                     reads.push((addr, v));
                     done.most = done.most.max(addr.saturating_sub(base) as usize + 8);
@@ -166,7 +209,12 @@ impl Reuse {
                     Err(())
                 }
             };
-            match unwinder.unwind_frame(frame, &mut regs, cache.at(frame), &mut read_stack) {
+            let unwound = unwinder.unwind_frame(frame, &mut regs, cache.at(frame), &mut read_stack);
+            // Whatever the unwinder made of a word it could not have: the walk ends.
+            if done.misread {
+                break Ending::Failed;
+            }
+            match unwound {
                 Ok(Some(ra)) => match FrameAddress::from_return_address(ra) {
                     Some(next) => frame = next,
                     None => break Ending::Complete,
@@ -212,6 +260,38 @@ mod tests {
             frame_pointer: 0x1010,
             stack_top: 0,
         }
+    }
+
+    #[test]
+    fn a_walk_never_reads_the_range_its_copy_did_not_compare() {
+        let mut w = StackWalker::new();
+        let mut out = Vec::new();
+        w.walk_copy(1, start(0x5000), &chain(0x7000), 32, &mut out);
+        // The outer record unread: not reused from the last walk (whose words there
+        // match the copy's), not read; the walk ends there, failed.
+        let cut = w.walk_copy_unread(
+            1,
+            start(0x5100),
+            &chain(0x7000),
+            (0x1030, 0x1040),
+            32,
+            &mut out,
+        );
+        assert_eq!(out, vec![0x5100, 0x6000]);
+        assert!(cut.misread);
+        assert_eq!((cut.ending, cut.reused), (Some(Ending::Failed), 0));
+        // A range no frame reads changes nothing.
+        let fine = w.walk_copy_unread(
+            1,
+            start(0x5100),
+            &chain(0x7000),
+            (0x1020, 0x1030),
+            32,
+            &mut out,
+        );
+        assert_eq!(out, vec![0x5100, 0x6000, 0x7000]);
+        assert!(!fine.misread);
+        assert_eq!(fine.ending, Some(Ending::Complete));
     }
 
     #[test]

@@ -274,6 +274,11 @@ pub fn bad_free(which: &str) -> Case {
     Case::new("heap_errors", DEBUG).arg(which)
 }
 
+/// big_frames.c: allocations under main's and a thread's big steady frames, whose
+/// locals the stack compare steps over, with other frames coming and going below.
+pub fn big_frames() -> Case {
+    Case::new("big_frames", OPTIMIZED)
+}
 /// Whole stacks: a 50-deep recursion and an inlined helper (run with `--depth 64`).
 pub fn stacks() -> Case {
     Case::new("stacks", DEBUG)

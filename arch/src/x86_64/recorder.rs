@@ -318,9 +318,9 @@ pub fn thunk(at: u64, spec: &ThunkSpec) -> Result<Thunk, RelocError> {
 /// pointer at the function's entry, `rsi` the bytes the record stands for (from
 /// `rbx + 8` up to the top), `r11` the control page. On exit: `r12` the bytes to
 /// copy, `r13` the record holding the stack above them (`NO_RECORD`: none, the copy
-/// is whole), `r14` the number of layers that stay below the new one, `r15` 1 when
-/// this call owns the mirror (and must update it and let it go). Uses rax, rcx, rdi,
-/// r8, r10.
+/// is whole), `r14` the number of layers that stay below the new one, `r15` non-zero
+/// when this call owns the mirror (and must update it and let it go): 1, or the
+/// range its compare stepped over ([`skip`]-packed). Uses rax, rcx, rdi, r8, r10.
 fn mirror_compare(a: &mut CodeAssembler, compare: Compare) -> Result<(), IcedError> {
     let mut whole = a.create_label();
     let mut not_ours = a.create_label();
@@ -372,14 +372,42 @@ fn mirror_compare(a: &mut CodeAssembler, compare: Compare) -> Result<(), IcedErr
     // halves are not (glibc's AVX2 string functions, which malloc calls, end with
     // vzeroupper too).
     let chunk = compare.chunk();
-    a.sub(rsp, 48)?;
+    a.sub(rsp, 64)?;
     for (n, x) in [xmm0, xmm1, xmm2].into_iter().enumerate() {
         a.movdqu(xmmword_ptr(rsp + 16 * n as i32), x)?;
     }
+    // The range memtrace lets the compare step over (see "Skipped ranges"), read
+    // once: [rsp + 56] its start, [rsp + 48] its end, or 0 when there is none or it
+    // is not wholly between the lowest address compared and the top.
+    let mut unarmed = a.create_label();
+    let mut skip = a.create_label();
+    a.mov(rax, qword_ptr(rdx + SLOT_SKIP))?;
+    a.mov(qword_ptr(rsp + 56), rax)?;
+    a.shr(rax, 48)?;
+    a.and(eax, 0x7fff)?;
+    a.shl(rax, 3)?;
+    a.cmp(rax, MIN_SKIP as i32)?;
+    a.jb(unarmed)?;
+    a.mov(qword_ptr(rsp + 48), rax)?;
+    a.mov(rax, qword_ptr(rsp + 56))?;
+    a.shl(rax, 16)?;
+    a.shr(rax, 16)?;
+    a.cmp(rax, r8)?;
+    a.jb(unarmed)?;
+    a.mov(qword_ptr(rsp + 56), rax)?;
+    a.add(rax, qword_ptr(rsp + 48))?;
+    a.cmp(rax, rcx)?;
+    a.ja(unarmed)?;
+    a.mov(qword_ptr(rsp + 48), rax)?;
+    a.jmp(next)?;
+    a.set_label(&mut unarmed)?;
+    a.mov(qword_ptr(rsp + 48), 0)?;
     a.set_label(&mut next)?;
     a.lea(rax, qword_ptr(r8 + chunk))?;
     a.cmp(rcx, rax)?;
     a.jb(differs)?;
+    a.cmp(rcx, qword_ptr(rsp + 48))?;
+    a.jbe(skip)?;
     // Each vector of the stack and of its mirror (unaligned: a stack's top need not
     // be), compared byte by byte, the results folded into xmm0 / ymm0.
     let at = |n: i32, width: i32| chunk - width * n;
@@ -412,6 +440,21 @@ fn mirror_compare(a: &mut CodeAssembler, compare: Compare) -> Result<(), IcedErr
     a.jne(differs)?;
     a.sub(rcx, chunk)?;
     a.jmp(next)?;
+    // Reached the range with nothing different above it: over the whole rounds in
+    // it, once, and the slot says which bytes were not compared. (Its length is at
+    // least MIN_SKIP, and rcx above its end less a round: some are whole.)
+    a.set_label(&mut skip)?;
+    a.mov(rax, rcx)?;
+    a.sub(rax, qword_ptr(rsp + 56))?;
+    a.and(rax, -chunk)?;
+    a.mov(qword_ptr(rsp + 48), 0)?;
+    a.sub(rcx, rax)?;
+    a.shl(rax, 45)?;
+    a.or(rax, rcx)?;
+    // r15, non-zero already (this call works on the mirror), says what was
+    // stepped over until the entry is written.
+    a.mov(r15, rax)?;
+    a.jmp(next)?;
     a.set_label(&mut differs)?;
     if compare == Compare::Avx2 {
         a.vzeroupper()?;
@@ -419,7 +462,7 @@ fn mirror_compare(a: &mut CodeAssembler, compare: Compare) -> Result<(), IcedErr
     for (n, x) in [xmm0, xmm1, xmm2].into_iter().enumerate() {
         a.movdqu(x, xmmword_ptr(rsp + 16 * n as i32))?;
     }
-    a.add(rsp, 48)?;
+    a.add(rsp, 64)?;
     // Nothing alike: a whole copy.
     a.lea(rax, qword_ptr(rdi + rsi))?;
     a.cmp(rcx, rax)?;
@@ -464,7 +507,7 @@ fn mirror_compare(a: &mut CodeAssembler, compare: Compare) -> Result<(), IcedErr
 /// record's own bytes. Uses rcx, rdi, rsi, r10.
 fn mirror_update(a: &mut CodeAssembler) -> Result<(), IcedError> {
     let mut skip = a.create_label();
-    a.test(r15d, r15d)?;
+    a.test(r15, r15)?;
     a.jz(skip)?;
     // Taken over meanwhile (a handler on an alternate stack inside this one's range
     // took this thunk for one left by longjmp): the mirror is the taker's now.
@@ -515,7 +558,7 @@ fn own_bytes_copy(a: &mut CodeAssembler, compare: Compare) -> Result<(), IcedErr
         Compare::Avx2 => 32,
     };
     a.xor(r13d, r13d)?;
-    a.test(r15d, r15d)?;
+    a.test(r15, r15)?;
     a.jz(plain)?;
     // Taken over by a handler that ran in between: the mirror is not this call's.
     a.cmp(qword_ptr(rdx + SLOT_MIRROR_BUSY), rbx)?;
@@ -663,6 +706,16 @@ fn thunk_code(at: u64, spec: &ThunkSpec, compare: Compare) -> Result<Thunk, Iced
     a.mov(rcx, qword_ptr(rdx + SLOT_LAYERS + LAYER_POS))?;
     a.set_label(&mut whole)?;
     a.mov(qword_ptr(rdi + ENTRY_BASE), rcx)?;
+    // The bytes of its chain the compare stepped over (none when it is whole).
+    let mut unskipped = a.create_label();
+    a.xor(ecx, ecx)?;
+    a.cmp(r13, NO_RECORD as i32)?;
+    a.je(unskipped)?;
+    a.cmp(r15, 1)?;
+    a.jbe(unskipped)?;
+    a.mov(rcx, r15)?;
+    a.set_label(&mut unskipped)?;
+    a.mov(qword_ptr(rdi + ENTRY_SKIP), rcx)?;
     if spec.hook_return {
         a.test(r9d, r9d)?;
         a.jz(copy)?;
@@ -725,7 +778,7 @@ fn thunk_code(at: u64, spec: &ThunkSpec, compare: Compare) -> Result<Thunk, Iced
     a.set_label(&mut bypass_pop)?;
     // The mirror is let go (its layers may not match it any more: forgotten).
     let mut unowned = a.create_label();
-    a.test(r15d, r15d)?;
+    a.test(r15, r15)?;
     a.jz(unowned)?;
     a.mov(qword_ptr(rdx + SLOT_MIRROR_HI), 0)?;
     a.mov(qword_ptr(rdx + SLOT_MIRROR_BUSY), 0)?;

@@ -1,0 +1,400 @@
+//! What a function's code and its CFI say about where its frame lies, for the stack
+//! compare that steps over a frame's locals (see "Skipped ranges" in
+//! `memtrace_arch::recorder`). Two questions, each answered from the object file
+//! alone, and each answered "no" whenever anything is not plain:
+//!
+//! - [`steady_frame`]: does a function keep the same frame at every call it makes?
+//!   Its canonical frame address (CFA) is its stack pointer plus a constant at every
+//!   instruction (no frame pointer, no `alloca`), so at each call its callee's frame
+//!   starts a known distance below the CFA; and it never leaves its frame to other
+//!   code on the same return address (a tail call, a jump into a part of it placed
+//!   elsewhere).
+//! - [`called_once`]: does a function make a call once and then only calls at the
+//!   same stack pointer, never returning, never leaving? Then the slot holding that
+//!   call's return address is written over by any later call, and a stack that still
+//!   holds the return address there is still inside that one call: `main` under the C
+//!   library's start code, a thread's start routine under `start_thread`.
+
+use gimli::UnwindSection;
+use memtrace_arch::{Arch, Flow, Native};
+use object::{Object, ObjectSection};
+
+/// How a function's frame lies at every call it makes, in bytes below its CFA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameShape {
+    /// Every callee's frame lies below `CFA - calls_below`.
+    pub calls_below: u64,
+    /// Every word its CFI reads (return address, saved registers) lies at or above
+    /// `CFA - saves_below`.
+    pub saves_below: u64,
+}
+
+/// One function (an FDE) of an object: its range and code, and per row of its CFI
+/// the stack pointer's distance below the CFA (`None`: the CFA is not the stack
+/// pointer plus a constant) and the lowest word its rules read.
+struct Function<'a> {
+    start: u64,
+    code: &'a [u8],
+    rows: Vec<(std::ops::Range<u64>, Option<u64>, u64)>,
+}
+
+impl Function<'_> {
+    fn end(&self) -> u64 {
+        self.start + self.code.len() as u64
+    }
+
+    fn contains(&self, at: u64) -> bool {
+        (self.start..self.end()).contains(&at)
+    }
+
+    /// The stack pointer's distance below the CFA at `at` (`None`: unknown).
+    fn depth_at(&self, at: u64) -> Option<u64> {
+        self.rows
+            .iter()
+            .find(|(r, _, _)| r.contains(&at))
+            .and_then(|&(_, d, _)| d)
+    }
+
+    /// Every instruction, in order: its address, length and flow; `None` if one
+    /// cannot be decoded.
+    fn instructions(&self) -> Option<Vec<(u64, u64, Flow)>> {
+        let mut out = Vec::new();
+        let mut off = 0usize;
+        while off < self.code.len() {
+            let at = self.start + off as u64;
+            let (len, flow) = Native::flow(&self.code[off..], at)?;
+            out.push((at, len as u64, flow));
+            off += len;
+        }
+        Some(out)
+    }
+}
+
+/// The function of object `data` (loaded with `bias` added to its addresses) that
+/// holds `pc`, an address in the target.
+fn function_at(data: &[u8], bias: u64, pc: u64) -> Option<Function<'_>> {
+    let obj = object::File::parse(data).ok()?;
+    let section = obj.section_by_name(".eh_frame")?;
+    let eh = gimli::EhFrame::new(section.data().ok()?, gimli::LittleEndian);
+    let mut bases = gimli::BaseAddresses::default().set_eh_frame(section.address());
+    if let Some(text) = obj.section_by_name(".text") {
+        bases = bases.set_text(text.address());
+    }
+    let svma = pc.wrapping_sub(bias);
+    let fde = eh
+        .fde_for_address(&bases, svma, gimli::EhFrame::cie_from_offset)
+        .ok()?;
+    let start = fde.initial_address();
+    let end = start.checked_add(fde.len())?;
+    let mut ctx = gimli::UnwindContext::new();
+    let mut table = fde.rows(&eh, &bases, &mut ctx).ok()?;
+    let mut rows = Vec::new();
+    while let Some(row) = table.next_row().ok()? {
+        let depth = match *row.cfa() {
+            gimli::CfaRule::RegisterAndOffset { register, offset }
+                if register.0 == Native::DWARF_SP && offset >= 0 =>
+            {
+                Some(offset as u64)
+            }
+            _ => None,
+        };
+        let mut lowest = 0u64;
+        for (_, rule) in row.registers() {
+            match *rule {
+                gimli::RegisterRule::Offset(o) | gimli::RegisterRule::ValOffset(o) => {
+                    lowest = lowest.max(o.checked_neg()?.try_into().ok()?)
+                }
+                gimli::RegisterRule::Undefined
+                | gimli::RegisterRule::SameValue
+                | gimli::RegisterRule::Register(_) => {}
+                // An expression may read anywhere.
+                _ => return None,
+            }
+        }
+        rows.push((row.start_address()..row.end_address(), depth, lowest));
+    }
+    // The code, from the segment that maps it.
+    let code = obj.segments().find_map(|s| {
+        use object::ObjectSegment;
+        let data = s.data().ok()?;
+        let off = start.checked_sub(s.address())?;
+        let from = usize::try_from(off).ok()?;
+        let to = usize::try_from(off.checked_add(end - start)?).ok()?;
+        data.get(from..to)
+    })?;
+    Some(Function { start, code, rows })
+}
+
+/// Whether the function holding `pc` keeps a steady frame (see the module's notes):
+/// the addresses it covers, and how its frame lies.
+pub fn steady_frame(data: &[u8], bias: u64, pc: u64) -> Option<(std::ops::Range<u64>, FrameShape)> {
+    let f = function_at(data, bias, pc)?;
+    // Covered by rules from end to end, all of them the stack pointer plus a constant.
+    let mut at = f.start;
+    for (r, depth, _) in &f.rows {
+        if r.start != at || depth.is_none() {
+            return None;
+        }
+        at = r.end;
+    }
+    if at != f.end() {
+        return None;
+    }
+    let entry = f.rows.first()?.1?;
+    let saves_below = f.rows.iter().map(|&(_, _, l)| l).max()?;
+    let mut calls_below = u64::MAX;
+    for (at, _, flow) in f.instructions()? {
+        let depth = f.depth_at(at)?;
+        match flow {
+            Flow::Call(_) => calls_below = calls_below.min(depth),
+            Flow::Jump(to) | Flow::Branch(to) if !f.contains(to) => return None,
+            // A jump through a table within it, unless nothing of its frame is left:
+            // then it is a tail call.
+            Flow::IndirectJump if depth <= entry => return None,
+            _ => {}
+        }
+    }
+    let range = f.start.wrapping_add(bias)..f.end().wrapping_add(bias);
+    (calls_below != u64::MAX && calls_below > saves_below).then_some((
+        range,
+        FrameShape {
+            calls_below,
+            saves_below,
+        },
+    ))
+}
+
+/// Functions every C compiler knows never return, as C libraries name them.
+const NORETURN: &[&str] = &[
+    "exit",
+    "_exit",
+    "_Exit",
+    "abort",
+    "__libc_fatal",
+    "__assert_fail",
+    "__stack_chk_fail",
+    "__fortify_fail",
+    "__chk_fail",
+    "pthread_exit",
+    "__pthread_exit",
+    "longjmp",
+    "siglongjmp",
+    "__longjmp_chk",
+    "__libc_longjmp",
+];
+
+/// The addresses (in the object) of the functions of `data` named in [`NORETURN`].
+fn noreturn_functions(data: &[u8]) -> std::collections::HashSet<u64> {
+    use object::ObjectSymbol;
+    let Ok(obj) = object::File::parse(data) else {
+        return Default::default();
+    };
+    obj.symbols()
+        .chain(obj.dynamic_symbols())
+        .filter(|s| s.is_definition() && s.name().is_ok_and(|n| NORETURN.contains(&n)))
+        .map(|s| s.address())
+        .collect()
+}
+
+/// Whether the call that returns to `ra` is made once by its function (see the
+/// module's notes): after it, the function never comes back to it, never returns,
+/// never leaves for other code, and makes its other calls at the same stack pointer.
+pub fn called_once(data: &[u8], bias: u64, ra: u64) -> bool {
+    let Some(f) = function_at(data, bias, ra.wrapping_sub(1)) else {
+        return false;
+    };
+    let Some(insns) = f.instructions() else {
+        return false;
+    };
+    let ra = ra.wrapping_sub(bias);
+    let Some(&(call, _, _)) = insns
+        .iter()
+        .find(|&&(at, len, flow)| at + len == ra && matches!(flow, Flow::Call(_)))
+    else {
+        return false;
+    };
+    let Some(depth) = f.depth_at(call) else {
+        return false;
+    };
+    // Every call at that depth, no way out but calls that never return.
+    for &(at, _, flow) in &insns {
+        let ok = match flow {
+            Flow::Call(_) => f.depth_at(at) == Some(depth),
+            Flow::Jump(to) | Flow::Branch(to) => f.contains(to),
+            Flow::IndirectJump | Flow::Return => false,
+            Flow::Next | Flow::Stop => true,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    // Nothing after it leads back to it. (What follows a call that does not
+    // return is other code, reached otherwise or not at all.)
+    let noreturn = noreturn_functions(data);
+    let index: std::collections::HashMap<u64, usize> = insns
+        .iter()
+        .enumerate()
+        .map(|(i, &(at, _, _))| (at, i))
+        .collect();
+    let mut seen = vec![false; insns.len()];
+    let mut todo: Vec<u64> = vec![ra];
+    while let Some(at) = todo.pop() {
+        if at == call {
+            return false;
+        }
+        let Some(&i) = index.get(&at) else {
+            // Past its end (after a call that does not return), or into the middle
+            // of an instruction: nothing known.
+            if f.contains(at) {
+                return false;
+            }
+            continue;
+        };
+        if std::mem::replace(&mut seen[i], true) {
+            continue;
+        }
+        let (_, len, flow) = insns[i];
+        match flow {
+            Flow::Call(Some(to)) if noreturn.contains(&to) => {}
+            Flow::Next | Flow::Call(_) => todo.push(at + len),
+            Flow::Jump(to) => todo.push(to),
+            Flow::Branch(to) => todo.extend([to, at + len]),
+            Flow::IndirectJump | Flow::Return | Flow::Stop => {}
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::ObjectSymbol;
+
+    /// Functions of every kind the analysis tells apart, built with `cc -O2`.
+    const SOURCE: &str = r#"
+#include <stdlib.h>
+#include <string.h>
+#define ESCAPE(p) __asm__ volatile("" : : "r"(p) : "memory")
+__attribute__((noinline)) void use(char *p) { ESCAPE(p); }
+void (*volatile through)(char *) = use;
+/* A 4000-byte frame, calls at one depth. */
+__attribute__((noinline)) int steady(int n) {
+    char buf[4000]; memset(buf, n, sizeof buf); use(buf); use(buf + 1); return buf[n & 63];
+}
+/* A big frame too, ending in a tail call: its callee runs on its return address.
+ * (No local's address escapes: cc makes no tail call from a frame that lent one.) */
+__attribute__((noinline)) int tail(int n) {
+    volatile char buf[4000]; buf[n & 4095] = n; use(0); return steady(buf[(n * 7) & 4095]);
+}
+/* A frame sized at run time: the stack pointer moves. */
+__attribute__((noinline)) int sized(int n) {
+    char buf[n]; memset(buf, n, n); use(buf); return buf[0];
+}
+/* Calls `through` once and never returns. */
+__attribute__((noinline, noreturn)) void once(char *p) {
+    through(p); use(p); exit(steady(1));
+}
+/* Calls `through` in a loop. */
+__attribute__((noinline, noreturn)) void loop(char *p) {
+    for (;;) { through(p); if (*p) exit(0); }
+}
+/* Calls `through` once and returns. */
+__attribute__((noinline)) int returns(char *p) { through(p); return 1; }
+int main(int argc, char **argv) {
+    steady(argc); tail(argc); sized(argc); returns(argv[0]);
+    if (argc > 5) loop(argv[0]);
+    once(argv[0]);
+}
+"#;
+
+    struct Built {
+        data: Vec<u8>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn build() -> Built {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("shapes.c"), SOURCE).unwrap();
+        let bin = dir.path().join("shapes");
+        let built = std::process::Command::new("cc")
+            .current_dir(dir.path())
+            .args(["-O2", "-fno-stack-protector", "-fcf-protection=none", "-o"])
+            .arg(&bin)
+            .arg("shapes.c")
+            .status()
+            .expect("the tests need a C compiler (cc)");
+        assert!(built.success());
+        Built {
+            data: std::fs::read(&bin).unwrap(),
+            _dir: dir,
+        }
+    }
+
+    fn symbol(data: &[u8], name: &str) -> u64 {
+        let obj = object::File::parse(data).unwrap();
+        obj.symbols()
+            .find(|s| s.name() == Ok(name))
+            .unwrap_or_else(|| panic!("no {name}"))
+            .address()
+    }
+
+    /// The return address of the first call in function `name`.
+    fn first_call_return(data: &[u8], name: &str) -> u64 {
+        let f = function_at(data, 0, symbol(data, name)).unwrap();
+        f.instructions()
+            .unwrap()
+            .into_iter()
+            .find(|&(_, _, flow)| matches!(flow, Flow::Call(_)))
+            .map(|(at, len, _)| at + len)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_frame_is_steady_only_when_its_stack_pointer_is_and_it_never_leaves() {
+        let b = build();
+        let data = &b.data[..];
+        let (range, shape) = steady_frame(data, 0, symbol(data, "steady") + 4).expect("steady");
+        assert!(range.contains(&symbol(data, "steady")), "{range:x?}");
+        assert!(
+            shape.calls_below >= 4000 && shape.saves_below >= 8,
+            "{shape:?}"
+        );
+        // The same under another bias: the address is the loaded one.
+        let bias = 0x5555_0000_0000;
+        assert_eq!(
+            steady_frame(data, bias, bias + symbol(data, "steady") + 4),
+            Some((range.start + bias..range.end + bias, shape))
+        );
+        // That `tail` ends in a tail call is what the case is for.
+        let tail = function_at(data, 0, symbol(data, "tail")).unwrap();
+        let steady = symbol(data, "steady");
+        assert!(
+            tail.instructions()
+                .unwrap()
+                .iter()
+                .any(|&(_, _, flow)| flow == Flow::Jump(steady)),
+            "cc made no tail call"
+        );
+        assert_eq!(steady_frame(data, 0, symbol(data, "tail") + 4), None);
+        assert_eq!(steady_frame(data, 0, symbol(data, "sized") + 4), None);
+        // No call: nothing below it to keep apart.
+        assert_eq!(steady_frame(data, 0, symbol(data, "use")), None);
+    }
+
+    #[test]
+    fn a_call_is_made_once_only_by_code_that_never_returns_or_comes_back() {
+        let b = build();
+        let data = &b.data[..];
+        assert!(called_once(data, 0, first_call_return(data, "once")));
+        let bias = 0x5555_0000_0000;
+        assert!(called_once(
+            data,
+            bias,
+            bias + first_call_return(data, "once")
+        ));
+        assert!(!called_once(data, 0, first_call_return(data, "loop")));
+        assert!(!called_once(data, 0, first_call_return(data, "returns")));
+        // Not the end of a call.
+        assert!(!called_once(data, 0, first_call_return(data, "once") - 1));
+    }
+}
