@@ -50,16 +50,17 @@
 //! inside it, and the record says which bytes it did not compare (`ENTRY_SKIP`):
 //! the chain has what the mirror held there, which may not be what the stack holds.
 //!
-//! The range is only ever one frame's, chosen so that equal bytes above it prove the
-//! frame is still there and still owns the range: the frame of a function whose
-//! stack pointer is its CFA less a constant at every call it makes, which never
-//! tail-calls, called by a function that makes that call once and never returns
-//! (`main` under the C library's start code, a thread's start routine under
-//! `start_thread`); the range lies between its lowest saved register and the
-//! highest point any callee's frame reaches. The return address above it, equal,
-//! is that one call's. (memtrace's `unwind::shape` checks both functions' code
-//! and CFI.) The reader still checks that no unwind reads a word there; one that
-//! would is cut short at that frame, counted, and the thread's range is dropped.
+//! The range is only ever the locals of `main`'s frame, and the compare steps over
+//! it only while `main`'s return address is in place: then `main` is still running
+//! (its caller calls it once and, once it returns, calls `exit` from another place,
+//! writing over that word). `main`'s code must keep its stack pointer a constant
+//! distance from its frame at every call and never hand its frame to a tail call, so
+//! no callee's frame reaches the range; its caller must make all its calls at one
+//! stack pointer and never return (memtrace's `unwind::shape` checks both from their
+//! code and CFI). Equal bytes above the range are still needed: they are what the
+//! record's chain holds. The reader checks that no unwind reads a word there (a
+//! signal handler run on this stack while `main` leaves could); one that would is
+//! cut short at that frame, counted, and the thread's range is dropped.
 
 /// Size of the control page.
 pub const CTRL_SIZE: u64 = 4096;
@@ -128,8 +129,14 @@ pub const SLOT_MIRROR_BUSY: u64 = 80;
 /// Layers of the mirror.
 pub const SLOT_LAYER_DEPTH: u64 = 88;
 /// A range of the stack the compare may step over ([`skip`]-packed; 0: none), set
-/// by memtrace (see "Skipped ranges" above).
+/// by memtrace (see "Skipped ranges" above), while the word at `SLOT_SKIP_RA_AT`
+/// holds `SLOT_SKIP_RA`. The three are read between two reads of `SLOT_SKIP_SEQ`,
+/// which memtrace makes odd while it writes them: a thunk that reads an odd or a
+/// changed value steps over nothing.
 pub const SLOT_SKIP: u64 = 96;
+pub const SLOT_SKIP_RA_AT: u64 = 104;
+pub const SLOT_SKIP_RA: u64 = 112;
+pub const SLOT_SKIP_SEQ: u64 = 120;
 /// `MAX_LAYERS` layers of `LAYER_SIZE` bytes, the highest (oldest) first.
 pub const SLOT_LAYERS: u64 = 128;
 /// A layer: its upper end (the record's `wm`), and its record's position.
@@ -315,7 +322,7 @@ mod tests {
         assert_eq!(entry_len(0), 144);
         assert_eq!(entry_len(16), 160);
         assert_eq!(entry_len(17), 176);
-        const { assert!(SLOT_SKIP + 8 <= SLOT_LAYERS) };
+        const { assert!(SLOT_SKIP_SEQ + 8 <= SLOT_LAYERS) };
         let (lo, len) = (0x7fff_ffff_e008, MAX_STACK_COPY - 8);
         assert_eq!(unskip(skip(lo, len)), (lo, lo + len));
         assert_eq!(unskip(0), (0, 0));

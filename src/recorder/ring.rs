@@ -431,6 +431,7 @@ impl Ring {
         self.mem.store(off + SLOT_MIRROR_BUSY, 0);
         self.mem.store(off + SLOT_LAYER_DEPTH, 0);
         self.mem.store(off + SLOT_SKIP, 0);
+        self.mem.store(off + SLOT_SKIP_SEQ, 0);
         match mirror.filter(|_| hi >= MIRROR_SIZE) {
             Some(m) => {
                 self.mirrors.insert(tp, m);
@@ -453,29 +454,56 @@ impl Ring {
         true
     }
 
-    /// Lets the stack compare of thread `tid` step over `[lo, hi)` (see "Skipped
-    /// ranges" in `memtrace_arch::recorder`); an empty range: over nothing.
-    pub fn set_skip(&self, tid: Tid, (lo, hi): (u64, u64)) {
+    /// Lets the stack compare of thread `tid` step over `skip.range` while the
+    /// word at `skip.ra_at` holds `skip.ra` (see "Skipped ranges" in
+    /// `memtrace_arch::recorder`); `None`, or a range too narrow: over nothing.
+    /// Returns whether a range is set.
+    pub fn set_skip(&self, tid: Tid, skip: Option<crate::unwind::Skip>) -> bool {
         let Some(off) = self.slot_of_thread(tid) else {
-            return;
+            return false;
         };
-        let len = hi.saturating_sub(lo).min(MAX_STACK_COPY - 8) & !7;
-        let packed = if len < MIN_SKIP || lo >= 1 << 48 {
-            0
-        } else {
-            skip(lo, len)
+        let (packed, ra_at, ra) = match skip {
+            Some(s) => {
+                let (lo, hi) = s.range;
+                let len = hi.saturating_sub(lo).min(MAX_STACK_COPY - 8) & !7;
+                if len < MIN_SKIP || lo >= 1 << 48 {
+                    (0, 0, 0)
+                } else {
+                    (memtrace_arch::recorder::skip(lo, len), s.ra_at, s.ra)
+                }
+            }
+            None => (0, 0, 0),
         };
-        // A store the thread's cache line pays for: only a change.
-        if self.mem.load(off + SLOT_SKIP) != packed {
+        let now = (
+            self.mem.load(off + SLOT_SKIP),
+            self.mem.load(off + SLOT_SKIP_RA_AT),
+            self.mem.load(off + SLOT_SKIP_RA),
+        );
+        // Stores the thread's cache line pays for: only a change.
+        if now != (packed, ra_at, ra) {
+            // Only this thread writes the sequence word: odd while the three change.
+            let seq = self.mem.load(off + SLOT_SKIP_SEQ);
+            self.mem.store(off + SLOT_SKIP_SEQ, seq | 1);
             self.mem.store(off + SLOT_SKIP, packed);
+            self.mem.store(off + SLOT_SKIP_RA_AT, ra_at);
+            self.mem.store(off + SLOT_SKIP_RA, ra);
+            self.mem.store(off + SLOT_SKIP_SEQ, (seq | 1) + 1);
         }
+        packed != 0
     }
 
-    /// The range [`Ring::set_skip`] set for thread `tid` (empty: none).
-    pub fn skip_of(&self, tid: Tid) -> (u64, u64) {
+    /// What [`Ring::set_skip`] set for thread `tid`: the range (empty: none), the
+    /// address of the word that must hold the return address, and that address.
+    pub fn skip_of(&self, tid: Tid) -> ((u64, u64), u64, u64) {
         self.slot_of_thread(tid)
-            .map(|off| unskip(self.mem.load(off + SLOT_SKIP)))
-            .unwrap_or((0, 0))
+            .map(|off| {
+                (
+                    unskip(self.mem.load(off + SLOT_SKIP)),
+                    self.mem.load(off + SLOT_SKIP_RA_AT),
+                    self.mem.load(off + SLOT_SKIP_RA),
+                )
+            })
+            .unwrap_or(((0, 0), 0, 0))
     }
 
     /// The slot of thread `tid`, while it is that thread's (a thread pointer is
@@ -604,20 +632,35 @@ mod tests {
         let hi = 0x7fff_0010_0000;
         assert!(ring.register(0x5000, 7, hi - (1 << 20), hi));
         let slot = |field| writer.load(CTRL_SIZE + slot_of(0x5000) * SLOT_SIZE + field);
-        let range = (hi - 0x4000, hi - 0x2000);
-        ring.set_skip(7, range);
-        assert_eq!(ring.skip_of(7), range);
-        assert_eq!(unskip(slot(SLOT_SKIP)), range);
+        let skip = crate::unwind::Skip {
+            range: (hi - 0x4000, hi - 0x2000),
+            ra_at: hi - 0x1ff8,
+            ra: 0x7f00_1234,
+        };
+        assert!(ring.set_skip(7, Some(skip)));
+        assert_eq!(ring.skip_of(7), (skip.range, skip.ra_at, skip.ra));
+        assert_eq!(unskip(slot(SLOT_SKIP)), skip.range);
+        // Written under an even sequence number that moved: a thunk that read the
+        // three between two equal even values read one setting.
+        let seq = slot(SLOT_SKIP_SEQ);
+        assert!(seq > 0 && seq % 2 == 0, "{seq}");
+        // The same again: nothing written.
+        assert!(ring.set_skip(7, Some(skip)));
+        assert_eq!(slot(SLOT_SKIP_SEQ), seq);
         // Too narrow: none.
-        ring.set_skip(7, (hi - 0x100, hi));
-        assert_eq!(ring.skip_of(7), (0, 0));
-        assert_eq!(slot(SLOT_SKIP), 0);
-        ring.set_skip(7, range);
+        let narrow = crate::unwind::Skip {
+            range: (hi - 0x100, hi),
+            ..skip
+        };
+        assert!(!ring.set_skip(7, Some(narrow)));
+        assert_eq!(ring.skip_of(7), ((0, 0), 0, 0));
+        assert_eq!(slot(SLOT_SKIP_SEQ), seq + 2);
+        assert!(ring.set_skip(7, Some(skip)));
         // A thread given the same thread pointer: the last one's range is not its.
         ring.unregister(0x5000);
         assert!(ring.register(0x5000, 8, hi - (1 << 20), hi));
-        assert_eq!(ring.skip_of(8), (0, 0));
-        ring.set_skip(7, range);
+        assert_eq!(ring.skip_of(8), ((0, 0), 0, 0));
+        assert!(!ring.set_skip(7, Some(skip)));
         assert_eq!(slot(SLOT_SKIP), 0);
     }
 

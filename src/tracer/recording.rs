@@ -236,6 +236,8 @@ struct Unwinder<'a> {
     counts: &'a mut RecordStats,
     skip_looks: &'a mut rustc_hash::FxHashMap<Tid, u32>,
     skip_threads: &'a mut rustc_hash::FxHashSet<Tid>,
+    /// Calls are recorded inline (with `--stops` no compare runs: nothing to set).
+    inline: bool,
     walker: &'a mut StackWalker,
     stacks: &'a mut crate::event::StackTable,
     frames: &'a mut Vec<u64>,
@@ -332,18 +334,17 @@ impl Unwind for Unwinder<'_> {
             // nothing from now on.
             self.counts.stack_skip_misreads += 1;
             self.skip_looks.insert(entry.tid, SKIP_NEVER);
-            self.ring.set_skip(entry.tid, (0, 0));
-        } else if !lost && self.look_for_skip(entry.tid) {
+            self.ring.set_skip(entry.tid, None);
+        } else if self.inline && !lost && self.look_for_skip(entry.tid) {
             let pid = self.pid;
             let range =
                 self.walker
                     .steady_range(entry.tid, memtrace_arch::recorder::MIN_SKIP, &mut |m| {
                         std::fs::read(crate::maps::target_path(pid, &m.path)).ok()
                     });
-            if range.is_some() && self.skip_threads.insert(entry.tid) {
+            if self.ring.set_skip(entry.tid, range) && self.skip_threads.insert(entry.tid) {
                 self.counts.stack_skip_threads += 1;
             }
-            self.ring.set_skip(entry.tid, range.unwrap_or((0, 0)));
         }
         let ending = walked.ending.unwrap_or(crate::unwind::Ending::Failed);
         if walked.ran_off
@@ -986,7 +987,9 @@ impl Tracer<'_> {
     /// the ring below what is still needed.
     fn release(&mut self, all: bool) {
         let Some(rec) = self.rec.as_mut() else { return };
+        let inline = rec.stats.mode == RecordMode::Inline;
         let mut unwinder = Unwinder {
+            inline,
             ring: &rec.ring,
             whole: &mut rec.whole,
             counts: &mut rec.stats,

@@ -229,17 +229,17 @@ impl StackWalker {
         reuse.walk(unwinder, cache, tid, start, stack, unread, depth, out)
     }
 
-    /// A range of thread `tid`'s stack, at least `min` bytes, that its stack compare
-    /// may step over (see "Skipped ranges" in `memtrace_arch::recorder`), from its
-    /// last walk from a copy: the locals of a frame among the outermost ones whose
-    /// function keeps a steady frame, called once by its caller ([`shape`]). The
-    /// objects' bytes come from `read_file`, once per object.
+    /// What of thread `tid`'s stack, at least `min` bytes, its stack compare may
+    /// step over (see "Skipped ranges" in `memtrace_arch::recorder`), from its last
+    /// walk from a copy: the locals of `main`'s frame, if `main` keeps a steady frame
+    /// and its caller calls it once ([`shape`]). The objects' bytes come from
+    /// `read_file`, once per object.
     pub fn steady_range(
         &mut self,
         tid: crate::event::Tid,
         min: u64,
         read_file: &mut dyn FnMut(&Module) -> Option<Vec<u8>>,
-    ) -> Option<(u64, u64)> {
+    ) -> Option<Skip> {
         let StackWalker {
             reuse,
             modules,
@@ -250,7 +250,6 @@ impl StackWalker {
             frames, sps, reads, ..
         } = reuse.last_complete(tid)?;
         let n = frames.len();
-        let mut best: Option<(u64, u64)> = None;
         for j in n.saturating_sub(OUTER_FRAMES + 1)..n.saturating_sub(1) {
             // Frame j's function and the return address into its caller; its CFA is
             // the caller's stack pointer.
@@ -258,20 +257,25 @@ impl StackWalker {
             let Some(shape) = shapes.shape(modules, read_file, pc, ra) else {
                 continue;
             };
-            let (Some(lo), Some(hi)) = (
+            let (Some(lo), Some(hi), Some(at)) = (
                 cfa.checked_sub(shape.calls_below),
                 cfa.checked_sub(shape.saves_below),
+                cfa.checked_sub(shape.ra_below),
             ) else {
-                continue;
+                return None;
             };
-            if hi - lo >= min
-                && best.is_none_or(|(l, h)| hi - lo > h - l)
-                && !reads.iter().any(|&(a, _)| reuse::overlaps(a, (lo, hi)))
-            {
-                best = Some((lo, hi));
-            }
+            // The return address where the walk read it.
+            let read_there = reads.iter().any(|&(a, v)| a == at && v == ra);
+            return (hi - lo >= min
+                && read_there
+                && !reads.iter().any(|&(a, _)| reuse::overlaps(a, (lo, hi))))
+            .then_some(Skip {
+                range: (lo, hi),
+                ra_at: at,
+                ra,
+            });
         }
-        best
+        None
     }
 
     /// Unwinds a thread stopped anywhere (the debugger): `start.return_address` is
@@ -364,10 +368,18 @@ fn unwind_regs(s: Start) -> UnwindRegsNative {
     UnwindRegsNative::new(s.return_address, s.sp, s.frame_pointer)
 }
 
-/// How many of a walk's outermost frames [`StackWalker::steady_range`] looks at: a
-/// thread's start routine or `main` is among them (under `start_thread` and
-/// `clone3`, or the C library's start code and `_start`).
+/// How many of a walk's outermost frames [`StackWalker::steady_range`] looks at:
+/// `main` is among them (under the C library's start code and `_start`).
 const OUTER_FRAMES: usize = 4;
+
+/// A range of a thread's stack its compare may step over while the word at `ra_at`
+/// holds `ra`: the locals of `main`'s frame, and where its return address is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Skip {
+    pub range: (u64, u64),
+    pub ra_at: u64,
+    pub ra: u64,
+}
 
 /// What [`StackWalker::steady_range`] learnt of the modules' functions, and the
 /// bytes of the objects it read for it.
@@ -381,6 +393,9 @@ struct Shapes {
     /// whose function has none.
     steady: Vec<(std::ops::Range<u64>, shape::FrameShape)>,
     unsteady: rustc_hash::FxHashSet<u64>,
+    /// Per object (by its module's start): the address of the `main` its entry
+    /// point hands the start code.
+    mains: rustc_hash::FxHashMap<u64, Option<u64>>,
 }
 
 impl Shapes {
@@ -403,8 +418,8 @@ impl Shapes {
         Some((data, bias))
     }
 
-    /// The shape of the frame of the function at `pc`, if it is steady and its
-    /// caller, returned to at `ra`, calls it once.
+    /// The shape of the frame of the function at `pc`, if it is `main`, its frame
+    /// is steady and its caller, returned to at `ra`, calls it once.
     fn shape(
         &mut self,
         modules: &[Module],
@@ -428,10 +443,17 @@ impl Shapes {
         if let Some((_, s)) = self.steady.iter().find(|(r, _)| r.contains(&pc)) {
             return Some(*s);
         }
-        match self
-            .object(modules, read_file, pc)
-            .and_then(|(data, bias)| shape::steady_frame(&data, bias, pc))
-        {
+        let found =
+            self.object(modules, read_file, pc)
+                .and_then(|(data, bias)| {
+                    let (range, s) = shape::steady_frame(&data, bias, pc)?;
+                    let module = modules.iter().find(|m| m.contains(pc))?.start;
+                    let main = *self.mains.entry(module).or_insert_with(|| {
+                        shape::main_address(&data).map(|a| a.wrapping_add(bias))
+                    });
+                    (main == Some(range.start)).then_some((range, s))
+                });
+        match found {
             Some((range, s)) => {
                 self.steady.push((range, s));
                 Some(s)

@@ -27,6 +27,8 @@ pub struct FrameShape {
     /// Every word its CFI reads (return address, saved registers) lies at or above
     /// `CFA - saves_below`.
     pub saves_below: u64,
+    /// Its return address is at `CFA - ra_below`.
+    pub ra_below: u64,
 }
 
 /// One function (an FDE) of an object: its range and code, and per row of its CFI
@@ -36,6 +38,8 @@ struct Function<'a> {
     start: u64,
     code: &'a [u8],
     rows: Vec<(std::ops::Range<u64>, Option<u64>, u64)>,
+    /// Where its return address is, below the CFA, if every row says the same.
+    ra_below: Option<u64>,
 }
 
 impl Function<'_> {
@@ -86,10 +90,18 @@ fn function_at(data: &[u8], bias: u64, pc: u64) -> Option<Function<'_>> {
         .ok()?;
     let start = fde.initial_address();
     let end = start.checked_add(fde.len())?;
+    let ra_register = fde.cie().return_address_register();
+    let mut ra_offsets = std::collections::HashSet::new();
     let mut ctx = gimli::UnwindContext::new();
     let mut table = fde.rows(&eh, &bases, &mut ctx).ok()?;
     let mut rows = Vec::new();
     while let Some(row) = table.next_row().ok()? {
+        ra_offsets.insert(match row.register(ra_register) {
+            Some(gimli::RegisterRule::Offset(o)) => {
+                o.checked_neg().and_then(|b| u64::try_from(b).ok())
+            }
+            _ => None,
+        });
         let depth = match *row.cfa() {
             gimli::CfaRule::RegisterAndOffset { register, offset }
                 if register.0 == Native::DWARF_SP && offset >= 0 =>
@@ -122,7 +134,29 @@ fn function_at(data: &[u8], bias: u64, pc: u64) -> Option<Function<'_>> {
         let to = usize::try_from(off.checked_add(end - start)?).ok()?;
         data.get(from..to)
     })?;
-    Some(Function { start, code, rows })
+    let ra_below = match ra_offsets.into_iter().collect::<Vec<_>>()[..] {
+        [one] => one,
+        _ => None,
+    };
+    Some(Function {
+        start,
+        code,
+        rows,
+        ra_below,
+    })
+}
+
+/// The address (in the object) of the `main` that the entry point of executable
+/// `data` hands the C library's start code.
+pub fn main_address(data: &[u8]) -> Option<u64> {
+    use object::ObjectSegment;
+    let obj = object::File::parse(data).ok()?;
+    let entry = obj.entry();
+    let code = obj.segments().find_map(|s| {
+        let off = entry.checked_sub(s.address())?;
+        s.data().ok()?.get(usize::try_from(off).ok()?..)
+    })?;
+    Native::entry_first_argument(&code[..code.len().min(256)], entry)
 }
 
 /// Whether the function holding `pc` keeps a steady frame (see the module's notes):
@@ -141,6 +175,7 @@ pub fn steady_frame(data: &[u8], bias: u64, pc: u64) -> Option<(std::ops::Range<
         return None;
     }
     let entry = f.rows.first()?.1?;
+    let ra_below = f.ra_below?;
     let saves_below = f.rows.iter().map(|&(_, _, l)| l).max()?;
     let mut calls_below = u64::MAX;
     for (at, _, flow) in f.instructions()? {
@@ -160,40 +195,9 @@ pub fn steady_frame(data: &[u8], bias: u64, pc: u64) -> Option<(std::ops::Range<
         FrameShape {
             calls_below,
             saves_below,
+            ra_below,
         },
     ))
-}
-
-/// Functions every C compiler knows never return, as C libraries name them.
-const NORETURN: &[&str] = &[
-    "exit",
-    "_exit",
-    "_Exit",
-    "abort",
-    "__libc_fatal",
-    "__assert_fail",
-    "__stack_chk_fail",
-    "__fortify_fail",
-    "__chk_fail",
-    "pthread_exit",
-    "__pthread_exit",
-    "longjmp",
-    "siglongjmp",
-    "__longjmp_chk",
-    "__libc_longjmp",
-];
-
-/// The addresses (in the object) of the functions of `data` named in [`NORETURN`].
-fn noreturn_functions(data: &[u8]) -> std::collections::HashSet<u64> {
-    use object::ObjectSymbol;
-    let Ok(obj) = object::File::parse(data) else {
-        return Default::default();
-    };
-    obj.symbols()
-        .chain(obj.dynamic_symbols())
-        .filter(|s| s.is_definition() && s.name().is_ok_and(|n| NORETURN.contains(&n)))
-        .map(|s| s.address())
-        .collect()
 }
 
 /// Whether the call that returns to `ra` is made once by its function (see the
@@ -228,9 +232,7 @@ pub fn called_once(data: &[u8], bias: u64, ra: u64) -> bool {
             return false;
         }
     }
-    // Nothing after it leads back to it. (What follows a call that does not
-    // return is other code, reached otherwise or not at all.)
-    let noreturn = noreturn_functions(data);
+    // Nothing after it leads back to it.
     let index: std::collections::HashMap<u64, usize> = insns
         .iter()
         .enumerate()
@@ -255,7 +257,6 @@ pub fn called_once(data: &[u8], bias: u64, ra: u64) -> bool {
         }
         let (_, len, flow) = insns[i];
         match flow {
-            Flow::Call(Some(to)) if noreturn.contains(&to) => {}
             Flow::Next | Flow::Call(_) => todo.push(at + len),
             Flow::Jump(to) => todo.push(to),
             Flow::Branch(to) => todo.extend([to, at + len]),
@@ -277,14 +278,20 @@ mod tests {
 #define ESCAPE(p) __asm__ volatile("" : : "r"(p) : "memory")
 __attribute__((noinline)) void use(char *p) { ESCAPE(p); }
 void (*volatile through)(char *) = use;
-/* A 4000-byte frame, calls at one depth. */
+/* A 4000-byte frame, calls at one depth, three registers saved (the clobber). */
 __attribute__((noinline)) int steady(int n) {
-    char buf[4000]; memset(buf, n, sizeof buf); use(buf); use(buf + 1); return buf[n & 63];
+    char buf[4000]; __asm__ volatile("" : : : "rbx", "rbp", "r12");
+    memset(buf, n, sizeof buf); use(buf); use(buf + 1); return buf[n & 63];
 }
+int (*volatile through_int)(int) = steady;
 /* A big frame too, ending in a tail call: its callee runs on its return address.
  * (No local's address escapes: cc makes no tail call from a frame that lent one.) */
 __attribute__((noinline)) int tail(int n) {
     volatile char buf[4000]; buf[n & 4095] = n; use(0); return steady(buf[(n * 7) & 4095]);
+}
+/* The same, through a pointer. */
+__attribute__((noinline)) int tail_through(int n) {
+    volatile char buf[4000]; buf[n & 4095] = n; use(0); return through_int(buf[(n * 7) & 4095]);
 }
 /* A frame sized at run time: the stack pointer moves. */
 __attribute__((noinline)) int sized(int n) {
@@ -300,9 +307,20 @@ __attribute__((noinline, noreturn)) void loop(char *p) {
 }
 /* Calls `through` once and returns. */
 __attribute__((noinline)) int returns(char *p) { through(p); return 1; }
+/* Calls `through` once, then a function with arguments on the stack (pushed:
+ * another depth). */
+__attribute__((noinline)) long eight(long a, long b, long c, long d, long e, long f, long g,
+                                     long h) { ESCAPE(&a); return a + b + c + d + e + f + g + h; }
+__attribute__((noinline, noreturn)) void pushes(char *p) {
+    through(p); exit((int)eight(1, 2, 3, 4, 5, 6, (long)p, (long)p * 3));
+}
+/* Calls `through` once, then leaves for `use` (a tail call). */
+__attribute__((noinline)) void leaves(char *p) { through(p); use(p); }
 int main(int argc, char **argv) {
-    steady(argc); tail(argc); sized(argc); returns(argv[0]);
+    steady(argc); tail(argc); tail_through(argc); sized(argc); returns(argv[0]);
+    leaves(argv[0]);
     if (argc > 5) loop(argv[0]);
+    if (argc > 6) pushes(argv[0]);
     once(argv[0]);
 }
 "#;
@@ -355,8 +373,9 @@ int main(int argc, char **argv) {
         let data = &b.data[..];
         let (range, shape) = steady_frame(data, 0, symbol(data, "steady") + 4).expect("steady");
         assert!(range.contains(&symbol(data, "steady")), "{range:x?}");
+        // Its return address, and below it three saved registers.
         assert!(
-            shape.calls_below >= 4000 && shape.saves_below >= 8,
+            shape.calls_below >= 4000 && shape.ra_below == 8 && shape.saves_below == 32,
             "{shape:?}"
         );
         // The same under another bias: the address is the loaded one.
@@ -376,9 +395,28 @@ int main(int argc, char **argv) {
             "cc made no tail call"
         );
         assert_eq!(steady_frame(data, 0, symbol(data, "tail") + 4), None);
+        let through = function_at(data, 0, symbol(data, "tail_through")).unwrap();
+        assert!(
+            through
+                .instructions()
+                .unwrap()
+                .iter()
+                .any(|&(_, _, flow)| flow == Flow::IndirectJump),
+            "cc made no tail call through the pointer"
+        );
+        assert_eq!(
+            steady_frame(data, 0, symbol(data, "tail_through") + 4),
+            None
+        );
         assert_eq!(steady_frame(data, 0, symbol(data, "sized") + 4), None);
         // No call: nothing below it to keep apart.
         assert_eq!(steady_frame(data, 0, symbol(data, "use")), None);
+    }
+
+    #[test]
+    fn main_is_what_the_entry_point_hands_the_start_code() {
+        let b = build();
+        assert_eq!(main_address(&b.data), Some(symbol(&b.data, "main")));
     }
 
     #[test]
@@ -394,6 +432,18 @@ int main(int argc, char **argv) {
         ));
         assert!(!called_once(data, 0, first_call_return(data, "loop")));
         assert!(!called_once(data, 0, first_call_return(data, "returns")));
+        assert!(!called_once(data, 0, first_call_return(data, "leaves")));
+        // That `pushes` pushes is what the case is for.
+        let pushes = function_at(data, 0, symbol(data, "pushes")).unwrap();
+        let depths: std::collections::HashSet<_> = pushes
+            .instructions()
+            .unwrap()
+            .iter()
+            .filter(|&&(_, _, flow)| matches!(flow, Flow::Call(_)))
+            .map(|&(at, _, _)| pushes.depth_at(at))
+            .collect();
+        assert!(depths.len() > 1, "cc made all calls at one depth");
+        assert!(!called_once(data, 0, first_call_return(data, "pushes")));
         // Not the end of a call.
         assert!(!called_once(data, 0, first_call_return(data, "once") - 1));
     }

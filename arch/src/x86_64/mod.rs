@@ -286,6 +286,46 @@ impl Arch for X86_64 {
         Some((insn.len(), flow))
     }
 
+    fn entry_first_argument(code: &[u8], address: u64) -> Option<u64> {
+        use iced_x86::{OpKind, Register};
+        let mut d = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+        let mut rdi = None;
+        for _ in 0..32 {
+            if !d.can_decode() {
+                return None;
+            }
+            let insn = d.decode();
+            if insn.is_invalid() {
+                return None;
+            }
+            match insn.flow_control() {
+                FlowControl::Call | FlowControl::IndirectCall => return rdi,
+                FlowControl::Next => {}
+                _ => return None,
+            }
+            let dest = insn.op0_register();
+            if insn.op_count() == 0 || insn.op0_kind() != OpKind::Register {
+                continue;
+            }
+            if dest.full_register() != Register::RDI {
+                continue;
+            }
+            rdi = match (insn.mnemonic(), insn.op1_kind()) {
+                (Mnemonic::Lea, OpKind::Memory) if insn.is_ip_rel_memory_operand() => {
+                    Some(insn.ip_rel_memory_address())
+                }
+                (Mnemonic::Mov, OpKind::Immediate32 | OpKind::Immediate32to64)
+                    if matches!(dest, Register::RDI | Register::EDI) =>
+                {
+                    Some(insn.immediate(1))
+                }
+                (Mnemonic::Mov, OpKind::Immediate64) => Some(insn.immediate(1)),
+                _ => None,
+            };
+        }
+        None
+    }
+
     fn named_registers(r: &Regs) -> Vec<(&'static str, u64)> {
         [
             ("rax", RAX),
@@ -337,6 +377,43 @@ mod tests {
             assert_eq!(X86_64::flow(bytes, at), Some(want), "{bytes:x?}");
         }
         assert_eq!(X86_64::flow(&[0x0f], at), None);
+    }
+
+    #[test]
+    fn the_start_codes_main_is_read_from_its_first_call() {
+        // glibc's _start, PIE: lea rdi, [rip + 0xe61] (main), then call through the GOT.
+        let pie = [
+            0xf3, 0x0f, 0x1e, 0xfa, // endbr64
+            0x31, 0xed, // xor ebp, ebp
+            0x49, 0x89, 0xd1, // mov r9, rdx
+            0x5e, // pop rsi
+            0x48, 0x89, 0xe2, // mov rdx, rsp
+            0x48, 0x83, 0xe4, 0xf0, // and rsp, -16
+            0x50, // push rax
+            0x54, // push rsp
+            0x45, 0x31, 0xc0, // xor r8d, r8d
+            0x31, 0xc9, // xor ecx, ecx
+            0x48, 0x8d, 0x3d, 0x61, 0x0e, 0, 0, // lea rdi, [rip + 0xe61]
+            0xff, 0x15, 0x00, 0x10, 0, 0,    // call [rip + 0x1000]
+            0xf4, // hlt
+        ];
+        assert_eq!(
+            X86_64::entry_first_argument(&pie, 0x1000),
+            Some(0x1000 + 31 + 0xe61)
+        );
+        // Non-PIE: mov rdi, imm32.
+        let fixed = [0x48, 0xc7, 0xc7, 0x36, 0x11, 0x40, 0, 0xe8, 0, 0, 0, 0];
+        assert_eq!(
+            X86_64::entry_first_argument(&fixed, 0x401000),
+            Some(0x401136)
+        );
+        // rdi changed after (to something not constant): none.
+        let changed = [
+            0x48, 0xc7, 0xc7, 0x36, 0x11, 0x40, 0, 0x48, 0x89, 0xc7, 0xe8, 0, 0, 0, 0,
+        ];
+        assert_eq!(X86_64::entry_first_argument(&changed, 0x401000), None);
+        // A jump before any call: none.
+        assert_eq!(X86_64::entry_first_argument(&[0xeb, 0xfe], 0x1000), None);
     }
 
     fn tail_target(code: &[u8]) -> u64 {

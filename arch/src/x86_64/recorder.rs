@@ -372,15 +372,21 @@ fn mirror_compare(a: &mut CodeAssembler, compare: Compare) -> Result<(), IcedErr
     // halves are not (glibc's AVX2 string functions, which malloc calls, end with
     // vzeroupper too).
     let chunk = compare.chunk();
-    a.sub(rsp, 64)?;
+    a.sub(rsp, 72)?;
     for (n, x) in [xmm0, xmm1, xmm2].into_iter().enumerate() {
         a.movdqu(xmmword_ptr(rsp + 16 * n as i32), x)?;
     }
-    // The range memtrace lets the compare step over (see "Skipped ranges"), read
-    // once: [rsp + 56] its start, [rsp + 48] its end, or 0 when there is none or it
-    // is not wholly between the lowest address compared and the top.
+    // The range memtrace lets the compare step over (see "Skipped ranges"): [rsp +
+    // 56] its start, [rsp + 48] its end, or 0 when there is none, when it is not
+    // wholly between the lowest address compared and the top, when the word that
+    // must hold main's return address (between the range and the top) does not, or
+    // when memtrace was changing them meanwhile ([rsp + 64]: the sequence number).
     let mut unarmed = a.create_label();
     let mut skip = a.create_label();
+    a.mov(rax, qword_ptr(rdx + SLOT_SKIP_SEQ))?;
+    a.mov(qword_ptr(rsp + 64), rax)?;
+    a.test(al, 1)?;
+    a.jnz(unarmed)?;
     a.mov(rax, qword_ptr(rdx + SLOT_SKIP))?;
     a.mov(qword_ptr(rsp + 56), rax)?;
     a.shr(rax, 48)?;
@@ -399,6 +405,18 @@ fn mirror_compare(a: &mut CodeAssembler, compare: Compare) -> Result<(), IcedErr
     a.cmp(rax, rcx)?;
     a.ja(unarmed)?;
     a.mov(qword_ptr(rsp + 48), rax)?;
+    a.mov(rax, qword_ptr(rdx + SLOT_SKIP_RA_AT))?;
+    a.cmp(rax, qword_ptr(rsp + 48))?;
+    a.jb(unarmed)?;
+    a.add(rax, 8)?;
+    a.cmp(rax, rcx)?;
+    a.ja(unarmed)?;
+    a.mov(rax, qword_ptr(rax - 8))?;
+    a.cmp(rax, qword_ptr(rdx + SLOT_SKIP_RA))?;
+    a.jne(unarmed)?;
+    a.mov(rax, qword_ptr(rdx + SLOT_SKIP_SEQ))?;
+    a.cmp(rax, qword_ptr(rsp + 64))?;
+    a.jne(unarmed)?;
     a.jmp(next)?;
     a.set_label(&mut unarmed)?;
     a.mov(qword_ptr(rsp + 48), 0)?;
@@ -462,7 +480,7 @@ fn mirror_compare(a: &mut CodeAssembler, compare: Compare) -> Result<(), IcedErr
     for (n, x) in [xmm0, xmm1, xmm2].into_iter().enumerate() {
         a.movdqu(x, xmmword_ptr(rsp + 16 * n as i32))?;
     }
-    a.add(rsp, 64)?;
+    a.add(rsp, 72)?;
     // Nothing alike: a whole copy.
     a.lea(rax, qword_ptr(rdi + rsi))?;
     a.cmp(rcx, rax)?;
