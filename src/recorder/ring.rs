@@ -430,8 +430,9 @@ impl Ring {
         self.mem.store(off + SLOT_MIRROR_LO, 0);
         self.mem.store(off + SLOT_MIRROR_BUSY, 0);
         self.mem.store(off + SLOT_LAYER_DEPTH, 0);
-        self.mem.store(off + SLOT_SKIP, 0);
-        self.mem.store(off + SLOT_SKIP_SEQ, 0);
+        for field in [SLOT_SKIP, SLOT_SKIP_RA_AT, SLOT_SKIP_RA, SLOT_SKIP_SEQ] {
+            self.mem.store(off + field, 0);
+        }
         match mirror.filter(|_| hi >= MIRROR_SIZE) {
             Some(m) => {
                 self.mirrors.insert(tp, m);

@@ -11,9 +11,15 @@
 //!   elsewhere).
 //! - [`called_once`]: does a function make a call once and then only calls at the
 //!   same stack pointer, never returning, never leaving? Then the slot holding that
-//!   call's return address is written over by any later call, and a stack that still
-//!   holds the return address there is still inside that one call: `main` under the C
-//!   library's start code, a thread's start routine under `start_thread`.
+//!   call's return address is written over by any later call: while it still holds
+//!   that return address, the callee is still running (the C library's start code
+//!   and `main`).
+//!
+//! And [`main_address`]: which function is `main` (what the entry point hands the
+//! start code). Only `main`'s frame is stepped over: a caller that calls through a
+//! pointer could be brought back to the same call by `setjmp`'s second return and
+//! call another function there, which no look at the code can rule out; the start
+//! code calls `main` once.
 
 use gimli::UnwindSection;
 use memtrace_arch::{Arch, Flow, Native};
