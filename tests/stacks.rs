@@ -117,6 +117,42 @@ fn stacks_under_a_frame_the_compare_steps_over() {
     );
 }
 
+/// A main called by main (through a pointer) is not the start code's: its locals
+/// are never stepped over, so `other`, called from the same place after a longjmp,
+/// gets a whole stack, in both modes, with no word needed that was stepped over.
+#[test]
+fn a_main_called_again_is_not_the_start_codes() {
+    let (_, run) = check_whole_stacks_run(&cases::main_again(), &["main_again.c"]);
+    let recording = &run.report()["trace"]["recording"];
+    assert_eq!(
+        recording["stack_skip_misreads"].as_u64(),
+        Some(0),
+        "{recording}"
+    );
+}
+
+/// A signal handler whose alternate stack lies in main's locals, which the compare
+/// steps over: its own calls step over nothing (the range is not above their
+/// stack), the program ends as it does untraced, and both modes agree.
+#[test]
+fn a_handler_on_a_stack_inside_mains_locals() {
+    let case = cases::alt_stack_in_main();
+    let target = case.target();
+    let native = run_native(&target);
+    let run = run_memtrace_opts(&[], &target);
+    assert_eq!(run.exit, native.exit, "{}", run.stderr);
+    let recording = &run.report()["trace"]["recording"];
+    assert!(
+        recording["stack_bytes_skipped"].as_u64() > Some(0),
+        "main's locals were never stepped over: {recording}"
+    );
+    assert_eq!(
+        recording["stack_skip_misreads"].as_u64(),
+        Some(0),
+        "{recording}"
+    );
+}
+
 /// -O2 -fomit-frame-pointer: %rbp is an ordinary register; only the CFI unwinds.
 #[test]
 fn deep_recursion_without_frame_pointers() {

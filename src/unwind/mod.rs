@@ -254,9 +254,18 @@ impl StackWalker {
             // Frame j's function and the return address into its caller; its CFA is
             // the caller's stack pointer.
             let (pc, ra, cfa) = (frames[j].wrapping_sub(1), frames[j + 1], sps[j + 1]);
-            let Some(shape) = shapes.shape(modules, read_file, pc, ra) else {
+            let Some((main, shape)) = shapes.shape(modules, read_file, pc, ra) else {
                 continue;
             };
+            // The outermost main: one that main called (through a pointer, say) could
+            // be called again from the same place after a longjmp, and be another
+            // function then.
+            if frames[j + 1..]
+                .iter()
+                .any(|&f| main.contains(&f.wrapping_sub(1)))
+            {
+                continue;
+            }
             let (Some(lo), Some(hi), Some(at)) = (
                 cfa.checked_sub(shape.calls_below),
                 cfa.checked_sub(shape.saves_below),
@@ -418,15 +427,21 @@ impl Shapes {
         Some((data, bias))
     }
 
-    /// The shape of the frame of the function at `pc`, if it is `main`, its frame
-    /// is steady and its caller, returned to at `ra`, calls it once.
+    /// The addresses and the shape of the frame of the function at `pc`, if it is
+    /// `main`, its frame is steady, and its caller, returned to at `ra`, is in
+    /// another object (the C library's start code, which calls `main` once and
+    /// knows what its own `setjmp` does) and calls it once.
     fn shape(
         &mut self,
         modules: &[Module],
         read_file: &mut dyn FnMut(&Module) -> Option<Vec<u8>>,
         pc: u64,
         ra: u64,
-    ) -> Option<shape::FrameShape> {
+    ) -> Option<(std::ops::Range<u64>, shape::FrameShape)> {
+        let module_of = |at: u64| modules.iter().position(|m| m.contains(at));
+        if module_of(pc).is_none() || module_of(pc) == module_of(ra) {
+            return None;
+        }
         let once = match self.once.get(&ra) {
             Some(&once) => once,
             None => {
@@ -440,8 +455,8 @@ impl Shapes {
         if !once || self.unsteady.contains(&pc) {
             return None;
         }
-        if let Some((_, s)) = self.steady.iter().find(|(r, _)| r.contains(&pc)) {
-            return Some(*s);
+        if let Some(found) = self.steady.iter().find(|(r, _)| r.contains(&pc)) {
+            return Some(found.clone());
         }
         let found =
             self.object(modules, read_file, pc)
@@ -455,8 +470,8 @@ impl Shapes {
                 });
         match found {
             Some((range, s)) => {
-                self.steady.push((range, s));
-                Some(s)
+                self.steady.push((range.clone(), s));
+                Some((range, s))
             }
             None => {
                 self.unsteady.insert(pc);

@@ -279,6 +279,17 @@ pub fn bad_free(which: &str) -> Case {
 pub fn big_frames() -> Case {
     Case::new("big_frames", OPTIMIZED)
 }
+/// main_again.c: main called again through a pointer by main, and another
+/// function called in its place after a longjmp.
+pub fn main_again() -> Case {
+    Case::new("main_again", OPTIMIZED)
+}
+
+/// alt_stack_in_main.c: a signal handler on an alternate stack inside main's locals.
+pub fn alt_stack_in_main() -> Case {
+    Case::new("alt_stack_in_main", OPTIMIZED)
+}
+
 /// Whole stacks: a 50-deep recursion and an inlined helper (run with `--depth 64`).
 pub fn stacks() -> Case {
     Case::new("stacks", DEBUG)
