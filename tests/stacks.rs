@@ -117,18 +117,28 @@ fn stacks_under_a_frame_the_compare_steps_over() {
     );
 }
 
-/// A main called by main (through a pointer) is not the start code's: its locals
-/// are never stepped over, so `other`, called from the same place after a longjmp,
-/// gets a whole stack, in both modes, with no word needed that was stepped over.
+/// A main called by main, or by a thread's start routine in a library (through a
+/// pointer), is not the start code's: its locals are never stepped over, so
+/// `other`, called from the same place after a longjmp, gets a whole stack, in
+/// both modes, with no word needed that was stepped over.
 #[test]
 fn a_main_called_again_is_not_the_start_codes() {
-    let (_, run) = check_whole_stacks_run(&cases::main_again(), &["main_again.c"]);
-    let recording = &run.report()["trace"]["recording"];
-    assert_eq!(
-        recording["stack_skip_misreads"].as_u64(),
-        Some(0),
-        "{recording}"
-    );
+    for (case, sources) in [
+        (cases::main_again(), &["main_again.c"][..]),
+        (
+            cases::main_in_thread(),
+            &["main_in_thread.c", "main_in_thread_lib.c"][..],
+        ),
+    ] {
+        let (_, run) = check_whole_stacks_run(&case, sources);
+        let recording = &run.report()["trace"]["recording"];
+        assert_eq!(
+            recording["stack_skip_misreads"].as_u64(),
+            Some(0),
+            "{}: {recording}",
+            case.fixture
+        );
+    }
 }
 
 /// A signal handler whose alternate stack lies in main's locals, which the compare

@@ -50,10 +50,11 @@
 //! inside it, and the record says which bytes it did not compare (`ENTRY_SKIP`):
 //! the chain has what the mirror held there, which may not be what the stack holds.
 //!
-//! The range is only ever the locals of `main`'s frame, and the compare steps over
-//! it only while `main`'s return address is in place: then `main` is still running
-//! (its caller calls it once and, once it returns, calls `exit` from another place,
-//! writing over that word). `main`'s code must keep its stack pointer a constant
+//! The range is only ever the locals of the frame of the `main` the C library's
+//! start code calls (in another object, under the executable's entry code, with no
+//! `main` above it), and the compare steps over it only while `main`'s return
+//! address is in place: then `main` is still running (its caller calls it once and,
+//! once it returns, calls `exit` from another place, writing over that word). `main`'s code must keep its stack pointer a constant
 //! distance from its frame at every call and never hand its frame to a tail call, so
 //! no callee's frame reaches the range; its caller must make all its calls at one
 //! stack pointer and never return (memtrace's `unwind::shape` checks both from their

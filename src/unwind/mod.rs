@@ -254,7 +254,8 @@ impl StackWalker {
             // Frame j's function and the return address into its caller; its CFA is
             // the caller's stack pointer.
             let (pc, ra, cfa) = (frames[j].wrapping_sub(1), frames[j + 1], sps[j + 1]);
-            let Some((main, shape)) = shapes.shape(modules, read_file, pc, ra) else {
+            let outermost = frames[n - 1];
+            let Some((main, shape)) = shapes.shape(modules, read_file, pc, ra, outermost) else {
                 continue;
             };
             // The outermost main: one that main called (through a pointer, say) could
@@ -403,8 +404,8 @@ struct Shapes {
     steady: Vec<(std::ops::Range<u64>, shape::FrameShape)>,
     unsteady: rustc_hash::FxHashSet<u64>,
     /// Per object (by its module's start): the address of the `main` its entry
-    /// point hands the start code.
-    mains: rustc_hash::FxHashMap<u64, Option<u64>>,
+    /// point hands the start code, and of the entry point.
+    mains: rustc_hash::FxHashMap<u64, Option<(u64, u64)>>,
 }
 
 impl Shapes {
@@ -428,18 +429,24 @@ impl Shapes {
     }
 
     /// The addresses and the shape of the frame of the function at `pc`, if it is
-    /// `main`, its frame is steady, and its caller, returned to at `ra`, is in
-    /// another object (the C library's start code, which calls `main` once and
-    /// knows what its own `setjmp` does) and calls it once.
+    /// `main`, its frame is steady, its caller, returned to at `ra`, is in another
+    /// object (the C library's start code, which calls `main` once and knows what
+    /// its own `setjmp` does) and calls it once, and the stack's outermost frame,
+    /// returned to at `outermost`, is the executable's entry code (not a thread's
+    /// start, nor a constructor's caller).
     fn shape(
         &mut self,
         modules: &[Module],
         read_file: &mut dyn FnMut(&Module) -> Option<Vec<u8>>,
         pc: u64,
         ra: u64,
+        outermost: u64,
     ) -> Option<(std::ops::Range<u64>, shape::FrameShape)> {
         let module_of = |at: u64| modules.iter().position(|m| m.contains(at));
-        if module_of(pc).is_none() || module_of(pc) == module_of(ra) {
+        let module = module_of(pc)?;
+        if Some(module) == module_of(ra.wrapping_sub(1))
+            || Some(module) != module_of(outermost.wrapping_sub(1))
+        {
             return None;
         }
         let once = match self.once.get(&ra) {
@@ -455,23 +462,34 @@ impl Shapes {
         if !once || self.unsteady.contains(&pc) {
             return None;
         }
+        let start = modules[module].start;
+        let entry_code = |mains: &rustc_hash::FxHashMap<u64, Option<(u64, u64)>>| {
+            mains
+                .get(&start)
+                .copied()
+                .flatten()
+                .is_some_and(|(_, entry)| {
+                    (entry..entry.saturating_add(shape::ENTRY_CODE))
+                        .contains(&outermost.wrapping_sub(1))
+                })
+        };
         if let Some(found) = self.steady.iter().find(|(r, _)| r.contains(&pc)) {
-            return Some(found.clone());
+            return entry_code(&self.mains).then(|| found.clone());
         }
-        let found =
-            self.object(modules, read_file, pc)
-                .and_then(|(data, bias)| {
-                    let (range, s) = shape::steady_frame(&data, bias, pc)?;
-                    let module = modules.iter().find(|m| m.contains(pc))?.start;
-                    let main = *self.mains.entry(module).or_insert_with(|| {
-                        shape::main_address(&data).map(|a| a.wrapping_add(bias))
-                    });
-                    (main == Some(range.start)).then_some((range, s))
+        let found = self
+            .object(modules, read_file, pc)
+            .and_then(|(data, bias)| {
+                let (range, s) = shape::steady_frame(&data, bias, pc)?;
+                let main = *self.mains.entry(start).or_insert_with(|| {
+                    shape::main_address(&data)
+                        .map(|(main, entry)| (main.wrapping_add(bias), entry.wrapping_add(bias)))
                 });
+                (main.map(|(m, _)| m) == Some(range.start)).then_some((range, s))
+            });
         match found {
             Some((range, s)) => {
                 self.steady.push((range.clone(), s));
-                Some((range, s))
+                entry_code(&self.mains).then_some((range, s))
             }
             None => {
                 self.unsteady.insert(pc);

@@ -152,9 +152,13 @@ fn function_at(data: &[u8], bias: u64, pc: u64) -> Option<Function<'_>> {
     })
 }
 
-/// The address (in the object) of the `main` that the entry point of executable
-/// `data` hands the C library's start code.
-pub fn main_address(data: &[u8]) -> Option<u64> {
+/// How far past the entry point a return address into the entry code may be: the
+/// start code is entered within the first few instructions.
+pub const ENTRY_CODE: u64 = 256;
+
+/// The addresses (in the object) of the `main` that the entry point of executable
+/// `data` hands the C library's start code, and of the entry point.
+pub fn main_address(data: &[u8]) -> Option<(u64, u64)> {
     use object::ObjectSegment;
     let obj = object::File::parse(data).ok()?;
     let entry = obj.entry();
@@ -162,7 +166,8 @@ pub fn main_address(data: &[u8]) -> Option<u64> {
         let off = entry.checked_sub(s.address())?;
         s.data().ok()?.get(usize::try_from(off).ok()?..)
     })?;
-    Native::entry_first_argument(&code[..code.len().min(256)], entry)
+    let main = Native::entry_first_argument(&code[..code.len().min(ENTRY_CODE as usize)], entry)?;
+    Some((main, entry))
 }
 
 /// Whether the function holding `pc` keeps a steady frame (see the module's notes):
@@ -422,7 +427,11 @@ int main(int argc, char **argv) {
     #[test]
     fn main_is_what_the_entry_point_hands_the_start_code() {
         let b = build();
-        assert_eq!(main_address(&b.data), Some(symbol(&b.data, "main")));
+        let obj = object::File::parse(&b.data[..]).unwrap();
+        assert_eq!(
+            main_address(&b.data),
+            Some((symbol(&b.data, "main"), obj.entry()))
+        );
     }
 
     #[test]

@@ -285,6 +285,12 @@ pub fn main_again() -> Case {
     Case::new("main_again", OPTIMIZED)
 }
 
+/// main_in_thread.c: the same, main called by a thread's start routine in a
+/// library.
+pub fn main_in_thread() -> Case {
+    Case::new("main_in_thread", OPTIMIZED).source("main_in_thread_lib")
+}
+
 /// alt_stack_in_main.c: a signal handler on an alternate stack inside main's locals.
 pub fn alt_stack_in_main() -> Case {
     Case::new("alt_stack_in_main", OPTIMIZED)
