@@ -117,8 +117,9 @@ fn stacks_under_a_frame_the_compare_steps_over() {
     );
 }
 
-/// A main called by main, or by a thread's start routine in a library (through a
-/// pointer), is not the start code's: its locals are never stepped over, so
+/// A main called by main, by a thread's start routine in a library, or by a
+/// library function run as a constructor (through a pointer), is not the start
+/// code's: its locals are never stepped over, so
 /// `other`, called from the same place after a longjmp, gets a whole stack, in
 /// both modes, with no word needed that was stepped over.
 #[test]
@@ -128,6 +129,10 @@ fn a_main_called_again_is_not_the_start_codes() {
         (
             cases::main_in_thread(),
             &["main_in_thread.c", "main_in_thread_lib.c"][..],
+        ),
+        (
+            cases::main_in_ctor(),
+            &["main_in_ctor.c", "main_in_ctor_lib.c"][..],
         ),
     ] {
         let (_, run) = check_whole_stacks_run(&case, sources);

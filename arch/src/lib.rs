@@ -237,9 +237,9 @@ pub trait Arch {
     /// The DWARF number of the stack pointer register (CFI rules name it).
     const DWARF_SP: u16;
     /// The first integer argument that the code at `address` (a program's entry
-    /// point) passes to its first call, when it is a constant address: the C
-    /// library's start code is handed `main` so.
-    fn entry_first_argument(code: &[u8], address: u64) -> Option<u64>;
+    /// point) passes to its first call, when it is a constant address (the C
+    /// library's start code is handed `main` so), and that call's return address.
+    fn entry_first_argument(code: &[u8], address: u64) -> Option<(u64, u64)>;
     /// Register names and values, in the order a debugger shows them.
     fn named_registers(r: &Regs) -> Vec<(&'static str, u64)>;
 }

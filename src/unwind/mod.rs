@@ -255,7 +255,10 @@ impl StackWalker {
             // the caller's stack pointer.
             let (pc, ra, cfa) = (frames[j].wrapping_sub(1), frames[j + 1], sps[j + 1]);
             let outermost = frames[n - 1];
-            let Some((main, shape)) = shapes.shape(modules, read_file, pc, ra, outermost) else {
+            // (Empty when the caller is the outermost frame itself.)
+            let between = frames.get(j + 2..n - 1).unwrap_or(&[]);
+            let Some((main, shape)) = shapes.shape(modules, read_file, pc, ra, between, outermost)
+            else {
                 continue;
             };
             // The outermost main: one that main called (through a pointer, say) could
@@ -404,7 +407,7 @@ struct Shapes {
     steady: Vec<(std::ops::Range<u64>, shape::FrameShape)>,
     unsteady: rustc_hash::FxHashSet<u64>,
     /// Per object (by its module's start): the address of the `main` its entry
-    /// point hands the start code, and of the entry point.
+    /// point hands the start code, and the return address of that call.
     mains: rustc_hash::FxHashMap<u64, Option<(u64, u64)>>,
 }
 
@@ -431,21 +434,27 @@ impl Shapes {
     /// The addresses and the shape of the frame of the function at `pc`, if it is
     /// `main`, its frame is steady, its caller, returned to at `ra`, is in another
     /// object (the C library's start code, which calls `main` once and knows what
-    /// its own `setjmp` does) and calls it once, and the stack's outermost frame,
-    /// returned to at `outermost`, is the executable's entry code (not a thread's
-    /// start, nor a constructor's caller).
+    /// its own `setjmp` does) and calls it once, the frames `between` it and the
+    /// outermost are in that object too, and the outermost, returned to at
+    /// `outermost`, is the return from the executable's entry code's call into the
+    /// start code (not a thread's start, nor a constructor's caller).
     fn shape(
         &mut self,
         modules: &[Module],
         read_file: &mut dyn FnMut(&Module) -> Option<Vec<u8>>,
         pc: u64,
         ra: u64,
+        between: &[u64],
         outermost: u64,
     ) -> Option<(std::ops::Range<u64>, shape::FrameShape)> {
         let module_of = |at: u64| modules.iter().position(|m| m.contains(at));
         let module = module_of(pc)?;
-        if Some(module) == module_of(ra.wrapping_sub(1))
+        let caller = module_of(ra.wrapping_sub(1));
+        if Some(module) == caller
             || Some(module) != module_of(outermost.wrapping_sub(1))
+            || between
+                .iter()
+                .any(|&f| module_of(f.wrapping_sub(1)) != caller)
         {
             return None;
         }
@@ -468,10 +477,7 @@ impl Shapes {
                 .get(&start)
                 .copied()
                 .flatten()
-                .is_some_and(|(_, entry)| {
-                    (entry..entry.saturating_add(shape::ENTRY_CODE))
-                        .contains(&outermost.wrapping_sub(1))
-                })
+                .is_some_and(|(_, back)| back == outermost)
         };
         if let Some(found) = self.steady.iter().find(|(r, _)| r.contains(&pc)) {
             return entry_code(&self.mains).then(|| found.clone());
@@ -482,7 +488,7 @@ impl Shapes {
                 let (range, s) = shape::steady_frame(&data, bias, pc)?;
                 let main = *self.mains.entry(start).or_insert_with(|| {
                     shape::main_address(&data)
-                        .map(|(main, entry)| (main.wrapping_add(bias), entry.wrapping_add(bias)))
+                        .map(|(main, back)| (main.wrapping_add(bias), back.wrapping_add(bias)))
                 });
                 (main.map(|(m, _)| m) == Some(range.start)).then_some((range, s))
             });

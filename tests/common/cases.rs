@@ -291,6 +291,12 @@ pub fn main_in_thread() -> Case {
     Case::new("main_in_thread", OPTIMIZED).source("main_in_thread_lib")
 }
 
+/// main_in_ctor.c: the same, main called by a library function the executable
+/// lists among its constructors.
+pub fn main_in_ctor() -> Case {
+    Case::new("main_in_ctor", OPTIMIZED).source("main_in_ctor_lib")
+}
+
 /// alt_stack_in_main.c: a signal handler on an alternate stack inside main's locals.
 pub fn alt_stack_in_main() -> Case {
     Case::new("alt_stack_in_main", OPTIMIZED)

@@ -286,7 +286,7 @@ impl Arch for X86_64 {
         Some((insn.len(), flow))
     }
 
-    fn entry_first_argument(code: &[u8], address: u64) -> Option<u64> {
+    fn entry_first_argument(code: &[u8], address: u64) -> Option<(u64, u64)> {
         use iced_x86::{OpKind, Register};
         let mut d = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
         let mut rdi = None;
@@ -299,7 +299,9 @@ impl Arch for X86_64 {
                 return None;
             }
             match insn.flow_control() {
-                FlowControl::Call | FlowControl::IndirectCall => return rdi,
+                FlowControl::Call | FlowControl::IndirectCall => {
+                    return rdi.map(|a| (a, insn.next_ip()))
+                }
                 FlowControl::Next => {}
                 _ => return None,
             }
@@ -399,13 +401,13 @@ mod tests {
         ];
         assert_eq!(
             X86_64::entry_first_argument(&pie, 0x1000),
-            Some(0x1000 + 31 + 0xe61)
+            Some((0x1000 + 31 + 0xe61, 0x1000 + 37))
         );
         // Non-PIE: mov rdi, imm32.
         let fixed = [0x48, 0xc7, 0xc7, 0x36, 0x11, 0x40, 0, 0xe8, 0, 0, 0, 0];
         assert_eq!(
             X86_64::entry_first_argument(&fixed, 0x401000),
-            Some(0x401136)
+            Some((0x401136, 0x40100c))
         );
         // rdi changed after (to something not constant): none.
         let changed = [
