@@ -59,11 +59,13 @@
 //! no callee's frame reaches the range; its caller must make all its calls at one
 //! stack pointer and never return (memtrace's `unwind::shape` checks both from their
 //! code and CFI). Equal bytes above the range are still needed: they are what the
-//! record's chain holds. No unwind table leads into the range, but a frame pointer
-//! can (past a signal frame, through code without unwind tables, the unwinder
-//! follows %rbp, which `main`'s optimized code may point into its locals): the
-//! reader checks that no unwind reads a word there; one that would is cut short at
-//! that frame, counted, and the thread's range is dropped.
+//! record's chain holds. An unwind can still be led into the range: by a frame
+//! pointer (past a signal frame, through code without unwind tables, the unwinder
+//! follows %rbp, which `main`'s optimized code may point into its locals), or by a
+//! signal frame itself, when a signal arrives in the few instructions where `main`
+//! returns and its handler allocates. So the reader checks that no unwind reads a
+//! word there; one that would is cut short at that frame, counted, and the thread's
+//! range is dropped.
 
 /// Size of the control page.
 pub const CTRL_SIZE: u64 = 4096;
