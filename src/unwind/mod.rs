@@ -432,9 +432,10 @@ impl Shapes {
     }
 
     /// The addresses and the shape of the frame of the function at `pc`, if it is
-    /// `main`, its frame is steady, its caller, returned to at `ra`, is in another
-    /// object (the C library's start code, which calls `main` once and knows what
-    /// its own `setjmp` does) and calls it once, the frames `between` it and the
+    /// `main`, its frame is steady, its caller, returned to at `ra`, is in the C
+    /// library (its start code, which calls `main` once and knows what its own
+    /// `setjmp` does; not another library that defines `__libc_start_main`) and
+    /// calls it once, the frames `between` it and the
     /// outermost are in that object too, and the outermost, returned to at
     /// `outermost`, is the return from the executable's entry code's call into the
     /// start code (not a thread's start, nor a constructor's caller).
@@ -451,6 +452,7 @@ impl Shapes {
         let module = module_of(pc)?;
         let caller = module_of(ra.wrapping_sub(1));
         if Some(module) == caller
+            || !caller.is_some_and(|c| modules[c].is_libc())
             || Some(module) != module_of(outermost.wrapping_sub(1))
             || between
                 .iter()
