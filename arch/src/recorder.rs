@@ -51,7 +51,7 @@
 //! the chain has what the mirror held there, which may not be what the stack holds.
 //!
 //! The range is only ever the locals of the frame of the `main` the C library's
-//! start code calls (from another object whose frames reach up to the return from
+//! start code calls (from the C library, whose frames reach up to the return from
 //! the executable's entry code's call, with no `main` above it), and the compare steps over it only while `main`'s return
 //! address is in place: then `main` is still running (its caller calls it once and,
 //! once it returns, calls `exit` from another place, writing over that word). `main`'s code must keep its stack pointer a constant
