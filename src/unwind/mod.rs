@@ -200,13 +200,7 @@ impl StackWalker {
         depth: usize,
         out: &mut Vec<u64>,
     ) -> Walked {
-        let StackWalker {
-            unwinder,
-            cache,
-            reuse,
-            ..
-        } = self;
-        reuse.walk(unwinder, cache, tid, start, stack, (0, 0), depth, out)
+        self.walk_copy_unread(tid, start, stack, (0, 0), depth, out)
     }
 
     /// As [`StackWalker::walk_copy`], for a copy whose bytes in `unread` (`[lo, hi)`)
