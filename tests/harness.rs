@@ -324,7 +324,10 @@ fn every_fixture_marker_parses() {
     let mut total = 0;
     for entry in std::fs::read_dir(common::fixtures_dir()).expect("fixtures/") {
         let path = entry.expect("an entry").path();
-        if matches!(path.extension().and_then(|e| e.to_str()), Some("c" | "cc")) {
+        if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("c" | "cc" | "h")
+        ) {
             total += common::markers(&path).len();
             frame_markers(&path);
             bad_free_markers(&path);

@@ -125,14 +125,14 @@ fn stacks_under_a_frame_the_compare_steps_over() {
 #[test]
 fn a_main_called_again_is_not_the_start_codes() {
     for (case, sources) in [
-        (cases::main_again(), &["main_again.c"][..]),
+        (cases::main_again(), &["main_again.c", "main_again.h"][..]),
         (
             cases::main_in_thread(),
-            &["main_in_thread.c", "main_in_thread_lib.c"][..],
+            &["main_in_thread.c", "main_in_thread_lib.c", "main_again.h"][..],
         ),
         (
             cases::main_in_ctor(),
-            &["main_in_ctor.c", "main_in_ctor_lib.c"][..],
+            &["main_in_ctor.c", "main_in_ctor_lib.c", "main_again.h"][..],
         ),
     ] {
         let (_, run) = check_whole_stacks_run(&case, sources);

@@ -57,6 +57,13 @@ impl Case {
         self
     }
 
+    /// A header of fixtures/ (NAME.h) whose markers apply to this run.
+    pub fn header(mut self, name: &str) -> Case {
+        self.sources
+            .push(super::fixtures_dir().join(format!("{name}.h")));
+        self
+    }
+
     /// Another fixture source (a library's) whose markers apply to this run.
     pub fn source(mut self, name: &str) -> Case {
         self.sources.push(fixture_source(name));
@@ -282,19 +289,23 @@ pub fn big_frames() -> Case {
 /// main_again.c: main called again through a pointer by main, and another
 /// function called in its place after a longjmp.
 pub fn main_again() -> Case {
-    Case::new("main_again", OPTIMIZED)
+    Case::new("main_again", OPTIMIZED).header("main_again")
 }
 
 /// main_in_thread.c: the same, main called by a thread's start routine in a
 /// library.
 pub fn main_in_thread() -> Case {
-    Case::new("main_in_thread", OPTIMIZED).source("main_in_thread_lib")
+    Case::new("main_in_thread", OPTIMIZED)
+        .source("main_in_thread_lib")
+        .header("main_again")
 }
 
 /// main_in_ctor.c: the same, main called by a library function the executable
 /// lists among its constructors.
 pub fn main_in_ctor() -> Case {
-    Case::new("main_in_ctor", OPTIMIZED).source("main_in_ctor_lib")
+    Case::new("main_in_ctor", OPTIMIZED)
+        .source("main_in_ctor_lib")
+        .header("main_again")
 }
 
 /// alt_stack_in_main.c: a signal handler on an alternate stack inside main's locals.
