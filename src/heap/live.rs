@@ -7,10 +7,11 @@
 //! of the starts is kept in attach mode, and a scan of the blocks is made otherwise
 //! (an error, rare).
 //!
-//! The table is memtrace's own, open addressing with linear probing, so that the
-//! place of an address can be loaded ahead ([`Live::prefetch`]): with a program's
-//! hundreds of thousands of blocks it is far bigger than the caches, and a look-up
-//! that waits for memory is most of an event's cost. The addresses are kept apart
+//! The table ([`Table`], also the heap's table of freed blocks) is memtrace's own,
+//! open addressing with linear probing, so that the place of an address can be
+//! loaded ahead ([`Table::prefetch`]): with a program's hundreds of thousands of
+//! blocks it is far bigger than the caches, and a look-up that waits for memory is
+//! most of an event's cost. The addresses are kept apart
 //! from the blocks, eight to a cache line, so that a probe past the first slot costs
 //! no more memory reads.
 
@@ -21,18 +22,6 @@ use std::collections::BTreeMap;
 const MAX_LOAD: usize = 820;
 const MIN_SLOTS: usize = 16;
 
-#[derive(Debug, Default)]
-pub struct Live {
-    /// Slot addresses (0: empty); `blocks[i]` is the block of `starts[i]`.
-    starts: Vec<u64>,
-    blocks: Vec<Block>,
-    len: usize,
-    /// A block at address 0 (a table slot cannot hold it).
-    zero: Option<Block>,
-    /// Start to size, in address order (attach mode).
-    order: Option<BTreeMap<u64, u64>>,
-}
-
 /// The slot an address starts probing at: the top bits of a multiplicative hash
 /// (the low bits of addresses are alike, aligned).
 fn home(ptr: u64, mask: usize) -> usize {
@@ -40,18 +29,42 @@ fn home(ptr: u64, mask: usize) -> usize {
     (ptr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
 }
 
-impl Live {
-    /// Live blocks with an ordered index (for the many interior questions of attach
-    /// mode), or without.
-    pub fn new(ordered: bool) -> Live {
-        Live {
-            order: ordered.then(BTreeMap::new),
-            ..Live::default()
+/// A hash table from address to `V`, open addressing with linear probing, whose
+/// slots can be loaded ahead ([`Table::prefetch`]).
+#[derive(Debug)]
+pub struct Table<V> {
+    /// Slot addresses (0: empty); `values[i]` is the value of `starts[i]`.
+    starts: Vec<u64>,
+    values: Vec<V>,
+    len: usize,
+    /// The value at address 0 (a slot cannot hold it).
+    zero: Option<V>,
+}
+
+/// What an empty slot of a [`Table`] holds.
+pub trait Vacant: Copy {
+    const VACANT: Self;
+}
+
+impl<V> Default for Table<V> {
+    fn default() -> Self {
+        Table {
+            starts: Vec::new(),
+            values: Vec::new(),
+            len: 0,
+            zero: None,
         }
     }
+}
 
+impl<V: Vacant> Table<V> {
     fn mask(&self) -> usize {
         self.starts.len().wrapping_sub(1)
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.len + usize::from(self.zero.is_some())
     }
 
     /// The slot holding `ptr` (not 0), if any.
@@ -78,40 +91,34 @@ impl Live {
         }
         let i = home(ptr, self.mask());
         crate::ptrace::prefetch(&self.starts[i]);
-        let b: *const Block = &self.blocks[i];
-        crate::ptrace::prefetch(b);
-        // A block may straddle two cache lines.
-        crate::ptrace::prefetch(
-            b.cast::<u8>()
-                .wrapping_add(std::mem::size_of::<Block>() - 1),
-        );
+        let v: *const V = &self.values[i];
+        crate::ptrace::prefetch(v);
+        // A value may straddle two cache lines.
+        crate::ptrace::prefetch(v.cast::<u8>().wrapping_add(std::mem::size_of::<V>() - 1));
     }
 
-    pub fn get(&self, ptr: &u64) -> Option<&Block> {
+    pub fn get(&self, ptr: &u64) -> Option<&V> {
         if *ptr == 0 {
             return self.zero.as_ref();
         }
-        self.find(*ptr).map(|i| &self.blocks[i])
+        self.find(*ptr).map(|i| &self.values[i])
     }
 
-    pub fn get_mut(&mut self, ptr: &u64) -> Option<&mut Block> {
+    pub fn get_mut(&mut self, ptr: &u64) -> Option<&mut V> {
         if *ptr == 0 {
             return self.zero.as_mut();
         }
-        self.find(*ptr).map(|i| &mut self.blocks[i])
+        self.find(*ptr).map(|i| &mut self.values[i])
     }
 
     pub fn contains_key(&self, ptr: &u64) -> bool {
         self.get(ptr).is_some()
     }
 
-    /// Puts `b` at `ptr`; gives back the block that was there, if any.
-    pub fn insert(&mut self, ptr: u64, b: Block) -> Option<Block> {
-        if let Some(o) = &mut self.order {
-            o.insert(ptr, b.size);
-        }
+    /// Puts `v` at `ptr`; gives back the value that was there, if any.
+    pub fn insert(&mut self, ptr: u64, v: V) -> Option<V> {
         if ptr == 0 {
-            return self.zero.replace(b);
+            return self.zero.replace(v);
         }
         if (self.len + 1) * 1024 > self.starts.len() * MAX_LOAD {
             self.grow();
@@ -122,11 +129,11 @@ impl Live {
             match self.starts[i] {
                 0 => {
                     self.starts[i] = ptr;
-                    self.blocks[i] = b;
+                    self.values[i] = v;
                     self.len += 1;
                     return None;
                 }
-                s if s == ptr => return Some(std::mem::replace(&mut self.blocks[i], b)),
+                s if s == ptr => return Some(std::mem::replace(&mut self.values[i], v)),
                 _ => i = (i + 1) & mask,
             }
         }
@@ -135,32 +142,27 @@ impl Live {
     fn grow(&mut self) {
         let slots = (self.starts.len() * 2).max(MIN_SLOTS);
         let starts = std::mem::replace(&mut self.starts, vec![0; slots]);
-        let blocks = std::mem::replace(&mut self.blocks, vec![EMPTY; slots]);
+        let values = std::mem::replace(&mut self.values, vec![V::VACANT; slots]);
         let mask = slots - 1;
-        for (s, b) in starts.into_iter().zip(blocks).filter(|&(s, _)| s != 0) {
+        for (s, v) in starts.into_iter().zip(values).filter(|&(s, _)| s != 0) {
             let mut i = home(s, mask);
             while self.starts[i] != 0 {
                 i = (i + 1) & mask;
             }
             self.starts[i] = s;
-            self.blocks[i] = b;
+            self.values[i] = v;
         }
     }
 
-    pub fn remove(&mut self, ptr: &u64) -> Option<Block> {
-        let b = if *ptr == 0 {
-            self.zero.take()?
-        } else {
-            let i = self.find(*ptr)?;
-            let b = self.blocks[i];
-            self.vacate(i);
-            self.len -= 1;
-            b
-        };
-        if let Some(o) = &mut self.order {
-            o.remove(ptr);
+    pub fn remove(&mut self, ptr: &u64) -> Option<V> {
+        if *ptr == 0 {
+            return self.zero.take();
         }
-        Some(b)
+        let i = self.find(*ptr)?;
+        let v = self.values[i];
+        self.vacate(i);
+        self.len -= 1;
+        Some(v)
     }
 
     /// Empties slot `i`, moving back the entries after it that probed past it, so
@@ -183,21 +185,78 @@ impl Live {
             };
             if !stays {
                 self.starts[i] = s;
-                self.blocks[i] = self.blocks[j];
+                self.values[i] = self.values[j];
                 i = j;
             }
         }
         self.starts[i] = 0;
     }
 
-    /// Every block, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&u64, &Block)> {
-        self.zero.as_ref().map(|b| (&0, b)).into_iter().chain(
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&u64, &V)> {
+        self.zero.as_ref().map(|v| (&0, v)).into_iter().chain(
             self.starts
                 .iter()
-                .zip(&self.blocks)
+                .zip(&self.values)
                 .filter(|&(&s, _)| s != 0),
         )
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Live {
+    table: Table<Block>,
+    /// Start to size, in address order (attach mode).
+    order: Option<BTreeMap<u64, u64>>,
+}
+
+impl Live {
+    /// Live blocks with an ordered index (for the many interior questions of attach
+    /// mode), or without.
+    pub fn new(ordered: bool) -> Live {
+        Live {
+            order: ordered.then(BTreeMap::new),
+            ..Live::default()
+        }
+    }
+
+    /// Starts loading the slot `ptr` would be in: a look-up of it soon finds it in
+    /// the cache.
+    pub fn prefetch(&self, ptr: u64) {
+        self.table.prefetch(ptr);
+    }
+
+    pub fn get(&self, ptr: &u64) -> Option<&Block> {
+        self.table.get(ptr)
+    }
+
+    pub fn get_mut(&mut self, ptr: &u64) -> Option<&mut Block> {
+        self.table.get_mut(ptr)
+    }
+
+    pub fn contains_key(&self, ptr: &u64) -> bool {
+        self.table.contains_key(ptr)
+    }
+
+    /// Puts `b` at `ptr`; gives back the block that was there, if any.
+    pub fn insert(&mut self, ptr: u64, b: Block) -> Option<Block> {
+        if let Some(o) = &mut self.order {
+            o.insert(ptr, b.size);
+        }
+        self.table.insert(ptr, b)
+    }
+
+    pub fn remove(&mut self, ptr: &u64) -> Option<Block> {
+        let b = self.table.remove(ptr)?;
+        if let Some(o) = &mut self.order {
+            o.remove(ptr);
+        }
+        Some(b)
+    }
+
+    /// Every block, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&u64, &Block)> {
+        self.table.iter()
     }
 
     /// The block `ptr` points into, not at its start.
@@ -219,18 +278,19 @@ impl Live {
     }
 }
 
-/// What an empty slot holds.
-const EMPTY: Block = Block {
-    size: 0,
-    stack: crate::event::StackId(0),
-    kind: crate::event::AllocKind::Malloc,
-    tid: 0,
-    seq: 0,
-    leak: None,
-    indirect_bytes: 0,
-    at_ns: 0,
-    func: crate::hooks::HookFn::Malloc,
-};
+impl Vacant for Block {
+    const VACANT: Block = Block {
+        size: 0,
+        stack: crate::event::StackId(0),
+        kind: crate::event::AllocKind::Malloc,
+        tid: 0,
+        seq: 0,
+        leak: None,
+        indirect_bytes: 0,
+        at_ns: 0,
+        func: crate::hooks::HookFn::Malloc,
+    };
+}
 
 #[cfg(test)]
 mod tests {

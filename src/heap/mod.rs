@@ -22,14 +22,16 @@ use serde::Serialize;
 // Fx hashing: the keys are addresses and ids that memtrace made, hashed once per
 // allocator call, where SipHash's protection against chosen keys buys nothing.
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 
 mod live;
-use live::Live;
+use live::{Live, Table, Vacant};
 
 /// How many freed blocks are remembered for double-free reports.
 pub const FREED_REMEMBERED: usize = 1 << 18;
+
+/// How many frees ahead the slot of the freed block to forget is loaded.
+const FORGET_AHEAD: usize = 8;
 
 /// A block freed and not handed out again since.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +44,17 @@ struct Freed {
     /// The functions that allocated and freed it (a report's allocator frames).
     alloc_func: HookFn,
     free_func: HookFn,
+}
+
+impl Vacant for Freed {
+    const VACANT: Freed = Freed {
+        size: 0,
+        alloc_stack: StackId(0),
+        free_stack: StackId(0),
+        seq: 0,
+        alloc_func: HookFn::Free,
+        free_func: HookFn::Free,
+    };
 }
 
 /// What went wrong in one bad free.
@@ -198,7 +211,10 @@ pub struct Heap {
     /// Time of the events being applied (ns since the trace began).
     now_ns: u64,
     /// Blocks freed and not handed out again, and the order they were freed in.
-    freed: HashMap<u64, Freed>,
+    /// A table of memtrace's own (see `live.rs`): every free inserts into it and,
+    /// once it is full, removes its oldest; every allocation removes its address. The
+    /// slots are loaded ahead as the live table's are.
+    freed: Table<Freed>,
     freed_order: VecDeque<(u64, u64)>,
     /// Blocks handed out inside another hooked call and not (yet) the program's.
     nested: HashSet<u64>,
@@ -454,6 +470,8 @@ impl Heap {
             _ => return,
         };
         self.live.prefetch(ptr);
+        // A free inserts there; an allocation removes its address if freed before.
+        self.freed.prefetch(ptr);
     }
 
     /// The stacks of a freed block's allocation and free, unwound only now (a double
@@ -563,11 +581,13 @@ impl Heap {
         while self.freed_order.len() > FREED_REMEMBERED {
             if let Some((old, seq)) = self.freed_order.pop_front() {
                 // Only if that entry is still the one queued (not freed again since).
-                if let Entry::Occupied(e) = self.freed.entry(old) {
-                    if e.get().seq == seq {
-                        e.remove();
-                    }
+                if self.freed.get(&old).is_some_and(|f| f.seq == seq) {
+                    self.freed.remove(&old);
                 }
+            }
+            // The one forgotten a few frees from now.
+            if let Some(&(soon, _)) = self.freed_order.get(FORGET_AHEAD) {
+                self.freed.prefetch(soon);
             }
         }
     }
