@@ -474,6 +474,13 @@ impl Heap {
         self.freed.prefetch(ptr);
     }
 
+    /// The sequence number of the free that made `ptr` a freed block remembered here
+    /// (not handed out again since): it tags the free for whoever keeps its stack
+    /// unwound late. Rises with each free while the image lasts.
+    pub fn freed_tag(&self, ptr: u64) -> Option<u64> {
+        self.freed.get(&ptr).map(|f| f.seq)
+    }
+
     /// The stacks of a freed block's allocation and free, unwound only now (a double
     /// free of it is coming).
     pub fn amend_freed(

@@ -48,6 +48,10 @@ pub enum FreeCheck {
 /// The heap's side of a release (implemented by the trace's sink).
 pub trait Heap {
     fn check_free(&self, ev: &Event) -> FreeCheck;
+    /// The tag of the free that made `ptr` a freed block the heap remembers (not
+    /// handed out again since): the same for as long as it stays so, rising with
+    /// each free while the image lasts. None when it remembers no such free.
+    fn freed_tag(&self, ptr: u64) -> Option<u64>;
     /// The stacks of a freed block's allocation and free, unwound late.
     fn amend_freed(&mut self, ptr: u64, alloc_stack: Option<StackId>, free_stack: Option<StackId>);
     fn event(&mut self, ev: Event);
@@ -123,11 +127,25 @@ impl Item {
 /// A free that was no error, kept a while: a double free of its block reports
 /// where it was freed (and allocated, if the block never lived long enough to be
 /// unwound). Its copies are not held: they are read if the ring still has them.
+///
+/// Found by the tag the heap gave the free ([`Heap::freed_tag`]): the heap knows
+/// whether the block was handed out again or freed once more since, and these are
+/// kept in the order of their tags, with no map of their own. A map from pointer to
+/// free took an insert into a table as big as the frees of a lap of the ring, for
+/// every free: the reader's costliest look-up.
 #[derive(Debug)]
 struct Recent {
+    tag: u64,
+    ptr: u64,
+    at: u64,
+    /// None once forgotten (its copies written over, or taken by a double free).
+    kept: Option<Kept>,
+}
+
+#[derive(Debug)]
+struct Kept {
     free: RawStack,
     alloc: Option<RawStack>,
-    at: u64,
 }
 
 type Map<K, V> = rustc_hash::FxHashMap<K, V>;
@@ -145,8 +163,11 @@ pub struct Defer {
     /// (below `first`): entries are not removed as their events leave, which would be
     /// a look-up more for every allocation; they are swept out now and then.
     young: Map<u64, u64>,
-    recent: Map<u64, Recent>,
-    recent_order: VecDeque<(u64, u64)>,
+    /// Recent frees, in the order of their tags.
+    recent: VecDeque<Recent>,
+    /// Recent frees whose copies memtrace owns, moved out of `recent` to leave with
+    /// their time without holding up those behind them; in the order of their tags.
+    recent_owned: VecDeque<Recent>,
     owned_bytes: u64,
     pub stats: DeferStats,
 }
@@ -220,8 +241,6 @@ impl Defer {
                 self.young.retain(|_, s| *s >= first);
             }
             self.young.insert(ptr, seq);
-            // Handed out again: a free of it is no double free any more.
-            self.recent.remove(&ptr);
         }
         if let Some(pin) = item.pin() {
             while self.pins.back().is_some_and(|&(_, p)| p >= pin) {
@@ -264,13 +283,13 @@ impl Defer {
             self.prefetch_ahead(unwind, heap);
             self.pop(now, unwind, heap);
         }
-        while let Some(&(ptr, at)) = self.recent_order.front() {
-            if now.saturating_sub(at) < RECENT_FREES_KEPT.as_nanos() as u64 {
-                break;
-            }
-            self.recent_order.pop_front();
-            if self.recent.get(&ptr).is_some_and(|r| r.at == at) {
-                self.recent.remove(&ptr);
+        let kept = RECENT_FREES_KEPT.as_nanos() as u64;
+        for recent in [&mut self.recent, &mut self.recent_owned] {
+            while recent
+                .front()
+                .is_some_and(|r| r.kept.is_none() || now.saturating_sub(r.at) >= kept)
+            {
+                recent.pop_front();
             }
         }
     }
@@ -279,25 +298,33 @@ impl Defer {
     /// over by now: a double free could not get their stacks back anyway). Without
     /// this, a program freeing millions of blocks a second kept millions of them.
     pub fn forget_overwritten(&mut self, limit: u64) {
-        // Each entry looked at once at most: one whose copy memtrace owns (taken out
-        // of a full ring) goes to the back, to leave with its time, not to hold up
-        // those behind it.
-        for _ in 0..self.recent_order.len() {
-            let Some(&(ptr, at)) = self.recent_order.front() else {
-                break;
-            };
-            match self.recent.get(&ptr) {
-                // Freed again since: this entry is stale.
-                Some(r) if r.at != at => {}
-                Some(r) if r.free.owned.is_some() => self.recent_order.push_back((ptr, at)),
-                Some(r) if r.free.pin < limit => {
-                    self.recent.remove(&ptr);
+        // Each entry looked at once: one whose copy memtrace owns (taken out of a
+        // full ring) moves aside, to leave with its time, and holds up none behind it.
+        while let Some(r) = self.recent.front() {
+            match &r.kept {
+                Some(k) if k.free.owned.is_some() => {
+                    let r = self.recent.pop_front().expect("a front");
+                    self.recent_owned.push_back(r);
+                    continue;
                 }
-                None => {}
-                Some(_) => break,
+                Some(k) if k.free.pin >= limit => break,
+                _ => {}
             }
-            self.recent_order.pop_front();
+            self.recent.pop_front();
         }
+    }
+
+    /// The pointers of the recent frees kept, in the order of their tags.
+    #[cfg(test)]
+    fn recent_kept(&self) -> Vec<u64> {
+        let mut kept: Vec<&Recent> = self
+            .recent
+            .iter()
+            .chain(&self.recent_owned)
+            .filter(|r| r.kept.is_some())
+            .collect();
+        kept.sort_by_key(|r| r.tag);
+        kept.into_iter().map(|r| r.ptr).collect()
     }
 
     /// The ring must reuse its space below `limit`: the events holding copies there
@@ -390,24 +417,51 @@ impl Defer {
             Event::Free { ptr, .. } => ptr,
             _ => 0,
         };
+        let exec = matches!(item.ev, Event::Exec);
         heap.event(item.ev);
+        if exec {
+            // The new image's heap tags its frees afresh; the old image's blocks
+            // cannot be freed again.
+            self.recent.clear();
+            self.recent_owned.clear();
+        }
         if let (true, Some(free)) = (keep_free && ptr != 0, item.raw) {
-            self.recent.insert(
-                ptr,
-                Recent {
-                    free,
-                    alloc: item.young_alloc,
+            // Tags rise: one that does not is the heap's mistake, and such a free
+            // is not kept (a double free of it would have no first free's stack).
+            let last = [self.recent.back(), self.recent_owned.back()]
+                .into_iter()
+                .flatten()
+                .map(|r| r.tag)
+                .max();
+            if let Some(tag) = heap.freed_tag(ptr).filter(|&t| last.is_none_or(|l| l < t)) {
+                self.recent.push_back(Recent {
+                    tag,
+                    ptr,
                     at: now,
-                },
-            );
-            self.recent_order.push_back((ptr, now));
+                    kept: Some(Kept {
+                        free,
+                        alloc: item.young_alloc,
+                    }),
+                });
+            }
         }
     }
 
     /// A double free of `ptr` is about to be applied: its first free's stack (and
     /// its allocation's, if never unwound), unwound now if the ring still has them.
     fn first_free(&mut self, ptr: u64, unwind: &mut dyn Unwind, heap: &mut dyn Heap) {
-        let Some(r) = self.recent.remove(&ptr) else {
+        let kept = heap.freed_tag(ptr).and_then(|tag| {
+            [&mut self.recent, &mut self.recent_owned]
+                .into_iter()
+                .find_map(|recent| {
+                    let at = recent.binary_search_by_key(&tag, |r| r.tag).ok()?;
+                    Some(&mut recent[at])
+                })
+                .filter(|r| r.ptr == ptr)?
+                .kept
+                .take()
+        });
+        let Some(r) = kept else {
             self.stats.first_free_lost += 1;
             return;
         };
@@ -460,6 +514,8 @@ mod tests {
         events: Vec<Event>,
         double: Vec<u64>,
         amended: Vec<(u64, Option<StackId>, Option<StackId>)>,
+        /// The tag of each block freed and not handed out again.
+        freed: std::collections::HashMap<u64, u64>,
     }
 
     impl Heap for FakeHeap {
@@ -472,7 +528,19 @@ mod tests {
         fn amend_freed(&mut self, ptr: u64, a: Option<StackId>, f: Option<StackId>) {
             self.amended.push((ptr, a, f));
         }
+        fn freed_tag(&self, ptr: u64) -> Option<u64> {
+            self.freed.get(&ptr).copied()
+        }
         fn event(&mut self, ev: Event) {
+            match ev {
+                Event::Free { ptr, .. } => {
+                    self.freed.insert(ptr, self.events.len() as u64);
+                }
+                Event::Alloc { ptr, .. } => {
+                    self.freed.remove(&ptr);
+                }
+                _ => {}
+            }
             self.events.push(ev);
         }
     }
@@ -554,14 +622,14 @@ mod tests {
         assert_eq!((d.stats.unwound, d.stats.never_needed), (1, 2));
         // Nothing holds the ring any more (the free's stack is read back if needed).
         assert_eq!(d.oldest_pin(), None);
-        assert_eq!(d.recent.len(), 1);
+        assert_eq!(d.recent_kept(), vec![0x10]);
         d.release(
             t + (UNWIND_AGE + RECENT_FREES_KEPT).as_nanos() as u64,
             false,
             &mut u,
             &mut h,
         );
-        assert!(d.recent.is_empty());
+        assert!(d.recent.is_empty() && d.recent_owned.is_empty());
     }
 
     #[test]
@@ -697,6 +765,58 @@ mod tests {
         assert_eq!(stack_of(&h.events[0]), StackId(100));
     }
 
+    /// The heap itself behind the queue.
+    struct RealHeap(crate::heap::Heap);
+
+    impl Heap for RealHeap {
+        fn check_free(&self, ev: &Event) -> FreeCheck {
+            self.0.check_free(ev)
+        }
+        fn freed_tag(&self, ptr: u64) -> Option<u64> {
+            self.0.freed_tag(ptr)
+        }
+        fn amend_freed(&mut self, ptr: u64, a: Option<StackId>, f: Option<StackId>) {
+            self.0.amend_freed(ptr, a, f);
+        }
+        fn event(&mut self, ev: Event) {
+            self.0.apply(&ev);
+        }
+    }
+
+    /// A double free's first free is the heap's last free of the block: never an
+    /// older free of the same address kept here, whose block was handed out again.
+    #[test]
+    fn a_double_free_never_gets_an_older_frees_stack() {
+        let mut d = Defer::new();
+        let t = 1_000u64;
+        let (mut h, mut u) = (RealHeap(crate::heap::Heap::new()), ById(0));
+        let mut step = |d: &mut Defer, out: Out| {
+            d.push(out, t);
+            d.release(t, true, &mut u, &mut h);
+        };
+        step(&mut d, alloc(0x10, 100));
+        // A free that is no error: kept here.
+        step(&mut d, free(0x10, 200, FreeKind::Free));
+        // Handed out by operator new, then given to free(): an error, its stack
+        // unwound there and then, and nothing kept here.
+        let mut new = alloc(0x10, 300);
+        if let Event::Alloc { kind, .. } = &mut new.ev {
+            *kind = AllocKind::New;
+        }
+        step(&mut d, new);
+        step(&mut d, free(0x10, 400, FreeKind::Free));
+        // Freed again: the first free is the one at 400.
+        step(&mut d, free(0x10, 500, FreeKind::Free));
+        let double =
+            h.0.errors()
+                .iter()
+                .find(|e| e.kind == crate::heap::ErrorKind::DoubleFree)
+                .expect("a double free");
+        assert_eq!(double.stack, StackId(500));
+        assert_eq!(double.first_free_stack, Some(StackId(400)));
+        assert_eq!(d.stats.first_free_lost, 1);
+    }
+
     /// Recent frees are kept for double-free reports only while the ring still holds
     /// their copies: those written over since are forgotten, whatever their age.
     #[test]
@@ -711,12 +831,10 @@ mod tests {
         }
         let (mut h, mut u) = (FakeHeap::default(), ById(0));
         d.release(t + UNWIND_AGE.as_nanos() as u64, false, &mut u, &mut h);
-        assert_eq!(d.recent.len(), 3);
+        assert_eq!(d.recent_kept(), vec![0x10, 0x20, 0x30]);
         d.forget_overwritten(450);
-        let mut left: Vec<u64> = d.recent.keys().copied().collect();
-        left.sort();
-        assert_eq!(left, vec![0x30]);
-        assert_eq!(d.recent_order.len(), 1);
+        assert_eq!(d.recent_kept(), vec![0x30]);
+        assert_eq!(d.recent.len(), 1);
     }
 
     /// A recent free whose copy memtrace owns stays (until its time), and holds up
@@ -734,14 +852,28 @@ mod tests {
         d.push(free(0x30, 500, FreeKind::Free), t);
         let (mut h, mut u) = (FakeHeap::default(), ById(0));
         d.release(t + UNWIND_AGE.as_nanos() as u64, false, &mut u, &mut h);
-        assert_eq!(d.recent.len(), 3);
+        assert_eq!(d.recent_kept(), vec![0x10, 0x20, 0x30]);
         d.forget_overwritten(450);
-        let mut left: Vec<u64> = d.recent.keys().copied().collect();
-        left.sort();
-        assert_eq!(left, vec![0x10, 0x30]);
-        assert_eq!(d.recent_order.len(), 2);
-        // Written over later, the owned one still stays.
+        assert_eq!(d.recent_kept(), vec![0x10, 0x30]);
+        assert_eq!((d.recent.len(), d.recent_owned.len()), (1, 1));
+        // Written over later, the owned one still stays, and its double free finds it.
         d.forget_overwritten(10_000);
-        assert_eq!(d.recent.keys().copied().collect::<Vec<_>>(), vec![0x10]);
+        assert_eq!(d.recent_kept(), vec![0x10]);
+        assert!(d.recent.is_empty());
+        h.double.push(0x10);
+        d.push(free(0x10, 600, FreeKind::Free), t);
+        d.release(t, true, &mut u, &mut h);
+        assert_eq!(
+            h.amended,
+            vec![(0x10, Some(StackId(100)), Some(StackId(300)))]
+        );
+        // It leaves with its time.
+        d.release(
+            t + (UNWIND_AGE + RECENT_FREES_KEPT).as_nanos() as u64,
+            false,
+            &mut u,
+            &mut h,
+        );
+        assert!(d.recent_owned.is_empty());
     }
 }

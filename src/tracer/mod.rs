@@ -82,6 +82,11 @@ pub trait Sink {
     fn check_free(&self, _ev: &Event) -> crate::recorder::FreeCheck {
         crate::recorder::FreeCheck::Fine
     }
+    /// The tag of the free the heap remembers for `ptr` (see
+    /// [`crate::recorder::defer::Heap::freed_tag`]).
+    fn freed_tag(&self, _ptr: u64) -> Option<u64> {
+        None
+    }
     /// The stacks of a freed block, unwound late (a double free of it came).
     fn amend_freed(&mut self, _ptr: u64, _alloc: Option<StackId>, _free: Option<StackId>) {}
     /// Every thread was held (`paused`), or let go again.

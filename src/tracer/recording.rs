@@ -217,6 +217,9 @@ impl Heap for SinkHeap<'_, '_> {
     fn check_free(&self, ev: &Event) -> FreeCheck {
         self.0.check_free(ev)
     }
+    fn freed_tag(&self, ptr: u64) -> Option<u64> {
+        self.0.freed_tag(ptr)
+    }
     fn amend_freed(&mut self, ptr: u64, a: Option<StackId>, f: Option<StackId>) {
         self.0.amend_freed(ptr, a, f);
     }

@@ -180,6 +180,9 @@ impl Sink for Feed {
     fn check_free(&self, ev: &Event) -> crate::recorder::FreeCheck {
         self.heap.check_free(ev)
     }
+    fn freed_tag(&self, ptr: u64) -> Option<u64> {
+        self.heap.freed_tag(ptr)
+    }
     fn prefetch(&self, ev: &Event) {
         self.heap.prefetch(ev);
     }
