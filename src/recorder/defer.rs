@@ -130,7 +130,8 @@ impl Item {
 ///
 /// Found by the tag the heap gave the free ([`Heap::freed_tag`]): the heap knows
 /// whether the block was handed out again or freed once more since, and these are
-/// kept in the order of their tags, with no map of their own. A map from pointer to
+/// kept in the order of their tags, with no map of their own. (A `Defer` lasts one
+/// image, as the tags do: after an exec, the recording starts anew.) A map from pointer to
 /// free took an insert into a table as big as the frees of a lap of the ring, for
 /// every free: the reader's costliest look-up.
 #[derive(Debug)]
@@ -417,23 +418,24 @@ impl Defer {
             Event::Free { ptr, .. } => ptr,
             _ => 0,
         };
-        let exec = matches!(item.ev, Event::Exec);
+        let keep_free = keep_free && ptr != 0;
+        // The heap's tag for the address before this free (a free it does not
+        // remember, libc's own or a nested block's, leaves an older one there).
+        let before = if keep_free { heap.freed_tag(ptr) } else { None };
         heap.event(item.ev);
-        if exec {
-            // The new image's heap tags its frees afresh; the old image's blocks
-            // cannot be freed again.
-            self.recent.clear();
-            self.recent_owned.clear();
-        }
-        if let (true, Some(free)) = (keep_free && ptr != 0, item.raw) {
-            // Tags rise: one that does not is the heap's mistake, and such a free
-            // is not kept (a double free of it would have no first free's stack).
+        if let (true, Some(free)) = (keep_free, item.raw) {
+            // Kept only under a tag this very free got. Tags rise; one that does not
+            // is a mistake somewhere, and such a free is not kept either (a double
+            // free of it would have no first free's stack).
             let last = [self.recent.back(), self.recent_owned.back()]
                 .into_iter()
                 .flatten()
                 .map(|r| r.tag)
                 .max();
-            if let Some(tag) = heap.freed_tag(ptr).filter(|&t| last.is_none_or(|l| l < t)) {
+            if let Some(tag) = heap
+                .freed_tag(ptr)
+                .filter(|&t| Some(t) != before && last.is_none_or(|l| l < t))
+            {
                 self.recent.push_back(Recent {
                     tag,
                     ptr,
@@ -783,38 +785,86 @@ mod tests {
         }
     }
 
+    fn internal_free(ptr: u64, pos: u64) -> Out {
+        let mut f = free(ptr, pos, FreeKind::Free);
+        if let Event::Free { internal, .. } = &mut f.ev {
+            *internal = true;
+        }
+        f
+    }
+
+    fn new(ptr: u64, pos: u64) -> Out {
+        let mut n = alloc(ptr, pos);
+        if let Event::Alloc { kind, .. } = &mut n.ev {
+            *kind = AllocKind::New;
+        }
+        n
+    }
+
+    fn first_free_of_double(h: &RealHeap) -> Option<StackId> {
+        h.0.errors()
+            .iter()
+            .find(|e| e.kind == crate::heap::ErrorKind::DoubleFree)
+            .expect("a double free")
+            .first_free_stack
+    }
+
     /// A double free's first free is the heap's last free of the block: never an
-    /// older free of the same address kept here, whose block was handed out again.
+    /// older free of the same address kept here, whose block was handed out again
+    /// (read in one batch, the free is kept when it leaves, after the allocation
+    /// that follows it was read).
     #[test]
     fn a_double_free_never_gets_an_older_frees_stack() {
         let mut d = Defer::new();
         let t = 1_000u64;
         let (mut h, mut u) = (RealHeap(crate::heap::Heap::new()), ById(0));
-        let mut step = |d: &mut Defer, out: Out| {
-            d.push(out, t);
-            d.release(t, true, &mut u, &mut h);
-        };
-        step(&mut d, alloc(0x10, 100));
+        d.push(alloc(0x10, 100), t);
         // A free that is no error: kept here.
-        step(&mut d, free(0x10, 200, FreeKind::Free));
+        d.push(free(0x10, 200, FreeKind::Free), t);
         // Handed out by operator new, then given to free(): an error, its stack
         // unwound there and then, and nothing kept here.
-        let mut new = alloc(0x10, 300);
-        if let Event::Alloc { kind, .. } = &mut new.ev {
-            *kind = AllocKind::New;
-        }
-        step(&mut d, new);
-        step(&mut d, free(0x10, 400, FreeKind::Free));
+        d.push(new(0x10, 300), t);
+        d.push(free(0x10, 400, FreeKind::Free), t);
         // Freed again: the first free is the one at 400.
-        step(&mut d, free(0x10, 500, FreeKind::Free));
-        let double =
-            h.0.errors()
-                .iter()
-                .find(|e| e.kind == crate::heap::ErrorKind::DoubleFree)
-                .expect("a double free");
-        assert_eq!(double.stack, StackId(500));
-        assert_eq!(double.first_free_stack, Some(StackId(400)));
-        assert_eq!(d.stats.first_free_lost, 1);
+        d.push(free(0x10, 500, FreeKind::Free), t);
+        d.release(t, true, &mut u, &mut h);
+        assert_eq!(first_free_of_double(&h), Some(StackId(400)));
+    }
+
+    /// A free the heap does not remember (the C library's own, or of a nested block)
+    /// finds an older free's tag for its address: it is not kept under it, whether
+    /// that free was an error (not kept) or left with its time.
+    #[test]
+    fn a_free_the_heap_does_not_remember_is_not_kept() {
+        let t = 1_000u64;
+        let later = t + 10 * RECENT_FREES_KEPT.as_nanos() as u64;
+        for expired in [false, true] {
+            let mut d = Defer::new();
+            let (mut h, mut u) = (RealHeap(crate::heap::Heap::new()), ById(0));
+            let mut step = |d: &mut Defer, out: Out, at: u64| {
+                d.push(out, at);
+                d.release(at, true, &mut u, &mut h);
+            };
+            let at = if expired {
+                step(&mut d, alloc(0x10, 100), t);
+                step(&mut d, free(0x10, 200, FreeKind::Free), t);
+                assert_eq!(d.recent_kept(), vec![0x10]);
+                // The free at 200 leaves with its time.
+                step(&mut d, alloc(0x20, 250), later);
+                assert!(d.recent_kept().is_empty());
+                later
+            } else {
+                step(&mut d, new(0x10, 100), t);
+                // Mismatched: unwound there and then (200), not kept.
+                step(&mut d, free(0x10, 200, FreeKind::Free), t);
+                t
+            };
+            step(&mut d, internal_free(0x10, 300), at);
+            assert!(d.recent_kept().is_empty(), "expired {expired}");
+            step(&mut d, free(0x10, 400, FreeKind::Free), at);
+            let want = if expired { NOT_UNWOUND } else { StackId(200) };
+            assert_eq!(first_free_of_double(&h), Some(want), "expired {expired}");
+        }
     }
 
     /// Recent frees are kept for double-free reports only while the ring still holds
