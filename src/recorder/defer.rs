@@ -768,20 +768,20 @@ mod tests {
     }
 
     /// The heap itself behind the queue.
-    struct RealHeap(crate::heap::Heap);
+    type RealHeap = crate::heap::Heap;
 
     impl Heap for RealHeap {
         fn check_free(&self, ev: &Event) -> FreeCheck {
-            self.0.check_free(ev)
+            RealHeap::check_free(self, ev)
         }
         fn freed_tag(&self, ptr: u64) -> Option<u64> {
-            self.0.freed_tag(ptr)
+            RealHeap::freed_tag(self, ptr)
         }
         fn amend_freed(&mut self, ptr: u64, a: Option<StackId>, f: Option<StackId>) {
-            self.0.amend_freed(ptr, a, f);
+            RealHeap::amend_freed(self, ptr, a, f);
         }
         fn event(&mut self, ev: Event) {
-            self.0.apply(&ev);
+            self.apply(&ev);
         }
     }
 
@@ -802,7 +802,7 @@ mod tests {
     }
 
     fn first_free_of_double(h: &RealHeap) -> Option<StackId> {
-        h.0.errors()
+        h.errors()
             .iter()
             .find(|e| e.kind == crate::heap::ErrorKind::DoubleFree)
             .expect("a double free")
@@ -817,7 +817,7 @@ mod tests {
     fn a_double_free_never_gets_an_older_frees_stack() {
         let mut d = Defer::new();
         let t = 1_000u64;
-        let (mut h, mut u) = (RealHeap(crate::heap::Heap::new()), ById(0));
+        let (mut h, mut u) = (RealHeap::new(), ById(0));
         d.push(alloc(0x10, 100), t);
         // A free that is no error: kept here.
         d.push(free(0x10, 200, FreeKind::Free), t);
@@ -840,7 +840,7 @@ mod tests {
         let later = t + 10 * RECENT_FREES_KEPT.as_nanos() as u64;
         for expired in [false, true] {
             let mut d = Defer::new();
-            let (mut h, mut u) = (RealHeap(crate::heap::Heap::new()), ById(0));
+            let (mut h, mut u) = (RealHeap::new(), ById(0));
             let mut step = |d: &mut Defer, out: Out, at: u64| {
                 d.push(out, at);
                 d.release(at, true, &mut u, &mut h);
