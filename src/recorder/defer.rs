@@ -418,7 +418,7 @@ impl Defer {
             Event::Free { ptr, .. } => ptr,
             _ => 0,
         };
-        let keep_free = keep_free && ptr != 0;
+        let keep_free = keep_free && ptr != 0 && item.raw.is_some();
         // The heap's tag for the address before this free (a free it does not
         // remember, libc's own or a nested block's, leaves an older one there).
         let before = if keep_free { heap.freed_tag(ptr) } else { None };
