@@ -11,9 +11,8 @@
 //! open addressing with linear probing, so that the place of an address can be
 //! loaded ahead ([`Table::prefetch`]): with a program's hundreds of thousands of
 //! blocks it is far bigger than the caches, and a look-up that waits for memory is
-//! most of an event's cost. The addresses are kept apart
-//! from the blocks, eight to a cache line, so that a probe past the first slot costs
-//! no more memory reads.
+//! most of an event's cost. The addresses are kept apart from the blocks, eight to
+//! a cache line, so that a probe past the first slot costs no more memory reads.
 
 use super::Block;
 use std::collections::BTreeMap;

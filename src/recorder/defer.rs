@@ -424,18 +424,9 @@ impl Defer {
         let before = if keep_free { heap.freed_tag(ptr) } else { None };
         heap.event(item.ev);
         if let (true, Some(free)) = (keep_free, item.raw) {
-            // Kept only under a tag this very free got. Tags rise; one that does not
-            // is a mistake somewhere, and such a free is not kept either (a double
-            // free of it would have no first free's stack).
-            let last = [self.recent.back(), self.recent_owned.back()]
-                .into_iter()
-                .flatten()
-                .map(|r| r.tag)
-                .max();
-            if let Some(tag) = heap
-                .freed_tag(ptr)
-                .filter(|&t| Some(t) != before && last.is_none_or(|l| l < t))
-            {
+            // Kept only under a tag this very free got: it is above every tag kept
+            // (the heap's tags rise), so the queue stays in tag order.
+            if let Some(tag) = heap.freed_tag(ptr).filter(|&t| Some(t) != before) {
                 self.recent.push_back(Recent {
                     tag,
                     ptr,

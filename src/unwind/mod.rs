@@ -429,10 +429,10 @@ impl Shapes {
     /// `main`, its frame is steady, its caller, returned to at `ra`, is in the C
     /// library (its start code, which calls `main` once and knows what its own
     /// `setjmp` does; not another library that defines `__libc_start_main`) and
-    /// calls it once, the frames `between` it and the
-    /// outermost are in that object too, and the outermost, returned to at
-    /// `outermost`, is the return from the executable's entry code's call into the
-    /// start code (not a thread's start, nor a constructor's caller).
+    /// calls it once, the frames `between` it and the outermost are in that object
+    /// too, and the outermost, returned to at `outermost`, is the return from the
+    /// executable's entry code's call into the start code (not a thread's start,
+    /// nor a constructor's caller).
     fn shape(
         &mut self,
         modules: &[Module],
