@@ -1,9 +1,10 @@
-//! A record's whole stack copy, put back together from its chain: its own bytes,
+//! A record's whole stack copy, found in pieces along its chain: its own bytes,
 //! then, above them, the bytes of the records that held the rest of the stack when
 //! it was written (see "Stack copies" in `memtrace_arch::recorder`). Pure: the
 //! records come from the caller.
 
 use super::record::Entry;
+use crate::unwind::StackPieces;
 use memtrace_arch::recorder::{MAX_LAYERS, NO_RECORD};
 
 /// Why a chain could not be followed: a record of it is gone from the ring (written
@@ -18,20 +19,17 @@ pub enum BrokenChain {
     TooLong,
 }
 
-/// Writes the stack `e` stands for (`e.full_len` bytes from `e.sp + 8` up) into
-/// `out`: `own` (its own bytes), then the part of each record of the chain that lies
-/// above. `fetch` gives the entry at a position and its own bytes, or None when it
-/// is gone.
-pub fn rebuild<'a>(
+/// The stack `e` stands for (`e.full_len` bytes from `e.sp + 8` up), in pieces:
+/// `own` (its own bytes), then the part of each record of the chain that lies above.
+/// `fetch` gives the entry at a position and its own bytes, or None when it is gone.
+pub fn pieces<'a>(
     e: &Entry,
-    own: &[u8],
+    own: &'a [u8],
     mut fetch: impl FnMut(u64) -> Option<(Entry, &'a [u8])>,
-    out: &mut Vec<u8>,
-) -> Result<(), BrokenChain> {
+) -> Result<StackPieces<'a>, BrokenChain> {
     let from = e.sp.wrapping_add(8);
     let top = from + e.full_len;
-    out.clear();
-    out.extend_from_slice(own);
+    let mut copy = StackPieces::new(from, own);
     let mut cur = from + own.len() as u64;
     let mut prev = e.prev;
     let mut steps = 0;
@@ -51,11 +49,13 @@ pub fn rebuild<'a>(
             return Err(BrokenChain::Mismatch(prev));
         }
         let upto = p_upper.min(top);
-        out.extend_from_slice(&bytes[(cur - p_from) as usize..(upto - p_from) as usize]);
+        if !copy.push(&bytes[(cur - p_from) as usize..(upto - p_from) as usize]) {
+            return Err(BrokenChain::TooLong);
+        }
         cur = upto;
         prev = p.prev;
     }
-    Ok(())
+    Ok(copy)
 }
 
 #[cfg(test)]
@@ -63,6 +63,18 @@ mod tests {
     use super::*;
     use crate::hooks::HookFn;
     use std::collections::HashMap;
+
+    /// The stack `e` stands for into `out`, its pieces one after another.
+    fn rebuild<'a>(
+        e: &Entry,
+        own: &'a [u8],
+        fetch: impl FnMut(u64) -> Option<(Entry, &'a [u8])>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), BrokenChain> {
+        out.clear();
+        pieces(e, own, fetch)?.write_to(out);
+        Ok(())
+    }
 
     fn entry(pos: u64, sp: u64, own: u64, full: u64, prev: u64) -> Entry {
         Entry {
@@ -113,6 +125,14 @@ mod tests {
             })
             .collect();
         assert_eq!(out, want);
+        // In pieces, each word is the stack's, one across two layers too.
+        let copy = pieces(&e2, &r2, fetch).unwrap();
+        assert_eq!((copy.base(), copy.len()), (0x1020, want.len()));
+        for addr in 0x1020..0x10f9u64 {
+            let off = (addr - 0x1020) as usize;
+            let w = u64::from_le_bytes(want[off..off + 8].try_into().unwrap());
+            assert_eq!(copy.word(addr), Some(w), "at {addr:#x}");
+        }
 
         // A record of the chain written over: the stack cannot be had.
         let fetch = |p: u64| (p != 0).then(|| records.get(&p)).flatten();

@@ -6,6 +6,7 @@ use super::chain::{self, BrokenChain};
 use super::record::{self, BadRecord, Entry, Record, HEADER_LEN};
 use crate::event::Tid;
 use crate::ptrace::SharedMem;
+use crate::unwind::StackPieces;
 use memtrace_arch::recorder::*;
 use std::collections::BTreeMap;
 
@@ -276,11 +277,19 @@ impl Ring {
     /// The whole stack copy `e` (an entry still in the ring) stands for, into `out`:
     /// its own bytes, then those of its chain.
     pub fn whole_stack(&self, e: &Entry, out: &mut Vec<u8>) -> Result<(), BrokenChain> {
+        out.clear();
+        self.stack_copy(e)?.write_to(out);
+        Ok(())
+    }
+
+    /// The whole stack copy `e` (an entry still in the ring) stands for, where it
+    /// lies: its own bytes, then those of its chain.
+    pub fn stack_copy(&self, e: &Entry) -> Result<StackPieces<'_>, BrokenChain> {
         let rec = self.record(e.pos);
         let own = rec
             .get(HEADER_LEN..HEADER_LEN + e.stack_len as usize)
             .ok_or(BrokenChain::Gone(e.pos))?;
-        chain::rebuild(e, own, |p| self.entry_at(p), out)
+        chain::pieces(e, own, |p| self.entry_at(p))
     }
 
     /// The entry record at `pos` on its own: a header that says its copy is whole,

@@ -22,7 +22,7 @@ use crate::ptrace::{self, SharedMem};
 use crate::recorder::defer::{FreeCheck, Heap, Unwind};
 use crate::recorder::record::{self, Entry, Return};
 use crate::recorder::{Addrs, Caller, Calls, Defer, RawStack, Record, Ring, ShadowFrame};
-use crate::unwind::{StackWalker, Start};
+use crate::unwind::{StackPieces, StackWalker, Start};
 use memtrace_arch::recorder::{
     entry_len, KEEP_BEHIND, MAX_STACK_COPY, NO_RECORD, RETURN_LEN, RING_SIZE, THUNK_CODE_MAX,
 };
@@ -167,8 +167,6 @@ pub(super) struct Recording {
     /// What the unwinds since the last look at the copy length needed.
     most_read: u64,
     unwinds: u64,
-    /// A whole stack put back together from a record's chain.
-    whole: Vec<u8>,
     /// Recent answers of [`Tracer::caller`], by return address.
     pub callers: Box<[Option<(u64, Caller)>; 256]>,
     /// Thread pointers more than one thread runs on (their calls stop, and return
@@ -234,7 +232,6 @@ impl Heap for SinkHeap<'_, '_> {
 /// Unwinds raw stacks from their copies.
 struct Unwinder<'a> {
     ring: &'a Ring,
-    whole: &'a mut Vec<u8>,
     /// The recording's counters.
     counts: &'a mut RecordStats,
     skip_looks: &'a mut rustc_hash::FxHashMap<Tid, u32>,
@@ -293,19 +290,21 @@ impl Unwind for Unwinder<'_> {
         // A copy whose chain was gone: a truncated stack, not one that says the copy
         // length is too short.
         let mut lost = false;
-        let bytes = if entry.is_whole() {
-            own
+        let sp = Native::sp_after_return(entry.sp);
+        let copy = if entry.is_whole() {
+            StackPieces::new(sp, own)
         } else if raw.owned.is_some() {
             // Taken out of the ring when its chain was gone already.
             lost = true;
-            own
+            StackPieces::new(sp, own)
         } else {
-            match self.ring.whole_stack(&entry, self.whole) {
-                Ok(()) => &self.whole[..],
+            // Read where it lies: the walk reads a few dozen words of it.
+            match self.ring.stack_copy(&entry) {
+                Ok(copy) => copy,
                 Err(_) => {
                     // Cannot be while the record is held: unwind what it has.
                     lost = true;
-                    own
+                    StackPieces::new(sp, own)
                 }
             }
         };
@@ -314,7 +313,7 @@ impl Unwind for Unwinder<'_> {
         }
         let start = Start {
             return_address: entry.ret,
-            sp: Native::sp_after_return(entry.sp),
+            sp,
             frame_pointer: entry.fp,
             stack_top: if entry.tid == self.pid {
                 self.stack_top
@@ -325,7 +324,7 @@ impl Unwind for Unwinder<'_> {
         let walked = self.walker.walk_copy_unread(
             entry.tid,
             start,
-            bytes,
+            &copy,
             // A lost chain's copy ends below any range stepped over.
             if lost { (0, 0) } else { entry.skipped },
             self.depth,
@@ -492,7 +491,6 @@ impl Tracer<'_> {
             idle_looks: 0,
             most_read: 0,
             unwinds: 0,
-            whole: Vec::new(),
             callers: Box::new([None; 256]),
             shared_tps: std::collections::HashSet::new(),
             gone: Vec::new(),
@@ -994,7 +992,6 @@ impl Tracer<'_> {
         let mut unwinder = Unwinder {
             inline,
             ring: &rec.ring,
-            whole: &mut rec.whole,
             counts: &mut rec.stats,
             skip_looks: &mut rec.skip_looks,
             skip_threads: &mut rec.skip_threads,

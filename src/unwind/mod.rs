@@ -12,9 +12,11 @@
 //! This module reads no process: the tracer hands it the object files' bytes and a
 //! function that reads the target's memory, so it can be tested on a made-up stack.
 
+mod pieces;
 mod reuse;
 pub mod shape;
 
+pub use pieces::StackPieces;
 pub use reuse::Walked;
 
 use crate::maps::Module;
@@ -200,16 +202,18 @@ impl StackWalker {
         depth: usize,
         out: &mut Vec<u64>,
     ) -> Walked {
-        self.walk_copy_unread(tid, start, stack, (0, 0), depth, out)
+        let copy = StackPieces::new(start.sp, stack);
+        self.walk_copy_unread(tid, start, &copy, (0, 0), depth, out)
     }
 
-    /// As [`StackWalker::walk_copy`], for a copy whose bytes in `unread` (`[lo, hi)`)
-    /// may not be the stack's: a walk that needs one stops there, failed.
+    /// As [`StackWalker::walk_copy`], for a copy in pieces (from `start.sp` up) whose
+    /// bytes in `unread` (`[lo, hi)`) may not be the stack's: a walk that needs one
+    /// stops there, failed.
     pub fn walk_copy_unread(
         &mut self,
         tid: crate::event::Tid,
         start: Start,
-        stack: &[u8],
+        stack: &StackPieces<'_>,
         unread: (u64, u64),
         depth: usize,
         out: &mut Vec<u64>,

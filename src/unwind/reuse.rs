@@ -10,7 +10,7 @@
 //! own copy, takes the rest from the last unwind instead of unwinding it again: a few
 //! dozen word compares instead of a dozen CFI lookups.
 
-use super::{at_top, frame_registers, unwind_regs, Ending, Start};
+use super::{at_top, frame_registers, unwind_regs, Ending, StackPieces, Start};
 use crate::event::Tid;
 use framehop::{FrameAddress, MayAllocateDuringUnwind, Unwinder, UnwinderNative};
 use rustc_hash::FxHashMap;
@@ -68,20 +68,13 @@ pub(super) fn overlaps(addr: u64, (lo, hi): (u64, u64)) -> bool {
     addr < hi && addr.saturating_add(8) > lo
 }
 
-fn word(stack: &[u8], base: u64, addr: u64) -> Option<u64> {
-    let off = usize::try_from(addr.checked_sub(base)?).ok()?;
-    let b = stack.get(off..off.checked_add(8)?)?;
-    Some(u64::from_le_bytes(b.try_into().ok()?))
-}
-
 impl Walk {
     /// The frame with these registers whose reads, from it on, all hold in `stack`
     /// (none of them in its `unread` range).
     fn suffix(
         &self,
         state: (u64, u64, u64),
-        stack: &[u8],
-        base: u64,
+        stack: &StackPieces<'_>,
         unread: (u64, u64),
     ) -> Option<usize> {
         let j = self.states.iter().position(|&s| s == state)?;
@@ -91,7 +84,7 @@ impl Walk {
         let from = *self.marks.get(j)?;
         self.reads[from..]
             .iter()
-            .all(|&(a, v)| !overlaps(a, unread) && word(stack, base, a) == Some(v))
+            .all(|&(a, v)| !overlaps(a, unread) && stack.word(a) == Some(v))
             .then_some(j)
     }
 }
@@ -124,7 +117,7 @@ impl Reuse {
         cache: &mut super::Rules,
         tid: Tid,
         start: Start,
-        stack: &[u8],
+        stack: &StackPieces<'_>,
         unread: (u64, u64),
         depth: usize,
         out: &mut Vec<u64>,
@@ -145,7 +138,7 @@ impl Reuse {
         now.states.clear();
         now.marks.clear();
         now.reads.clear();
-        let base = start.sp;
+        let base = stack.base();
         let mut regs = unwind_regs(start);
         let ending = loop {
             if out.len() == depth {
@@ -156,7 +149,7 @@ impl Reuse {
             if let Some((last, j)) = last
                 .as_ref()
                 .filter(|l| matches!(l.ending, Some(Ending::Complete | Ending::DepthLimit)))
-                .and_then(|l| Some((l, l.suffix(state, stack, base, unread)?)))
+                .and_then(|l| Some((l, l.suffix(state, stack, unread)?)))
             {
                 let rest = &last.frames[j..];
                 // A suffix cut by the last unwind's depth is only enough if this one
@@ -192,7 +185,7 @@ impl Reuse {
             out.push(frame.address());
             let reads = &mut now.reads;
             let misread = &mut done.misread;
-            let mut read_stack = |addr: u64| match word(stack, base, addr) {
+            let mut read_stack = |addr: u64| match stack.word(addr) {
                 _ if overlaps(addr, unread) => {
                     *misread = true;
                     Err(())
@@ -269,26 +262,14 @@ mod tests {
         w.walk_copy(1, start(0x5000), &chain(0x7000), 32, &mut out);
         // The outer record unread: not reused from the last walk (whose words there
         // match the copy's), not read; the walk ends there, failed.
-        let cut = w.walk_copy_unread(
-            1,
-            start(0x5100),
-            &chain(0x7000),
-            (0x1030, 0x1040),
-            32,
-            &mut out,
-        );
+        let stack = chain(0x7000);
+        let copy = StackPieces::new(0x1000, &stack);
+        let cut = w.walk_copy_unread(1, start(0x5100), &copy, (0x1030, 0x1040), 32, &mut out);
         assert_eq!(out, vec![0x5100, 0x6000]);
         assert!(cut.misread);
         assert_eq!((cut.ending, cut.reused), (Some(Ending::Failed), 0));
         // A range no frame reads changes nothing.
-        let fine = w.walk_copy_unread(
-            1,
-            start(0x5100),
-            &chain(0x7000),
-            (0x1020, 0x1030),
-            32,
-            &mut out,
-        );
+        let fine = w.walk_copy_unread(1, start(0x5100), &copy, (0x1020, 0x1030), 32, &mut out);
         assert_eq!(out, vec![0x5100, 0x6000, 0x7000]);
         assert!(!fine.misread);
         assert_eq!(fine.ending, Some(Ending::Complete));
@@ -338,5 +319,25 @@ mod tests {
         let deeper = w.walk_copy(1, start(0x5100), &chain(0x7000), 32, &mut out);
         assert_eq!(out, vec![0x5100, 0x6000, 0x7000]);
         assert_eq!(deeper.ending, Some(Ending::Complete));
+    }
+
+    #[test]
+    fn a_copy_in_pieces_unwinds_as_the_same_copy_whole() {
+        let stack = chain(0x7000);
+        // Cut inside the first frame record's saved rbp and inside the last return
+        // address: every word the walk reads is there, two of them across pieces.
+        let mut copy = StackPieces::new(0x1000, &stack[..0x13]);
+        assert!(copy.push(&stack[0x13..0x3c]));
+        assert!(copy.push(&stack[0x3c..]));
+        let (mut w, mut out) = (StackWalker::new(), Vec::new());
+        let walked = w.walk_copy_unread(1, start(0x5000), &copy, (0, 0), 32, &mut out);
+        assert_eq!(out, vec![0x5000, 0x6000, 0x7000]);
+        assert_eq!(walked.ending, Some(Ending::Complete));
+        // Cut short of the last return address: the walk runs off the copy.
+        let short = StackPieces::new(0x1000, &stack[..0x3c]);
+        let (mut w, mut out) = (StackWalker::new(), Vec::new());
+        let walked = w.walk_copy_unread(1, start(0x5000), &short, (0, 0), 32, &mut out);
+        assert_eq!(out, vec![0x5000, 0x6000]);
+        assert!(walked.ran_off);
     }
 }
