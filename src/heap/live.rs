@@ -28,6 +28,22 @@ fn home(ptr: u64, mask: usize) -> usize {
     (ptr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
 }
 
+/// Tables this big (bytes) are asked for huge pages.
+const HUGE_FROM: usize = 2 << 20;
+
+/// `n` copies of `v`, for a table's slots: a big table is probed at random, so its
+/// pages are asked to be huge ones (before they are first written: see
+/// [`crate::ptrace::advise_huge_pages`]).
+fn table_vec<T: Copy>(n: usize, v: T) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(n);
+    let bytes = n.saturating_mul(std::mem::size_of::<T>());
+    if bytes >= HUGE_FROM {
+        crate::ptrace::advise_huge_pages(out.as_ptr().cast(), bytes);
+    }
+    out.resize(n, v);
+    out
+}
+
 /// A hash table from address to `V`, open addressing with linear probing, whose
 /// slots can be loaded ahead ([`Table::prefetch`]).
 #[derive(Debug)]
@@ -140,8 +156,8 @@ impl<V: Vacant> Table<V> {
 
     fn grow(&mut self) {
         let slots = (self.starts.len() * 2).max(MIN_SLOTS);
-        let starts = std::mem::replace(&mut self.starts, vec![0; slots]);
-        let values = std::mem::replace(&mut self.values, vec![V::VACANT; slots]);
+        let starts = std::mem::replace(&mut self.starts, table_vec(slots, 0));
+        let values = std::mem::replace(&mut self.values, table_vec(slots, V::VACANT));
         let mask = slots - 1;
         for (s, v) in starts.into_iter().zip(values).filter(|&(s, _)| s != 0) {
             let mut i = home(s, mask);
@@ -363,5 +379,44 @@ mod tests {
         }
         assert_eq!(l.iter().count(), 0);
         assert_eq!(l.get(&16), None);
+    }
+
+    /// The flags /proc/self/smaps gives the mapping that holds `addr`.
+    fn vm_flags(addr: usize) -> Option<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line.split_whitespace().next().unwrap_or("");
+            if let Some((lo, hi)) = range.split_once('-') {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    inside = lo <= addr && addr < hi;
+                    continue;
+                }
+            }
+            if inside {
+                if let Some(flags) = line.strip_prefix("VmFlags:") {
+                    return Some(flags.to_string());
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_big_table_asks_for_huge_pages() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            eprintln!("this kernel has no transparent huge pages: nothing to ask for");
+            return;
+        }
+        let big = table_vec(HUGE_FROM / 8 * 2, 0u64);
+        assert!(big.iter().all(|&v| v == 0));
+        // A page well inside it: the advice covers whole pages only.
+        let flags = vm_flags(big.as_ptr() as usize + HUGE_FROM).expect("the table is mapped");
+        assert!(
+            flags.split_whitespace().any(|f| f == "hg"),
+            "flags: {flags}"
+        );
     }
 }
