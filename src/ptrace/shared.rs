@@ -181,17 +181,6 @@ impl SharedMem {
         }
     }
 
-    /// Copies `out.len()` bytes of the record at `pos`, from `off` on.
-    pub fn ring_read(&self, pos: u64, off: u64, out: &mut [u8]) {
-        let at = (pos & (RING_SIZE - 1)) + off;
-        assert!(at + out.len() as u64 <= 2 * RING_SIZE);
-        // SAFETY: within the double mapping; the bytes belong to a committed record,
-        // which no writer touches until the tail moves past it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.ring.add(at as usize), out.as_mut_ptr(), out.len())
-        };
-    }
-
     /// Writes bytes into a record memtrace reserved itself.
     pub fn ring_write(&self, pos: u64, off: u64, bytes: &[u8]) {
         let at = (pos & (RING_SIZE - 1)) + off;
@@ -245,8 +234,7 @@ mod tests {
         s.ring_store(pos, 8, 9);
         assert_eq!(s.ring_load(pos, 8), 9);
         assert_eq!(s.ring_load(0, 0), 9, "the second half is the first");
-        let mut b = [0u8; 16];
-        s.ring_read(pos, 0, &mut b);
+        let b = s.ring_bytes(pos, 0, 16);
         assert_eq!(u64::from_le_bytes(b[8..].try_into().unwrap()), 9);
         s.store(64, 5);
         assert_eq!(s.fetch_add(64, 3), 5);

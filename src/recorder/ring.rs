@@ -76,7 +76,6 @@ pub struct Ring {
     /// Released up to here (what `CTRL_TAIL` says).
     tail: u64,
     holes: BTreeMap<u64, Hole>,
-    header: [u8; HEADER_LEN],
     /// Stack mirrors no thread has (see "Stack copies" in `memtrace_arch::recorder`).
     free_mirrors: Vec<u64>,
     /// The mirror of each thread pointer that has one.
@@ -107,7 +106,6 @@ impl Ring {
             head_seen: 0,
             tail: 0,
             holes: BTreeMap::new(),
-            header: [0; HEADER_LEN],
             free_mirrors: (0..MIRRORS).rev().collect(),
             mirrors: Default::default(),
             thread_pointers: Default::default(),
@@ -226,9 +224,9 @@ impl Ring {
         } else {
             HEADER_LEN
         };
-        self.header[n..].fill(0);
-        self.mem.ring_read(pos, 0, &mut self.header[..n]);
-        let r = record::decode(pos, &self.header);
+        // Decoded where it lies (a committed record not released is written by
+        // nobody): the words past a return record's end read as 0.
+        let r = record::decode(pos, self.mem.ring_bytes(pos, 0, n));
         match &r {
             Ok(rec) => {
                 let len = match rec {
