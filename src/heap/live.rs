@@ -28,8 +28,9 @@ fn home(ptr: u64, mask: usize) -> usize {
     (ptr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
 }
 
-/// Tables this big (bytes) are asked for huge pages.
-const HUGE_FROM: usize = 2 << 20;
+/// Tables this big (bytes) are asked for huge pages: one of 2 MiB never gets one (an
+/// allocation starts a little past a page boundary, so no aligned 2 MiB lies inside).
+const HUGE_FROM: usize = 4 << 20;
 
 /// `n` copies of `v`, for a table's slots: a big table is probed at random, so its
 /// pages are asked to be huge ones (before they are first written: see

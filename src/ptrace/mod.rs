@@ -257,8 +257,8 @@ pub fn advise_huge_pages(addr: *const u8, len: usize) {
     if to <= from {
         return;
     }
-    // SAFETY: MADV_HUGEPAGE changes how the pages of memtrace's own mapping are
-    // backed, never their contents or whether they are mapped.
+    // SAFETY: MADV_HUGEPAGE changes how pages are backed, never their contents or
+    // whether they are mapped; the range, rounded inwards, is inside the caller's.
     unsafe {
         libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE);
     }

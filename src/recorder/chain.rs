@@ -27,7 +27,7 @@ pub fn pieces<'a>(
     own: &'a [u8],
     mut fetch: impl FnMut(u64) -> Option<(Entry, &'a [u8])>,
 ) -> Result<StackPieces<'a>, BrokenChain> {
-    let from = e.sp.wrapping_add(8);
+    let from = e.copy_base();
     let top = from + e.full_len;
     let mut copy = StackPieces::new(from, own);
     let mut cur = from + own.len() as u64;
@@ -37,12 +37,17 @@ pub fn pieces<'a>(
         if prev == NO_RECORD {
             return Err(BrokenChain::Mismatch(e.pos));
         }
+        // Below its base a record is not held for it: the ring may be reusing it
+        // (only a corrupt chain points there).
+        if prev < e.base {
+            return Err(BrokenChain::Mismatch(prev));
+        }
         steps += 1;
         if steps > MAX_LAYERS + 1 {
             return Err(BrokenChain::TooLong);
         }
         let (p, bytes) = fetch(prev).ok_or(BrokenChain::Gone(prev))?;
-        let p_from = p.sp.wrapping_add(8);
+        let p_from = p.copy_base();
         let p_upper = p_from + bytes.len() as u64;
         // The layer holds the stack from at most `cur` to above it, on this thread.
         if p.tid != e.tid || p.pos != prev || p_from > cur || p_upper <= cur {
@@ -159,5 +164,57 @@ mod tests {
         let fetch = |_| None::<(Entry, &[u8])>;
         rebuild(&whole, &[9u8; 0x20], fetch, &mut out).unwrap();
         assert_eq!(out, vec![9u8; 0x20]);
+    }
+
+    /// A chain of as many layers as a thread can have, and one to spare, is taken
+    /// (all in pieces); one layer more is refused.
+    #[test]
+    fn a_chain_as_long_as_a_thread_can_have_is_followed_and_no_longer() {
+        let layers_ok = MAX_LAYERS as usize + 1;
+        for layers in [layers_ok, layers_ok + 1] {
+            // Record k (k = 1..=layers) holds the 8 bytes at 0x1000 + 8 * k, and
+            // names record k + 1 above it; record `layers` is whole.
+            let bytes: Vec<Vec<u8>> = (0..=layers).map(|k| vec![k as u8; 8]).collect();
+            let pos = |k: usize| (layers - k) as u64 * 100;
+            let rec = |k: usize| {
+                let prev = if k == layers { NO_RECORD } else { pos(k + 1) };
+                let own = 8;
+                let full = 8 * (layers + 1 - k) as u64;
+                entry(pos(k), 0xff8 + 8 * k as u64, own, full, prev)
+            };
+            let e = rec(0);
+            let fetch = |p: u64| {
+                (0..=layers)
+                    .find(|&k| pos(k) == p)
+                    .map(|k| (rec(k), bytes[k].as_slice()))
+            };
+            let got = pieces(&e, &bytes[0], fetch);
+            if layers == layers_ok {
+                let copy = got.unwrap();
+                assert_eq!(copy.len(), 8 * (layers + 1));
+                assert_eq!(
+                    copy.word(0x1000 + 8 * layers as u64),
+                    Some(u64::from_le_bytes([layers as u8; 8]))
+                );
+                assert_eq!(copy.word(0x1001 + 8 * layers as u64), None);
+            } else {
+                assert_eq!(got.err(), Some(BrokenChain::TooLong));
+            }
+        }
+    }
+
+    #[test]
+    fn a_chain_that_leads_below_its_base_is_refused() {
+        let r0 = vec![1u8; 0x40];
+        // Its base says the chain starts at 100; the record named is at 50.
+        let e = Entry {
+            base: 100,
+            ..entry(200, 0x1018, 0x20, 0x60, 50)
+        };
+        let fetch = |_| Some((entry(50, 0x1038, 0x40, 0x40, NO_RECORD), r0.as_slice()));
+        assert_eq!(
+            pieces(&e, &[0u8; 0x20], fetch).err(),
+            Some(BrokenChain::Mismatch(50))
+        );
     }
 }

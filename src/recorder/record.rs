@@ -38,6 +38,12 @@ impl Entry {
     pub fn is_whole(&self) -> bool {
         self.prev == NO_RECORD
     }
+
+    /// The stack address of the first byte of its copy (and of its chain's): just
+    /// above the return address at `sp`.
+    pub fn copy_base(&self) -> u64 {
+        self.sp.wrapping_add(8)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -219,11 +219,9 @@ impl Ring {
     fn take(&mut self, pos: u64) -> Result<Record, BadRecord> {
         // The header only: a return record is shorter than an entry's header.
         let info = self.mem.ring_load(pos, REC_INFO);
-        let n = if record::length(info) <= RETURN_LEN {
-            RETURN_LEN as usize
-        } else {
-            HEADER_LEN
-        };
+        // No further than the record's own length (a bad one is refused by
+        // `decode`, without a look at its neighbour's bytes).
+        let n = (record::length(info) as usize).clamp(RETURN_LEN as usize, HEADER_LEN);
         // Decoded where it lies (a committed record not released is written by
         // nobody): the words past a return record's end read as 0.
         let r = record::decode(pos, self.mem.ring_bytes(pos, 0, n));

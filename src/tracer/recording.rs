@@ -290,13 +290,13 @@ impl Unwind for Unwinder<'_> {
         // A copy whose chain was gone: a truncated stack, not one that says the copy
         // length is too short.
         let mut lost = false;
-        let sp = Native::sp_after_return(entry.sp);
+        let base = entry.copy_base();
         let copy = if entry.is_whole() {
-            StackPieces::new(sp, own)
+            StackPieces::new(base, own)
         } else if raw.owned.is_some() {
             // Taken out of the ring when its chain was gone already.
             lost = true;
-            StackPieces::new(sp, own)
+            StackPieces::new(base, own)
         } else {
             // Read where it lies: the walk reads a few dozen words of it.
             match self.ring.stack_copy(&entry) {
@@ -304,7 +304,7 @@ impl Unwind for Unwinder<'_> {
                 Err(_) => {
                     // Cannot be while the record is held: unwind what it has.
                     lost = true;
-                    StackPieces::new(sp, own)
+                    StackPieces::new(base, own)
                 }
             }
         };
@@ -313,7 +313,7 @@ impl Unwind for Unwinder<'_> {
         }
         let start = Start {
             return_address: entry.ret,
-            sp,
+            sp: Native::sp_after_return(entry.sp),
             frame_pointer: entry.fp,
             stack_top: if entry.tid == self.pid {
                 self.stack_top

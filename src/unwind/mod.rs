@@ -218,6 +218,9 @@ impl StackWalker {
         depth: usize,
         out: &mut Vec<u64>,
     ) -> Walked {
+        // The copy's words are read at their stack addresses, the registers start
+        // at `start.sp`: the two must be the same place.
+        debug_assert_eq!(stack.base(), start.sp);
         let StackWalker {
             unwinder,
             cache,
