@@ -159,6 +159,9 @@ pub fn decode(pos: u64, h: &[u8]) -> Result<Record, BadRecord> {
                 skipped,
             }))
         }
+        // The reader steps over a return or unwind record by their one length: one
+        // that says another could not be stepped over right.
+        KIND_RETURN | KIND_UNWIND if len != RETURN_LEN => Err(BadRecord::Length { pos, len }),
         KIND_RETURN => Ok(Record::Return(Return {
             pos,
             tid,
@@ -269,6 +272,19 @@ mod tests {
         assert!(matches!(decode(0, &h), Err(BadRecord::Length { .. })));
         h[8..16].copy_from_slice(&info(48, 9, 0, 0).to_le_bytes());
         assert_eq!(decode(0, &h), Err(BadRecord::Kind { pos: 0, kind: 9 }));
+        // Returns and unwinds have one length.
+        for kind in [KIND_RETURN, KIND_UNWIND] {
+            h[8..16].copy_from_slice(&info(RETURN_LEN, kind, 0, 0).to_le_bytes());
+            assert!(decode(0, &h).is_ok());
+            h[8..16].copy_from_slice(&info(RETURN_LEN + 16, kind, 0, 0).to_le_bytes());
+            assert_eq!(
+                decode(0, &h),
+                Err(BadRecord::Length {
+                    pos: 0,
+                    len: RETURN_LEN + 16
+                })
+            );
+        }
         h[8..16].copy_from_slice(&info(112, KIND_ENTRY, 99, 0).to_le_bytes());
         assert_eq!(decode(0, &h), Err(BadRecord::Function { pos: 0, func: 99 }));
         // An entry whose stack length disagrees with its record length.
