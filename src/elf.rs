@@ -3,7 +3,8 @@
 use object::{Object, ObjectSegment, ObjectSymbol};
 
 /// Whether a 64-bit ELF has a PT_INTERP program header (is dynamically linked).
-pub fn has_interpreter(data: &[u8]) -> bool {
+/// `data` is the file's bytes, or the file read as needed ([`object::ReadCache`]).
+pub fn has_interpreter<'d, R: object::ReadRef<'d>>(data: R) -> bool {
     use object::elf::{FileHeader64, PT_INTERP};
     use object::read::elf::{FileHeader, ProgramHeader};
     use object::Endianness;
@@ -39,7 +40,9 @@ pub struct ObjectInfo {
 }
 
 impl ObjectInfo {
-    pub fn parse(data: &[u8]) -> Option<ObjectInfo> {
+    /// From the object's bytes, or its file read as needed ([`object::ReadCache`]:
+    /// the headers and the symbol tables, not the code or the debug info).
+    pub fn parse<'d, R: object::ReadRef<'d>>(data: R) -> Option<ObjectInfo> {
         let file = object::File::parse(data).ok()?;
         let first_vaddr = file.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
         let mut functions = Vec::new();
@@ -84,9 +87,17 @@ mod tests {
     fn reads_our_own_binary() {
         let exe = std::env::current_exe().unwrap();
         let data = std::fs::read(&exe).unwrap();
-        assert!(has_interpreter(&data));
-        let info = ObjectInfo::parse(&data).unwrap();
+        assert!(has_interpreter(&data[..]));
+        let info = ObjectInfo::parse(&data[..]).unwrap();
         assert!(!info.functions.is_empty());
+        // The same facts, read as needed from the file.
+        let file = std::fs::File::open(&exe).unwrap();
+        let lazily = object::ReadCache::new(file);
+        assert!(has_interpreter(&lazily));
+        let info_lazily = ObjectInfo::parse(&lazily).unwrap();
+        assert_eq!(info_lazily.first_vaddr, info.first_vaddr);
+        assert_eq!(info_lazily.functions, info.functions);
+        assert_eq!(info_lazily.objects, info.objects);
     }
 
     #[test]
@@ -96,7 +107,7 @@ mod tests {
             .into_iter()
             .find(|m| m.file_name().starts_with("libc.so"))
             .expect("libc mapped");
-        let info = ObjectInfo::parse(&std::fs::read(&libc.path).unwrap()).unwrap();
+        let info = ObjectInfo::parse(&std::fs::read(&libc.path).unwrap()[..]).unwrap();
         let malloc = info.function("malloc").expect("malloc in libc");
         // The address we compute must be the one this very process calls.
         let ours = libc::malloc as *const () as u64;

@@ -79,9 +79,8 @@ pub fn check_program(name: &str) -> Result<Program, LaunchError> {
     for _ in 0..=MAX_SCRIPTS {
         let head = read_checked(&shown, &next)?;
         let Some(line) = head.strip_prefix(b"#!") else {
-            let data =
-                std::fs::read(&next).map_err(|e| LaunchError::Unreadable(shown.clone(), e))?;
-            let is_static = check_elf(&shown, &data)?;
+            let file = open(&shown, &next)?;
+            let is_static = check_elf(&shown, &object::ReadCache::new(&file))?;
             return Ok(Program {
                 path,
                 interpreters,
@@ -106,8 +105,8 @@ pub fn check_program(name: &str) -> Result<Program, LaunchError> {
             if head.starts_with(b"#!") {
                 continue;
             }
-            let data =
-                std::fs::read(&next).map_err(|e| LaunchError::Unreadable(shown.clone(), e))?;
+            let file = open(&shown, &next)?;
+            let data = object::ReadCache::new(&file);
             check_elf(&shown, &data)?;
             // What env runs is found on PATH, as env's execvp does. An option this
             // does not know: the check ends at env, and the trace follows its exec.
@@ -124,6 +123,12 @@ pub fn check_program(name: &str) -> Result<Program, LaunchError> {
         }
     }
     Err(LaunchError::TooDeep(name.to_string()))
+}
+
+/// The file at `path`, to be read as needed: a program with its debug info can be
+/// gigabytes, of which the checks read its headers and symbols.
+fn open(shown: &str, path: &Path) -> Result<std::fs::File, LaunchError> {
+    std::fs::File::open(path).map_err(|e| LaunchError::Unreadable(shown.into(), e))
 }
 
 /// The checks every file of the chain passes (exists, not a directory, executable),
@@ -246,11 +251,13 @@ fn env_program(argument: &str) -> Option<String> {
 }
 
 /// Checks the ELF header; returns whether the program is static (no interpreter).
-fn check_elf(shown: &str, data: &[u8]) -> Result<bool, LaunchError> {
-    if data.len() < 20 || &data[..4] != b"\x7fELF" {
+/// `data` is the file's bytes, or the file read as needed.
+fn check_elf<'d, R: object::ReadRef<'d>>(shown: &str, data: R) -> Result<bool, LaunchError> {
+    let ident = data.read_bytes_at(0, 20).unwrap_or(&[]);
+    if ident.len() < 20 || &ident[..4] != b"\x7fELF" {
         return Err(LaunchError::NotElf(shown.into()));
     }
-    if data[4] == 1 {
+    if ident[4] == 1 {
         return Err(LaunchError::Bits32(shown.into()));
     }
     let file = object::File::parse(data).map_err(|_| LaunchError::NotElf(shown.into()))?;
@@ -296,13 +303,13 @@ mod tests {
     #[test]
     fn rejects_what_cannot_be_traced() {
         assert!(matches!(
-            check_elf("x", b"#!/bin/sh\n"),
+            check_elf("x", &b"#!/bin/sh\n"[..]),
             Err(LaunchError::NotElf(_))
         ));
         let mut elf32 = b"\x7fELF\x01\x01\x01".to_vec();
         elf32.resize(64, 0);
         assert!(matches!(
-            check_elf("x", &elf32),
+            check_elf("x", &elf32[..]),
             Err(LaunchError::Bits32(_))
         ));
         assert!(matches!(
@@ -316,7 +323,10 @@ mod tests {
     fn checks_our_own_binary() {
         let exe = std::env::current_exe().unwrap();
         let data = std::fs::read(&exe).unwrap();
-        assert!(!check_elf("self", &data).unwrap());
+        assert!(!check_elf("self", &data[..]).unwrap());
+        // The same, read as needed from the file.
+        let file = std::fs::File::open(&exe).unwrap();
+        assert!(!check_elf("self", &object::ReadCache::new(&file)).unwrap());
     }
 
     fn sb(interpreter: &str, argument: Option<&str>) -> Option<Shebang> {

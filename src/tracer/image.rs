@@ -166,8 +166,8 @@ impl Tracer<'_> {
     }
 
     pub(super) fn object_info(&self, m: &Module) -> Option<ObjectInfo> {
-        let data = std::fs::read(maps::target_path(self.pid, &m.path)).ok()?;
-        ObjectInfo::parse(&data)
+        let file = std::fs::File::open(maps::target_path(self.pid, &m.path)).ok()?;
+        ObjectInfo::parse(&object::ReadCache::new(file))
     }
 
     /// Prepares a freshly exec'd image (one thread, stopped at the exec event).
@@ -257,7 +257,7 @@ impl Tracer<'_> {
         if now != self.image.modules {
             let pid = self.pid;
             self.walker.sync(&now, &mut |m: &Module| {
-                std::fs::read(maps::target_path(pid, &m.path)).ok()
+                std::fs::File::open(maps::target_path(pid, &m.path)).ok()
             });
         }
         if !gone.is_empty() {

@@ -342,7 +342,7 @@ impl Unwind for Unwinder<'_> {
             let range =
                 self.walker
                     .steady_range(entry.tid, memtrace_arch::recorder::MIN_SKIP, &mut |m| {
-                        std::fs::read(crate::maps::target_path(pid, &m.path)).ok()
+                        std::fs::File::open(crate::maps::target_path(pid, &m.path)).ok()
                     });
             if self.ring.set_skip(entry.tid, range) && self.skip_threads.insert(entry.tid) {
                 self.counts.stack_skip_threads += 1;

@@ -26,6 +26,14 @@ use framehop::{
 };
 use object::{Object, ObjectSection, ObjectSegment};
 
+/// An object's file, read as needed: a program with its debug info can be
+/// gigabytes, of which unwinding needs the headers, the unwind sections and a few
+/// functions' code.
+pub type ObjectFile = object::ReadCache<std::fs::File>;
+
+/// Opens the file of a module's object (None: it cannot be).
+pub type OpenFile<'a> = dyn FnMut(&Module) -> Option<std::fs::File> + 'a;
+
 /// The first read of a stack when nothing is known yet: enough for a few dozen
 /// ordinary frames. Later walks first read what the last one used, plus a margin:
 /// a read costs about 2 us whatever its size up to a few KiB, so one read of the
@@ -149,9 +157,10 @@ impl StackWalker {
 
     /// Brings the unwinder's modules in line with the target's current list:
     /// unloaded ones are removed, new ones added with the unwind sections of the file
-    /// `read_file` returns for them. A module whose file cannot be read or parsed is
-    /// still added (without unwind data), so its pcs use the frame-pointer chain.
-    pub fn sync(&mut self, now: &[Module], read_file: &mut dyn FnMut(&Module) -> Option<Vec<u8>>) {
+    /// `open_file` opens for them (read as needed: its headers and those sections,
+    /// not the whole file). A module whose file cannot be opened or parsed is still
+    /// added (without unwind data), so its pcs use the frame-pointer chain.
+    pub fn sync(&mut self, now: &[Module], open_file: &mut OpenFile<'_>) {
         let current: Vec<Known> = now.iter().map(Known::of).collect();
         let (keep, gone): (Vec<Known>, Vec<Known>) = std::mem::take(&mut self.known)
             .into_iter()
@@ -168,9 +177,11 @@ impl StackWalker {
             if self.known.contains(&k) {
                 continue;
             }
-            let data = read_file(m);
-            self.unwinder
-                .add_module(framehop_module(m, data.as_deref().unwrap_or(&[])));
+            let module = match open_file(m) {
+                Some(file) => framehop_module(m, &object::ReadCache::new(file)),
+                None => framehop_module(m, &[][..]),
+            };
+            self.unwinder.add_module(module);
             self.known.push(k);
         }
     }
@@ -233,13 +244,13 @@ impl StackWalker {
     /// What of thread `tid`'s stack, at least `min` bytes, its stack compare may
     /// step over (see "Skipped ranges" in `memtrace_arch::recorder`), from its last
     /// walk from a copy: the locals of `main`'s frame, if `main` keeps a steady frame
-    /// and its caller calls it once ([`shape`]). The objects' bytes come from
-    /// `read_file`, once per object.
+    /// and its caller calls it once ([`shape`]). The objects' files are opened with
+    /// `open_file`, once per object, and read as needed.
     pub fn steady_range(
         &mut self,
         tid: crate::event::Tid,
         min: u64,
-        read_file: &mut dyn FnMut(&Module) -> Option<Vec<u8>>,
+        open_file: &mut OpenFile<'_>,
     ) -> Option<Skip> {
         let StackWalker {
             reuse,
@@ -258,7 +269,7 @@ impl StackWalker {
             let outermost = frames[n - 1];
             // (Empty when the caller is the outermost frame itself.)
             let between = frames.get(j + 2..n - 1).unwrap_or(&[]);
-            let Some((main, shape)) = shapes.shape(modules, read_file, pc, ra, between, outermost)
+            let Some((main, shape)) = shapes.shape(modules, open_file, pc, ra, between, outermost)
             else {
                 continue;
             };
@@ -399,8 +410,9 @@ pub struct Skip {
 /// bytes of the objects it read for it.
 #[derive(Default)]
 struct Shapes {
-    /// Per object (by its module's start): its bytes, `None` if unreadable.
-    files: rustc_hash::FxHashMap<u64, Option<std::sync::Arc<Vec<u8>>>>,
+    /// Per object (by its module's start): its file, read as needed; `None` if it
+    /// cannot be opened.
+    files: rustc_hash::FxHashMap<u64, Option<Box<ObjectFile>>>,
     /// Return addresses whose call is made once.
     once: rustc_hash::FxHashMap<u64, bool>,
     /// Functions with a steady frame, by the range of addresses they cover, and pcs
@@ -412,26 +424,23 @@ struct Shapes {
     mains: rustc_hash::FxHashMap<u64, Option<(u64, u64)>>,
 }
 
-impl Shapes {
-    /// The object holding `at`, with its bias.
-    fn object(
-        &mut self,
-        modules: &[Module],
-        read_file: &mut dyn FnMut(&Module) -> Option<Vec<u8>>,
-        at: u64,
-    ) -> Option<(std::sync::Arc<Vec<u8>>, u64)> {
-        let m = modules.iter().find(|m| (m.start..m.end).contains(&at))?;
-        let data = self
-            .files
-            .entry(m.start)
-            .or_insert_with(|| read_file(m).map(std::sync::Arc::new))
-            .clone()?;
-        let bias = object::File::parse(&data[..])
-            .ok()
-            .map(|o| bias_of(m, &o))?;
-        Some((data, bias))
-    }
+/// The object holding `at`, with its bias, opened once (`files`).
+fn object_at<'f>(
+    files: &'f mut rustc_hash::FxHashMap<u64, Option<Box<ObjectFile>>>,
+    modules: &[Module],
+    open_file: &mut OpenFile<'_>,
+    at: u64,
+) -> Option<(&'f ObjectFile, u64)> {
+    let m = modules.iter().find(|m| (m.start..m.end).contains(&at))?;
+    let data: &ObjectFile = files
+        .entry(m.start)
+        .or_insert_with(|| open_file(m).map(|f| Box::new(object::ReadCache::new(f))))
+        .as_deref()?;
+    let bias = object::File::parse(data).ok().map(|o| bias_of(m, &o))?;
+    Some((data, bias))
+}
 
+impl Shapes {
     /// The addresses and the shape of the frame of the function at `pc`, if it is
     /// `main`, its frame is steady, its caller, returned to at `ra`, is in the C
     /// library (its start code, which calls `main` once and knows what its own
@@ -443,7 +452,7 @@ impl Shapes {
     fn shape(
         &mut self,
         modules: &[Module],
-        read_file: &mut dyn FnMut(&Module) -> Option<Vec<u8>>,
+        open_file: &mut OpenFile<'_>,
         pc: u64,
         ra: u64,
         between: &[u64],
@@ -464,9 +473,8 @@ impl Shapes {
         let once = match self.once.get(&ra) {
             Some(&once) => once,
             None => {
-                let once = self
-                    .object(modules, read_file, ra)
-                    .is_some_and(|(data, bias)| shape::called_once(&data, bias, ra));
+                let once = object_at(&mut self.files, modules, open_file, ra)
+                    .is_some_and(|(data, bias)| shape::called_once(data, bias, ra));
                 self.once.insert(ra, once);
                 once
             }
@@ -485,16 +493,15 @@ impl Shapes {
         if let Some(found) = self.steady.iter().find(|(r, _)| r.contains(&pc)) {
             return entry_code(&self.mains).then(|| found.clone());
         }
-        let found = self
-            .object(modules, read_file, pc)
-            .and_then(|(data, bias)| {
-                let (range, s) = shape::steady_frame(&data, bias, pc)?;
-                let main = *self.mains.entry(start).or_insert_with(|| {
-                    shape::main_address(&data)
-                        .map(|(main, back)| (main.wrapping_add(bias), back.wrapping_add(bias)))
-                });
-                (main.map(|(m, _)| m) == Some(range.start)).then_some((range, s))
+        let Shapes { files, mains, .. } = self;
+        let found = object_at(files, modules, open_file, pc).and_then(|(data, bias)| {
+            let (range, s) = shape::steady_frame(data, bias, pc)?;
+            let main = *mains.entry(start).or_insert_with(|| {
+                shape::main_address(data)
+                    .map(|(main, back)| (main.wrapping_add(bias), back.wrapping_add(bias)))
             });
+            (main.map(|(m, _)| m) == Some(range.start)).then_some((range, s))
+        });
         match found {
             Some((range, s)) => {
                 self.steady.push((range.clone(), s));
@@ -511,14 +518,14 @@ impl Shapes {
 /// What `m`'s addresses add to its object's: the mapping of file offset 0 holds the
 /// lowest PT_LOAD, rounded down to a page (as the hooks compute it; zero for a
 /// non-PIE executable).
-fn bias_of(m: &Module, obj: &object::File<'_>) -> u64 {
+fn bias_of<'d, R: object::ReadRef<'d>>(m: &Module, obj: &object::File<'d, R>) -> u64 {
     let lowest = obj.segments().map(|s| s.address()).min().unwrap_or(0);
     m.base.wrapping_sub(lowest & !0xfff)
 }
 
 /// The framehop module for `m`, from its file's bytes: `.eh_frame` and its index,
 /// `.debug_frame` when there is no `.eh_frame`.
-fn framehop_module(m: &Module, data: &[u8]) -> framehop::Module<Vec<u8>> {
+fn framehop_module<'d, R: object::ReadRef<'d>>(m: &Module, data: R) -> framehop::Module<Vec<u8>> {
     let mut info = ExplicitModuleSectionInfo::<Vec<u8>>::default();
     let mut bias = m.base;
     if let Ok(obj) = object::File::parse(data) {
@@ -775,7 +782,7 @@ mod tests {
         };
         let mut w = StackWalker::new();
         let mut reads = Vec::new();
-        let mut read_file = |m: &Module| {
+        let mut read_file = |m: &Module| -> Option<std::fs::File> {
             reads.push(m.path.clone());
             None
         };

@@ -81,8 +81,10 @@ impl Function<'_> {
 }
 
 /// The function of object `data` (loaded with `bias` added to its addresses) that
-/// holds `pc`, an address in the target.
-fn function_at(data: &[u8], bias: u64, pc: u64) -> Option<Function<'_>> {
+/// holds `pc`, an address in the target. `data` is the object's bytes, or its file
+/// read as needed ([`object::ReadCache`]): its unwind section and the function's
+/// code are all that is read.
+fn function_at<'d, R: object::ReadRef<'d>>(data: R, bias: u64, pc: u64) -> Option<Function<'d>> {
     let obj = object::File::parse(data).ok()?;
     let section = obj.section_by_name(".eh_frame")?;
     let eh = gimli::EhFrame::new(section.data().ok()?, gimli::LittleEndian);
@@ -134,11 +136,7 @@ fn function_at(data: &[u8], bias: u64, pc: u64) -> Option<Function<'_>> {
     // The code, from the segment that maps it.
     let code = obj.segments().find_map(|s| {
         use object::ObjectSegment;
-        let data = s.data().ok()?;
-        let off = start.checked_sub(s.address())?;
-        let from = usize::try_from(off).ok()?;
-        let to = usize::try_from(off.checked_add(end - start)?).ok()?;
-        data.get(from..to)
+        s.data_range(start, end - start).ok().flatten()
     })?;
     let ra_below = match ra_offsets.into_iter().collect::<Vec<_>>()[..] {
         [one] => one,
@@ -152,22 +150,35 @@ fn function_at(data: &[u8], bias: u64, pc: u64) -> Option<Function<'_>> {
     })
 }
 
+/// How much of the entry point's code is looked at for the call into the start code.
+const ENTRY_CODE: u64 = 256;
+
 /// The addresses (in the object) of the `main` that the entry point of executable
 /// `data` hands the C library's start code, and the return address of that call.
-pub fn main_address(data: &[u8]) -> Option<(u64, u64)> {
+pub fn main_address<'d, R: object::ReadRef<'d>>(data: R) -> Option<(u64, u64)> {
     use object::ObjectSegment;
     let obj = object::File::parse(data).ok()?;
     let entry = obj.entry();
     let code = obj.segments().find_map(|s| {
-        let off = entry.checked_sub(s.address())?;
-        s.data().ok()?.get(usize::try_from(off).ok()?..)
+        let (start, size) = (s.address(), s.size());
+        let end = start.checked_add(size)?;
+        if !(start..end).contains(&entry) {
+            return None;
+        }
+        s.data_range(entry, (end - entry).min(ENTRY_CODE))
+            .ok()
+            .flatten()
     })?;
-    Native::entry_first_argument(&code[..code.len().min(256)], entry)
+    Native::entry_first_argument(code, entry)
 }
 
 /// Whether the function holding `pc` keeps a steady frame (see the module's notes):
 /// the addresses it covers, and how its frame lies.
-pub fn steady_frame(data: &[u8], bias: u64, pc: u64) -> Option<(std::ops::Range<u64>, FrameShape)> {
+pub fn steady_frame<'d, R: object::ReadRef<'d>>(
+    data: R,
+    bias: u64,
+    pc: u64,
+) -> Option<(std::ops::Range<u64>, FrameShape)> {
     let f = function_at(data, bias, pc)?;
     // Covered by rules from end to end, all of them the stack pointer plus a constant.
     let mut at = f.start;
@@ -209,7 +220,7 @@ pub fn steady_frame(data: &[u8], bias: u64, pc: u64) -> Option<(std::ops::Range<
 /// Whether the call that returns to `ra` is made once by its function (see the
 /// module's notes): after it, the function never comes back to it, never returns,
 /// never leaves for other code, and makes its other calls at the same stack pointer.
-pub fn called_once(data: &[u8], bias: u64, ra: u64) -> bool {
+pub fn called_once<'d, R: object::ReadRef<'d>>(data: R, bias: u64, ra: u64) -> bool {
     let Some(f) = function_at(data, bias, ra.wrapping_sub(1)) else {
         return false;
     };
@@ -333,6 +344,7 @@ int main(int argc, char **argv) {
 
     struct Built {
         data: Vec<u8>,
+        path: std::path::PathBuf,
         _dir: tempfile::TempDir,
     }
 
@@ -350,6 +362,7 @@ int main(int argc, char **argv) {
         assert!(built.success());
         Built {
             data: std::fs::read(&bin).unwrap(),
+            path: bin,
             _dir: dir,
         }
     }
@@ -371,6 +384,33 @@ int main(int argc, char **argv) {
             .find(|&(_, _, flow)| matches!(flow, Flow::Call(_)))
             .map(|(at, len, _)| at + len)
             .unwrap()
+    }
+
+    #[test]
+    fn an_object_read_as_needed_has_the_same_shapes_as_its_bytes() {
+        let b = build();
+        let data = &b.data[..];
+        let file = object::ReadCache::new(std::fs::File::open(&b.path).unwrap());
+        for name in ["steady", "tail", "sized"] {
+            let pc = symbol(data, name) + 4;
+            assert_eq!(
+                steady_frame(&file, 0, pc),
+                steady_frame(data, 0, pc),
+                "{name}"
+            );
+        }
+        assert!(steady_frame(&file, 0, symbol(data, "steady") + 4).is_some());
+        assert_eq!(main_address(&file), main_address(data));
+        assert!(main_address(&file).is_some());
+        for name in ["once", "loop"] {
+            let ra = first_call_return(data, name);
+            assert_eq!(
+                called_once(&file, 0, ra),
+                called_once(data, 0, ra),
+                "{name}"
+            );
+        }
+        assert!(called_once(&file, 0, first_call_return(data, "once")));
     }
 
     #[test]
@@ -423,7 +463,7 @@ int main(int argc, char **argv) {
     fn main_is_what_the_entry_point_hands_the_start_code() {
         let b = build();
         let obj = object::File::parse(&b.data[..]).unwrap();
-        let (main, back) = main_address(&b.data).expect("main");
+        let (main, back) = main_address(&b.data[..]).expect("main");
         assert_eq!(main, symbol(&b.data, "main"));
         // The start code's call returns within the entry code.
         assert!(
