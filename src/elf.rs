@@ -2,6 +2,94 @@
 
 use object::{Object, ObjectSegment, ObjectSymbol};
 
+/// `size` bytes at `address` from the file bytes of segment `s` (fewer at the end
+/// of its file bytes; None when `address` is not among them): read there alone, not
+/// the segment with it (`ObjectSegment::data_range` reads the whole segment, which
+/// through a [`object::ReadCache`] is megabytes for a few bytes of code).
+pub fn segment_bytes<'d, R: object::ReadRef<'d>>(
+    data: R,
+    s: &impl ObjectSegment<'d>,
+    address: u64,
+    size: u64,
+) -> Option<&'d [u8]> {
+    let (offset, file_size) = s.file_range();
+    let at = address.checked_sub(s.address())?;
+    if at >= file_size {
+        return None;
+    }
+    data.read_bytes_at(offset.checked_add(at)?, size.min(file_size - at))
+        .ok()
+}
+
+/// An object file read as needed ([`object::ReadCache`]), with its string tables
+/// (`.strtab`, `.dynstr`) read whole, once: a symbol's name is then found in memory.
+/// Through the cache alone, each name is a read of its own, which made an object with
+/// a hundred thousand symbols slower to parse than reading the whole file.
+pub struct WithStrings<'a, R: object::ReadCacheOps> {
+    file: &'a object::ReadCache<R>,
+    /// Each string table's file offset and bytes, read at the first name looked up.
+    tables: std::cell::OnceCell<Vec<(u64, &'a [u8])>>,
+}
+
+impl<'a, R: object::ReadCacheOps> WithStrings<'a, R> {
+    pub fn new(file: &'a object::ReadCache<R>) -> WithStrings<'a, R> {
+        WithStrings {
+            file,
+            tables: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The string table holding file offset `at`: its offset and bytes.
+    fn table_at(&self, at: u64) -> Option<(u64, &'a [u8])> {
+        let file = self.file;
+        self.tables
+            .get_or_init(|| {
+                use object::ObjectSection;
+                let Ok(obj) = object::File::parse(file) else {
+                    return Vec::new();
+                };
+                [".strtab", ".dynstr"]
+                    .into_iter()
+                    .filter_map(|name| {
+                        let (offset, size) = obj.section_by_name(name)?.file_range()?;
+                        let bytes = object::ReadRef::read_bytes_at(file, offset, size).ok()?;
+                        Some((offset, bytes))
+                    })
+                    .collect()
+            })
+            .iter()
+            .copied()
+            .find(|&(o, b)| (o..o + b.len() as u64).contains(&at))
+    }
+}
+
+impl<'a, R: object::ReadCacheOps> object::ReadRef<'a> for &'a WithStrings<'a, R> {
+    fn len(self) -> Result<u64, ()> {
+        self.file.len()
+    }
+
+    fn read_bytes_at(self, offset: u64, size: u64) -> Result<&'a [u8], ()> {
+        self.file.read_bytes_at(offset, size)
+    }
+
+    fn read_bytes_at_until(
+        self,
+        range: std::ops::Range<u64>,
+        delimiter: u8,
+    ) -> Result<&'a [u8], ()> {
+        if let Some((o, table)) = self.table_at(range.start) {
+            let from = (range.start - o) as usize;
+            let to = (range.end.min(o + table.len() as u64) - o) as usize;
+            if let Some(b) = table.get(from..to) {
+                if let Some(n) = b.iter().position(|&c| c == delimiter) {
+                    return Ok(&b[..n]);
+                }
+            }
+        }
+        self.file.read_bytes_at_until(range, delimiter)
+    }
+}
+
 /// Whether a 64-bit ELF has a PT_INTERP program header (is dynamically linked).
 /// `data` is the file's bytes, or the file read as needed ([`object::ReadCache`]).
 pub fn has_interpreter<'d, R: object::ReadRef<'d>>(data: R) -> bool {
@@ -90,14 +178,101 @@ mod tests {
         assert!(has_interpreter(&data[..]));
         let info = ObjectInfo::parse(&data[..]).unwrap();
         assert!(!info.functions.is_empty());
-        // The same facts, read as needed from the file.
-        let file = std::fs::File::open(&exe).unwrap();
-        let lazily = object::ReadCache::new(file);
+        // The same facts, read as needed from the file, with its string tables
+        // read whole or name by name.
+        let (file, reads) = Counting::open(&exe);
+        let cache = object::ReadCache::new(file);
+        let lazily = WithStrings::new(&cache);
         assert!(has_interpreter(&lazily));
         let info_lazily = ObjectInfo::parse(&lazily).unwrap();
         assert_eq!(info_lazily.first_vaddr, info.first_vaddr);
         assert_eq!(info_lazily.functions, info.functions);
         assert_eq!(info_lazily.objects, info.objects);
+        let by_name =
+            ObjectInfo::parse(&object::ReadCache::new(std::fs::File::open(&exe).unwrap())).unwrap();
+        assert_eq!(by_name.functions, info.functions);
+        // A name is not a read of its own (this binary has thousands of them), and
+        // the code and the debug info are not read.
+        let symbols = info.functions.len() + info.objects.len();
+        let (calls, bytes) = reads.get();
+        assert!(symbols > 1000, "{symbols} symbols");
+        assert!(calls < 100, "{calls} reads for {symbols} symbols");
+        assert!(
+            bytes < data.len() as u64 / 4,
+            "{bytes} of {} bytes read",
+            data.len()
+        );
+    }
+
+    /// A file that counts the reads made of it and the bytes they read.
+    struct Counting {
+        file: std::fs::File,
+        reads: std::rc::Rc<std::cell::Cell<(u64, u64)>>,
+    }
+
+    impl Counting {
+        fn open(path: &std::path::Path) -> (Counting, std::rc::Rc<std::cell::Cell<(u64, u64)>>) {
+            let reads = std::rc::Rc::default();
+            let file = std::fs::File::open(path).unwrap();
+            let counting = Counting {
+                file,
+                reads: std::rc::Rc::clone(&reads),
+            };
+            (counting, reads)
+        }
+    }
+
+    impl std::io::Read for Counting {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.file.read(buf)?;
+            let (calls, bytes) = self.reads.get();
+            self.reads.set((calls + 1, bytes + n as u64));
+            Ok(n)
+        }
+    }
+
+    impl std::io::Seek for Counting {
+        fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+            self.file.seek(pos)
+        }
+    }
+
+    #[test]
+    fn a_segments_bytes_are_read_where_asked_not_the_whole_segment() {
+        let exe = std::env::current_exe().unwrap();
+        let data = std::fs::read(&exe).unwrap();
+        let obj = object::File::parse(&data[..]).unwrap();
+        let text = obj
+            .segments()
+            .max_by_key(|s| s.file_range().1)
+            .expect("a segment");
+        let (offset, size) = text.file_range();
+        assert!(size > 1 << 20, "the biggest segment has {size} bytes");
+        let at = text.address() + size / 2;
+        let (file, reads) = Counting::open(&exe);
+        let cache = object::ReadCache::new(file);
+        let lazily = object::File::parse(&cache).unwrap();
+        let seg = lazily
+            .segments()
+            .find(|s| s.file_range() == (offset, size))
+            .unwrap();
+        let before = reads.get().1;
+        let got = segment_bytes(&cache, &seg, at, 64).expect("bytes there");
+        let mid = (offset + size / 2) as usize;
+        assert_eq!(got, &data[mid..mid + 64]);
+        assert!(
+            reads.get().1 - before < 64 << 10,
+            "read {}",
+            reads.get().1 - before
+        );
+        // Cut at the end of the segment's file bytes; none past it.
+        let end = text.address() + size;
+        assert_eq!(
+            segment_bytes(&data[..], &text, end - 8, 64).map(<[u8]>::len),
+            Some(8)
+        );
+        assert_eq!(segment_bytes(&data[..], &text, end, 8), None);
+        assert_eq!(segment_bytes(&data[..], &text, text.address() - 1, 8), None);
     }
 
     #[test]

@@ -79,8 +79,8 @@ pub fn check_program(name: &str) -> Result<Program, LaunchError> {
     for _ in 0..=MAX_SCRIPTS {
         let head = read_checked(&shown, &next)?;
         let Some(line) = head.strip_prefix(b"#!") else {
-            let file = open(&shown, &next)?;
-            let is_static = check_elf(&shown, &object::ReadCache::new(&file))?;
+            let file = object::ReadCache::new(open(&shown, &next)?);
+            let is_static = check_elf(&shown, &crate::elf::WithStrings::new(&file))?;
             return Ok(Program {
                 path,
                 interpreters,
@@ -105,8 +105,8 @@ pub fn check_program(name: &str) -> Result<Program, LaunchError> {
             if head.starts_with(b"#!") {
                 continue;
             }
-            let file = open(&shown, &next)?;
-            let data = object::ReadCache::new(&file);
+            let file = object::ReadCache::new(open(&shown, &next)?);
+            let data = crate::elf::WithStrings::new(&file);
             check_elf(&shown, &data)?;
             // What env runs is found on PATH, as env's execvp does. An option this
             // does not know: the check ends at env, and the trace follows its exec.

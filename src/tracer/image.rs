@@ -167,7 +167,8 @@ impl Tracer<'_> {
 
     pub(super) fn object_info(&self, m: &Module) -> Option<ObjectInfo> {
         let file = std::fs::File::open(maps::target_path(self.pid, &m.path)).ok()?;
-        ObjectInfo::parse(&object::ReadCache::new(file))
+        let file = object::ReadCache::new(file);
+        ObjectInfo::parse(&crate::elf::WithStrings::new(&file))
     }
 
     /// Prepares a freshly exec'd image (one thread, stopped at the exec event).

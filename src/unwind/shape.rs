@@ -82,8 +82,8 @@ impl Function<'_> {
 
 /// The function of object `data` (loaded with `bias` added to its addresses) that
 /// holds `pc`, an address in the target. `data` is the object's bytes, or its file
-/// read as needed ([`object::ReadCache`]): its unwind section and the function's
-/// code are all that is read.
+/// read as needed ([`object::ReadCache`]): besides the headers and symbol tables
+/// that parsing it reads, its unwind section and the function's code.
 fn function_at<'d, R: object::ReadRef<'d>>(data: R, bias: u64, pc: u64) -> Option<Function<'d>> {
     let obj = object::File::parse(data).ok()?;
     let section = obj.section_by_name(".eh_frame")?;
@@ -134,10 +134,10 @@ fn function_at<'d, R: object::ReadRef<'d>>(data: R, bias: u64, pc: u64) -> Optio
         rows.push((row.start_address()..row.end_address(), depth, lowest));
     }
     // The code, from the segment that maps it.
-    let code = obj.segments().find_map(|s| {
-        use object::ObjectSegment;
-        s.data_range(start, end - start).ok().flatten()
-    })?;
+    let code = obj
+        .segments()
+        .find_map(|s| crate::elf::segment_bytes(data, &s, start, end - start))
+        .filter(|c| c.len() as u64 == end - start)?;
     let ra_below = match ra_offsets.into_iter().collect::<Vec<_>>()[..] {
         [one] => one,
         _ => None,
@@ -156,19 +156,11 @@ const ENTRY_CODE: u64 = 256;
 /// The addresses (in the object) of the `main` that the entry point of executable
 /// `data` hands the C library's start code, and the return address of that call.
 pub fn main_address<'d, R: object::ReadRef<'d>>(data: R) -> Option<(u64, u64)> {
-    use object::ObjectSegment;
     let obj = object::File::parse(data).ok()?;
     let entry = obj.entry();
-    let code = obj.segments().find_map(|s| {
-        let (start, size) = (s.address(), s.size());
-        let end = start.checked_add(size)?;
-        if !(start..end).contains(&entry) {
-            return None;
-        }
-        s.data_range(entry, (end - entry).min(ENTRY_CODE))
-            .ok()
-            .flatten()
-    })?;
+    let code = obj
+        .segments()
+        .find_map(|s| crate::elf::segment_bytes(data, &s, entry, ENTRY_CODE))?;
     Native::entry_first_argument(code, entry)
 }
 
