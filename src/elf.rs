@@ -2,27 +2,33 @@
 
 use object::{Object, ObjectSegment, ObjectSymbol};
 
-/// `size` bytes at `address` from the file bytes of segment `s` (fewer at the end
-/// of its file bytes; None when `address` is not among them): read there alone, not
-/// the segment with it (`ObjectSegment::data_range` reads the whole segment, which
-/// through a [`object::ReadCache`] is megabytes for a few bytes of code).
+/// The file bytes segment `s` has from `address` on (None: `address` is not among
+/// them).
+pub fn segment_room<'d>(s: &impl ObjectSegment<'d>, address: u64) -> Option<u64> {
+    let at = address.checked_sub(s.address())?;
+    s.file_range().1.checked_sub(at).filter(|&n| n > 0)
+}
+
+/// The `size` bytes at `address` in the file bytes of segment `s` (None unless all
+/// of them are there), read there alone: `ObjectSegment::data_range` reads the
+/// whole segment first, which through a [`object::ReadCache`] is megabytes for a
+/// few bytes of code.
 pub fn segment_bytes<'d, R: object::ReadRef<'d>>(
     data: R,
     s: &impl ObjectSegment<'d>,
     address: u64,
     size: u64,
 ) -> Option<&'d [u8]> {
-    let (offset, file_size) = s.file_range();
-    let at = address.checked_sub(s.address())?;
-    if at >= file_size {
+    if segment_room(s, address)? < size {
         return None;
     }
-    data.read_bytes_at(offset.checked_add(at)?, size.min(file_size - at))
-        .ok()
+    let offset = s.file_range().0.checked_add(address - s.address())?;
+    data.read_bytes_at(offset, size).ok()
 }
 
 /// An object file read as needed ([`object::ReadCache`]), with its string tables
-/// (`.strtab`, `.dynstr`) read whole, once: a symbol's name is then found in memory.
+/// (`.strtab`, `.dynstr`, the section names) read whole, once: a name is then found
+/// in memory.
 /// Through the cache alone, each name is a read of its own, which made an object with
 /// a hundred thousand symbols slower to parse than reading the whole file.
 pub struct WithStrings<'a, R: object::ReadCacheOps> {
@@ -43,24 +49,35 @@ impl<'a, R: object::ReadCacheOps> WithStrings<'a, R> {
     fn table_at(&self, at: u64) -> Option<(u64, &'a [u8])> {
         let file = self.file;
         self.tables
-            .get_or_init(|| {
-                use object::ObjectSection;
-                let Ok(obj) = object::File::parse(file) else {
-                    return Vec::new();
-                };
-                [".strtab", ".dynstr"]
-                    .into_iter()
-                    .filter_map(|name| {
-                        let (offset, size) = obj.section_by_name(name)?.file_range()?;
-                        let bytes = object::ReadRef::read_bytes_at(file, offset, size).ok()?;
-                        Some((offset, bytes))
-                    })
-                    .collect()
-            })
+            .get_or_init(|| string_tables(file).unwrap_or_default())
             .iter()
             .copied()
             .find(|&(o, b)| (o..o + b.len() as u64).contains(&at))
     }
+}
+
+/// Every string table of a 64-bit ELF (by their type: no name is read to find
+/// them), read whole: file offset and bytes.
+fn string_tables<R: object::ReadCacheOps>(
+    file: &object::ReadCache<R>,
+) -> Option<Vec<(u64, &[u8])>> {
+    use object::read::elf::{FileHeader, SectionHeader};
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(file).ok()?;
+    let endian = header.endian().ok()?;
+    let sections = header.section_headers(endian, file).ok()?;
+    Some(
+        sections
+            .iter()
+            .filter(|s| s.sh_type(endian) == object::elf::SHT_STRTAB)
+            .filter_map(|s| {
+                let (offset, size) = s.file_range(endian)?;
+                Some((
+                    offset,
+                    object::ReadRef::read_bytes_at(file, offset, size).ok()?,
+                ))
+            })
+            .collect(),
+    )
 }
 
 impl<'a, R: object::ReadCacheOps> object::ReadRef<'a> for &'a WithStrings<'a, R> {
@@ -77,15 +94,21 @@ impl<'a, R: object::ReadCacheOps> object::ReadRef<'a> for &'a WithStrings<'a, R>
         range: std::ops::Range<u64>,
         delimiter: u8,
     ) -> Result<&'a [u8], ()> {
+        if range.start > range.end {
+            return Err(());
+        }
         if let Some((o, table)) = self.table_at(range.start) {
-            let from = (range.start - o) as usize;
-            let to = (range.end.min(o + table.len() as u64) - o) as usize;
-            if let Some(b) = table.get(from..to) {
-                if let Some(n) = b.iter().position(|&c| c == delimiter) {
-                    return Ok(&b[..n]);
-                }
+            let end = o + table.len() as u64;
+            let b = &table[(range.start - o) as usize..(range.end.min(end) - o) as usize];
+            if let Some(n) = b.iter().position(|&c| c == delimiter) {
+                return Ok(&b[..n]);
+            }
+            if range.end <= end {
+                // No delimiter in the whole range.
+                return Err(());
             }
         }
+        // Not in a table read whole, or running past one.
         self.file.read_bytes_at_until(range, delimiter)
     }
 }
@@ -192,15 +215,21 @@ mod tests {
             ObjectInfo::parse(&object::ReadCache::new(std::fs::File::open(&exe).unwrap())).unwrap();
         assert_eq!(by_name.functions, info.functions);
         // A name is not a read of its own (this binary has thousands of them), and
-        // the code and the debug info are not read.
+        // what is read is the symbol and string tables, give or take the headers:
+        // not the code, not the debug info.
         let symbols = info.functions.len() + info.objects.len();
         let (calls, bytes) = reads.get();
         assert!(symbols > 1000, "{symbols} symbols");
         assert!(calls < 100, "{calls} reads for {symbols} symbols");
+        let obj = object::File::parse(&data[..]).unwrap();
+        let tables: u64 = [".symtab", ".strtab", ".dynsym", ".dynstr", ".shstrtab"]
+            .into_iter()
+            .filter_map(|n| obj.section_by_name(n))
+            .map(|s| object::ObjectSection::size(&s))
+            .sum();
         assert!(
-            bytes < data.len() as u64 / 4,
-            "{bytes} of {} bytes read",
-            data.len()
+            bytes < tables + (256 << 10),
+            "{bytes} bytes read; the tables have {tables}"
         );
     }
 
@@ -238,6 +267,29 @@ mod tests {
     }
 
     #[test]
+    fn names_are_read_from_the_string_tables_as_object_reads_them() {
+        let exe = std::env::current_exe().unwrap();
+        let data = std::fs::read(&exe).unwrap();
+        let cache = object::ReadCache::new(std::fs::File::open(&exe).unwrap());
+        let strings = WithStrings::new(&cache);
+        let obj = object::File::parse(&data[..]).unwrap();
+        let strtab = obj.section_by_name(".strtab").expect("a .strtab");
+        let (o, n) = object::ObjectSection::file_range(&strtab).unwrap();
+        use object::ReadRef;
+        for start in [o, o + 1, o + n / 2, o + n - 1] {
+            for end in [start, start + 1, start + 40, o + n, o + n + 100] {
+                assert_eq!(
+                    (&strings).read_bytes_at_until(start..end, 0),
+                    (&data[..]).read_bytes_at_until(start..end, 0),
+                    "{start}..{end}"
+                );
+            }
+        }
+        // A range that ends before it starts (a name offset past its table).
+        assert_eq!((&strings).read_bytes_at_until(o + 10..o + 5, 0), Err(()));
+    }
+
+    #[test]
     fn a_segments_bytes_are_read_where_asked_not_the_whole_segment() {
         let exe = std::env::current_exe().unwrap();
         let data = std::fs::read(&exe).unwrap();
@@ -265,14 +317,19 @@ mod tests {
             "read {}",
             reads.get().1 - before
         );
-        // Cut at the end of the segment's file bytes; none past it.
+        // All of them there, or none; nothing at or past the end of the segment's
+        // file bytes, nor below it.
         let end = text.address() + size;
+        assert_eq!(segment_room(&text, end - 8), Some(8));
         assert_eq!(
-            segment_bytes(&data[..], &text, end - 8, 64).map(<[u8]>::len),
+            segment_bytes(&data[..], &text, end - 8, 8).map(<[u8]>::len),
             Some(8)
         );
-        assert_eq!(segment_bytes(&data[..], &text, end, 8), None);
-        assert_eq!(segment_bytes(&data[..], &text, text.address() - 1, 8), None);
+        assert_eq!(segment_bytes(&data[..], &text, end - 8, 64), None);
+        assert_eq!(segment_room(&text, end), None);
+        if let Some(below) = text.address().checked_sub(1) {
+            assert_eq!(segment_room(&text, below), None);
+        }
     }
 
     #[test]

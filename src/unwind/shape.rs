@@ -136,8 +136,7 @@ fn function_at<'d, R: object::ReadRef<'d>>(data: R, bias: u64, pc: u64) -> Optio
     // The code, from the segment that maps it.
     let code = obj
         .segments()
-        .find_map(|s| crate::elf::segment_bytes(data, &s, start, end - start))
-        .filter(|c| c.len() as u64 == end - start)?;
+        .find_map(|s| crate::elf::segment_bytes(data, &s, start, end - start))?;
     let ra_below = match ra_offsets.into_iter().collect::<Vec<_>>()[..] {
         [one] => one,
         _ => None,
@@ -158,9 +157,10 @@ const ENTRY_CODE: u64 = 256;
 pub fn main_address<'d, R: object::ReadRef<'d>>(data: R) -> Option<(u64, u64)> {
     let obj = object::File::parse(data).ok()?;
     let entry = obj.entry();
-    let code = obj
-        .segments()
-        .find_map(|s| crate::elf::segment_bytes(data, &s, entry, ENTRY_CODE))?;
+    let code = obj.segments().find_map(|s| {
+        let room = crate::elf::segment_room(&s, entry)?;
+        crate::elf::segment_bytes(data, &s, entry, room.min(ENTRY_CODE))
+    })?;
     Native::entry_first_argument(code, entry)
 }
 
