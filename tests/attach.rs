@@ -362,12 +362,18 @@ fn calls_in_flight_at_attach_are_not_misrecorded() {
     let target = Target::new(build_fixture("attach_cxx", DEBUG))
         .arg("4")
         .arg("15");
-    let bg = Background::start(&target);
+    let mut bg = Background::start(&target);
     bg.wait_threads(5);
     let mut in_flight = 0;
     for mode in [MODES[0], MODES[1], MODES[0]] {
         let run = run_attach(&with_mode(&["--duration", "0.4"], mode), bg.pid());
-        assert_eq!(run.exit, Exit::Code(0), "stderr:\n{}", run.stderr);
+        assert_eq!(
+            run.exit,
+            Exit::Code(0),
+            "attach {mode:?}: the target {}; stderr:\n{}",
+            bg.state(),
+            run.stderr
+        );
         let r = run.report();
         assert_eq!(report::end(r).0, "detached", "{}", r["end"]);
         let errors = report::errors(r);

@@ -20,6 +20,7 @@ pub const FIXTURE_LIMIT: Duration = Duration::from_secs(90);
 /// A fixture running in the background, its stdout going to a file.
 pub struct Background {
     child: Child,
+    started: Instant,
     stdout: tempfile::NamedTempFile,
     done: Option<mpsc::Sender<()>>,
     watchdog: Option<std::thread::JoinHandle<bool>>,
@@ -112,6 +113,7 @@ impl Background {
         });
         Background {
             child,
+            started: Instant::now(),
             stdout,
             done: Some(done),
             watchdog: Some(watchdog),
@@ -120,6 +122,17 @@ impl Background {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// Whether the process still runs, or how it ended (for a failure's message: a
+    /// fixture that ended early ran out of time, or was killed).
+    pub fn state(&mut self) -> String {
+        let ran = self.started.elapsed();
+        match self.child.try_wait() {
+            Ok(None) => format!("still running after {ran:?}"),
+            Ok(Some(status)) => format!("ended ({status}) within {ran:?} of its start"),
+            Err(e) => format!("unknown ({e})"),
+        }
     }
 
     /// Waits until the process has `n` threads (its workers started).
