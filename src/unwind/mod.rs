@@ -9,8 +9,9 @@
 //! `.eh_frame_hdr`), or `.debug_frame` in an object without `.eh_frame`, and falls back
 //! to the frame-pointer chain only at a pc that no unwind information covers.
 //!
-//! This module reads no process: the tracer hands it the object files' bytes and a
-//! function that reads the target's memory, so it can be tested on a made-up stack.
+//! This module reads no process: the tracer hands it the object files (opened, read
+//! as needed; bytes in tests) and a function that reads the target's memory, so it
+//! can be tested on a made-up stack.
 
 mod pieces;
 mod reuse;
@@ -407,7 +408,7 @@ pub struct Skip {
 }
 
 /// What [`StackWalker::steady_range`] learnt of the modules' functions, and the
-/// bytes of the objects it read for it.
+/// object files it opened for it.
 #[derive(Default)]
 struct Shapes {
     /// Per object (by its module's start): its file, read as needed; `None` if it
@@ -523,8 +524,8 @@ fn bias_of<'d, R: object::ReadRef<'d>>(m: &Module, obj: &object::File<'d, R>) ->
     m.base.wrapping_sub(lowest & !0xfff)
 }
 
-/// The framehop module for `m`, from its file's bytes: `.eh_frame` and its index,
-/// `.debug_frame` when there is no `.eh_frame`.
+/// The framehop module for `m`, from its file (bytes, or read as needed): `.eh_frame`
+/// and its index, `.debug_frame` when there is no `.eh_frame`.
 fn framehop_module<'d, R: object::ReadRef<'d>>(m: &Module, data: R) -> framehop::Module<Vec<u8>> {
     let mut info = ExplicitModuleSectionInfo::<Vec<u8>>::default();
     let mut bias = m.base;
